@@ -1,0 +1,83 @@
+"""Config validation in one pass, before any heavy work: every problem is reported at once, each naming its
+key and the valid values (Hydra itself reports unknown groups, options and keys)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+TASKS = ("train", "eval")
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _connector(c: DictConfig, out: list[str]) -> None:
+    if c.window_s <= 0:
+        out.append(f"connector.window_s must be > 0 seconds, got {c.window_s}")
+    if c.stride_s <= 0:
+        out.append(f"connector.stride_s must be > 0 seconds, got {c.stride_s}")
+    elif c.window_s > 0 and c.stride_s > c.window_s:
+        out.append(f"connector.stride_s ({c.stride_s}) must be <= connector.window_s ({c.window_s})")
+    if c.num_queries < 1:
+        out.append(f"connector.num_queries must be >= 1, got {c.num_queries}")
+    if c.layers < 1:
+        out.append(f"connector.layers must be >= 1, got {c.layers}")
+    if c.hidden_size % c.heads:
+        out.append(f"connector.hidden_size ({c.hidden_size}) must be divisible by connector.heads ({c.heads})")
+
+
+def _encoder(c: DictConfig, data: DictConfig, out: list[str]) -> None:
+    frames = c.context_s * 50
+    if c.context_s <= 0 or abs(frames - round(frames)) > 1e-6:
+        out.append(f"encoder.context_s must be a positive multiple of 0.02 s (one Whisper frame), got {c.context_s}")
+    elif c.get("frozen") is not None and c.context_s * 50 < 1:
+        out.append("encoder.context_s is shorter than one frame")
+    if c.path is None and c.config is None:
+        out.append("encoder: set encoder.path (pretrained weights) or encoder.config (random init)")
+
+
+def _data(c: DictConfig, out: list[str]) -> None:
+    if c.on_bad_file not in ("error", "skip"):
+        out.append(f"data.on_bad_file must be one of error, skip; got {c.on_bad_file!r}")
+    for key in ("batch_size", "eval_batch_size"):
+        if c[key] < 1:
+            out.append(f"data.{key} must be >= 1, got {c[key]}")
+    bad = [t for t in c.tasks if t not in ("asr", "aac")]
+    if bad or not c.tasks:
+        out.append(f"data.tasks must be a non-empty subset of [asr, aac], got {list(c.tasks)}")
+
+
+def _generate(c: DictConfig, out: list[str]) -> None:
+    if c.max_new_tokens < 1:
+        out.append(f"generate.max_new_tokens must be >= 1, got {c.max_new_tokens}")
+    if c.num_beams < 1:
+        out.append(f"generate.num_beams must be >= 1, got {c.num_beams}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every problem in `cfg`."""
+    out: list[str] = []
+    if cfg.task not in TASKS:
+        out.append(f"task must be one of {', '.join(TASKS)}; got {cfg.task!r}")
+    if cfg.task == "eval" and not cfg.ckpt_path:
+        out.append("task=eval needs ckpt_path=/path/to/checkpoint.ckpt")
+    _connector(cfg.connector, out)
+    _encoder(cfg.encoder, cfg.data, out)
+    _data(cfg.data, out)
+    _generate(cfg.generate, out)
+    for task in cfg.data.tasks:
+        if task not in cfg.prompts:
+            out.append(f"prompts.{task} is missing: every task in data.tasks needs a prompt")
+    if out:
+        raise ConfigError(out)
+
+
+def as_dict(cfg: DictConfig) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,54 @@
+"""Encoder outputs computed once per clip and cached on disk while the encoder is frozen: encoding is the
+most expensive step of training small models on a CPU, and its result never changes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from sota.models.encoder import AudioEncoder
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def encode_clips(encoder: AudioEncoder, waves: list[np.ndarray], batch_size: int = 32,
+                 device: torch.device | str = "cpu", desc: str = "encode") -> torch.Tensor:
+    """Encoder outputs [N, T, D] in float16 (half the memory; the connector casts back)."""
+    out = []
+    for start in tqdm(range(0, len(waves), batch_size), desc=desc, leave=False, disable=None):
+        inputs = encoder.featurize(waves[start:start + batch_size])
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        out.append(encoder(**inputs).to("cpu", torch.float16))
+    return torch.cat(out)
+
+
+def cache_key(fingerprint: str, clip_ids: list[str], paths: list[Path]) -> str:
+    h = hashlib.sha1(fingerprint.encode())
+    for cid, p in zip(clip_ids, paths):
+        st = p.stat()
+        h.update(f"{cid}|{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cached_encode(encoder: AudioEncoder, waves: list[np.ndarray], key: str, cache_dir: Path,
+                  batch_size: int = 32, device: torch.device | str = "cpu", desc: str = "encode") -> torch.Tensor:
+    path = cache_dir / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))["features"]
+        except Exception as err:  # a corrupt cache entry is recomputed, never trusted
+            log.warning("ignoring unreadable feature cache %s: %s", path, err)
+    feats = encode_clips(encoder, waves, batch_size, device, desc)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"features": feats.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+    return feats

@@ -1,0 +1,94 @@
+"""SALMONN-style annotation files (`{"annotation": [{"path", "text", "task", ...}]}`) read into samples;
+AAC rows may carry several reference captions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+OnBadFile = Literal["error", "skip"]
+ON_BAD_FILE = ("error", "skip")
+
+
+class BadSample(ValueError):
+    """A manifest row that cannot be used; the message names the manifest and the row."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    path: Path
+    task: str
+    text: str
+    references: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """References to score against: the captions for AAC, the transcript for ASR."""
+        return self.references or (self.text,)
+
+
+def read_manifest(path: str | Path, on_bad: OnBadFile = "error", tasks: list[str] | None = None,
+                  skipped: list[str] | None = None) -> list[Sample]:
+    """Samples of one annotation file; relative audio paths are resolved against the file's folder.
+
+    Rows with an empty transcript or no path are errors, or are skipped (and listed in `skipped`) with
+    `on_bad="skip"`. Rows whose task is not in `tasks` are left out.
+    """
+    path = Path(path)
+    if on_bad not in ON_BAD_FILE:
+        raise ValueError(f"data.on_bad_file must be one of {ON_BAD_FILE}, got {on_bad!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    try:
+        rows = json.loads(path.read_text())["annotation"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise BadSample(f"{path}: not a SALMONN annotation file ({{\"annotation\": [...]}}): {err}") from None
+    samples = []
+    for i, row in enumerate(rows):
+        try:
+            sample = _sample(row, i, path.parent)
+        except BadSample as err:
+            if on_bad == "error":
+                raise BadSample(f"{path}: {err} (set data.on_bad_file=skip to skip such rows)") from None
+            log.warning("skipping %s: %s", path, err)
+            if skipped is not None:
+                skipped.append(f"{path}#{i}: {err}")
+            continue
+        if tasks is None or sample.task in tasks:
+            samples.append(sample)
+    return samples
+
+
+def _sample(row: dict, index: int, base: Path) -> Sample:
+    missing = [k for k in ("path", "task") if not row.get(k)]
+    if missing:
+        raise BadSample(f"row {index} has no {', '.join(missing)}")
+    refs = tuple(r.strip() for r in row.get("references") or () if r and r.strip())
+    text = (row.get("text") or "").strip()
+    if not text and refs:
+        text = refs[0]
+    if not text:
+        raise BadSample(f"row {index} ({row['path']}) has an empty transcript/caption")
+    audio = Path(row["path"])
+    extra = {k: v for k, v in row.items() if k not in ("path", "task", "text", "references")}
+    return Sample(id=str(row.get("id", f"{row['task']}-{index}")), path=audio if audio.is_absolute() else base / audio,
+                  task=row["task"], text=text, references=refs, extra=extra)
+
+
+def write_manifest(samples: list[Sample], path: str | Path) -> None:
+    from sota.utils.io import atomic_write_text
+
+    rows = []
+    for s in samples:
+        row = {"id": s.id, "path": str(s.path), "text": s.text, "task": s.task, **s.extra}
+        if s.references:
+            row["references"] = list(s.references)
+        rows.append(row)
+    atomic_write_text(Path(path), json.dumps({"annotation": rows}, indent=1))

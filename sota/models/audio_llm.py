@@ -1,0 +1,96 @@
+"""The SALMONN-style audio-LLM: audio encoder -> window Q-Former -> LLM, prompted per task, trained with a
+loss on the answer tokens only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from sota.models.connector import WindowQFormer
+from sota.models.encoder import AudioEncoder
+from sota.models.prompt import PromptBuilder
+
+IGNORE = -100
+
+
+class AudioLLM(nn.Module):
+    def __init__(self, encoder: AudioEncoder, connector: WindowQFormer, llm: PreTrainedModel, tokenizer: Any,
+                 prompts: dict[str, str], prompt_template: str | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.connector = connector
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.prompt = PromptBuilder(tokenizer, prompts, prompt_template)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.prompt.tasks)
+
+    def audio_embeds(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached encoder features (frozen encoder) or encoder inputs -> connector tokens and their mask."""
+        if "features" in batch:
+            hidden = batch["features"]
+        else:
+            hidden = self.encoder(**batch["encoder_inputs"])
+        hidden = hidden.to(next(self.connector.parameters()).dtype)
+        return self.connector(hidden, batch["num_frames"])
+
+    def assemble(self, embeds: torch.Tensor, mask: torch.Tensor, tasks: list[str],
+                 answers: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """[prompt prefix][audio][prompt suffix]([answer][end of turn]), left-padded into one batch.
+
+        Left padding keeps every sequence's last prompt token at the same index, which batched generation
+        needs; position ids are counted over real tokens only.
+        """
+        table = self.llm.get_input_embeddings()
+        device = embeds.device
+        rows, labels = [], []
+        for i, task in enumerate(tasks):
+            if task not in self.prompt.tasks:
+                raise ValueError(f"no prompt for task {task!r}; prompts exist for {sorted(self.prompt.tasks)}")
+            parts = self.prompt.tasks[task]
+            pre = torch.tensor(parts.prefix_ids, device=device, dtype=torch.long)
+            suf = torch.tensor(parts.suffix_ids, device=device, dtype=torch.long)
+            ans = torch.tensor(self.prompt.answer_ids(answers[i]) if answers else [], device=device, dtype=torch.long)
+            audio = embeds[i][mask[i]]
+            rows.append(torch.cat([table(pre), audio.to(table.weight.dtype), table(suf), table(ans)]))
+            lab = torch.full((len(pre) + len(audio) + len(suf),), IGNORE, device=device, dtype=torch.long)
+            labels.append(torch.cat([lab, ans]))
+        width = max(r.shape[0] for r in rows)
+        hidden = rows[0].shape[-1]
+        inputs = rows[0].new_zeros(len(rows), width, hidden)
+        attn = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        lab_out = torch.full((len(rows), width), IGNORE, dtype=torch.long, device=device)
+        for i, (r, lab) in enumerate(zip(rows, labels)):
+            inputs[i, width - len(r):] = r
+            attn[i, width - len(r):] = 1
+            lab_out[i, width - len(r):] = lab
+        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        return {"inputs_embeds": inputs, "attention_mask": attn, "labels": lab_out, "position_ids": position_ids}
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over answer tokens."""
+        embeds, mask = self.audio_embeds(batch)
+        inputs = self.assemble(embeds, mask, batch["tasks"], batch["answers"])
+        return self.llm(**inputs, use_cache=False).loss
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 64, num_beams: int = 1,
+                 **kwargs: Any) -> list[str]:
+        embeds, mask = self.audio_embeds(batch)
+        inputs = self.assemble(embeds, mask, batch["tasks"])
+        out = self.llm.generate(
+            inputs_embeds=inputs["inputs_embeds"],
+            attention_mask=inputs["attention_mask"],
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            eos_token_id=self.prompt.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **kwargs,
+        )
+        return [self.prompt.decode(row.tolist()) for row in out]

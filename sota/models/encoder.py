@@ -1,0 +1,162 @@
+"""Audio encoders: a Whisper encoder whose context can be trimmed below stock Whisper's 30 s, and an optional
+second transformers audio model whose frames are concatenated to Whisper's (SALMONN's BEATs slot)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, WhisperConfig, WhisperFeatureExtractor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from sota.models.hub import resolve_pretrained
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+# Whisper: 100 mel frames per second, halved by the second convolution.
+WHISPER_FRAMES_PER_SECOND = 50
+
+
+def trim_whisper_context(encoder: WhisperEncoder, context_s: float) -> WhisperEncoder:
+    """Keep the first `context_s` seconds of positional embeddings so shorter inputs cost less.
+
+    Stock Whisper always encodes 30 s (1500 frames); attention cost grows with the square of that.
+    """
+    frames = context_s * WHISPER_FRAMES_PER_SECOND
+    if abs(frames - round(frames)) > 1e-6 or frames < 1:
+        raise ValueError(f"encoder.context_s must be a positive multiple of 0.02 s, got {context_s}")
+    frames = int(round(frames))
+    full = encoder.config.max_source_positions
+    if frames > full:
+        raise ValueError(f"encoder.context_s={context_s} exceeds this Whisper's {full / WHISPER_FRAMES_PER_SECOND} s")
+    if frames < full:
+        old = encoder.embed_positions
+        new = nn.Embedding(frames, old.embedding_dim)
+        new.weight.data.copy_(old.weight.data[:frames])
+        new.weight.requires_grad_(old.weight.requires_grad)
+        encoder.embed_positions = new
+        encoder.config.max_source_positions = frames
+    return encoder
+
+
+def load_whisper_encoder(path: str | None, config: dict[str, Any] | None) -> tuple[WhisperEncoder, WhisperFeatureExtractor]:
+    """Whisper encoder from pretrained weights (`path`: bundled name, hub id or directory) or a config dict."""
+    if path is None:
+        if config is None:
+            raise ValueError("encoder: set either `path` (pretrained weights) or `config` (random init)")
+        wcfg = WhisperConfig(**config)
+        return WhisperEncoder(wcfg), WhisperFeatureExtractor(feature_size=wcfg.num_mel_bins)
+    from transformers import WhisperModel
+
+    local = resolve_pretrained(path, key="encoder.path")
+    model = WhisperModel.from_pretrained(local, local_files_only=True)
+    extractor = WhisperFeatureExtractor.from_pretrained(local, local_files_only=True)
+    encoder = model.get_encoder()
+    del model.decoder
+    return encoder, extractor
+
+
+class SecondEncoder(nn.Module):
+    """Any transformers audio model taking raw 16 kHz waveforms; its frames are resampled to Whisper's rate."""
+
+    def __init__(self, path: str | None = None, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if path is not None:
+            local = resolve_pretrained(path, key="encoder.second.path")
+            self.model = AutoModel.from_pretrained(local, local_files_only=True)
+            self.extractor = AutoFeatureExtractor.from_pretrained(local, local_files_only=True)
+        elif config is not None:
+            cfg = dict(config)
+            self.model = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+            self.extractor = None
+        else:
+            raise ValueError("encoder.second: set `path` or `config`")
+        self.out_dim = int(self.model.config.hidden_size)
+
+    def featurize(self, waves: list[np.ndarray], num_samples: int) -> torch.Tensor:
+        batch = np.zeros((len(waves), num_samples), dtype=np.float32)
+        for i, w in enumerate(waves):
+            batch[i, : min(len(w), num_samples)] = w[:num_samples]
+        if self.extractor is not None:
+            return self.extractor(list(batch), sampling_rate=SAMPLE_RATE, return_tensors="pt").input_values
+        return torch.from_numpy(batch)
+
+    def forward(self, inputs: torch.Tensor, frames: int) -> torch.Tensor:
+        hidden = self.model(inputs).last_hidden_state  # [B, T2, D2]
+        return F.interpolate(hidden.transpose(1, 2), size=frames, mode="nearest").transpose(1, 2)
+
+
+class AudioEncoder(nn.Module):
+    """Waveforms -> frame features [B, T, D] at 50 frames/s; frozen encoders stay in eval mode."""
+
+    frames_per_second = WHISPER_FRAMES_PER_SECOND
+
+    def __init__(
+        self,
+        path: str | None = "bundled:whisper-tiny.en",
+        config: dict[str, Any] | None = None,
+        context_s: float = 30.0,
+        frozen: bool = True,
+        second: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        whisper, self.extractor = load_whisper_encoder(path, config)
+        self.whisper = trim_whisper_context(whisper, context_s)
+        self.context_s = context_s
+        self.second = SecondEncoder(**second) if second else None
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True) -> "AudioEncoder":
+        # A frozen encoder keeps dropout off even while the rest of the model trains.
+        return super().train(mode and not self.frozen)
+
+    @property
+    def out_dim(self) -> int:
+        return self.whisper.config.d_model + (self.second.out_dim if self.second else 0)
+
+    @property
+    def total_frames(self) -> int:
+        return self.whisper.config.max_source_positions
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.context_s * SAMPLE_RATE))
+
+    def frames_for(self, num_samples: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:
+        """Valid encoder frames of clips with `num_samples` samples (the rest is padding)."""
+        n = torch.as_tensor(num_samples)
+        frames = torch.div(n * self.frames_per_second + SAMPLE_RATE - 1, SAMPLE_RATE, rounding_mode="floor")
+        return frames.clamp(min=1, max=self.total_frames)
+
+    def featurize(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """CPU-side inputs for `forward`: log-mel features (and the second encoder's inputs)."""
+        too_long = [i for i, w in enumerate(waves) if len(w) > self.num_samples]
+        if too_long:
+            log.debug("%d clips longer than encoder.context_s=%s were truncated", len(too_long), self.context_s)
+        mel = self.extractor(
+            [np.asarray(w, dtype=np.float32) for w in waves],
+            sampling_rate=SAMPLE_RATE,
+            padding="max_length",
+            max_length=self.num_samples,
+            truncation=True,
+            return_tensors="pt",
+        ).input_features
+        inputs = {"mel": mel}
+        if self.second is not None:
+            inputs["second"] = self.second.featurize(waves, self.num_samples)
+        return inputs
+
+    def forward(self, mel: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = next(self.whisper.parameters()).dtype
+        hidden = self.whisper(mel.to(dtype)).last_hidden_state
+        if self.second is not None:
+            hidden = torch.cat([hidden, self.second(second, hidden.shape[1]).to(hidden.dtype)], dim=-1)
+        return hidden

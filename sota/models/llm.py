@@ -1,0 +1,51 @@
+"""LLM builders: each returns `(model, tokenizer)`. Sizes are builder arguments chosen by config files,
+never `if size == ...` branches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from sota.models.hub import resolve_pretrained
+from sota.models.tokenizer import word_tokenizer
+
+
+def tiny_llama(
+    words: Iterable[str],
+    hidden_size: int = 192,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 512,
+    max_positions: int = 512,
+) -> tuple[PreTrainedModel, object]:
+    """A randomly initialised Llama over a word vocabulary built from the corpus."""
+    tokenizer = word_tokenizer(words)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config), tokenizer
+
+
+def pretrained_llm(path: str, words: Iterable[str] | None = None, dtype: str = "float32",
+                   attn_implementation: str = "sdpa") -> tuple[PreTrainedModel, object]:
+    """A pretrained causal LM from a bundled name, local directory or cached hub id; `words` is unused."""
+    local = resolve_pretrained(path, key="llm.path")
+    tokenizer = AutoTokenizer.from_pretrained(local, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(local, local_files_only=True, dtype=getattr(torch, dtype),
+                                                 attn_implementation=attn_implementation)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,169 @@
+"""Task functions behind `run.py`: train (fit, then test) and eval (test a checkpoint). Each writes
+results.json, predictions and logs into the run directory and returns the objective for sweepers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sota.config import ConfigError, as_dict, validate
+from sota.data.datamodule import AudioDataModule
+from sota.measure.footprint import footprint, peak_rss_mb
+from sota.models.build import build_model, encoder_fingerprint
+from sota.models.lit_module import AudioLLMModule
+from sota.utils.io import atomic_write_json, atomic_write_text
+from sota.utils.provenance import device_name, git_sha, versions
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.json"
+
+
+class RunExists(RuntimeError):
+    """The run directory already holds a finished result, which is never overwritten."""
+
+
+def check_output_dir(out_dir: Path) -> None:
+    path = out_dir / RESULTS
+    if path.is_file():
+        try:
+            status = json.loads(path.read_text()).get("status")
+        except (json.JSONDecodeError, AttributeError):
+            status = None
+        if status == "ok":
+            raise RunExists(f"{path} holds a finished run; refusing to overwrite it. "
+                            "Choose another directory (hydra.run.dir=...) or move the old one away.")
+
+
+def _make_logger(cfg: DictConfig) -> Any:
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return False
+    try:
+        return instantiate(cfg.logger)
+    except Exception as err:  # W&B problems must never cost a run: fall back to CSV
+        log.warning("logger %s failed (%s); logging to CSV instead", cfg.logger._target_, err)
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(cfg.paths.output_dir, name="csv")
+
+
+def _device(trainer: L.Trainer) -> str:
+    root = trainer.strategy.root_device
+    return str(root) if root.type == "cuda" else "cpu"
+
+
+def _load_trainable(module: AudioLLMModule, ckpt_path: str) -> dict[str, Any]:
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    missing_trainable = [n for n, p in module.named_parameters() if p.requires_grad and n not in ckpt["state_dict"]]
+    if missing_trainable:
+        raise ValueError(f"{ckpt_path} lacks {len(missing_trainable)} trainable tensors of this model "
+                         f"(e.g. {missing_trainable[0]}): it was saved from a different configuration")
+    module.load_state_dict(ckpt["state_dict"], strict=False)
+    return ckpt
+
+
+def _vocabulary(cfg: DictConfig, dm: AudioDataModule) -> list[str]:
+    if cfg.task == "eval":
+        ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
+        if "sota_vocabulary" in ckpt:
+            return ckpt["sota_vocabulary"]
+    return sorted(dm.vocabulary())
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Build, train (task=train), evaluate and measure one configuration; always leaves a results.json."""
+    out_dir = Path(cfg.paths.output_dir)
+    check_output_dir(out_dir)
+    validate(cfg)
+    results: dict[str, Any] = {
+        "status": "failed", "error": None, "config": as_dict(cfg),
+        "metrics": {"asr/wer": None, "aac/cider_d": None, "aac/spider": None},
+        "model": {}, "efficiency": {}, "timing": {"train_s": None, "eval_s": None},
+        "data": {}, "provenance": {"git_sha": git_sha(), "seed": int(cfg.seed), "versions": versions()},
+    }
+    logger: Any = False
+    t_start = time.perf_counter()
+    try:
+        L.seed_everything(cfg.seed, workers=True)
+        t0 = time.perf_counter()
+        dm: AudioDataModule = instantiate(cfg.data)
+        words = _vocabulary(cfg, dm)
+        model = build_model(cfg, words)
+        logger = _make_logger(cfg)
+        callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
+                                                         save_top_k=0)]
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
+                                         default_root_dir=str(out_dir))
+        device = _device(trainer)
+        dm.attach_encoder(model.encoder.to(device), encoder_fingerprint(cfg), device=device)
+        module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
+                                generate=as_dict(cfg.generate), run_config=results["config"], vocabulary=words)
+        results["timing"]["setup_s"] = time.perf_counter() - t0
+
+        if cfg.task == "train":
+            t1 = time.perf_counter()
+            trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+            results["timing"]["train_s"] = time.perf_counter() - t1
+            results["timing"]["train_steps"] = int(trainer.global_step)
+        else:
+            _load_trainable(module, cfg.ckpt_path)
+
+        t2 = time.perf_counter()
+        trainer.test(module, datamodule=dm, verbose=False)
+        results["timing"]["eval_s"] = time.perf_counter() - t2
+
+        rows = module.predictions.get("test", [])
+        atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        results["metrics"].update(module.metrics.get("test", {}))
+        test_set = dm.datasets["test"]
+        tokens = model.connector.tokens_for(model.encoder.frames_for([len(w) for w in test_set.waves]),
+                                            model.encoder.total_frames)
+        results["model"] = {**footprint(model), "audio_tokens": int(tokens.max()),
+                            "audio_tokens_mean": float(tokens.float().mean())}
+        results["efficiency"] = {"device": device_name(device), "mode": "run",
+                                 "peak_memory_mb": _peak_memory_mb(device), "peak_rss_mb": peak_rss_mb()}
+        results["data"] = {"train": len(dm.datasets["train"]) if "train" in dm.datasets else 0,
+                           "test": len(test_set), "skipped": len(dm.skipped), "skipped_files": dm.skipped[:50]}
+        results["status"] = "ok"
+    except (ConfigError, RunExists):
+        raise
+    except BaseException as err:
+        results["error"] = f"{type(err).__name__}: {err}"
+        results["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        results["timing"]["total_s"] = time.perf_counter() - t_start
+        atomic_write_json(out_dir / RESULTS, results)
+        if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+            _close_wandb(logger, results)
+    objective = results["metrics"].get(cfg.objective)
+    return float(objective) if objective is not None else None
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    return peak_rss_mb()
+
+
+def _close_wandb(logger: Any, results: dict[str, Any]) -> None:
+    """Summary metrics into the W&B run, then close it even if the run failed (one W&B run per process)."""
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            flat = {f"test/{k}": v for k, v in results["metrics"].items() if isinstance(v, (int, float))}
+            flat.update({f"model/{k}": v for k, v in results["model"].items() if isinstance(v, (int, float))})
+            wandb.run.summary.update({**flat, "status": results["status"]})
+            wandb.finish(exit_code=0 if results["status"] == "ok" else 1)
+    except Exception as err:  # the local results.json is the source of truth
+        log.warning("closing W&B failed: %s", err)

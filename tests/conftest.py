@@ -1,0 +1,42 @@
+"""Shared fixtures: a private cache per test session, a small random Whisper, composed configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = CONF.parent
+
+# Random-init encoder small enough for unit tests (the real tiny.en is exercised by run tests).
+SMALL_WHISPER = dict(d_model=64, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=128, num_mel_bins=80,
+                     decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, vocab_size=64,
+                     max_source_positions=1500, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                     decoder_start_token_id=1)
+
+# The smallest corpus a run accepts: enough clips for CIDEr-D's document frequencies.
+SMALL_CORPUS = [
+    "data.source.spec.asr_train=24", "data.source.spec.asr_val=4", "data.source.spec.asr_test=6",
+    "data.source.spec.aac_train=12", "data.source.spec.aac_val=4", "data.source.spec.aac_test=4",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sota_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests never touch the user's cache; corpora and converted weights are shared within the session."""
+    cache = Path(os.environ.get("SOTA_TEST_CACHE") or tmp_path_factory.mktemp("sota-cache"))
+    os.environ["SOTA_CACHE"] = str(cache)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return cache
+
+
+@pytest.fixture()
+def compose_cfg():
+    def _compose(*overrides: str):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return _compose

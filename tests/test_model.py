@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+
+from sota.models.audio_llm import IGNORE, AudioLLM
+from sota.models.connector import WindowQFormer
+from sota.models.encoder import AudioEncoder, trim_whisper_context
+from sota.models.llm import tiny_llama
+from sota.models.prompt import PromptBuilder
+from sota.models.tokenizer import word_tokenizer
+
+from conftest import SMALL_WHISPER
+
+PROMPTS = {"asr": "<AudioHere> transcribe the speech", "aac": "<AudioHere> describe the sound"}
+WORDS = ["a", "dog", "barks", "red", "cat", "transcribe", "the", "speech", "describe", "sound"]
+
+
+def small_model(context_s=2.0, **enc):
+    encoder = AudioEncoder(path=None, config=SMALL_WHISPER, context_s=context_s, **enc)
+    llm, tok = tiny_llama(WORDS, hidden_size=32, layers=1, heads=4, kv_heads=2, intermediate_size=64)
+    con = WindowQFormer(encoder.out_dim, 32, frames_per_second=50, hidden_size=32, heads=4,
+                        intermediate_size=64, layers=1)
+    return AudioLLM(encoder, con, llm, tok, PROMPTS)
+
+
+def batch_for(model, seconds, tasks, answers=None):
+    waves = [np.random.default_rng(i).standard_normal(int(s * 16000)).astype(np.float32) * 0.1
+             for i, s in enumerate(seconds)]
+    b = {"encoder_inputs": model.encoder.featurize(waves),
+         "num_frames": model.encoder.frames_for([len(w) for w in waves]), "tasks": tasks}
+    if answers:
+        b["answers"] = answers
+    return b
+
+
+def test_context_trim_shortens_whisper_input():
+    model = small_model(context_s=2.0)
+    assert model.encoder.total_frames == 100
+    b = batch_for(model, [1.0, 3.0], ["asr", "aac"])
+    assert b["encoder_inputs"]["mel"].shape[-1] == 200  # 3 s clip truncated to the 2 s context
+    assert b["num_frames"].tolist() == [50, 100]
+    assert model.encoder(**b["encoder_inputs"]).shape == (2, 100, 64)
+
+
+def test_context_must_be_whole_frames():
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    with pytest.raises(ValueError, match="context_s"):
+        trim_whisper_context(WhisperEncoder(WhisperConfig(**SMALL_WHISPER)), 0.015)
+
+
+def test_loss_only_on_answer_tokens_and_backward_reaches_connector_not_frozen_encoder():
+    model = small_model()
+    b = batch_for(model, [1.0, 2.0], ["asr", "aac"], ["a red dog barks", "a cat"])
+    embeds, mask = model.audio_embeds(b)
+    inputs = model.assemble(embeds, mask, b["tasks"], b["answers"])
+    labels = inputs["labels"]
+    n_answer = [len(model.prompt.answer_ids(a)) for a in b["answers"]]
+    assert (labels != IGNORE).sum(1).tolist() == n_answer
+    # left padding: the last column is the end-of-turn token for every row
+    assert labels[:, -1].tolist() == [model.prompt.end_of_turn_id] * 2
+    lengths = inputs["attention_mask"].sum(1)
+    short = int(lengths.argmin())
+    assert lengths[0] != lengths[1] and inputs["attention_mask"][short, 0] == 0
+    assert inputs["position_ids"][short, -1] == lengths[short] - 1
+    loss = model(b)
+    loss.backward()
+    assert model.connector.query.grad is not None
+    assert all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_frozen_encoder_stays_in_eval_mode():
+    model = small_model()
+    model.train()
+    assert not model.encoder.training and model.connector.training
+
+
+def test_generate_returns_one_string_per_clip_and_respects_max_tokens():
+    model = small_model().eval()
+    b = batch_for(model, [1.0, 1.5, 0.5], ["asr", "aac", "asr"])
+    out = model.generate(b, max_new_tokens=3)
+    assert len(out) == 3 and all(isinstance(o, str) and len(o.split()) <= 3 for o in out)
+
+
+def test_second_encoder_is_concatenated():
+    second = {"config": {"model_type": "wav2vec2", "hidden_size": 16, "num_hidden_layers": 1,
+                         "num_attention_heads": 2, "intermediate_size": 32, "conv_dim": [16, 16],
+                         "conv_stride": [5, 4], "conv_kernel": [10, 4], "num_feat_extract_layers": 2}}
+    model = small_model(second=second)
+    assert model.encoder.out_dim == 64 + 16
+    b = batch_for(model, [1.0], ["asr"])
+    assert model.encoder(**b["encoder_inputs"]).shape == (1, 100, 80)
+
+
+def test_end_of_turn_found_from_the_chat_template():
+    tok = word_tokenizer(WORDS)
+    pb = PromptBuilder(tok, PROMPTS)
+    assert tok.convert_ids_to_tokens(pb.end_of_turn_id) == "<|end|>"
+    assert set(pb.stop_ids) == {tok.convert_tokens_to_ids("<|end|>"), tok.eos_token_id}
+    assert pb.decode(pb.answer_ids("a red dog")) == "a red dog"
+
+
+def test_prompt_without_audio_slot_is_rejected():
+    with pytest.raises(ValueError, match="prompts.asr"):
+        PromptBuilder(word_tokenizer(WORDS), {"asr": "transcribe"})
+
+
+def test_unknown_task_is_rejected():
+    model = small_model()
+    b = batch_for(model, [1.0], ["translate"], ["a"])
+    with pytest.raises(ValueError, match="no prompt for task 'translate'"):
+        model(b)
