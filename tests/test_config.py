@@ -1,0 +1,66 @@
+"""Every option of every config group composes, and bad values are reported before any heavy work."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from conftest import CONF, ROOT
+from sota.config import ConfigError, validate
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_validates(compose_cfg, group, option):
+    cfg = compose_cfg(f"{group}={option}")
+    assert OmegaConf.select(cfg, "encoder._target_") == "sota.models.encoder.AudioEncoder"
+    validate(cfg)
+
+
+def test_model_preset_can_be_refined_per_group(compose_cfg):
+    cfg = compose_cfg("model=tiny", "llm=tiny_m")
+    assert cfg.llm.layers == 4 and cfg.connector.hidden_size == 192
+
+
+def test_encoder_context_follows_the_corpus(compose_cfg):
+    cfg = compose_cfg("data.max_clip_s=4.0")
+    assert cfg.encoder.context_s == 4.0 and cfg.data.source.spec.max_clip_s == 4.0
+
+
+def test_validation_reports_every_problem_at_once(compose_cfg):
+    cfg = compose_cfg("connector.window_s=0", "connector.num_queries=0", "data.on_bad_file=ignore",
+                      "generate.num_beams=0", "task=eval")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    text = str(err.value)
+    for key in ("connector.window_s", "connector.num_queries", "data.on_bad_file", "error, skip",
+                "generate.num_beams", "ckpt_path"):
+        assert key in text
+
+
+def test_stride_longer_than_window_is_rejected(compose_cfg):
+    cfg = compose_cfg("connector.window_s=0.2", "connector.stride_s=0.4")
+    with pytest.raises(ConfigError, match=r"connector.stride_s \(0.4\) must be <= connector.window_s \(0.2\)"):
+        validate(cfg)
+
+
+def test_unknown_option_and_key_fail_fast_with_choices(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "run.py", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    bad_option = run("llm=huge")
+    assert bad_option.returncode != 0
+    assert "Could not find 'llm/huge'" in bad_option.stderr and "tiny_s" in bad_option.stderr
+    bad_key = run("connector.windw_s=1")
+    assert bad_key.returncode != 0 and "windw_s" in bad_key.stderr
+    bad_value = run("connector.window_s=-1", "logger=none")
+    assert bad_value.returncode != 0 and "connector.window_s must be > 0" in bad_value.stderr
+    assert not (tmp_path / "results.json").exists()  # rejected before anything ran

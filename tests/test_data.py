@@ -1,0 +1,72 @@
+"""Manifests and audio files: bad rows and files are named in the error, or skipped and counted."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sota.data.audio import BadAudioFile, load_audio
+from sota.data.manifest import BadSample, read_manifest
+
+
+def write(path, rows):
+    path.write_text(json.dumps({"annotation": rows}))
+    return path
+
+
+def test_relative_paths_and_references(tmp_path):
+    m = write(tmp_path / "m.json", [
+        {"path": "a.wav", "text": "hello there", "task": "asr"},
+        {"path": "/abs/b.wav", "text": "", "references": ["a dog barks", "  ", "dog barking"], "task": "aac"},
+    ])
+    a, b = read_manifest(m)
+    assert a.path == tmp_path / "a.wav" and a.targets == ("hello there",)
+    assert b.text == "a dog barks" and b.references == ("a dog barks", "dog barking")
+
+
+def test_empty_transcript_is_an_error_or_skipped(tmp_path):
+    m = write(tmp_path / "m.json", [{"path": "a.wav", "text": " ", "task": "asr"},
+                                    {"path": "b.wav", "text": "ok", "task": "asr"}])
+    with pytest.raises(BadSample, match=r"m.json: row 0 \(a.wav\) has an empty transcript"):
+        read_manifest(m)
+    skipped = []
+    rows = read_manifest(m, on_bad="skip", skipped=skipped)
+    assert [r.text for r in rows] == ["ok"] and len(skipped) == 1
+
+
+def test_task_filter_and_bad_layout(tmp_path):
+    m = write(tmp_path / "m.json", [{"path": "a.wav", "text": "x", "task": "asr"},
+                                    {"path": "b.wav", "text": "y", "task": "aac"}])
+    assert [r.task for r in read_manifest(m, tasks=["aac"])] == ["aac"]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(BadSample, match="not a SALMONN annotation file"):
+        read_manifest(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="data.on_bad_file must be one of"):
+        read_manifest(m, on_bad="ignore")
+
+
+def test_audio_is_resampled_and_mixed_to_mono(tmp_path):
+    t = np.linspace(0, 1, 44100, endpoint=False)
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t)] * 2, axis=1).astype(np.float32) * 0.5
+    sf.write(tmp_path / "s.wav", stereo, 44100)
+    audio = load_audio(tmp_path / "s.wav")
+    assert audio.dtype == np.float32 and audio.ndim == 1 and abs(len(audio) - 16000) <= 1
+    assert 0.45 < np.abs(audio).max() < 0.55
+
+
+@pytest.mark.parametrize("content,msg", [(None, "not found"), (b"not audio at all", "cannot read"),
+                                         (b"", "cannot read|empty")])
+def test_bad_audio_files_are_named(tmp_path, content, msg):
+    path = tmp_path / "x.wav"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(BadAudioFile, match=msg) as err:
+        load_audio(path)
+    assert str(path) in str(err.value)
+
+
+def test_zero_length_wav_is_empty(tmp_path):
+    sf.write(tmp_path / "e.wav", np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(BadAudioFile, match="empty"):
+        load_audio(tmp_path / "e.wav")
