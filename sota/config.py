@@ -37,6 +37,8 @@ def _encoder(c: DictConfig, data: DictConfig, out: list[str]) -> None:
         out.append(f"encoder.context_s must be a positive multiple of 0.02 s (one Whisper frame), got {c.context_s}")
     elif c.get("frozen") is not None and c.context_s * 50 < 1:
         out.append("encoder.context_s is shorter than one frame")
+    if c.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
+        out.append(f"encoder.dtype must be one of float32, bfloat16, float16; got {c.dtype!r}")
     if c.path is None and c.config is None:
         out.append("encoder: set encoder.path (pretrained weights) or encoder.config (random init)")
 

@@ -18,6 +18,7 @@ from sota.models.hub import resolve_pretrained
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Whisper: 100 mel frames per second, halved by the second convolution.
 WHISPER_FRAMES_PER_SECOND = 50
 
@@ -103,10 +104,13 @@ class AudioEncoder(nn.Module):
         context_s: float = 30.0,
         frozen: bool = True,
         second: dict[str, Any] | None = None,
+        dtype: str = "float32",
     ) -> None:
         super().__init__()
+        if dtype not in DTYPES:
+            raise ValueError(f"encoder.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         whisper, self.extractor = load_whisper_encoder(path, config)
-        self.whisper = trim_whisper_context(whisper, context_s)
+        self.whisper = trim_whisper_context(whisper, context_s).to(DTYPES[dtype])
         self.context_s = context_s
         self.second = SecondEncoder(**second) if second else None
         self.frozen = frozen

@@ -1,0 +1,79 @@
+"""run.py end to end on the tiny preset with a small corpus: results.json contract, predictions, refusal to
+overwrite a finished run, failed runs recorded, evaluation of a saved checkpoint."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SMALL_CORPUS
+
+FAST = ["trainer=smoke", "logger=csv", "data.max_clip_s=5.0", *SMALL_CORPUS]
+
+
+def run(out_dir, *overrides, check=True):
+    proc = subprocess.run([sys.executable, "run.py", *FAST, *overrides, f"hydra.run.dir={out_dir}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    run(out)
+    return out
+
+
+def test_results_json_contract(trained):
+    res = json.loads((trained / "results.json").read_text())
+    assert res["status"] == "ok" and res["error"] is None
+    assert set(res) >= {"status", "error", "config", "metrics", "model", "efficiency", "timing", "provenance"}
+    m = res["metrics"]
+    assert 0.0 <= m["asr/wer"] and m["aac/cider_d"] >= 0.0 and "aac/spider" in m
+    assert m["aac/official_v1_1"] == pytest.approx(100 * m["aac/cider_d"])
+    model = res["model"]
+    assert 0 < model["params_trainable"] < model["params_total"]
+    assert model["weight_bytes"] >= 4 * model["params_total"] * 0.99  # float32 weights
+    assert 1 <= model["audio_tokens"] <= 16  # 5 s context, 17-frame windows
+    assert res["efficiency"]["device"].startswith("cpu") and res["efficiency"]["peak_memory_mb"] > 0
+    assert res["timing"]["train_steps"] == 4 and res["timing"]["train_s"] > 0
+    assert res["provenance"]["seed"] == 0 and "torch" in res["provenance"]["versions"]
+    assert res["config"]["connector"]["window_s"] == pytest.approx(0.333333)
+
+
+def test_predictions_are_saved(trained):
+    rows = [json.loads(line) for line in (trained / "predictions.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"asr", "aac"}
+    assert all(isinstance(r["prediction"], str) and r["references"] for r in rows)
+
+
+def test_checkpoint_holds_only_trainable_tensors_and_evaluates(trained, tmp_path):
+    import torch
+
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("model.encoder.") for k in ckpt["state_dict"])
+    assert any(k.startswith("model.connector.") for k in ckpt["state_dict"])
+    assert ckpt["sota_vocabulary"] and ckpt["sota_config"]["llm"]["layers"] == 2
+    run(tmp_path, "task=eval", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}")
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "ok" and res["timing"]["train_s"] is None
+    original = json.loads((trained / "results.json").read_text())
+    assert res["metrics"]["asr/wer"] == pytest.approx(original["metrics"]["asr/wer"])
+
+
+def test_finished_run_is_never_overwritten(trained):
+    before = (trained / "results.json").read_bytes()
+    proc = run(trained, check=False)
+    assert proc.returncode != 0 and "refusing to overwrite" in proc.stderr
+    assert (trained / "results.json").read_bytes() == before
+
+
+def test_crash_leaves_failed_results(tmp_path):
+    # A learning rate this large turns the loss into NaN within the smoke steps.
+    proc = run(tmp_path, "optimizer.lr=1e30", "scheduler.num_warmup_steps=0", check=False)
+    assert proc.returncode != 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "failed" and "loss" in res["error"]
