@@ -7,7 +7,7 @@ from sota.models.connector import WindowQFormer
 from sota.models.encoder import AudioEncoder, trim_whisper_context
 from sota.models.llm import tiny_llama
 from sota.models.prompt import PromptBuilder
-from sota.models.tokenizer import word_tokenizer
+from sota.models.tokenizer import corpus_tokenizer
 
 from conftest import SMALL_WHISPER
 
@@ -94,7 +94,7 @@ def test_second_encoder_is_concatenated():
 
 
 def test_end_of_turn_found_from_the_chat_template():
-    tok = word_tokenizer(WORDS)
+    tok = corpus_tokenizer(WORDS)
     pb = PromptBuilder(tok, PROMPTS)
     assert tok.convert_ids_to_tokens(pb.end_of_turn_id) == "<|end|>"
     assert set(pb.stop_ids) == {tok.convert_tokens_to_ids("<|end|>"), tok.eos_token_id}
@@ -103,7 +103,7 @@ def test_end_of_turn_found_from_the_chat_template():
 
 def test_prompt_without_audio_slot_is_rejected():
     with pytest.raises(ValueError, match="prompts.asr"):
-        PromptBuilder(word_tokenizer(WORDS), {"asr": "transcribe"})
+        PromptBuilder(corpus_tokenizer(WORDS), {"asr": "transcribe"})
 
 
 def test_unknown_task_is_rejected():
@@ -111,3 +111,17 @@ def test_unknown_task_is_rejected():
     b = batch_for(model, [1.0], ["translate"], ["a"])
     with pytest.raises(ValueError, match="no prompt for task 'translate'"):
         model(b)
+
+
+def test_char_tokenizer_spells_and_round_trips():
+    tok = corpus_tokenizer(["a", "red", "dog"], "char")
+    ids = tok("a red dog", add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(ids) == ["a", "▁", "r", "e", "d", "▁", "d", "o", "g"]
+    assert tok.decode(ids) == "a red dog"
+    pb = PromptBuilder(tok, PROMPTS)
+    assert tok.convert_ids_to_tokens(pb.end_of_turn_id) == "<|end|>"
+
+
+def test_unknown_tokenizer_kind_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="llm.tokenizer must be one of word, char"):
+        corpus_tokenizer(WORDS, "bpe")

@@ -79,6 +79,8 @@ class SyntheticCorpusSpec:
     noise_snr_db: tuple[float, float] = (15.0, 40.0)  # speech noise range
     rate_range: tuple[int, int] = (140, 210)  # eSpeak words per minute
     pitch_range: tuple[int, int] = (30, 70)  # eSpeak base pitch, 0-100
+    # The voices Whisper tiny.en understands best (tts.VOICES has harder accents for harder corpora).
+    voices: tuple[str, ...] = tts.CLEAR_VOICES
 
     def __post_init__(self) -> None:
         # Configs (Hydra/OmegaConf) hand over lists and numpy scalars; normalise so the fingerprint is stable.
@@ -95,6 +97,12 @@ class SyntheticCorpusSpec:
         set_(self, "noise_snr_db", _check_range("noise_snr_db", self.noise_snr_db, -10.0, 100.0, integer=False))
         set_(self, "rate_range", _check_range("rate_range", self.rate_range, *tts.RATE_RANGE, integer=True))
         set_(self, "pitch_range", _check_range("pitch_range", self.pitch_range, *tts.PITCH_RANGE, integer=True))
+        voices = tuple(self.voices) if not isinstance(self.voices, str) else (self.voices,)
+        unknown = [v for v in voices if v not in tts.VOICES]
+        if not voices or unknown:
+            raise ValueError(f"SyntheticCorpusSpec.voices must be a non-empty list of {', '.join(tts.VOICES)}; "
+                             f"unknown: {unknown or 'none given'}")
+        set_(self, "voices", voices)
 
     def count(self, task: str, split: str) -> int:
         return int(getattr(self, f"{task}_{split}"))
@@ -140,7 +148,7 @@ def _sentence_pools(spec: SyntheticCorpusSpec) -> dict[str, tuple[list[str], lis
 
 def _speech_clip(text: str, rng: np.random.Generator, spec: SyntheticCorpusSpec) -> np.ndarray | None:
     """Noisy speech for `text` within spec.max_samples, or None if even the fastest allowed rate is too long."""
-    voice = tts.VOICES[int(rng.integers(len(tts.VOICES)))]
+    voice = spec.voices[int(rng.integers(len(spec.voices)))]
     rate = int(rng.integers(spec.rate_range[0], spec.rate_range[1] + 1))
     pitch = int(rng.integers(spec.pitch_range[0], spec.pitch_range[1] + 1))
     lead = int(rng.uniform(0.05, 0.3) * SAMPLE_RATE)

@@ -37,6 +37,9 @@ VOICES: tuple[str, ...] = (
     "en-gb-x-gbcwmd+f3",
 )
 
+# Whisper tiny.en scored best on these (WER 0.34-0.41 at 150 wpm on grammar sentences, vs up to 0.8 for the rest).
+CLEAR_VOICES: tuple[str, ...] = ("en-us", "en-us+f2", "en-us+m2", "en-us+m7", "en+f4", "en+m3")
+
 RATE_RANGE = (80, 450)  # espeakRATE_MINIMUM / espeakRATE_MAXIMUM: beyond these eSpeak changes method or clamps
 PITCH_RANGE = (0, 100)
 

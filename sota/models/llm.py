@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from sota.models.hub import resolve_pretrained
-from sota.models.tokenizer import word_tokenizer
+from sota.models.tokenizer import corpus_tokenizer
 
 
 def tiny_llama(
@@ -20,9 +20,10 @@ def tiny_llama(
     kv_heads: int = 2,
     intermediate_size: int = 512,
     max_positions: int = 512,
+    tokenizer: str = "word",
 ) -> tuple[PreTrainedModel, object]:
-    """A randomly initialised Llama over a word vocabulary built from the corpus."""
-    tokenizer = word_tokenizer(words)
+    """A randomly initialised Llama over a closed vocabulary (`word` or `char`) built from the corpus."""
+    tokenizer = corpus_tokenizer(words, tokenizer)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
