@@ -108,3 +108,9 @@ def test_salmonn_manifests_with_a_corrupt_file_skip_and_count(tmp_path):
     assert res["status"] == "ok" and res["data"]["skipped"] >= 1 and res["data"]["test"] == 8
     assert res["metrics"]["aac/cider_d"] is None and res["metrics"]["asr/wer"] is not None
     assert np.isfinite(res["metrics"]["asr/wer"])
+
+
+def test_training_resumes_from_last_checkpoint(trained, tmp_path):
+    run(tmp_path, "trainer.max_steps=6", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}")
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "ok" and res["timing"]["train_steps"] == 6  # 4 restored + 2 new
