@@ -24,7 +24,7 @@ def run(out_dir, *overrides, check=True, base=FAST):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    run(out)
+    run(out, "logger=wandb")  # the default logger, offline: no network is touched
     return out
 
 
@@ -46,6 +46,11 @@ def test_results_json_contract(trained):
     assert res["timing"]["train_steps"] == 4 and res["timing"]["train_s"] > 0
     assert res["provenance"]["seed"] == 0 and "torch" in res["provenance"]["versions"]
     assert res["config"]["connector"]["window_s"] == pytest.approx(0.333333)
+
+
+def test_wandb_writes_an_offline_run_with_the_summary(trained):
+    runs = list((trained / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
 
 
 def test_predictions_are_saved(trained):
