@@ -4,14 +4,14 @@ the encoder is frozen so training touches only the connector and the LLM."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from sota.data.audio import BadAudioFile, load_audio
 from sota.data.features import cache_key, cached_encode
@@ -53,6 +53,7 @@ class AudioDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_features: bool = True,
         max_eval_samples: int | None = None,
+        weights: Mapping[str, float] | None = None,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -62,6 +63,7 @@ class AudioDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.on_bad_file, self.num_workers = on_bad_file, num_workers
         self.cache_features, self.max_eval_samples = cache_features, max_eval_samples
+        self.weights = _check_weights(weights)
         self.skipped: list[str] = []
         self._manifests: dict[str, Path] | None = None
         self._samples: dict[str, list[Sample]] = {}
@@ -145,19 +147,78 @@ class AudioDataModule(L.LightningDataModule):
             batch["encoder_inputs"] = self.encoder.featurize([it["wave"] for it in items])
         return batch
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate,
-                          num_workers=self.num_workers, drop_last=shuffle)
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers, drop_last=shuffle)
+
+    def train_sampler(self) -> WeightedRandomSampler | None:
+        """With `weights`, a sampler that draws each task (or source) of the train set in those proportions,
+        as many draws per epoch as the set has clips; None (plain shuffling) without weights."""
+        if not self.weights:
+            return None
+        if "train" not in self.datasets:
+            self.datasets["train"] = self._load("train")
+        samples = self.datasets["train"].samples
+        return WeightedRandomSampler(sample_weights(samples, self.weights), num_samples=len(samples),
+                                     replacement=True)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=True, sampler=self.train_sampler())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
+
+
+def _check_weights(weights: Mapping[str, float] | None) -> dict[str, float] | None:
+    if not weights:
+        return None
+    out = {}
+    for key, w in weights.items():
+        try:
+            out[str(key)] = float(w)
+        except (TypeError, ValueError):
+            raise ValueError(f"data.weights.{key} must be a number >= 0, got {w!r}") from None
+        if not out[str(key)] >= 0:
+            raise ValueError(f"data.weights.{key} must be a number >= 0, got {w!r}")
+    return out
+
+
+def sample_weights(samples: list[Sample], weights: Mapping[str, float]) -> torch.Tensor:
+    """Per-sample weights that give each group (a task, or a source of `sota.data.sources.mix`) the share
+    `weights[group]` of the draws, whatever its size. Keys are all tasks or all source names."""
+    tasks = {s.task for s in samples}
+    sources = {s.extra.get("source") for s in samples} - {None}
+    keys = set(weights)
+    if keys & tasks and keys & sources:
+        raise ValueError(f"data.weights mixes tasks ({sorted(keys & tasks)}) and sources ({sorted(keys & sources)}); "
+                         "weight either the tasks or the sources")
+    if keys & tasks:
+        field, groups = "task", [s.task for s in samples]
+    elif keys & sources:
+        field, groups = "source", [s.extra.get("source") for s in samples]
+    else:
+        raise ValueError(f"data.weights keys {sorted(keys)} name neither a task of the train set "
+                         f"({sorted(tasks)}) nor a source ({sorted(sources) or 'none: use sota.data.sources.mix'})")
+    counts: dict[Any, int] = {}
+    for g in groups:
+        counts[g] = counts.get(g, 0) + 1
+    unweighted = sorted(str(g) for g in counts if g not in weights)
+    if unweighted:
+        raise ValueError(f"data.weights gives no weight to {field} {', '.join(unweighted)} of the train set; "
+                         f"give every {field} a weight (0 to leave it out)")
+    absent = sorted(k for k in keys if k not in counts)
+    if absent:
+        log.warning("data.weights: no train samples for %s %s; their weight is ignored", field, ", ".join(absent))
+    total = sum(weights[g] for g in counts)
+    if total <= 0:
+        raise ValueError(f"data.weights: the weights of the train set's {field}s sum to 0")
+    log.info("train sampling by %s: %s", field,
+             ", ".join(f"{g} {weights[g] / total:.2f} of draws ({n} clips)" for g, n in sorted(counts.items())))
+    return torch.tensor([weights[g] / counts[g] for g in groups], dtype=torch.double)
 
 
 def _per_task_head(rows: list[Sample], n: int) -> list[Sample]:
