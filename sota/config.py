@@ -72,6 +72,10 @@ def validate(cfg: DictConfig) -> None:
     _encoder(cfg.encoder, cfg.data, out)
     _data(cfg.data, out)
     _generate(cfg.generate, out)
+    from sota.compress import pipeline
+
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    pipeline.validate(cfg, "cuda" if accelerator in ("gpu", "cuda") else "cpu", out)
     for task in cfg.data.tasks:
         if task not in cfg.prompts:
             out.append(f"prompts.{task} is missing: every task in data.tasks needs a prompt")

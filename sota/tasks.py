@@ -3,6 +3,7 @@ results.json, predictions and logs into the run directory and returns the object
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sota.compress import pipeline, prune
 from sota.config import ConfigError, as_dict, validate
 from sota.data.datamodule import AudioDataModule
 from sota.measure.footprint import footprint, peak_rss_mb
@@ -71,6 +73,42 @@ def _load_trainable(module: AudioLLMModule, ckpt_path: str) -> dict[str, Any]:
     return ckpt
 
 
+def _prune_targets(cfg: DictConfig) -> list[str]:
+    node = cfg.get("prune")
+    return list(node.get("targets", [])) if node is not None and node.get("method", "none") != "none" else []
+
+
+def _calibration(cfg: DictConfig, dm: AudioDataModule, device: str) -> list[dict[str, Any]]:
+    """A few training batches for pruning's importance scores (only when pruning)."""
+    if not _prune_targets(cfg):
+        return []
+    batches = list(itertools.islice(dm.train_dataloader(), int(cfg.prune.get("calib_batches", 4))))
+    if not batches:
+        raise ValueError(f"prune: no calibration batch: the training split has fewer than data.batch_size="
+                         f"{dm.batch_size} clips")
+    return [{k: _to(v, device) for k, v in b.items()} for b in batches]
+
+
+def _to(value: Any, device: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def _restore_structure(model: Any, cfg: DictConfig, device: str) -> dict[str, Any]:
+    """task=eval: rebuild what compression changed before training (pruned structure, QLoRA base, adapters),
+    so the checkpoint's trainable tensors fit; merge and post-training quantization follow as in training."""
+    ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
+    record = ckpt.get("sota_compression") or {}
+    if record.get("prune", {}).get("method", "none") != "none":
+        prune.replay(model, record["prune"])
+    rest = pipeline.before_training(model, OmegaConf.merge(cfg, {"prune": {"method": "none"}}), [], device)
+    rest["prune"] = record.get("prune", rest["prune"])
+    return rest
+
+
 def _vocabulary(cfg: DictConfig, dm: AudioDataModule) -> list[str]:
     if cfg.task == "eval":
         ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
@@ -87,7 +125,7 @@ def run(cfg: DictConfig) -> float | None:
     results: dict[str, Any] = {
         "status": "failed", "error": None, "config": as_dict(cfg),
         "metrics": {"asr/wer": None, "aac/cider_d": None, "aac/spider": None},
-        "model": {}, "efficiency": {}, "timing": {"train_s": None, "eval_s": None},
+        "model": {}, "efficiency": {}, "compression": {}, "timing": {"train_s": None, "eval_s": None},
         "data": {}, "provenance": {"git_sha": git_sha(), "seed": int(cfg.seed), "versions": versions()},
     }
     logger: Any = False
@@ -104,9 +142,17 @@ def run(cfg: DictConfig) -> float | None:
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                          default_root_dir=str(out_dir))
         device = _device(trainer)
+        if "encoder" in _prune_targets(cfg):
+            dm.cache_features = False  # cached features would come from the encoder before pruning
         dm.attach_encoder(model.encoder.to(device), encoder_fingerprint(cfg), device=device)
+        if cfg.task == "train":
+            record = pipeline.before_training(model, cfg, _calibration(cfg, dm, device), device)
+        else:
+            record = _restore_structure(model, cfg, device)
+        model.to(device)
         module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
-                                generate=as_dict(cfg.generate), run_config=results["config"], vocabulary=words)
+                                generate=as_dict(cfg.generate), run_config=results["config"], vocabulary=words,
+                                compression=record)
         results["timing"]["setup_s"] = time.perf_counter() - t0
 
         if cfg.task == "train":
@@ -116,6 +162,7 @@ def run(cfg: DictConfig) -> float | None:
             results["timing"]["train_steps"] = int(trainer.global_step)
         else:
             _load_trainable(module, cfg.ckpt_path)
+        results["compression"] = pipeline.after_training(model, cfg, record, device)
 
         t2 = time.perf_counter()
         trainer.test(module, datamodule=dm, verbose=False)

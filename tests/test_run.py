@@ -119,3 +119,21 @@ def test_training_resumes_from_last_checkpoint(trained, tmp_path):
     run(tmp_path, "trainer.max_steps=6", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}")
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["status"] == "ok" and res["timing"]["train_steps"] == 6  # 4 restored + 2 new
+
+
+def test_compressed_run_records_compression_and_evaluates_identically(tmp_path):
+    """prune -> LoRA -> train -> merge -> int8: the checkpoint rebuilds the same model for task=eval."""
+    combo = ["prune=depth", "prune.ratio=0.5", "lora=lora", "quant=int8_weight"]
+    run(tmp_path / "train", *combo)
+    res = json.loads((tmp_path / "train" / "results.json").read_text())
+    comp = res["compression"]
+    assert comp["prune"]["llm"]["layers_after"] == 1 and comp["prune"]["llm"]["removed_layers"] == [1]
+    assert comp["lora"]["rank"] == 16 and comp["lora"]["merge"]["merged"] == ["llm"]
+    assert comp["quant"]["mode"] == "int8_weight"
+    assert comp["quant"]["weight_bytes_after"] < comp["quant"]["weight_bytes_before"]
+    run(tmp_path / "eval", *combo, "task=eval", f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}")
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert again["model"]["weight_bytes"] == res["model"]["weight_bytes"]
+    preds = [json.loads(x)["prediction"] for x in (tmp_path / "train" / "predictions.jsonl").read_text().splitlines()]
+    preds2 = [json.loads(x)["prediction"] for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert preds == preds2

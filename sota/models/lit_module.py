@@ -16,7 +16,8 @@ from sota.models.audio_llm import AudioLLM
 class AudioLLMModule(L.LightningModule):
     def __init__(self, model: AudioLLM, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, generate: dict[str, Any] | None = None,
-                 run_config: dict[str, Any] | None = None, vocabulary: list[str] | None = None) -> None:
+                 run_config: dict[str, Any] | None = None, vocabulary: list[str] | None = None,
+                 compression: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
@@ -24,6 +25,7 @@ class AudioLLMModule(L.LightningModule):
         self.generate_kwargs = dict(generate or {})
         self.run_config = run_config or {}
         self.vocabulary = vocabulary or []
+        self.compression = compression or {}
         # Frozen weights are not in the checkpoint: they come back from the config on rebuild.
         self.strict_loading = False
         self.predictions: dict[str, list[dict[str, Any]]] = {}
@@ -88,3 +90,5 @@ class AudioLLMModule(L.LightningModule):
         checkpoint["sota_config"] = self.run_config
         # Word-level tokenizers are rebuilt from this, so a checkpoint evaluates without its training corpus.
         checkpoint["sota_vocabulary"] = self.vocabulary
+        # What pruning removed, so an evaluation rebuilds the same structure before loading the tensors.
+        checkpoint["sota_compression"] = self.compression

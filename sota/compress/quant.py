@@ -1,0 +1,371 @@
+"""Weight quantization of a built AudioLLM, in place: half-precision casts, torchao int8/int4 weight-only
+(post-training), and bitsandbytes nf4 / LLM.int8() module replacement (the frozen base of QLoRA).
+
+Modules whose qualified name matches a `skip` pattern keep their precision. Quantization is a deterministic
+function of the float weights, so a quantized model is reloaded by rebuilding it from its float weights (or a
+checkpoint of its trainable tensors) and calling `quantize` again -- the pipeline's way. A full quantized
+state_dict also round-trips: `torch.save(model.state_dict())` -> rebuild -> `quantize` -> `load_state_dict`
+(safetensors cannot hold torchao's tensor subclasses, so that file is a torch pickle, read back with
+`torch.load(..., weights_only=True)`)."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from sota.measure.footprint import footprint
+
+# mode -> device types its kernels run on (checked: torchao int4 weight-only has CUDA kernels only).
+MODES: dict[str, set[str]] = {
+    "none": {"cpu", "cuda"},
+    "bf16": {"cpu", "cuda"},
+    "fp16": {"cpu", "cuda"},
+    "int8_weight": {"cpu", "cuda"},
+    "int4_weight": {"cuda"},
+    "nf4": {"cpu", "cuda"},
+    "int8_bnb": {"cpu", "cuda"},
+}
+QLORA_BASE = ("nf4", "int8_bnb")
+TARGETS = ("llm", "encoder", "connector")
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "int4_weight": torch.bfloat16}
+WHY = {"int4_weight": "torchao int4 kernels"}
+# Outlier threshold of LLM.int8() (bitsandbytes' and transformers' default): activation columns above it
+# are multiplied in float.
+INT8_THRESHOLD = 6.0
+
+
+def _device_type(device: str | torch.device) -> str:
+    name = str(device)
+    if name == "gpu":
+        return "cuda"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
+
+
+def validate(cfg: Any, device: str, out: list[str]) -> None:
+    """Append every problem of the `quant` group to `out`; `device` is where the run will execute."""
+    if cfg is None:
+        return
+    mode = cfg.get("mode", "none")
+    if mode not in MODES:
+        out.append(f"quant.mode must be one of {', '.join(MODES)}; got {mode!r}")
+        return
+    if mode == "none":
+        return
+    try:
+        kind = _device_type(device)
+    except RuntimeError:
+        out.append(f"quant: unknown device {device!r}")
+        return
+    if kind not in MODES[mode]:
+        why = f" ({WHY[mode]})" if mode in WHY else ""
+        need = " or ".join(sorted(d.upper() if d == "cuda" else d for d in MODES[mode]))
+        out.append(f"quant.mode={mode} needs a {need} device{why}; this run is on {kind}")
+    elif kind not in set(cfg.get("devices") or MODES[mode]):
+        out.append(f"quant.devices={list(cfg.devices)} does not include {kind}, where this run is")
+    targets = list(cfg.get("targets") or [])
+    bad = [t for t in targets if t not in TARGETS]
+    if bad or not targets:
+        out.append(f"quant.targets must be a non-empty subset of [{', '.join(TARGETS)}], got {targets}")
+    if mode == "int4_weight":
+        gs = cfg.get("group_size", 128)
+        if gs not in (32, 64, 128, 256):
+            out.append(f"quant.group_size must be one of 32, 64, 128, 256 (int4 kernels), got {gs}")
+
+
+def is_qlora_base(cfg: Any) -> bool:
+    """bitsandbytes modes quantize the frozen base BEFORE LoRA (QLoRA); the others quantize after training."""
+    return cfg is not None and cfg.get("mode", "none") in QLORA_BASE
+
+
+# -- module selection --------------------------------------------------------------------------------------
+def _skipped(name: str, patterns: list[str]) -> bool:
+    """A pattern matches a whole name component (`lm_head`, `embed_tokens`) or the name as a glob."""
+    parts = name.split(".")
+    return any(p in parts or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _is_adapter(name: str) -> bool:
+    # LoRA adapters (peft `lora_A`, `lora_B`, `lora_embedding_A`, ...) stay in float: they are what trains.
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def _candidates(root: nn.Module, patterns: list[str]) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) of every module under `root` outside skipped subtrees and LoRA adapters."""
+    blocked: list[str] = []
+    for name, mod in root.named_modules():
+        if any(name == b or name.startswith(b + ".") for b in blocked):
+            continue
+        if name and (_skipped(name, patterns) or _is_adapter(name)):
+            blocked.append(name)
+            continue
+        yield name, mod
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def _targets(model: nn.Module, cfg: Any) -> dict[str, nn.Module]:
+    return {t: getattr(model, t) for t in (cfg.get("targets") or ["llm"])}
+
+
+def _untie_config(root: nn.Module) -> None:
+    config = getattr(root, "config", None)
+    if config is not None and getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False  # or a later tie_weights() would share the weights again
+
+
+def _untie_skipped(root: nn.Module, patterns: list[str], notes: list[str], where: str) -> None:
+    """A weight shared by a skipped module and a quantized one (tied lm_head/embed_tokens) gets its own copy
+    in the quantized module, so the skipped one really keeps its precision."""
+    kept = {id(p) for name, m in root.named_modules() if name and _skipped(name, patterns)
+            for p in m.parameters()}
+    for name, mod in _candidates(root, patterns):
+        for pname, p in list(mod.named_parameters(recurse=False)):
+            if id(p) in kept:
+                setattr(mod, pname, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+                _untie_config(root)
+                notes.append(f"{where}.{name}.{pname} was tied to a skipped module: untied, so the skipped copy "
+                             "stays in full precision and both copies are stored")
+
+
+# -- half precision ----------------------------------------------------------------------------------------
+def _cast_inputs(dtype: torch.dtype):
+    def cast(x: Any) -> Any:
+        return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype else x
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    return hook
+
+
+def _cast_output(dtype: torch.dtype):
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            return output.to(dtype)
+        return output
+
+    return hook
+
+
+def _entry(target: nn.Module) -> nn.Module:
+    """The module whose inputs start the half-precision region: an LLM's decoder (it receives inputs_embeds
+    even when a peft wrapper calls the LLM's forward directly), else the target itself."""
+    get_decoder = getattr(target, "get_decoder", None)
+    if get_decoder is not None and hasattr(target, "get_input_embeddings"):
+        try:
+            decoder = get_decoder()
+        except (AttributeError, NotImplementedError):
+            decoder = None
+        if isinstance(decoder, nn.Module) and decoder is not target:
+            return decoder
+    return target
+
+
+def _cast_half(root: nn.Module, dtype: torch.dtype, patterns: list[str]) -> int:
+    """Cast parameters outside skipped subtrees to `dtype`; skipped modules compute in their own precision.
+
+    Buffers keep their dtype (rotary `inv_freq` is meant to stay float32). Dtype boundaries get hooks: the
+    region's entry casts its float inputs to `dtype`; a skipped module casts its inputs to its own dtype and
+    its output back to `dtype`, except the output head, whose float32 logits are the point of skipping it.
+    """
+    n = 0
+    for _, mod in _candidates(root, patterns):
+        params = [p for p in mod.parameters(recurse=False) if p.is_floating_point() and p.dtype != dtype]
+        for p in params:
+            p.data = p.data.to(dtype)
+        n += bool(params)
+    head = root.get_output_embeddings() if hasattr(root, "get_output_embeddings") else None
+    _entry(root).register_forward_pre_hook(_cast_inputs(dtype), with_kwargs=True)
+    for name, mod in root.named_modules():
+        if not name or not _skipped(name, patterns) or _is_adapter(name):
+            continue
+        own = next((p.dtype for p in mod.parameters() if p.is_floating_point()), None)
+        if own is None or own == dtype:
+            continue
+        mod.register_forward_pre_hook(_cast_inputs(own), with_kwargs=True)
+        if mod is not head:
+            mod.register_forward_hook(_cast_output(dtype))
+    return n
+
+
+# -- torchao -----------------------------------------------------------------------------------------------
+def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: list[str], where: str) -> int:
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    if mode == "int8_weight":
+        config, kinds = Int8WeightOnlyConfig(), (nn.Linear, nn.Embedding)
+    else:
+        gs = int(cfg.get("group_size", 128))
+        # tile_packed_to_4d runs on torch's own CUDA kernel (aten._weight_int4pack_mm, bf16 activations);
+        # torchao's default `plain` packing needs the separate mslk kernel package.
+        config = Int4WeightOnlyConfig(group_size=gs, int4_packing_format="tile_packed_to_4d")
+        kinds = (nn.Linear,)
+    chosen = {id(m) for name, m in _candidates(root, patterns) if isinstance(m, kinds)}
+    if mode == "int4_weight":
+        misfit = [name for name, m in _candidates(root, patterns)
+                  if isinstance(m, nn.Linear) and m.in_features % int(cfg.get("group_size", 128))]
+        chosen -= {id(root.get_submodule(n)) for n in misfit}
+        if misfit:
+            notes.append(f"{where}: {len(misfit)} linear(s) kept in bf16, in_features not a multiple of "
+                         f"quant.group_size={cfg.get('group_size', 128)} (e.g. {misfit[0]})")
+        padded = [(name, m.in_features) for name, m in _candidates(root, patterns)
+                  if id(m) in chosen and m.in_features % 1024]
+        if padded:
+            notes.append(f"{where}: the tinygemm int4 layout pads in_features to a multiple of 1024, so "
+                         f"{len(padded)} linear(s) store padding (e.g. {padded[0][0]}: {padded[0][1]} -> "
+                         f"{-(-padded[0][1] // 1024) * 1024}); weight_bytes counts it")
+        embeds = [n for n, m in _candidates(root, patterns) if isinstance(m, nn.Embedding)]
+        if embeds:
+            notes.append(f"{where}: int4_weight quantizes linears only; embeddings stay bf16 ({', '.join(embeds)})")
+    # A weight shared by two chosen modules (tied lm_head / embed_tokens) is quantized once and shared again:
+    # int8 per-row scales of [vocab, dim] are the same whether the table is read as embedding or projection.
+    owners: dict[int, list[nn.Module]] = {}
+    for _, m in root.named_modules(remove_duplicate=False):
+        if id(m) in chosen and isinstance(getattr(m, "weight", None), torch.Tensor):
+            owners.setdefault(id(m.weight), [])
+            if m not in owners[id(m.weight)]:
+                owners[id(m.weight)].append(m)
+    first = {id(ms[0]) for ms in owners.values()}
+    quantize_(root, config, filter_fn=lambda m, fqn: id(m) in first)
+    for ms in owners.values():
+        for m in ms[1:]:
+            m.weight = ms[0].weight
+    return sum(len(ms) for ms in owners.values())
+
+
+# -- bitsandbytes ------------------------------------------------------------------------------------------
+def _drop_cast_notice(record: logging.LogRecord) -> bool:
+    # LLM.int8() always multiplies in float16; bitsandbytes logs that on every call from a float32 model.
+    return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _bnb(root: nn.Module, mode: str, patterns: list[str], notes: list[str], where: str) -> int:
+    import bitsandbytes as bnb
+
+    if mode == "int8_bnb":
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_drop_cast_notice)
+        notes.append(f"{where}: LLM.int8() layers multiply in float16 (inputs cast from float32)")
+    embeds = [name for name, mod in _candidates(root, patterns) if name and type(mod) is nn.Embedding]
+    if embeds:
+        # bitsandbytes 0.50's Embedding4bit/Embedding8bit raise in state_dict() (so no checkpoint could be
+        # written), and Embedding4bit misreads double-quantized statistics (SmolLM2 perplexity 68 -> 12556).
+        notes.append(f"{where}: bitsandbytes modes keep embeddings in float ({', '.join(embeds)})")
+    users: dict[int, int] = {}
+    for _, m in root.named_modules(remove_duplicate=False):
+        for p in m.parameters(recurse=False):
+            users[id(p)] = users.get(id(p), 0) + 1
+    n = 0
+    for name, mod in list(_candidates(root, patterns)):
+        if not name or type(mod) is not nn.Linear:
+            continue
+        if users.get(id(mod.weight), 1) > 1:
+            notes.append(f"{where}.{name}.weight is shared (tied embeddings): the quantized copy is separate, "
+                         "the float original stays, and both are stored")
+            _untie_config(root)
+        # The float copy goes through the CPU: bitsandbytes' Int8Params quantize only on a move *from* the CPU.
+        w = mod.weight.detach().cpu()
+        device = mod.weight.device
+        bias = mod.bias is not None
+        if mode == "nf4":
+            new = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=bias, compute_dtype=w.dtype,
+                                    quant_type="nf4", device="meta")
+            new.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, quant_type="nf4",
+                                           compress_statistics=True, module=new)
+            # bitsandbytes repacks 4-bit weights for its AVX512-BF16 CPU kernel on the first eval forward and
+            # converts them back (re-quantizing the absmax statistics) on every state_dict() -- which Lightning
+            # calls at each checkpoint. That round trip changed the in-memory model in our tests; the plain
+            # layout keeps results identical between train/eval and across saves (about 1.4x slower on CPU).
+            new.support_avx512bf16_for_cpu = False
+        else:
+            new = bnb.nn.Linear8bitLt(mod.in_features, mod.out_features, bias=bias, has_fp16_weights=False,
+                                      threshold=INT8_THRESHOLD, device="meta")
+            new.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
+        if bias:
+            new.bias = nn.Parameter(mod.bias.detach().cpu().clone(), requires_grad=False)
+        new = new.to(device)  # bitsandbytes quantizes on the move to a device
+        new.train(mod.training)
+        _set_module(root, name, new)
+        n += 1
+    flag = "is_loaded_in_4bit" if mode == "nf4" else "is_loaded_in_8bit"
+    for m in root.modules():
+        # peft reads this flag on the model it wraps (the LLM, or the encoder's Whisper) to give bnb layers its
+        # bnb-aware LoRA layers; without it a plain LoRA layer would "merge" into packed integers.
+        if m is root or isinstance(m, PreTrainedModel):
+            setattr(m, flag, True)
+    return n
+
+
+# -- entry point -------------------------------------------------------------------------------------------
+def quantize(model: nn.Module, cfg: Any, device: str) -> dict[str, Any]:
+    """Quantize `cfg.targets` of `model` in place and report what changed."""
+    mode = cfg.get("mode", "none")
+    problems: list[str] = []
+    validate(cfg, device, problems)
+    if problems:
+        raise ValueError("; ".join(problems))
+    targets = list(cfg.get("targets") or ["llm"])
+    record: dict[str, Any] = {"mode": mode, "targets": targets, "quantized_modules": 0}
+    before = footprint(model)["weight_bytes"]
+    notes: list[str] = []
+    if mode == "none":
+        return {**record, "weight_bytes_before": before, "weight_bytes_after": before, "notes": notes}
+    patterns = [str(p) for p in (cfg.get("skip") or [])]
+    if mode == "int4_weight":
+        # Packed int4 layouts are device specific: quantize where the model will run.
+        model.to(_device_type(device) if str(device) in ("gpu", "auto") else device)
+        notes.append(f"model moved to {device} (int4 packing is device specific)")
+    n = 0
+    for where, root in _targets(model, cfg).items():
+        if any(_is_adapter(name) for name, _ in root.named_modules()):
+            notes.append(f"{where}: unmerged LoRA adapters stay in float32; only base layers are quantized")
+        _untie_skipped(root, patterns, notes, where)
+        if mode in HALF:
+            n_cast = _cast_half(root, HALF[mode], patterns)
+            n += n_cast if mode != "int4_weight" else 0
+        if mode in ("int8_weight", "int4_weight"):
+            n += _torchao(root, mode, cfg, patterns, notes, where)
+        elif mode in QLORA_BASE:
+            n += _bnb(root, mode, patterns, notes, where)
+    record.update(quantized_modules=n, weight_bytes_before=before,
+                  weight_bytes_after=footprint(model)["weight_bytes"], notes=notes)
+    return record
+
+
+def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state_dict saved from a quantized model into `model`, rebuilt and `quantize`d with the same
+    config. torchao tensors load as usual; bitsandbytes 4-bit weights carry their statistics under
+    `<name>.weight.*` keys, rebuilt here into the layer's quantization state."""
+    import bitsandbytes as bnb
+
+    state = dict(state)
+    taken: set[str] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, bnb.nn.Linear8bitLt) and mod.state.SCB is not None:
+            # After a forward the int8 statistics live in the layer state; put them back where loading looks.
+            mod.weight.CB, mod.weight.SCB = mod.weight.data, mod.state.SCB
+            mod.state.CB = mod.state.SCB = None
+        if not isinstance(mod, bnb.nn.Linear4bit):
+            continue
+        key = f"{name}.weight"
+        if key not in state:
+            continue
+        stats = {k[len(key) + 1:]: state.pop(k) for k in list(state) if k.startswith(key + ".")}
+        data = state.pop(key)
+        mod.weight = bnb.nn.Params4bit.from_prequantized(data, stats, device=data.device, module=mod)
+        taken.add(key)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in taken]
+    if missing or unexpected:
+        raise KeyError(f"quantized state_dict does not fit the model: missing {missing[:10]}, "
+                       f"unexpected {unexpected[:10]}")
