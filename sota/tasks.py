@@ -78,6 +78,13 @@ def _prune_targets(cfg: DictConfig) -> list[str]:
     return list(node.get("targets", [])) if node is not None and node.get("method", "none") != "none" else []
 
 
+def _compresses_encoder(cfg: DictConfig) -> bool:
+    quant, lora = cfg.get("quant"), cfg.get("lora")
+    return ("encoder" in _prune_targets(cfg)
+            or (quant is not None and quant.get("mode", "none") != "none" and "encoder" in quant.get("targets", []))
+            or (lora is not None and lora.get("method", "none") != "none" and "encoder" in lora.get("on", [])))
+
+
 def _calibration(cfg: DictConfig, dm: AudioDataModule, device: str) -> list[dict[str, Any]]:
     """A few training batches for pruning's importance scores (only when pruning)."""
     if not _prune_targets(cfg):
@@ -136,14 +143,18 @@ def run(cfg: DictConfig) -> float | None:
         dm: AudioDataModule = instantiate(cfg.data)
         words = _vocabulary(cfg, dm)
         model = build_model(cfg, words)
+        problems: list[str] = []
+        prune.check_model(model, cfg.get("prune"), problems)  # head counts exist only once the model does
+        if problems:
+            raise ConfigError(problems)
         logger = _make_logger(cfg)
         callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
                                                          save_top_k=0)]
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                          default_root_dir=str(out_dir))
         device = _device(trainer)
-        if "encoder" in _prune_targets(cfg):
-            dm.cache_features = False  # cached features would come from the encoder before pruning
+        if _compresses_encoder(cfg):
+            dm.cache_features = False  # cached features would come from the encoder before compression
         dm.attach_encoder(model.encoder.to(device), encoder_fingerprint(cfg), device=device)
         if cfg.task == "train":
             record = pipeline.before_training(model, cfg, _calibration(cfg, dm, device), device)
@@ -181,8 +192,6 @@ def run(cfg: DictConfig) -> float | None:
         results["data"] = {"train": len(dm.datasets["train"]) if "train" in dm.datasets else 0,
                            "test": len(test_set), "skipped": len(dm.skipped), "skipped_files": dm.skipped[:50]}
         results["status"] = "ok"
-    except (ConfigError, RunExists):
-        raise
     except BaseException as err:
         results["error"] = f"{type(err).__name__}: {err}"
         results["traceback"] = traceback.format_exc()
