@@ -213,3 +213,22 @@ def test_mini_audio_llm_trains_and_generates(smollm2_gguf: Path, compose_cfg) ->
     model.eval()
     out = model.generate(batch, max_new_tokens=4)
     assert len(out) == 2 and all(isinstance(text, str) for text in out)
+
+
+@pytest.mark.slow
+def test_mini_trains_and_evaluates_with_the_smoke_trainer(tmp_path):
+    """`python run.py model=mini trainer=smoke`: connector + LoRA train on the synthetic corpus offline."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SMALL_CORPUS
+
+    proc = subprocess.run([sys.executable, "run.py", "model=mini", "trainer=smoke", "logger=csv", "data.batch_size=4",
+                           "data.eval_batch_size=4", *SMALL_CORPUS, f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "ok" and res["compression"]["lora"]["rank"] == 8
+    assert 130e6 < res["model"]["params_total"] < 170e6
+    assert res["model"]["params_trainable"] < 0.2 * res["model"]["params_total"]  # connector + adapters only
