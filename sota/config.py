@@ -75,7 +75,12 @@ def validate(cfg: DictConfig) -> None:
     from sota.compress import pipeline
 
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
-    pipeline.validate(cfg, "cuda" if accelerator in ("gpu", "cuda") else "cpu", out)
+    device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
+    pipeline.validate(cfg, device, out)
+    if cfg.get("measure") is not None:
+        from sota.measure import latency
+
+        latency.validate(cfg.measure, device, out)
     for task in cfg.data.tasks:
         if task not in cfg.prompts:
             out.append(f"prompts.{task} is missing: every task in data.tasks needs a prompt")

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import ROOT, SMALL_CORPUS
 
-QUICK = ["trainer=smoke", "logger=csv"]
+QUICK = ["trainer=smoke", "logger=csv", "measure.warmup=1", "measure.iterations=2", "measure.real_clips=1",
+         "measure.e2e_repeats=1", "measure.cpu_threads=1"]
 FAST = [*QUICK, "data.max_clip_s=5.0", *SMALL_CORPUS]
 
 
@@ -42,7 +43,9 @@ def test_results_json_contract(trained):
     assert model["weight_bytes"] >= 2 * enc + 4 * model["params_trainable"]
     assert model["weight_bytes"] < 4 * model["params_total"]
     assert 1 <= model["audio_tokens"] <= 16  # 5 s context, 17-frame windows
-    assert res["efficiency"]["device"].startswith("cpu") and res["efficiency"]["peak_memory_mb"] > 0
+    eff = res["efficiency"]
+    assert eff["device"].startswith("cpu") and eff["peak_memory_mb"] > 0 and eff["run_peak_memory_mb"] > 0
+    assert eff["mode"] == "strict" and eff["ttft_ms"] > 0 and eff["tpot_ms"] > 0 and eff["backend"] == "eager"
     assert res["timing"]["train_steps"] == 4 and res["timing"]["train_s"] > 0
     assert res["provenance"]["seed"] == 0 and "torch" in res["provenance"]["versions"]
     assert res["config"]["connector"]["window_s"] == pytest.approx(0.333333)

@@ -1,0 +1,214 @@
+"""Benchmark one configuration's speed and memory, in the official protocol and in strict mode.
+
+    python -m sota.bench [hydra overrides ...] [--modes official,strict] [--out FILE]
+
+Composes the config from the repo's conf/ (the same groups as run.py), builds the model with random or
+pretrained weights (speed does not depend on weight values, so no corpus and no training are needed),
+applies the compression groups (prune / lora / quant; pruning scores structure on noise batches, which gives
+the same shapes), moves it to the device and measures it in each mode. Each mode uses its own preset
+(conf/measure/<mode>.yaml) with your `measure.*` overrides on top; `measure.device` picks the device
+(default: cuda when available, else cpu). Prints a markdown table and, with --out, writes JSON.
+
+Example (CPU, well under a minute): python -m sota.bench model=tiny measure.iterations=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+DEFAULT_MODES = ("official", "strict")
+SAMPLE_S = 3.0                   # seconds of the noise clips that calibrate pruning
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+def _selects_measure(override: str) -> str | None:
+    """The option of a `measure=X` group override (also `+measure=X`, `++measure=X`), else None."""
+    key, _, value = override.lstrip("+").partition("=")
+    return value if key == "measure" and value else None
+
+
+def compose(overrides: list[str], mode: str | None = None) -> DictConfig:
+    """The main config with `overrides`, its `measure` group set to `mode` (added when the defaults list has
+    no `measure` group yet)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    rest = [o for o in overrides if _selects_measure(o) is None]
+    chosen = mode or next((_selects_measure(o) for o in overrides if _selects_measure(o)), "strict")
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        try:
+            return hydra_compose(config_name="config", overrides=rest + [f"measure={chosen}"])
+        except ConfigCompositionException as err:
+            if "measure" not in str(err):
+                raise
+            # The defaults list has no `measure` group (yet): append it.
+            return hydra_compose(config_name="config", overrides=rest + [f"+measure={chosen}"])
+
+
+def pick_device(cfg: DictConfig) -> str:
+    chosen = cfg.measure.get("device")
+    if chosen:
+        return str(chosen)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check(cfg: DictConfig, device: str) -> None:
+    """Every problem of the measure and compression groups at once, before building anything."""
+    from sota.compress import pipeline
+    from sota.config import ConfigError
+    from sota.measure import latency
+
+    out: list[str] = []
+    latency.validate(cfg.measure, device, out)
+    pipeline.validate(cfg, "cuda" if device.startswith("cuda") else "cpu", out)
+    if out:
+        raise ConfigError(out)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+def bench_words(cfg: DictConfig | None = None, scenes: int = 60) -> list[str]:
+    """A fixed vocabulary the size of the synthetic corpus': the grammar's words, words of seeded scene
+    captions and the prompts' words (the tiny LLMs build their tokenizer and output layer from it)."""
+    from sota.data.grammar import VOCABULARY
+    from sota.data.scenes import caption_scene, plan_scene
+
+    words = set(VOCABULARY)
+    rng = np.random.default_rng(0)
+    for _ in range(scenes):
+        for caption in caption_scene(plan_scene(rng, 5.0), rng):
+            words.update(caption.split())
+    if cfg is not None:
+        for text in OmegaConf.to_container(cfg.prompts, resolve=True).values():
+            words.update(w for w in str(text).split() if not w.startswith("<"))
+    return sorted(words)
+
+
+def _noise_batches(model: Any, n: int, words: list[str], device: str) -> list[dict[str, Any]]:
+    """Calibration batches for pruning (shapes only matter here): noise clips with random word answers."""
+    rng = np.random.default_rng(0)
+    tasks = model.tasks
+    out = []
+    for i in range(n):
+        waves = [(rng.standard_normal(int(SAMPLE_S * 16000)) * 0.1).astype(np.float32) for _ in range(2)]
+        enc = model.encoder.featurize(waves)
+        out.append({"encoder_inputs": {k: v.to(device) for k, v in enc.items()},
+                    "num_frames": model.encoder.frames_for([len(w) for w in waves]).to(device),
+                    "tasks": [tasks[(i + j) % len(tasks)] for j in range(2)],
+                    "answers": [" ".join(rng.choice(words, size=6)) for _ in range(2)]})
+    return out
+
+
+
+def build(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any]]:
+    """The model of `cfg` on `device`, compressed as its prune / lora / quant groups say."""
+    from sota.compress import pipeline
+    from sota.models.build import build_model
+
+    words = bench_words(cfg)
+    model = build_model(cfg, words)
+    model.to(device)
+    calib: list[dict[str, Any]] = []
+    prune_cfg = cfg.get("prune")
+    if prune_cfg is not None and prune_cfg.get("method", "none") != "none":
+        calib = _noise_batches(model, int(prune_cfg.get("calib_batches", 4)), words, device)
+    record = pipeline.before_training(model, cfg, calib, device)
+    model.to(device)
+    record = pipeline.after_training(model, cfg, record, device)
+    model.eval()
+    return model, record
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    rows = ["| mode | timer | TTFT ms (p90) | TPOT ms (p90) | e2e ms (tokens) | RTF | peak memory MB |",
+            "|---|---|---|---|---|---|---|"]
+    for mode, r in results.items():
+        rows.append(
+            f"| {mode} | {r.get('timer') or '–'} "
+            f"| {_fmt(r.get('ttft_ms'), 2)} ({_fmt(r.get('ttft_p90_ms'), 2)}) "
+            f"| {_fmt(r.get('tpot_ms'), 2)} ({_fmt(r.get('tpot_p90_ms'), 2)}) "
+            f"| {_fmt(r.get('e2e_ms'))} ({_fmt(r.get('e2e_tokens'))}) "
+            f"| {_fmt(r.get('rtf'), 3)} | {_fmt(r.get('peak_memory_mb'))} |")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sota.bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. model=tiny measure.iterations=5")
+    parser.add_argument("--modes", default=None,
+                        help="comma-separated measure modes (default: official,strict; a measure=X override "
+                             "alone selects X)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    picked = [m for m in (_selects_measure(o) for o in args.overrides) if m]
+    modes = args.modes.split(",") if args.modes else (picked[-1:] or list(DEFAULT_MODES))
+    from sota.measure import latency
+
+    bad = [m for m in modes if m not in latency.MODES]
+    if bad:
+        parser.error(f"--modes: unknown mode(s) {', '.join(bad)}; choose from {', '.join(latency.MODES)}")
+
+    configs = {mode: compose(args.overrides, mode) for mode in modes}
+    first = next(iter(configs.values()))
+    device = pick_device(first)
+    for cfg in configs.values():
+        check(cfg, device)
+
+    from sota.config import as_dict
+    from sota.measure.footprint import footprint
+    from sota.utils.provenance import device_name, versions
+
+    t0 = time.perf_counter()
+    torch.manual_seed(int(first.get("seed", 0)))
+    model, record = build(first, device)
+    build_s = time.perf_counter() - t0
+    results: dict[str, dict[str, Any]] = {}
+    for mode, cfg in configs.items():
+        results[mode] = latency.measure(model, cfg.measure, device)
+
+    print(f"# {device_name(device)}: {' '.join(args.overrides) or '(defaults)'}\n")
+    print(table(results))
+    for mode, r in results.items():
+        for note in r.get("notes") or []:
+            print(f"- {mode}: {note}")
+    if args.out:
+        payload = {
+            "overrides": list(args.overrides), "device": device_name(device), "build_s": build_s,
+            "model": footprint(model), "compression": record,
+            "measure": {mode: as_dict(cfg.measure) for mode, cfg in configs.items()},
+            "results": results, "versions": versions(),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

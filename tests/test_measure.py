@@ -1,0 +1,352 @@
+"""Efficiency measurement: the timer, the official and strict modes (one code path), validation, the bench
+CLI; GPU-tier tests check the CUDA clocks against kernels of known length."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sota.config import ConfigError
+from sota.measure import latency
+from sota.measure.timer import CUDA_EVENTS, PERF_COUNTER, WALL_NO_SYNC, Timer, percentile, summarize
+
+from test_model import batch_for, small_model
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def mcfg(mode="strict", **kw):
+    base = {"mode": mode, "device": None, "warmup": 1, "iterations": 3, "clip_s": 3.0, "real_clips": 2,
+            "e2e_repeats": 1, "max_new_tokens": 3, "seed": 0, "task": None,
+            "cpu_threads": 1}
+    return {**base, **kw}
+
+
+def waves(seconds, task="asr"):
+    return [{"wave": np.random.default_rng(i).standard_normal(int(s * 16000)).astype(np.float32) * 0.1,
+             "task": task} for i, s in enumerate(seconds)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return small_model(context_s=2.0).eval()
+
+
+# ---------------------------------------------------------------------------------------------- timer
+
+def test_summary_statistics():
+    s = summarize([float(x) for x in range(1, 11)])
+    assert (s.median, s.mean, s.min, s.n) == (5.5, 5.5, 1.0, 10)
+    assert s.p90 == pytest.approx(float(np.percentile(np.arange(1, 11), 90)))
+    assert percentile([3.0], 90) == 3.0
+    assert summarize([]).as_dict() == {"median": None, "p90": None, "mean": None, "min": None, "n": 0}
+
+
+def test_cpu_timer_times_a_region_with_perf_counter():
+    timer = Timer("cpu", sync=False)
+    assert timer.kind == PERF_COUNTER
+    for _ in range(3):
+        with timer.iteration():
+            with timer.region("outer"):
+                with timer.region("sleep"):
+                    time.sleep(0.02)
+    s = timer.stats("sleep")
+    assert s.n == 3 and 19.0 <= s.median < 200.0
+    assert timer.stats("outer").median >= s.median
+    with pytest.raises(RuntimeError, match="not started"):
+        timer.stop("never")
+
+
+def test_cuda_timer_is_refused_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        Timer("cuda")
+
+
+# ---------------------------------------------------------------------------------------------- modes
+
+@pytest.mark.parametrize("mode", ["official", "strict"])
+def test_each_mode_produces_every_key_on_cpu(model, mode):
+    out = latency.measure(model, mcfg(mode), "cpu", real_batches=waves([0.7, 1.5]))
+    assert set(out) == set(latency.KEYS)
+    json.dumps(out)
+    assert out["mode"] == mode and out["backend"] == "eager" and out["timer"] == PERF_COUNTER
+    assert out["device"].startswith("cpu")
+    assert set(out["breakdown_ms"]) == set(latency.BREAKDOWN) and all(v > 0 for v in out["breakdown_ms"].values())
+    assert out["ttft_ms"] > 0 and out["tpot_ms"] > 0 and out["ttft_p90_ms"] >= out["ttft_ms"]
+    assert out["ttft_ms"] >= out["breakdown_ms"]["encoder"]
+    assert (out["iterations"], out["warmup"], out["clip_s"]) == (3, 1, 3.0)
+    assert out["clip_audio_s"] == 2.0 and any("cut to the encoder" in n for n in out["notes"])
+    assert out["audio_tokens"] > 0 and out["prompt_tokens"] > out["audio_tokens"]
+    assert out["peak_memory_mb"] > 0 and out["peak_rss_mb"] > 0 and out["peak_reserved_mb"] is None
+    assert out["nvml_memory_mb"] is None
+    if mode == "official":
+        assert out["e2e_ms"] is None and out["rtf"] is None and out["real_clips"] == 0
+        assert "official protocol" in out["notes"][0]
+    else:
+        assert out["e2e_ms"] > 0 and 1 <= out["e2e_tokens"] <= 3
+        assert out["rtf"] == pytest.approx(out["e2e_ms"] / 1000 / 2.0)
+        assert out["real_clips"] == 2 and out["real_audio_s"] == pytest.approx((0.7 + 1.5) / 2)
+        assert out["real_ttft_ms"] > 0 and out["real_tpot_ms"] > 0 and out["real_e2e_ms"] > 0 and out["real_rtf"] > 0
+
+
+def test_official_and_strict_share_the_measurement_code(model, monkeypatch):
+    """The same region functions run the same number of times in both modes; only the protocol points
+    (clock sync, peak reset, extra clips, end-to-end, NVML) differ."""
+    calls: dict[str, dict[str, int]] = {}
+    current = {"mode": None}
+    for name in ("_features", "_encode", "_connect", "_prefill", "_decode"):
+        real = getattr(latency, name)
+
+        def wrapped(*a, _real=real, _name=name, **k):
+            calls.setdefault(current["mode"], {}).setdefault(_name, 0)
+            calls[current["mode"]][_name] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(latency, name, wrapped)
+    timers = []
+
+    class Spy(Timer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            timers.append((current["mode"], self.sync))
+
+    monkeypatch.setattr(latency, "Timer", Spy)
+    for mode in ("official", "strict"):
+        current["mode"] = mode
+        latency.measure(model, mcfg(mode, warmup=2, iterations=4, real_clips=0, e2e_repeats=1), "cpu")
+    for name in ("_encode", "_connect", "_prefill", "_decode"):
+        assert calls["official"][name] == calls["strict"][name] == 6, name
+    # strict additionally featurizes the clip for its end-to-end answers (one warm-up + one timed)
+    assert calls["official"]["_features"] == 6 and calls["strict"]["_features"] == 8
+    assert {s for m, s in timers if m == "official"} == {False}
+    assert {s for m, s in timers if m == "strict"} == {True}
+    off, strict = latency.protocol("official"), latency.protocol("strict")
+    differ = {f.name for f in dataclasses.fields(off) if getattr(off, f.name) != getattr(strict, f.name)}
+    assert differ == {"mode", "sync", "reset_peak", "real_clips", "e2e", "nvml"}
+    assert (off.sync, off.reset_peak, strict.sync, strict.reset_peak) == (False, False, True, True)
+
+
+def test_prefill_and_decode_regions_follow_greedy_generation(model):
+    clip = latency.noise_clip(model, 1.0, "asr")
+    with torch.no_grad():
+        inputs, frames = latency._features(model, clip, "cpu")
+        embeds, mask = latency._connect(model, latency._encode(model, inputs), frames)
+        state = latency._prefill(model, embeds, mask, ["asr"])
+        second = latency._decode(model, state)
+        ref = model.assemble(embeds, mask, ["asr"])
+        out = model.llm.generate(inputs_embeds=ref["inputs_embeds"], attention_mask=ref["attention_mask"],
+                                 max_new_tokens=2, min_new_tokens=2, do_sample=False, num_beams=1,
+                                 pad_token_id=model.tokenizer.pad_token_id)
+    assert out[0, -2:].tolist() == [int(state["token"]), int(second)]
+
+
+def test_encoder_runs_even_for_collated_batches_and_cached_features_are_refused(model):
+    b = batch_for(model, [1.0, 0.5], ["asr", "aac"])
+    clips = latency.clips_from_batches(model, [b])
+    assert [c.task for c in clips] == ["asr", "aac"] and [c.seconds for c in clips] == [1.0, 0.5]
+    assert clips[0].encoder_inputs["mel"].shape[0] == 1
+    with torch.no_grad():
+        feats = model.encoder(**b["encoder_inputs"])
+    with pytest.raises(ValueError, match="encoder must run in the timed region"):
+        latency.clips_from_batches(model, [{"features": feats, "num_frames": b["num_frames"], "tasks": ["asr"]}])
+
+
+def test_real_clips_picks_spread_samples():
+    class Sample:
+        def __init__(self, i):
+            self.task, self.id = ("asr" if i < 5 else "aac"), f"c{i}"
+
+    class Data:
+        samples = [Sample(i) for i in range(10)]
+        waves = [np.zeros(16000 * (i + 1), np.float32) for i in range(10)]
+
+    picked = latency.real_clips(Data(), 3)
+    assert [p["id"] for p in picked] == ["c0", "c4", "c9"] and {p["task"] for p in picked} == {"asr", "aac"}
+    assert latency.real_clips(Data(), 0) == []
+
+
+def test_mode_none_returns_the_keys_with_nulls(model):
+    out = latency.measure(model, {"mode": "none"}, "cpu")
+    assert set(out) == set(latency.KEYS) and out["mode"] == "none" and out["ttft_ms"] is None
+    assert "not measured" in out["notes"][0]
+
+
+def test_nvml_is_optional(monkeypatch):
+    import sys
+
+    assert latency.nvml_process_memory_mb("cpu") == (None, None)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails as if nvidia-ml-py were absent
+    value, note = latency.nvml_process_memory_mb("cuda:0")
+    assert value is None and "nvidia-ml-py" in note
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def test_validate_rejects_cuda_on_a_machine_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out: list[str] = []
+    latency.validate(mcfg(device="cuda"), "cpu", out)
+    assert len(out) == 1 and "measure.device is 'cuda'" in out[0] and "no usable CUDA device" in out[0]
+    out = []
+    latency.validate(mcfg(), "cuda", out)  # a GPU run on this machine
+    assert len(out) == 1 and "the run's device is 'cuda'" in out[0]
+    with pytest.raises(ConfigError, match="no usable CUDA device"):
+        latency.measure(None, mcfg("official", device="cuda"), "cpu")  # refused before touching the model
+    out = []
+    latency.validate({"mode": "none", "device": "cuda"}, "cpu", out)
+    assert out == []
+
+
+def test_validate_reports_every_problem_at_once():
+    out: list[str] = []
+    latency.validate(mcfg(iterations=0, warmup=-1, clip_s=0.0, max_new_tokens=1.5, device="tpu"), "cpu", out)
+    text = "\n".join(out)
+    for key in ("measure.iterations", "measure.warmup", "measure.clip_s", "measure.max_new_tokens", "measure.device"):
+        assert key in text
+    out = []
+    latency.validate({"mode": "fast"}, "cpu", out)
+    assert out == ["measure.mode must be one of strict, official, none; got 'fast'"]
+
+
+def test_measure_groups_compose():
+    from sota.bench import compose
+
+    strict = compose(["generate=beam"], "strict")
+    assert strict.measure.mode == "strict" and strict.measure.max_new_tokens == 200
+    assert (strict.measure.warmup, strict.measure.iterations, strict.measure.real_clips) == (3, 20, 8)
+    official = compose(["measure.iterations=7"], "official")
+    assert (official.measure.mode, official.measure.warmup, official.measure.iterations) == ("official", 10, 7)
+    assert official.measure.clip_s == 10.0 and official.measure.real_clips == 0
+    assert compose([], "none").measure.mode == "none"
+    for mode in ("strict", "official", "none"):
+        out: list[str] = []
+        latency.validate(compose([], mode).measure, "cpu", out)
+        assert out == [], mode
+
+
+# ---------------------------------------------------------------------------------------------- bench CLI
+
+def test_bench_cli_measures_tiny_in_both_modes(tmp_path, capsys):
+    from sota import bench
+
+    out_file = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    t0 = time.perf_counter()
+    assert bench.main(["model=tiny", "measure.iterations=3", "measure.warmup=1", "measure.e2e_repeats=1",
+                       "generate.max_new_tokens=4", "measure.cpu_threads=1", "--out", str(out_file)]) == 0
+    elapsed = time.perf_counter() - t0
+    printed = capsys.readouterr().out
+    assert "| mode | timer | TTFT ms (p90) | TPOT ms (p90) | e2e ms (tokens) | RTF | peak memory MB |" in printed
+    assert "| official |" in printed and "| strict |" in printed
+    data = json.loads(out_file.read_text())
+    assert set(data["results"]) == {"official", "strict"}
+    for r in data["results"].values():
+        assert set(r) == set(latency.KEYS) and r["ttft_ms"] > 0 and r["tpot_ms"] > 0
+    assert data["results"]["strict"]["e2e_ms"] > 0 and data["results"]["official"]["e2e_ms"] is None
+    assert data["model"]["params_total"] > 0
+    assert torch.get_num_threads() == threads  # measure.cpu_threads applies while measuring only
+    assert elapsed < 60
+
+
+def test_bench_refuses_cuda_without_cuda(monkeypatch):
+    from sota import bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no usable CUDA device"):
+        bench.main(["model=tiny", "measure.device=cuda"])
+
+
+# ---------------------------------------------------------------------------------------------- GPU tier
+
+def _sleep_cycles_per_ms() -> float:
+    """Calibrate torch.cuda._sleep against the wall clock, with a synchronize on both sides."""
+    torch.cuda._sleep(1_000_000)
+    torch.cuda.synchronize()
+    rates = []
+    for _ in range(3):
+        cycles = 200_000_000
+        t0 = time.perf_counter()
+        torch.cuda._sleep(cycles)
+        torch.cuda.synchronize()
+        rates.append(cycles / ((time.perf_counter() - t0) * 1000))
+    return float(np.median(rates))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_strict_timer_measures_a_kernel_of_known_length_and_official_does_not():
+    target_ms = 50.0
+    cycles = int(_sleep_cycles_per_ms() * target_ms)
+    strict = Timer("cuda", sync=True)
+    assert strict.kind == CUDA_EVENTS
+    for _ in range(5):
+        with strict.iteration():
+            with strict.region("kernel"):
+                torch.cuda._sleep(cycles)
+    assert strict.stats("kernel").median == pytest.approx(target_ms, rel=0.10)
+    # A matmul loop timed by events and, separately, by the wall clock around a synchronize.
+    a = torch.randn(4096, 4096, device="cuda")
+    for _ in range(3):
+        a @ a
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) * 1000
+    for _ in range(3):
+        with strict.iteration():
+            with strict.region("matmul"):
+                for _ in range(20):
+                    a @ a
+    assert strict.stats("matmul").median == pytest.approx(wall_ms, rel=0.10)
+    # The official clock returns as soon as the kernel is queued.
+    official = Timer("cuda", sync=False)
+    assert official.kind == WALL_NO_SYNC
+    with official.iteration():
+        with official.region("kernel"):
+            torch.cuda._sleep(cycles)
+    torch.cuda.synchronize()
+    assert official.stats("kernel").median < 0.5 * target_ms
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("mode", ["official", "strict"])
+def test_each_mode_on_cuda(mode):
+    torch.manual_seed(0)
+    model = small_model(context_s=2.0).eval().cuda()
+    out = latency.measure(model, mcfg(mode), "cuda", real_batches=waves([0.7, 1.5]))
+    assert set(out) == set(latency.KEYS) and out["device"] == torch.cuda.get_device_name()
+    assert out["ttft_ms"] > 0 and out["tpot_ms"] > 0 and out["peak_memory_mb"] > 0 and out["peak_reserved_mb"] > 0
+    if mode == "official":
+        assert out["timer"] == WALL_NO_SYNC and "no torch.cuda.synchronize()" in out["notes"][0]
+        assert "never reset" in out["peak_memory_source"] and out["nvml_memory_mb"] is None
+    else:
+        assert out["timer"] == CUDA_EVENTS and "reset before measuring" in out["peak_memory_source"]
+        assert out["e2e_ms"] > 0 and out["real_clips"] == 2 and out["real_peak_memory_mb"] > 0
+        try:
+            import pynvml  # noqa: F401
+        except ImportError:
+            assert out["nvml_memory_mb"] is None and any("nvidia-ml-py" in n for n in out["notes"])
+        else:
+            assert out["nvml_memory_mb"] is None or out["nvml_memory_mb"] > out["peak_memory_mb"]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_strict_peak_memory_is_reset_but_official_keeps_earlier_allocations():
+    torch.manual_seed(0)
+    model = small_model(context_s=2.0).eval().cuda()
+    big = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")  # 512 MiB, freed before measuring
+    del big
+    official = latency.measure(model, mcfg("official", iterations=2), "cuda")
+    strict = latency.measure(model, mcfg("strict", iterations=2, real_clips=0), "cuda")
+    assert official["peak_memory_mb"] >= 512 > strict["peak_memory_mb"]
