@@ -182,6 +182,7 @@ def run(cfg: DictConfig) -> float | None:
 
         rows = module.predictions.get("test", [])
         atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(out_dir / "predictions.csv", _csv(rows))
         results["metrics"].update(module.metrics.get("test", {}))
         test_set = dm.datasets["test"]
         tokens = model.connector.tokens_for(model.encoder.frames_for([len(w) for w in test_set.waves]),
@@ -212,6 +213,18 @@ def run(cfg: DictConfig) -> float | None:
             _close_wandb(logger, results)
     objective = results["metrics"].get(cfg.objective)
     return float(objective) if objective is not None else None
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    """id,task,prediction: the layout a submission system takes."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "task", "prediction"])
+    writer.writerows([r["id"], r["task"], r["prediction"]] for r in rows)
+    return buf.getvalue()
 
 
 def _peak_memory_mb(device: str) -> float:

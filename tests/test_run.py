@@ -60,6 +60,8 @@ def test_predictions_are_saved(trained):
     rows = [json.loads(line) for line in (trained / "predictions.jsonl").read_text().splitlines()]
     assert {r["task"] for r in rows} == {"asr", "aac"}
     assert all(isinstance(r["prediction"], str) and r["references"] for r in rows)
+    csv_lines = (trained / "predictions.csv").read_text().splitlines()
+    assert csv_lines[0] == "id,task,prediction" and len(csv_lines) == len(rows) + 1
 
 
 def test_checkpoint_holds_only_trainable_tensors_and_evaluates(trained, tmp_path):
