@@ -4,13 +4,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT
 from sota.config import ConfigError, validate
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "paths", "sweep"))
 
 
 def options(group):
@@ -23,6 +24,10 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
     assert OmegaConf.select(cfg, "encoder._target_") == "sota.models.encoder.AudioEncoder"
     if (group, option) == ("quant", "int4_weight"):  # torchao int4 kernels are CUDA-only
         with pytest.raises(ConfigError, match="int4_weight needs a CUDA device"):
+            validate(cfg)
+        return
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no usable CUDA device"):  # refused before any work
             validate(cfg)
         return
     validate(cfg)
