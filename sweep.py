@@ -1,6 +1,31 @@
-"""Sweeps over compression configurations (grid and multi-objective search) with a Pareto-frontier report."""
+"""Sweeps over compression configurations (grid or Optuna NSGA-II) with an accuracy-versus-cost frontier report.
+
+    python sweep.py sweep=<name> [key=value ...]      run or resume conf/sweep/<name>.yaml (conf/sweep_config.yaml)
+    python sweep.py report DIR [key=value ...]        frontier files of a sweep dir or a Hydra multirun dir
+    python sweep.py compare DIR1 DIR2 ... [out=DIR]   several sweeps' frontiers in one picture and table
+"""
 
 import sys
 
+import hydra
+from omegaconf import DictConfig
+
+TOOLS = ("report", "compare")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sweep_config")
+def main(cfg: DictConfig) -> None:
+    from sota.sweep.driver import SWEEP_ERRORS, run_sweep, summary_line
+
+    try:
+        print(summary_line(run_sweep(cfg)))
+    except SWEEP_ERRORS as err:  # a config or directory problem: the message says it all, no traceback
+        sys.exit(f"sweep.py: {err}")
+
+
 if __name__ == "__main__":
-    sys.exit("sweep.py: not yet available. Use Hydra multirun meanwhile: python run.py -m llm=tiny_s,tiny_m")
+    if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
+        from sota.sweep.cli import main as tools
+
+        sys.exit(tools(sys.argv[1:]))
+    main()

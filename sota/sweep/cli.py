@@ -1,0 +1,80 @@
+"""`python sweep.py report DIR [key=value ...]` and `python sweep.py compare DIR1 DIR2 ... [out=DIR]`: frontier
+files from finished runs, without running anything. DIR is a sweep dir or any dir of Hydra runs
+(`multirun/<date>/<time>`). Objectives and report axes come from conf/sweep_config.yaml; a sweep dir's own
+settings (recorded in sweep.json) win over those defaults, and `key=value` overrides win over both."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sota.sweep.report import ObjectiveError, ReportSettings, compare, write_report
+from sota.sweep.sweepdir import SWEEP_JSON, SweepDirError, load_rows, read_json, sweep_name
+
+log = logging.getLogger(__name__)
+CONF = Path(__file__).resolve().parents[2] / "conf"
+SETTING_KEYS = ("objectives", "report")
+COMPARE_DIR = "multirun/compare"  # beside the sweeps (multirun/sweeps/<name>), git-ignored like them
+
+
+def _defaults(overrides: Sequence[str]) -> dict[str, Any]:
+    """objectives and report from sweep_config.yaml with `overrides` applied (one source of defaults)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="sweep_config", overrides=list(overrides))
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in SETTING_KEYS}
+
+
+def settings_for(directory: Path | None, overrides: Sequence[str]) -> ReportSettings:
+    values = _defaults(overrides)
+    recorded = (read_json(directory / SWEEP_JSON) or {}).get("settings") if directory else None
+    touched = {o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] for o in overrides}
+    for key in SETTING_KEYS:
+        if recorded and key in recorded and key not in touched:
+            values[key] = recorded[key]
+    return ReportSettings.from_config(values["objectives"], values["report"])
+
+
+def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    dirs = [i for i in items if "=" not in i]
+    return dirs, [i for i in items if "=" in i]
+
+
+def main(argv: Sequence[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    parser = argparse.ArgumentParser(prog="sweep.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("report", help="frontier.csv/png/html of one sweep or multirun dir, written into it")
+    rep.add_argument("items", nargs="+", metavar="DIR|key=value")
+    cmp_ = sub.add_parser("compare", help="overlay several sweeps: compare.csv/png/html in out=DIR")
+    cmp_.add_argument("items", nargs="+", metavar="DIR|key=value")
+    cmp_.add_argument("--out", default=None, help=f"output dir (default: {COMPARE_DIR})")
+    args = parser.parse_args(list(argv))
+    dirs, overrides = _split(args.items)
+    out_override = [o for o in overrides if o.startswith("out=")]
+    overrides = [o for o in overrides if not o.startswith("out=")]
+    try:
+        if args.command == "report":
+            if len(dirs) != 1:
+                parser.error(f"report takes one DIR, got {len(dirs)}: {dirs}")
+            directory = Path(dirs[0])
+            files = write_report(directory, load_rows(directory), settings_for(directory, overrides),
+                                 title=sweep_name(directory))
+        else:
+            if len(dirs) < 2:
+                parser.error("compare takes two or more DIRs")
+            out = Path(out_override[-1].split("=", 1)[1] if out_override else args.out or COMPARE_DIR)
+            files = compare([Path(d) for d in dirs], out, settings_for(Path(dirs[0]), overrides))
+    except (SweepDirError, ObjectiveError, ValueError) as err:
+        print(f"sweep.py {args.command}: {err}", file=sys.stderr)
+        return 2
+    for path in files.values():
+        print(path)
+    return 0

@@ -1,0 +1,228 @@
+"""One sweep from its composed config (`conf/sweep_config.yaml`): claim the sweep dir, expand or search the
+points, run those not yet finished (each in its own process), keep points.jsonl current, then write the
+frontier report and log to W&B."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sota.sweep import launch, points, sweepdir
+from sota.sweep.frontier import Objective
+from sota.sweep.points import Point, SweepSpecError
+from sota.sweep.report import ObjectiveError, ReportSettings, write_report
+from sota.sweep.sweepdir import RESULTS, Index, SweepDirError, point_dir, read_json
+
+log = logging.getLogger(__name__)
+
+# Problems of the sweep's config or directory, reported as one message (nothing else is wrong with the code).
+SWEEP_ERRORS = (SweepSpecError, SweepDirError, ObjectiveError)
+
+
+@dataclass
+class SweepSettings:
+    spec: dict[str, Any]
+    sweep_dir: Path
+    workers: int
+    threads: int | None
+    timeout_s: float | None
+    rerun_failed: bool
+    launcher: str
+    run_py: Path
+    report: ReportSettings
+    wandb: dict[str, Any]
+    slurm: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> SweepSettings:
+        c: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        problems = []
+        workers = c.get("workers", 1)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            problems.append(f"workers must be an integer >= 1, got {workers!r}")
+            workers = 1
+        if c.get("launcher", "local") not in launch.LAUNCHERS:
+            problems.append(f"launcher must be one of {', '.join(launch.LAUNCHERS)}; got {c.get('launcher')!r}")
+        timeout = c.get("timeout_s")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            problems.append(f"timeout_s must be null or a number of seconds > 0, got {timeout!r}")
+        try:
+            threads = launch.threads_per_point(c.get("threads_per_point", "auto"), workers)
+        except ValueError as err:
+            problems.append(str(err))
+            threads = None
+        try:
+            report = ReportSettings.from_config(c.get("objectives") or [], c.get("report"))
+        except ValueError as err:
+            problems.append(str(err))
+        run_py = Path(c.get("run_py") or launch.RUN_PY).expanduser().resolve()
+        if not run_py.is_file():
+            problems.append(f"run_py={run_py} is not a file")
+        if problems:
+            raise SweepSpecError("invalid sweep settings:\n  - " + "\n  - ".join(problems))
+        return cls(spec=dict(c["sweep"]), sweep_dir=Path(str(c["sweep_dir"])).expanduser().resolve(),
+                   workers=workers, threads=threads, timeout_s=timeout, rerun_failed=bool(c.get("rerun_failed")),
+                   launcher=c.get("launcher", "local"), run_py=run_py, report=report,
+                   wandb=dict(c.get("wandb") or {}), slurm=dict(c.get("slurm") or {}))
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.get("name"))
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return self.report.objectives
+
+
+def check_overrides(pts: list[Point]) -> None:
+    """Compose run.py's config for `pts` (a spec's `points.probes`) before launching anything: a typo in a key
+    or an option fails the sweep now, with every bad point named, instead of once per point minutes later."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    problems = []
+
+    def _check() -> None:
+        for p in pts:
+            try:
+                compose(config_name="config", overrides=list(p.overrides))
+            except Exception as err:
+                problems.append(f"point {p.id} ({' '.join(p.overrides)}): {str(err).splitlines()[0]}")
+
+    if GlobalHydra.instance().is_initialized():  # inside sweep.py's @hydra.main: same conf dir
+        _check()
+    else:
+        with initialize_config_dir(version_base="1.3", config_dir=str(launch.ROOT / "conf")):
+            _check()
+    if problems:
+        raise SweepSpecError("run.py rejects the overrides of some points (nothing was run):\n  - "
+                             + "\n  - ".join(problems))
+
+
+class Recorder:
+    """Turns a finished process into the point's index entry, and logs progress."""
+
+    def __init__(self, sweep_dir: Path, index: Index, keys: list[str], total: int) -> None:
+        self.sweep_dir, self.index, self.keys, self.total, self.done = sweep_dir, index, keys, total, 0
+
+    def start(self, point: Point) -> Path:
+        run_dir = point_dir(self.sweep_dir, point.id)
+        moved = sweepdir.set_aside(self.sweep_dir, point.id)
+        if moved:
+            log.info("point %s: earlier attempt moved to %s", point.id, moved)
+        run_dir.mkdir(parents=True)
+        self.index.update({**point.record(), "status": "running", "error": None, "started": time.time()})
+        # the params, not the overrides: the base is the same for every point
+        log.info("point %s: %s", point.id, points.describe(point.params) or " ".join(point.overrides))
+        return run_dir
+
+    def finish(self, point: Point, end: launch.ProcessEnd) -> dict[str, Any] | None:
+        results = read_json(point_dir(self.sweep_dir, point.id) / RESULTS)
+        if results is not None:
+            status = "ok" if results.get("status") == "ok" else "failed"
+            error = results.get("error")
+            if status == "ok" and end.exit_code not in (0, None):
+                log.warning("point %s: results.json says ok but the process exited with %s", point.id, end.exit_code)
+        else:
+            status, error = "failed", end.describe()
+        entry: dict[str, Any] = {**point.record(), "status": status, "error": error, "exit_code": end.exit_code,
+                                 "wall_s": round(end.wall_s, 2), "values": sweepdir.key_values(results, self.keys)}
+        if status != "ok":
+            entry["stderr_tail"] = end.stderr_tail[-1000:]
+        self.index.update(entry)
+        self.done += 1
+        shown = ", ".join(f"{k.split('.', 1)[-1]}={v:.4g}" for k, v in entry["values"].items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool))
+        log.info("point %s %s in %.0f s [%d/%d]%s", point.id, status, end.wall_s, self.done, self.total,
+                 f": {shown}" if status == "ok" else f": {error}")
+        return results
+
+
+def run_sweep(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) the sweep `cfg` describes; returns a summary (dir, counts, report paths)."""
+    s = SweepSettings.from_config(cfg)
+    ident = points.identity(s.spec, [str(o) for o in s.objectives])
+    method = s.spec.get("method", "grid")
+    planned = points.expand(s.spec) if method == "grid" else []
+    if s.run_py == launch.RUN_PY.resolve():  # another script (a test's stand-in) has other keys
+        check_overrides(points.probes(s.spec))
+    s.sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweepdir.claim(s.sweep_dir, s.name, ident, {**s.report.record(), "method": method})
+    index = Index(s.sweep_dir)
+    index.plan(planned)
+    index.save()
+    keys = list(dict.fromkeys(o.key for o in s.objectives + s.report.accuracy + s.report.cost))
+    runner = _runner(s)
+    t0 = time.perf_counter()
+    if method == "grid":
+        launched = _run_grid(s, planned, index, keys, runner)
+    else:
+        launched = _run_optuna(s, index, keys, runner)
+    wall = time.perf_counter() - t0
+    rows = sweepdir.load_rows(s.sweep_dir)
+    files = write_report(s.sweep_dir, rows, s.report, title=s.name)
+    from sota.sweep import wandb_log
+
+    wandb_log.log_sweep(s.sweep_dir, s.sweep_dir.name, rows, s.objectives, files, s.wandb)
+    counts = index.counts()
+    log.info("sweep %s: %d launched in %.0f s; %d ok, %d failed -> %s", s.name, launched, wall, counts["ok"],
+             counts["failed"], files["html"])
+    return {"sweep_dir": str(s.sweep_dir), "launched": launched, "wall_s": wall, "counts": counts,
+            "files": {k: str(v) for k, v in files.items()}}
+
+
+def _runner(s: SweepSettings) -> launch.Runner:
+    env = launch.child_env(s.threads)
+    if s.launcher == "slurm":
+        return launch.slurm_runner(s.run_py, env, s.timeout_s, s.sweep_dir / "slurm", s.slurm)
+    return launch.local_runner(s.run_py, env, s.timeout_s)
+
+
+def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[str], runner: launch.Runner) -> int:
+    states = {p.id: sweepdir.state(s.sweep_dir, p.id, index.get(p.id)) for p in planned}
+    for p in planned:  # the index follows results.json (e.g. after a crash between a point's end and its entry)
+        entry = index.get(p.id) or {}
+        if states[p.id] != entry.get("status") and states[p.id] != "pending":
+            results = read_json(point_dir(s.sweep_dir, p.id) / RESULTS)
+            index.entries[p.id] = {**entry, "status": states[p.id],
+                                   "error": (results or {}).get("error", entry.get("error")),
+                                   "values": sweepdir.key_values(results, keys)}
+        elif states[p.id] == "pending" and entry.get("status") == "running":
+            index.entries[p.id] = {**entry, "status": "pending"}
+    index.save()
+    todo = [p for p in planned if states[p.id] == "pending" or (states[p.id] == "failed" and s.rerun_failed)]
+    n_ok = sum(v == "ok" for v in states.values())
+    n_failed = sum(v == "failed" for v in states.values())
+    log.info("sweep %s: %d points: %d done, %d failed%s, %d to run with %d worker(s) (%s)", s.name, len(planned),
+             n_ok, n_failed, " (run again: rerun_failed=true)" if n_failed and not s.rerun_failed else "",
+             len(todo), s.workers, s.launcher)
+    rec = Recorder(s.sweep_dir, index, keys, len(todo))
+    queue = iter(todo)
+    return launch.run_pool(lambda: next(queue, None), rec.start, runner, s.workers, rec.finish)
+
+
+def _run_optuna(s: SweepSettings, index: Index, keys: list[str], runner: launch.Runner) -> int:
+    from sota.sweep.optuna_search import Search
+
+    search = Search(s.spec, s.objectives, s.sweep_dir, rerun_failed=s.rerun_failed)
+    left = max(0, search.n_trials - search.finished())
+    log.info("sweep %s: optuna NSGA-II, %d of %d trials finished, %d to run with %d worker(s)", s.name,
+             search.finished(), search.n_trials, left, s.workers)
+    rec = Recorder(s.sweep_dir, index, keys, left)
+
+    def done(point: Point, end: launch.ProcessEnd) -> None:
+        search.tell(point, rec.finish(point, end))
+
+    return launch.run_pool(search.next_point, rec.start, runner, s.workers, done)
+
+
+def summary_line(result: Mapping[str, Any]) -> str:
+    c = result["counts"]
+    return (f"sweep dir {result['sweep_dir']}: {c['ok']} ok, {c['failed']} failed, {c['pending']} pending; "
+            f"{result['launched']} launched in {result['wall_s']:.0f} s; report {result['files']['html']}")

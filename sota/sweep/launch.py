@@ -1,0 +1,252 @@
+"""Running sweep points, each in its own process: `python run.py <overrides> hydra.run.dir=<point dir>`, on
+this machine (`local`) or as SLURM jobs through submitit (`slurm`), up to `workers` at a time.
+
+One process per point keeps measurements honest (peak memory is the process's own) and isolates crashes: a
+point that raises, NaNs or is killed costs only itself. How it ended is read from its results.json; a process
+that died without one is described by its exit code or signal and the tail of its stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sota.sweep.points import Point
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_PY = ROOT / "run.py"
+LAUNCHERS = ("local", "slurm")
+TAIL_CHARS = 2000
+
+
+@dataclass
+class ProcessEnd:
+    """How a point's process ended (its results.json says how the run itself went)."""
+    exit_code: int | None
+    wall_s: float
+    timed_out: bool = False
+    stderr_tail: str = ""
+    launcher_error: str | None = None   # the launcher could not run it at all (e.g. a SLURM job lost)
+
+    def describe(self) -> str:
+        """Why a process left no results.json, in one line plus the stderr tail."""
+        if self.launcher_error:
+            why = self.launcher_error
+        elif self.timed_out:
+            why = f"killed after the {self.wall_s:.0f} s timeout"
+        elif self.exit_code is not None and self.exit_code < 0:
+            try:
+                name = signal.Signals(-self.exit_code).name
+            except ValueError:
+                name = f"signal {-self.exit_code}"
+            why = f"killed by {name} (exit code {self.exit_code})"
+        else:
+            why = f"exited with code {self.exit_code}"
+        last = _last_line(self.stderr_tail)
+        return f"{why} without writing results.json" + (f": {last}" if last else "")
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # Hydra's closing hint says nothing about the error; the line before it does.
+    lines = [ln for ln in lines if not ln.startswith("Set the environment variable HYDRA_FULL_ERROR")]
+    return lines[-1][:300] if lines else ""
+
+
+def tail(path: Path, chars: int = TAIL_CHARS) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chars))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def command(run_py: Path, point: Point, run_dir: Path) -> list[str]:
+    return [sys.executable, str(run_py), *point.overrides, f"hydra.run.dir={run_dir}"]
+
+
+def child_env(threads: int | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("HYDRA_FULL_ERROR", "1")  # the stderr tail then holds the real traceback
+    env.setdefault("WANDB_SILENT", "true")
+    if threads:
+        # N points at once, each with torch's default of one thread per core, would oversubscribe the CPU.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(threads))
+    env.update(extra or {})
+    return env
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_point(setting: Any, workers: int) -> int | None:
+    if setting in (None, "none", "null"):
+        return None
+    if setting == "auto":
+        return max(1, usable_cpus() // max(1, workers))
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ValueError(f"threads_per_point must be auto, null or an integer >= 1, got {setting!r}")
+    return setting
+
+
+def run_command(cmd: Sequence[str], cwd: str, env: Mapping[str, str], run_dir: str,
+                timeout_s: float | None) -> ProcessEnd:
+    """Run one point's process to its end, its output into run_dir/{stdout,stderr}.log. Module-level and
+    plain-argument so that submitit can pickle it to a SLURM node."""
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(out / "stdout.log", "wb") as so, open(out / "stderr.log", "wb") as se:
+        # A session of its own: a timeout or Ctrl-C kills the point's whole process group (corpus helpers too).
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdout=so, stderr=se, start_new_session=True)
+        _LIVE.add(proc)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill(proc)
+        finally:
+            _LIVE.discard(proc)
+    return ProcessEnd(proc.returncode, time.perf_counter() - start, timed_out, tail(out / "stderr.log"))
+
+
+class _Live:
+    """The point processes running now, so that an interrupted sweep takes them down with it."""
+
+    def __init__(self) -> None:
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def add(self, p: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(p)
+
+    def discard(self, p: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(p)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            procs = list(self._procs)
+        for p in procs:
+            _kill(p)
+
+
+_LIVE = _Live()
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+# -------------------------------------------------------------------------------------------- launchers
+
+Runner = Callable[[Point, Path], ProcessEnd]
+
+
+def local_runner(run_py: Path, env: Mapping[str, str], timeout_s: float | None) -> Runner:
+    def run(point: Point, run_dir: Path) -> ProcessEnd:
+        return run_command(command(run_py, point, run_dir), str(ROOT), env, str(run_dir), timeout_s)
+
+    return run
+
+
+def slurm_runner(run_py: Path, env: Mapping[str, str], timeout_s: float | None, folder: Path,
+                 slurm: Mapping[str, Any]) -> Runner:
+    """Each point a submitit job that runs the same command on a node; `slurm.cluster: local` runs the jobs
+    with submitit's local executor (how the tests exercise this path without a cluster)."""
+    try:
+        import submitit
+    except ImportError:
+        raise RuntimeError("launcher=slurm needs submitit: pip install submitit (or use launcher=local)") from None
+    params = {k: v for k, v in dict(slurm).items() if k != "cluster" and v is not None}
+    additional = params.pop("additional", None) or {}
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=slurm.get("cluster"))
+    # Names outside the shared set (partition, mem_gb, ...) get the executor's prefix (slurm_partition).
+    executor.update_parameters(**_for_executor(executor, params),
+                               **({"slurm_additional_parameters": dict(additional)} if additional else {}))
+
+    def run(point: Point, run_dir: Path) -> ProcessEnd:
+        start = time.perf_counter()
+        job = executor.submit(run_command, command(run_py, point, run_dir), str(ROOT), dict(env), str(run_dir),
+                              timeout_s)
+        log.info("point %s: submitted job %s", point.id, job.job_id)
+        try:
+            return job.result()
+        except Exception as err:  # the job died (preempted, out of memory, node failure): the point failed
+            return ProcessEnd(None, time.perf_counter() - start, stderr_tail=str(err)[-TAIL_CHARS:],
+                              launcher_error=f"job {job.job_id} failed: {type(err).__name__}")
+
+    return run
+
+
+def _for_executor(executor: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """submitit's shared names pass as they are; the rest become `slurm_<name>`, which AutoExecutor applies on
+    SLURM and ignores on its local executor."""
+    shared = {"timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node", "tasks_per_node", "name",
+              "stderr_to_stdout"}
+    return {k if k in shared or k.startswith("slurm_") else f"slurm_{k}": v for k, v in params.items()}
+
+
+# ------------------------------------------------------------------------------------------------- pool
+
+def run_pool(next_point: Callable[[], Point | None], start: Callable[[Point], Path], runner: Runner,
+             workers: int, on_done: Callable[[Point, ProcessEnd], None]) -> int:
+    """Run points as they come from `next_point` (None: no more for now), `workers` at a time; `on_done` is
+    called in this thread as each ends, so it may decide what `next_point` gives next (Optuna asks after each
+    tell). Returns the number of points launched. Ctrl-C kills the running points and re-raises."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    launched = 0
+    running: dict[Future[ProcessEnd], Point] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="point") as pool:
+        try:
+            while True:
+                while len(running) < workers:
+                    point = next_point()
+                    if point is None:
+                        break
+                    run_dir = start(point)
+                    running[pool.submit(runner, point, run_dir)] = point
+                    launched += 1
+                if not running:
+                    return launched
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: running[f].index):
+                    point = running.pop(fut)
+                    try:
+                        end = fut.result()
+                    except Exception as err:  # a launcher bug must not lose the other points
+                        log.exception("point %s: the launcher failed", point.id)
+                        end = ProcessEnd(None, 0.0, launcher_error=f"launcher error: {type(err).__name__}: {err}")
+                    on_done(point, end)
+        except BaseException:
+            _LIVE.kill_all()
+            for fut in running:
+                fut.cancel()
+            raise
