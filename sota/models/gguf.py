@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sota.paths import cache_dir
+from sota.utils.io import replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -229,17 +230,6 @@ def ensure_replaceable(dst: Path, marker: str = SOURCE_FILE) -> None:
                               "choose a new or empty directory")
 
 
-def _install_dir(tmp: Path, dst: Path) -> None:
-    """Move the finished `tmp` into place at `dst`, replacing any previous `dst` without a partial state."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dst)
-
-
 def convert_gguf(src_file: Path, dst_dir: Path) -> Path:
     """Convert the GGUF causal LM `src_file` into a float32 transformers model directory at `dst_dir`.
 
@@ -258,7 +248,7 @@ def convert_gguf(src_file: Path, dst_dir: Path) -> Path:
     start = time.perf_counter()
     try:
         _convert_into(src_file, header, tmp)
-        _install_dir(tmp, dst_dir)
+        replace_dir(tmp, dst_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from sota.paths import cache_dir
+from sota.utils.io import replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -433,17 +434,6 @@ def _build_processor(tokenizer_json: dict[str, Any], n_mels: int, max_source_pos
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _install_dir(tmp: Path, dst: Path) -> None:
-    """Move the finished ``tmp`` into place at ``dst``, replacing any previous ``dst`` without a partial state."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dst)
-
-
 def convert_whisper_ct2(src_dir: Path, dst_dir: Path) -> Path:
     """Convert the CTranslate2 Whisper model in ``src_dir`` into a transformers model directory at ``dst_dir``.
 
@@ -467,7 +457,7 @@ def convert_whisper_ct2(src_dir: Path, dst_dir: Path) -> Path:
     start = time.perf_counter()
     try:
         _convert_into(src_dir, model_bin, tmp)
-        _install_dir(tmp, dst_dir)
+        replace_dir(tmp, dst_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
