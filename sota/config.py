@@ -3,6 +3,7 @@ key and the valid values (Hydra itself reports unknown groups, options and keys)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -66,8 +67,15 @@ def validate(cfg: DictConfig) -> None:
     out: list[str] = []
     if cfg.task not in TASKS:
         out.append(f"task must be one of {', '.join(TASKS)}; got {cfg.task!r}")
-    if cfg.task == "eval" and not cfg.ckpt_path:
-        out.append("task=eval needs ckpt_path=/path/to/checkpoint.ckpt")
+    if cfg.task == "eval" and not cfg.ckpt_path and not cfg.get("init_from"):
+        out.append("task=eval needs ckpt_path=/path/to/checkpoint.ckpt (evaluate it as trained) or "
+                   "init_from=/path/to/checkpoint.ckpt (evaluate it compressed as configured, untrained)")
+    for key in ("ckpt_path", "init_from"):
+        path = cfg.get(key)
+        if path and not Path(str(path)).is_file():
+            out.append(f"{key}={path}: no such file")
+    if cfg.get("init_from") and cfg.task == "eval" and cfg.ckpt_path:
+        out.append("task=eval takes ckpt_path or init_from, not both")
     _connector(cfg.connector, out)
     _encoder(cfg.encoder, cfg.data, out)
     _data(cfg.data, out)

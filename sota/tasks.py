@@ -65,7 +65,7 @@ def _device(trainer: L.Trainer) -> str:
 
 
 def _load_trainable(module: AudioLLMModule, ckpt_path: str) -> dict[str, Any]:
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = pipeline.read_checkpoint(ckpt_path)
     missing_trainable = [n for n, p in module.named_parameters() if p.requires_grad and n not in ckpt["state_dict"]]
     if missing_trainable:
         raise ValueError(f"{ckpt_path} lacks {len(missing_trainable)} trainable tensors of this model "
@@ -108,8 +108,7 @@ def _to(value: Any, device: str) -> Any:
 def _restore_structure(model: Any, cfg: DictConfig, device: str) -> dict[str, Any]:
     """task=eval: rebuild what compression changed before training (pruned structure, QLoRA base, adapters),
     so the checkpoint's trainable tensors fit; merge and post-training quantization follow as in training."""
-    ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
-    record = ckpt.get("sota_compression") or {}
+    record = pipeline.read_checkpoint(cfg.ckpt_path).get("sota_compression") or {}
     if record.get("prune", {}).get("method", "none") != "none":
         prune.replay(model, record["prune"])
     rest = pipeline.before_training(model, OmegaConf.merge(cfg, {"prune": {"method": "none"}}), [], device)
@@ -117,11 +116,27 @@ def _restore_structure(model: Any, cfg: DictConfig, device: str) -> dict[str, An
     return rest
 
 
-def _vocabulary(cfg: DictConfig, dm: AudioDataModule) -> list[str]:
-    if cfg.task == "eval":
-        ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
+def _trained_from(cfg: DictConfig) -> str | None:
+    """task=eval of a checkpoint whose run started from another (init_from): that one's path, so the same
+    starting model is rebuilt before this checkpoint's own tensors are loaded."""
+    if cfg.task != "eval" or not cfg.ckpt_path:
+        return None
+    record = pipeline.read_checkpoint(cfg.ckpt_path).get("sota_compression") or {}
+    path = (record.get("init_from") or {}).get("path")
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f"{cfg.ckpt_path} was trained from init_from={path}, which no longer exists: "
+                                "the evaluation needs that checkpoint too")
+    return path
+
+
+def _vocabulary(cfg: DictConfig, dm: AudioDataModule, init: dict[str, Any] | None) -> list[str]:
+    """The trained checkpoint's vocabulary (word-level tokenizers must match it), else the corpus'."""
+    if cfg.task == "eval" and cfg.ckpt_path:
+        ckpt = pipeline.read_checkpoint(cfg.ckpt_path)
         if "sota_vocabulary" in ckpt:
             return ckpt["sota_vocabulary"]
+    if init is not None and "sota_vocabulary" in init:
+        return init["sota_vocabulary"]
     return sorted(dm.vocabulary())
 
 
@@ -142,8 +157,11 @@ def run(cfg: DictConfig) -> float | None:
         L.seed_everything(cfg.seed, workers=True)
         t0 = time.perf_counter()
         dm: AudioDataModule = instantiate(cfg.data)
-        words = _vocabulary(cfg, dm)
+        init_path = cfg.get("init_from") or _trained_from(cfg)
+        init = pipeline.read_checkpoint(init_path) if init_path else None
+        words = _vocabulary(cfg, dm, init)
         model = build_model(cfg, words)
+        init_record = pipeline.load_trained(model, init_path, init) if init is not None else None
         problems: list[str] = []
         prune.check_model(model, cfg.get("prune"), problems)  # head counts exist only once the model does
         if problems:
@@ -154,13 +172,16 @@ def run(cfg: DictConfig) -> float | None:
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                          default_root_dir=str(out_dir))
         device = _device(trainer)
-        if _compresses_encoder(cfg):
+        if _compresses_encoder(cfg) or (init is not None and pipeline.trained_changes_encoder(init)):
             dm.cache_features = False  # cached features would come from the encoder before compression
         dm.attach_encoder(model.encoder.to(device), encoder_fingerprint(cfg), device=device)
-        if cfg.task == "train":
+        if cfg.task == "train" or not cfg.ckpt_path:
+            # eval without ckpt_path starts from init_from: compressed as configured, evaluated untrained.
             record = pipeline.before_training(model, cfg, _calibration(cfg, dm, device), device)
         else:
             record = _restore_structure(model, cfg, device)
+        if init_record is not None:
+            record["init_from"] = init_record
         model.to(device)
         module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                                 generate=as_dict(cfg.generate), run_config=results["config"], vocabulary=words,
@@ -172,7 +193,7 @@ def run(cfg: DictConfig) -> float | None:
             trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
             results["timing"]["train_s"] = time.perf_counter() - t1
             results["timing"]["train_steps"] = int(trainer.global_step)
-        else:
+        elif cfg.ckpt_path:
             _load_trainable(module, cfg.ckpt_path)
         results["compression"] = pipeline.after_training(model, cfg, record, device)
 

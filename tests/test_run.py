@@ -142,3 +142,36 @@ def test_compressed_run_records_compression_and_evaluates_identically(tmp_path):
     preds = [json.loads(x)["prediction"] for x in (tmp_path / "train" / "predictions.jsonl").read_text().splitlines()]
     preds2 = [json.loads(x)["prediction"] for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert preds == preds2
+
+
+def test_init_from_compresses_a_trained_model_before_and_after_recovery(trained, tmp_path):
+    """init_from: the trained model is the start; eval compresses it untrained, train recovers it, and a
+    checkpoint of the recovery evaluates to the same predictions (the starting model is rebuilt first)."""
+    start = trained / "checkpoints" / "last.ckpt"
+    run(tmp_path / "before", "task=eval", f"init_from={start}", "prune=depth", "prune.ratio=0.5")
+    before = json.loads((tmp_path / "before" / "results.json").read_text())
+    assert before["status"] == "ok" and before["timing"]["train_s"] is None
+    assert before["compression"]["init_from"]["path"] == str(start)
+    assert before["compression"]["init_from"]["tensors"] > 0
+    assert before["compression"]["prune"]["llm"]["layers_after"] == 1
+
+    # Nothing compressed and nothing trained: the same model as the checkpoint, the same predictions.
+    run(tmp_path / "same", "task=eval", f"init_from={start}")
+    same = [json.loads(x)["prediction"] for x in (tmp_path / "same" / "predictions.jsonl").read_text().splitlines()]
+    orig = [json.loads(x)["prediction"] for x in (trained / "predictions.jsonl").read_text().splitlines()]
+    assert same == orig
+
+    combo = ["prune=depth", "prune.ratio=0.5", "lora=lora", "lora.rank=4"]
+    run(tmp_path / "after", f"init_from={start}", *combo)
+    after = json.loads((tmp_path / "after" / "results.json").read_text())
+    assert after["status"] == "ok" and after["timing"]["train_steps"] == 4
+    assert after["compression"]["lora"]["rank"] == 4
+    run(tmp_path / "again", *combo, "task=eval", f"ckpt_path={tmp_path / 'after' / 'checkpoints' / 'last.ckpt'}")
+    preds = [json.loads(x)["prediction"] for x in (tmp_path / "after" / "predictions.jsonl").read_text().splitlines()]
+    preds2 = [json.loads(x)["prediction"] for x in (tmp_path / "again" / "predictions.jsonl").read_text().splitlines()]
+    assert preds == preds2
+
+
+def test_init_from_a_missing_file_is_refused_before_any_work(tmp_path):
+    proc = run(tmp_path, "task=eval", f"init_from={tmp_path / 'nope.ckpt'}", check=False)
+    assert proc.returncode != 0 and "init_from=" in proc.stderr and "no such file" in proc.stderr

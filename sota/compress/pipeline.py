@@ -1,16 +1,18 @@
 """The one place that fixes the order of compression steps:
 
-    load -> prune (calibration) -> [QLoRA: quantize base] -> LoRA -> train/recover -> merge
-         -> post-training quantization -> evaluate -> measure
+    load [init_from: a trained checkpoint, adapters merged] -> prune (calibration) -> [QLoRA: quantize base]
+         -> LoRA -> train/recover -> merge -> post-training quantization -> evaluate -> measure
 
-`before_training` runs the steps up to LoRA, `after_training` merges and quantizes; each returns the part
-of results.json's `compression` record it produced."""
+`load_trained` is the load step for a model an earlier run fine-tuned; `before_training` runs the steps up to
+LoRA, `after_training` merges and quantizes; each returns the part of results.json's `compression` record it
+produced."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from sota.compress import lora, prune, quant
 from sota.models.audio_llm import AudioLLM
@@ -25,6 +27,55 @@ def validate(cfg: DictConfig, device: str, out: list[str]) -> None:
     prune.validate(cfg.get("prune"), out)
     lora.validate(cfg.get("lora"), out)
     quant.validate(cfg.get("quant"), device, out)
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A sota checkpoint (tensors and plain containers only: never arbitrary pickles)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def trained_changes_encoder(ckpt: dict[str, Any]) -> bool:
+    """Whether loading `ckpt` alters the encoder (its cached features would then be stale)."""
+    record = ckpt.get("sota_compression") or {}
+    return ("encoder" in (record.get("prune") or {}).get("targets", [])
+            and (record.get("prune") or {}).get("method", "none") != "none"
+            or "encoder" in (record.get("lora") or {}).get("on", []))
+
+
+def load_trained(model: AudioLLM, path: str, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`init_from`: turn a freshly built model into the one an earlier run trained, as the start of this
+    run's compression. The checkpoint's pruning is replayed and its adapters attached, its trained tensors
+    (connector, adapters, anything else it trained) loaded, and the adapters merged: what follows sees a
+    plain fine-tuned model. Its post-training quantization is not replayed (this run's `quant` decides)."""
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
+    record = ckpt.get("sota_compression") or {}
+    trained_cfg = ckpt.get("sota_config") or {}
+    if "state_dict" not in ckpt or not trained_cfg:
+        raise ValueError(f"init_from={path}: not a checkpoint written by sota (no state_dict / sota_config)")
+    if quant.is_qlora_base(trained_cfg.get("quant") or {}):
+        raise ValueError(f"init_from={path}: the checkpoint trained adapters on a {trained_cfg['quant']['mode']} "
+                         "base (QLoRA); start from a checkpoint trained on an unquantized base")
+    if (record.get("prune") or {}).get("method", "none") != "none":
+        prune.replay(model, record["prune"])
+    if (record.get("lora") or {}).get("method", "none") != "none":
+        lora.attach(model, OmegaConf.create(trained_cfg["lora"]))
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        raise ValueError(f"init_from={path}: {len(unknown)} checkpoint tensors have no place in this model "
+                         f"(e.g. {unknown[0]}): encoder, connector and llm must be configured as in the run that "
+                         "trained it")
+    mismatched = [k for k, v in state.items() if own[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(f"init_from={path}: {mismatched[0]} has shape {tuple(state[mismatched[0]].shape)} in the "
+                         f"checkpoint and {tuple(own[mismatched[0]].shape)} here: configure the model as in the "
+                         "run that trained it")
+    model.load_state_dict(state, strict=False)
+    merged = lora.merge(model) if (record.get("lora") or {}).get("method", "none") != "none" else None
+    return {"path": str(path), "tensors": len(state), "global_step": ckpt.get("global_step"),
+            "prune": (record.get("prune") or {}).get("method", "none"),
+            "lora_merged": (merged or {}).get("merged", [])}
 
 
 def before_training(model: AudioLLM, cfg: DictConfig, calib: list[dict[str, Any]], device: str) -> dict[str, Any]:
