@@ -1,13 +1,16 @@
 """Benchmark one configuration's speed and memory, in the official protocol and in strict mode.
 
-    python -m sota.bench [hydra overrides ...] [--modes official,strict] [--out FILE]
+    python -m sota.bench [hydra overrides ...] [--modes official,strict] [--backends eager,compiled] [--out FILE]
 
 Composes the config from the repo's conf/ (the same groups as run.py), builds the model with random or
 pretrained weights (speed does not depend on weight values, so no corpus and no training are needed),
 applies the compression groups (prune / lora / quant; pruning scores structure on noise batches, which gives
 the same shapes), moves it to the device and measures it in each mode. Each mode uses its own preset
 (conf/measure/<mode>.yaml) with your `measure.*` overrides on top; `measure.device` picks the device
-(default: cuda when available, else cpu). Prints a markdown table and, with --out, writes JSON.
+(default: cuda when available, else cpu). Each decoding backend (generate.backend: eager, static, compiled)
+is measured on the same model. Beside them: transformers' plain `generate` per token on the same model
+(the number users get without sota), and on CUDA the memory-bandwidth floor of a decode step (the LLM's weight
+bytes over a measured device-to-device copy bandwidth). Prints a markdown table and, with --out, writes JSON.
 
 Example (CPU, well under a minute): python -m sota.bench model=tiny measure.iterations=5
 """
@@ -142,11 +145,12 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    rows = ["| mode | timer | TTFT ms (p90) | TPOT ms (p90) | e2e ms (tokens) | RTF | peak memory MB |",
-            "|---|---|---|---|---|---|---|"]
-    for mode, r in results.items():
+    rows = ["| backend | mode | timer | TTFT ms (p90) | TPOT ms (p90) | e2e ms (tokens) | RTF | peak memory MB |",
+            "|---|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        backend, _, mode = key.rpartition("/")
         rows.append(
-            f"| {mode} | {r.get('timer') or '–'} "
+            f"| {r.get('backend') or backend} | {mode} | {r.get('timer') or '–'} "
             f"| {_fmt(r.get('ttft_ms'), 2)} ({_fmt(r.get('ttft_p90_ms'), 2)}) "
             f"| {_fmt(r.get('tpot_ms'), 2)} ({_fmt(r.get('tpot_p90_ms'), 2)}) "
             f"| {_fmt(r.get('e2e_ms'))} ({_fmt(r.get('e2e_tokens'))}) "
@@ -156,6 +160,49 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 # ---------------------------------------------------------------------------------------------- main
 
+def copy_bandwidth_gbs(device: str, nbytes: int = 2 ** 30, repeats: int = 10) -> float | None:
+    """Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written (CUDA only)."""
+    if not device.startswith("cuda"):
+        return None
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(repeats + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize()
+        if i >= 2:
+            times.append(start.elapsed_time(end))
+    del src, dst
+    return 2 * nbytes / (float(np.median(times)) / 1000) / 1e9
+
+
+def hf_generate_ms_per_token(model: Any, device: str, tokens: int = 32, repeats: int = 5) -> float:
+    """transformers' plain greedy `generate` on the LLM after a 100-token prompt: (time for 1 + `tokens` new
+    tokens - time for 1) / `tokens`, medians over `repeats`, synchronised wall clock."""
+    from sota.measure.timer import Timer
+
+    llm = model.llm
+    emb = llm.get_input_embeddings().weight
+    prompt = torch.randn(1, 100, emb.shape[1], device=emb.device, dtype=emb.dtype) * emb.std()
+    attn = torch.ones(1, 100, dtype=torch.long, device=emb.device)
+
+    def run(n: int) -> float:
+        timer = Timer(device, sync=True)
+        with timer.iteration(), timer.region("gen"):
+            llm.generate(inputs_embeds=prompt, attention_mask=attn, max_new_tokens=n, min_new_tokens=n,
+                         do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+        return timer.samples["gen"][0]
+
+    with torch.no_grad():
+        run(tokens + 1)  # warm-up
+        long = float(np.median([run(tokens + 1) for _ in range(repeats)]))
+        short = float(np.median([run(1) for _ in range(repeats)]))
+    return (long - short) / tokens
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sota.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -163,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=None,
                         help="comma-separated measure modes (default: official,strict; a measure=X override "
                              "alone selects X)")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated decoding backends (default: the config's generate.backend)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -170,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     picked = [m for m in (_selects_measure(o) for o in args.overrides) if m]
     modes = args.modes.split(",") if args.modes else (picked[-1:] or list(DEFAULT_MODES))
     from sota.measure import latency
+    from sota.models.decoding import BACKENDS
 
     bad = [m for m in modes if m not in latency.MODES]
     if bad:
@@ -177,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = {mode: compose(args.overrides, mode) for mode in modes}
     first = next(iter(configs.values()))
+    backends = args.backends.split(",") if args.backends else [str(first.generate.get("backend", "eager"))]
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        parser.error(f"--backends: unknown backend(s) {', '.join(bad)}; choose from {', '.join(BACKENDS)}")
     device = pick_device(first)
     for cfg in configs.values():
         check(cfg, device)
@@ -190,18 +244,26 @@ def main(argv: list[str] | None = None) -> int:
     model, record = build(first, device)
     build_s = time.perf_counter() - t0
     results: dict[str, dict[str, Any]] = {}
-    for mode, cfg in configs.items():
-        results[mode] = latency.measure(model, cfg.measure, device)
+    for backend in backends:
+        for mode, cfg in configs.items():
+            results[f"{backend}/{mode}"] = latency.measure(model, cfg.measure, device, backend=backend)
+    llm_bytes = footprint(model.llm)["weight_bytes"]
+    hf_ms = hf_generate_ms_per_token(model, device)
+    bandwidth = copy_bandwidth_gbs(device)
+    floor_ms = llm_bytes / (bandwidth * 1e9) * 1000 if bandwidth else None
 
     print(f"# {device_name(device)}: {' '.join(args.overrides) or '(defaults)'}\n")
     print(table(results))
-    for mode, r in results.items():
+    print(f"\ntransformers generate: {hf_ms:.2f} ms/token; LLM weights {llm_bytes / 2**20:.1f} MiB"
+          + (f"; copy bandwidth {bandwidth:.0f} GB/s -> floor {floor_ms:.3f} ms/token" if bandwidth else ""))
+    for key, r in results.items():
         for note in r.get("notes") or []:
-            print(f"- {mode}: {note}")
+            print(f"- {key}: {note}")
     if args.out:
         payload = {
             "overrides": list(args.overrides), "device": device_name(device), "build_s": build_s,
-            "model": footprint(model), "compression": record,
+            "model": footprint(model), "llm_weight_bytes": llm_bytes, "compression": record,
+            "hf_generate_ms_per_token": hf_ms, "copy_bandwidth_gbs": bandwidth, "floor_ms_per_token": floor_ms,
             "measure": {mode: as_dict(cfg.measure) for mode, cfg in configs.items()},
             "results": results, "versions": versions(),
         }

@@ -60,6 +60,41 @@ def _generate(c: DictConfig, out: list[str]) -> None:
         out.append(f"generate.max_new_tokens must be >= 1, got {c.max_new_tokens}")
     if c.num_beams < 1:
         out.append(f"generate.num_beams must be >= 1, got {c.num_beams}")
+    from sota.models.decoding import validate as validate_backend
+
+    validate_backend(c.get("backend", "eager"), c.num_beams, out)
+
+
+def _strategy_name(strategy: Any) -> str:
+    """`trainer.strategy` as a name: the string itself, or the class a `_target_` node instantiates."""
+    if isinstance(strategy, (DictConfig, dict)):
+        return str(strategy.get("_target_", "")).rsplit(".", 1)[-1]
+    return str(strategy if strategy is not None else "auto")
+
+
+def _trainer(c: DictConfig, out: list[str]) -> None:
+    """GPU presets (trainer=gpu, ddp, fsdp) on a machine without CUDA, more GPUs than it has, and sharded
+    strategies, refused before any work (Lightning itself would only say so after the corpus and the model)."""
+    import torch
+
+    accelerator = str(c.get("accelerator", "cpu"))
+    devices = c.get("devices", 1)
+    strategy = _strategy_name(c.get("strategy"))
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            out.append(f"trainer.accelerator is {accelerator!r} (trainer.strategy {strategy}, trainer.devices "
+                       f"{devices}) but this machine has no usable CUDA device (torch {torch.__version__}, "
+                       "torch.cuda.is_available() is False); train on the CPU with trainer=cpu, or "
+                       "trainer=ddp_cpu for two processes")
+        else:
+            count = torch.cuda.device_count()
+            wanted = list(devices) if not isinstance(devices, (int, str)) else []
+            if isinstance(devices, int) and devices > count or any(int(i) >= count for i in wanted):
+                out.append(f"trainer.devices is {devices} but this machine has {count} CUDA device(s)")
+    if any(name in strategy.lower() for name in ("fsdp", "deepspeed")):
+        out.append(f"trainer.strategy is {strategy}, which shards the weights across processes; run.py evaluates "
+                   "the trained weights on one device of global rank zero, which needs all of them there, so "
+                   "sharded training is not supported yet: use trainer=ddp (every GPU holds the whole model)")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -80,6 +115,7 @@ def validate(cfg: DictConfig) -> None:
     _encoder(cfg.encoder, cfg.data, out)
     _data(cfg.data, out)
     _generate(cfg.generate, out)
+    _trainer(cfg.trainer, out)
     from sota.compress import pipeline
 
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))

@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sota.compress import pipeline, prune
@@ -195,6 +196,10 @@ def run(cfg: DictConfig) -> float | None:
             results["timing"]["train_steps"] = int(trainer.global_step)
         elif cfg.ckpt_path:
             _load_trainable(module, cfg.ckpt_path)
+        results["provenance"]["world_size"] = trainer.world_size  # processes that trained (DDP: one per device)
+        trainer = _one_device(trainer, cfg, logger, out_dir)
+        if trainer is None:
+            return None  # DDP: the other ranks leave after training; rank zero evaluates, measures and writes
         results["compression"] = pipeline.after_training(model, cfg, record, device)
 
         t2 = time.perf_counter()
@@ -217,7 +222,8 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.get("measure") is not None and cfg.measure.mode != "none":
             model.eval()
             clips = latency.real_clips(test_set, int(cfg.measure.real_clips))
-            results["efficiency"] = {**results["efficiency"], **latency.measure(model, cfg.measure, device, clips)}
+            measured = latency.measure(model, cfg.measure, device, clips, backend=cfg.generate.backend)
+            results["efficiency"] = {**results["efficiency"], **measured}
         results["efficiency"]["run_peak_memory_mb"] = run_peak
         results["timing"]["measure_s"] = time.perf_counter() - t2 - results["timing"]["eval_s"]
         results["data"] = {"train": len(dm.datasets["train"]) if "train" in dm.datasets else 0,
@@ -228,12 +234,29 @@ def run(cfg: DictConfig) -> float | None:
         results["traceback"] = traceback.format_exc()
         raise
     finally:
-        results["timing"]["total_s"] = time.perf_counter() - t_start
-        atomic_write_json(out_dir / RESULTS, results)
-        if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
-            _close_wandb(logger, results)
+        if rank_zero_only.rank == 0:  # under DDP, global rank zero alone writes results and closes W&B
+            results["timing"]["total_s"] = time.perf_counter() - t_start
+            atomic_write_json(out_dir / RESULTS, results)
+            if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+                _close_wandb(logger, results)
     objective = results["metrics"].get(cfg.objective)
     return float(objective) if objective is not None else None
+
+
+def _one_device(trainer: L.Trainer, cfg: DictConfig, logger: Any, out_dir: Path) -> L.Trainer | None:
+    """The Trainer for evaluation: after multi-device training (DDP), one on global rank zero's device alone, and
+    None on the other ranks. A distributed sampler would split the test set across ranks and pad it with
+    repeated clips; here rank zero generates on all of it, in the same batches as a one-device run, so the
+    metrics are that run's."""
+    if trainer.num_devices * trainer.num_nodes == 1:
+        return trainer
+    if torch.distributed.is_initialized():  # training is over: no collective follows
+        torch.distributed.destroy_process_group()
+    if not trainer.is_global_zero:
+        return None
+    root = trainer.strategy.root_device
+    return instantiate(cfg.trainer, devices=[root.index] if root.type == "cuda" else 1, num_nodes=1,
+                       strategy="auto", logger=logger, default_root_dir=str(out_dir))
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

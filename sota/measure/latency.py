@@ -42,19 +42,20 @@ import torch
 from sota.measure.footprint import peak_rss_mb
 from sota.measure.timer import Timer
 
+from sota.models.decoding import Decoders, fallback_reason
+
 if TYPE_CHECKING:
     from sota.models.audio_llm import AudioLLM
 
 MODES = ("strict", "official", "none")
 SAMPLE_RATE = 16_000
-BACKEND = "eager"
 MB = 2 ** 20
 
 # Every key of the returned block, documented (tests check that `measure` returns exactly these).
 KEYS: dict[str, str] = {
     "mode": "strict | official | none",
     "device": "device name (GPU model, or 'cpu: <cpu model>')",
-    "backend": "execution backend: eager PyTorch (no compile, no CUDA graphs)",
+    "backend": "decoding backend measured (generate.backend): eager | static | compiled (sota/models/decoding.py)",
     "timer": "clock used: cuda_events | time.time (no sync) | perf_counter",
     "task": "prompt used for the protocol clip",
     "clip_s": "length of the protocol noise clip, seconds",
@@ -304,8 +305,14 @@ def _cache_of(out: Any) -> Any:
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def _prefill(model: AudioLLM, embeds: torch.Tensor, mask: torch.Tensor, tasks: list[str]) -> dict[str, Any]:
+def _prefill(model: AudioLLM, embeds: torch.Tensor, mask: torch.Tensor, tasks: list[str],
+             decoders: Decoders | None = None) -> dict[str, Any]:
     inputs = model.assemble(embeds, mask, tasks)
+    if decoders is not None:  # static backends: the graphed prefill of the prompt's length bucket
+        attn = inputs["attention_mask"]
+        decoder = decoders.get(attn.shape[0], attn.shape[1])
+        return {"token": decoder.prefill(inputs["inputs_embeds"], attn), "decoder": decoder,
+                "length": int(attn.shape[1])}
     _, extra = _llm_call(model.llm)
     out = model.llm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                     position_ids=inputs["position_ids"], use_cache=True, **extra)
@@ -315,6 +322,8 @@ def _prefill(model: AudioLLM, embeds: torch.Tensor, mask: torch.Tensor, tasks: l
 
 
 def _decode(model: AudioLLM, state: dict[str, Any]) -> torch.Tensor:
+    if "decoder" in state:
+        return state["decoder"].step()
     mask = torch.cat([state["attention_mask"], state["attention_mask"].new_ones(len(state["token"]), 1)], dim=1)
     cache_key, extra = _llm_call(model.llm)
     out = model.llm(input_ids=state["token"][:, None], attention_mask=mask, position_ids=state["position"] + 1,
@@ -323,15 +332,16 @@ def _decode(model: AudioLLM, state: dict[str, Any]) -> torch.Tensor:
 
 
 def _answer(model: AudioLLM, inputs: dict[str, torch.Tensor], frames: torch.Tensor, task: str,
-            max_new_tokens: int) -> Any:
+            max_new_tokens: int, backend: str) -> Any:
     """A full greedy answer through the model's own generate (the evaluation's code path)."""
     return model.generate({"encoder_inputs": inputs, "num_frames": frames, "tasks": [task]},
-                          max_new_tokens=max_new_tokens, num_beams=1)
+                          max_new_tokens=max_new_tokens, num_beams=1, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------- loops
 
-def _iteration(model: AudioLLM, clip: Clip, device: str, timer: Timer) -> dict[str, Any]:
+def _iteration(model: AudioLLM, clip: Clip, device: str, timer: Timer,
+               decoders: Decoders | None = None) -> dict[str, Any]:
     """One timed pass: features, then TTFT (encoder, connector, prefill), then one decode step."""
     with timer.iteration():
         with timer.region("features"):
@@ -342,18 +352,19 @@ def _iteration(model: AudioLLM, clip: Clip, device: str, timer: Timer) -> dict[s
             with timer.region("connector"):
                 embeds, mask = _connect(model, hidden, frames)
             with timer.region("prefill"):
-                state = _prefill(model, embeds, mask, [clip.task])
+                state = _prefill(model, embeds, mask, [clip.task], decoders)
         with timer.region("decode"):
             _decode(model, state)
     return {"audio_tokens": mask, "prompt_tokens": state["length"]}
 
 
-def _run(model: AudioLLM, clip: Clip, device: str, timer: Timer, warmup: int, iterations: int) -> dict[str, Any]:
+def _run(model: AudioLLM, clip: Clip, device: str, timer: Timer, warmup: int, iterations: int,
+         decoders: Decoders | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for _ in range(warmup):
-        _iteration(model, clip, device, Timer(device, sync=timer.sync))  # same work, samples discarded
+        _iteration(model, clip, device, Timer(device, sync=timer.sync), decoders)  # samples discarded
     for _ in range(iterations):
-        info = _iteration(model, clip, device, timer)
+        info = _iteration(model, clip, device, timer, decoders)
     _settle(device)
     if info:
         info["audio_tokens"] = int(info["audio_tokens"].sum())
@@ -382,7 +393,8 @@ class _TokenCounter:
 
 
 def _e2e(model: AudioLLM, clip: Clip, device: str, timer: Timer, repeats: int, max_new_tokens: int,
-         counter: _TokenCounter) -> list[tuple[float, int | None]]:
+         counter: _TokenCounter, backend: str = "eager",
+         decoders: Decoders | None = None) -> list[tuple[float, int | None]]:
     """Full greedy answers, waveform to text: [(ms, tokens)] for `repeats` timed runs after one warm-up."""
     runs = []
     for i in range(repeats + 1):
@@ -390,8 +402,10 @@ def _e2e(model: AudioLLM, clip: Clip, device: str, timer: Timer, repeats: int, m
         with probe.iteration():
             with probe.region("e2e"):
                 inputs, frames = _features(model, clip, device)
-                _answer(model, inputs, frames, clip.task, max_new_tokens)
+                _answer(model, inputs, frames, clip.task, max_new_tokens, backend)
         tokens = counter.take()
+        if decoders is not None and decoders.last is not None:
+            tokens = decoders.last.steps_run  # graph replays run no forward hooks: the loop counts them
         if i:  # the first run warms up this clip's shapes
             runs.append((probe.samples["e2e"][0], tokens))
             timer.samples["e2e"].append(probe.samples["e2e"][0])
@@ -488,7 +502,7 @@ def _empty(mode: str, device: str) -> dict[str, Any]:
     from sota.utils.provenance import device_name
 
     out: dict[str, Any] = {k: None for k in KEYS}
-    out.update(mode=mode, device=device_name(device), backend=BACKEND, breakdown_ms={k: None for k in BREAKDOWN},
+    out.update(mode=mode, device=device_name(device), backend="eager", breakdown_ms={k: None for k in BREAKDOWN},
                notes=[], real_clips=0)
     return out
 
@@ -510,11 +524,12 @@ def _model_device(model: AudioLLM) -> torch.device | None:
 
 
 def measure(model: AudioLLM, cfg_measure: Any, device: str,
-            real_batches: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            real_batches: list[dict[str, Any]] | None = None, backend: str = "eager") -> dict[str, Any]:
     """The `efficiency` block of results.json for `model` (already on `device`), per `cfg_measure` (the
     `measure` group: mode, warmup, iterations, clip_s, real_clips, e2e_repeats, max_new_tokens, seed, task,
     device, cpu_threads). `real_batches` are batch-1 clips of the test split for strict mode (see
-    `clips_from_batches`; `real_clips(dataset, n)` builds them); ignored in official mode."""
+    `clips_from_batches`; `real_clips(dataset, n)` builds them); ignored in official mode. `backend` is the
+    decoding backend (generate.backend) whose prefill, decode step and answers are timed."""
     mode = _get(cfg_measure, "mode", "strict")
     _check(cfg_measure, device)
     device = resolve_device(cfg_measure, device)
@@ -558,6 +573,10 @@ def measure(model: AudioLLM, cfg_measure: Any, device: str,
         torch.set_num_threads(int(_get(cfg_measure, "cpu_threads")))
     was_training = model.training
     model.eval()
+    decoders = model.static_decoders(backend, max_new_tokens)
+    result["backend"] = backend if decoders is not None or backend == "eager" else "eager"
+    if backend != "eager" and decoders is None:
+        notes.append(f"generate.backend={backend} fell back to eager: {fallback_reason(model.llm)}")
     counter = _TokenCounter(model)
     timer = Timer(device, sync=proto.sync)
     try:
@@ -565,9 +584,9 @@ def measure(model: AudioLLM, cfg_measure: Any, device: str,
             gc.collect()
             if proto.reset_peak:
                 _reset_peak(device)
-            info = _run(model, clip, device, timer, warmup, iterations)
+            info = _run(model, clip, device, timer, warmup, iterations, decoders)
             if proto.e2e:
-                runs = _e2e(model, clip, device, timer, repeats, max_new_tokens, counter)
+                runs = _e2e(model, clip, device, timer, repeats, max_new_tokens, counter, backend, decoders)
                 result["e2e_ms"] = _median([ms for ms, _ in runs])
                 tokens = [t for _, t in runs if t is not None]
                 result["e2e_tokens"] = int(np.median(tokens)) if tokens else None
@@ -579,8 +598,9 @@ def measure(model: AudioLLM, cfg_measure: Any, device: str,
                 rt = Timer(device, sync=proto.sync)
                 rtfs: list[float] = []
                 for c in real:
-                    _run(model, c, device, rt, warmup=1, iterations=max(1, repeats))
-                    for ms, _ in _e2e(model, c, device, rt, max(1, repeats), max_new_tokens, counter):
+                    _run(model, c, device, rt, warmup=1, iterations=max(1, repeats), decoders=decoders)
+                    for ms, _ in _e2e(model, c, device, rt, max(1, repeats), max_new_tokens, counter, backend,
+                                      decoders):
                         rtfs.append(ms / 1000.0 / c.seconds)
                 result.update(real_clips=len(real), real_audio_s=float(np.mean([c.seconds for c in real])),
                               real_ttft_ms=rt.stats("ttft").median, real_tpot_ms=rt.stats("decode").median,

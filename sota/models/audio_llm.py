@@ -10,6 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from sota.models.connector import WindowQFormer
+from sota.models.decoding import Decoders, fallback_reason
 from sota.models.encoder import AudioEncoder
 from sota.models.prompt import PromptBuilder
 
@@ -78,11 +79,28 @@ class AudioLLM(nn.Module):
         inputs = self.assemble(embeds, mask, batch["tasks"], batch["answers"])
         return self.llm(**inputs, use_cache=False).loss
 
+    def static_decoders(self, backend: str, max_new_tokens: int) -> Decoders | None:
+        """The static-cache decoders of `backend` for this LLM (built once, kept while the LLM is the same
+        object), or None when the backend is eager or this LLM must fall back to eager."""
+        if backend == "eager" or fallback_reason(self.llm) is not None:
+            return None
+        cached = self.__dict__.get("_decoders")
+        if cached is None or cached.llm is not self.llm or cached.backend != backend:
+            cached = Decoders(self.llm, backend, max_new_tokens)
+            self.__dict__["_decoders"] = cached  # not a submodule: no parameters, not in state_dict
+        return cached
+
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 64, num_beams: int = 1,
-                 **kwargs: Any) -> list[str]:
+                 backend: str = "eager", **kwargs: Any) -> list[str]:
         embeds, mask = self.audio_embeds(batch)
         inputs = self.assemble(embeds, mask, batch["tasks"])
+        decoders = self.static_decoders(backend, max_new_tokens) if num_beams == 1 else None
+        if decoders is not None:
+            attn = inputs["attention_mask"]
+            rows = decoders.get(attn.shape[0], attn.shape[1], max_new_tokens).generate(
+                inputs["inputs_embeds"], attn, max_new_tokens, self.prompt.stop_ids)
+            return [self.prompt.decode(row) for row in rows]
         out = self.llm.generate(
             inputs_embeds=inputs["inputs_embeds"],
             attention_mask=inputs["attention_mask"],

@@ -50,3 +50,20 @@ def pretrained_llm(path: str, words: Iterable[str] | None = None, dtype: str = "
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def shape_only_llm(arch: str, words: Iterable[str], dtype: str = "bfloat16",
+                   device: str | None = None) -> tuple[PreTrainedModel, object]:
+    """Random weights in the shape of a published LLM (`arch`: a key of sota.models.meta.ARCHS), with the corpus
+    word tokenizer: for speed and memory studies, which do not depend on weight values. Its answers are noise.
+    `device` builds it there directly (a 3B model initialised on a CPU takes minutes)."""
+    from sota.models.meta import ARCHS, arch_config
+
+    if arch not in ARCHS:
+        raise ValueError(f"llm.arch={arch!r} is not a known shape; known: {', '.join(sorted(ARCHS))}")
+    config = arch_config(arch, key="llm.arch")
+    tokenizer = corpus_tokenizer(words, "word")
+    where = torch.device(device) if device else torch.device("cpu")
+    with where:
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+    return model.eval(), tokenizer

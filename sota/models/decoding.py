@@ -1,0 +1,232 @@
+"""Greedy decoding backends for the audio-LLM's language model.
+
+- `eager`: transformers' `generate` (dynamic KV cache, one Python-driven forward per token). Small models are
+  launch-bound there: ~30 layers x ~12 kernels per token, each launch costing microseconds of CPU time.
+- `static`: this module's own loop over a preallocated `StaticCache`; the prefill (per bucket of prompt length)
+  and the one-token decode step are each captured once as a CUDA graph and replayed, so a token costs one
+  graph launch instead of hundreds of kernel launches.
+- `compiled`: `static` with the decode step compiled by TorchInductor first (fused norms, rotary and
+  elementwise kernels: fewer kernels inside the graph). The prefill is graphed but not compiled: every
+  prompt-length bucket would otherwise compile anew.
+
+The loop is owned here rather than driven through `generate(inputs_embeds=...)`: generate keeps references to
+step outputs across steps, which CUDA-graph replay overwrites. Every input of a captured step lives in a
+persistent buffer, and every output is copied out of the graph's memory before the next replay.
+
+Masks are explicit 4D additive masks (transformers passes 4D masks through unchanged), so nothing in a captured
+region inspects tensor values on the host. Left padding, as `AudioLLM.assemble` builds it, is handled by the
+mask and by position ids counted over real tokens. On a CPU (or with `graphs=False`) the same functions run
+eagerly: the tests compare their tokens with `generate`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "static", "compiled")
+BUCKET = 32          # prompt lengths are padded up to a multiple of this: one prefill graph per bucket
+
+
+def validate(backend: Any, num_beams: Any, out: list[str]) -> None:
+    if backend not in BACKENDS:
+        out.append(f"generate.backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    elif backend != "eager" and num_beams != 1:
+        out.append(f"generate.backend={backend} decodes greedily: it needs generate.num_beams=1 "
+                   f"(got {num_beams}); beam search runs with generate.backend=eager")
+
+
+def _base(llm: nn.Module) -> nn.Module:
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
+def fallback_reason(llm: nn.Module) -> str | None:
+    """Why this LLM cannot run the static backend (it then falls back to eager), or None."""
+    if any(type(m).__module__.startswith("bitsandbytes") for m in llm.modules()):
+        return ("bitsandbytes layers (nf4 / int8_bnb) are not captured in CUDA graphs here: decoded eagerly "
+                "with transformers' generate")
+    return None
+
+
+def _cache_keyword(llm: nn.Module) -> str:
+    import inspect
+
+    params = inspect.signature(type(_base(llm)).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class StaticDecoder:
+    """Greedy decoding of a batch of `batch_size` left-padded prompts (given as embeddings) into a static KV
+    cache of `max_len` positions: prompt bucket + new tokens must fit."""
+
+    def __init__(self, llm: nn.Module, batch_size: int, max_len: int, graphs: bool, compile: bool = False) -> None:
+        from transformers import StaticCache
+
+        self.llm, self.batch_size, self.max_len = llm, batch_size, max_len
+        emb = llm.get_input_embeddings().weight
+        self.device, self.dtype = emb.device, emb.dtype
+        self.graphs = graphs and self.device.type == "cuda"
+        self.cache_key = _cache_keyword(llm)
+        config = _base(llm).config
+        self.cache = StaticCache(config=config, max_cache_len=max_len)
+        dev, b = self.device, batch_size
+        # Persistent buffers: the captured graphs read and write only these.
+        self.token = torch.zeros(b, dtype=torch.long, device=dev)
+        self.last_pos = torch.zeros(b, 1, dtype=torch.long, device=dev)
+        self.start = torch.zeros((), dtype=torch.long, device=dev)
+        self.step_no = torch.zeros((), dtype=torch.long, device=dev)
+        self.prompt_valid = torch.zeros(b, max_len, dtype=torch.bool, device=dev)
+        self.cols = torch.arange(max_len, device=dev)
+        self.neg = torch.finfo(self.dtype).min
+        self._prompt: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._prefill_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._decode_graph: torch.cuda.CUDAGraph | None = None
+        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self._decode_fn: Callable[[], None] = self._decode
+        # Inductor on a CPU would need a C++ toolchain and buys little there: CPUs run the uncompiled step.
+        compile = compile and self.device.type == "cuda"
+        if compile:
+            # Inductor fuses the step's small kernels; the graph then removes their launch cost. dynamic=False:
+            # every shape in the step is fixed by batch_size and max_len.
+            self._decode_fn = torch.compile(self._decode, dynamic=False, fullgraph=False)
+        self.compiled = compile
+        self.steps_run = 0               # tokens computed by the last `generate` (timing covers all of them)
+
+    # -- the two functions that are captured -----------------------------------------------------------
+    def _forward(self, **kwargs: Any) -> torch.Tensor:
+        out = self.llm(**kwargs, use_cache=True, **{self.cache_key: self.cache})
+        return out.logits[:, -1]
+
+    def _prefill(self, length: int) -> None:
+        embeds, attn = self._prompt[length]
+        for layer in self.cache.layers:
+            if hasattr(layer, "cumulative_length") and isinstance(layer.cumulative_length, torch.Tensor):
+                layer.cumulative_length.zero_()
+        real = attn.bool()
+        self.prompt_valid.zero_()
+        self.prompt_valid[:, :length] = real
+        causal = self.cols[None, :length].T >= self.cols[None, :]               # [length, max_len]: key <= query
+        visible = causal[None] & self.prompt_valid[:, None, :]                  # [B, length, max_len]
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill(~visible, self.neg)
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = self._forward(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions,
+                               logits_to_keep=1)
+        self.token.copy_(logits.argmax(-1))
+        self.last_pos.copy_(positions[:, -1:])
+        self.start.fill_(length)
+        self.step_no.zero_()
+
+    def _decode(self) -> None:
+        current = self.start + self.step_no
+        visible = self.prompt_valid | ((self.cols >= self.start) & (self.cols <= current))[None]
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill(~visible, self.neg)
+        logits = self._forward(input_ids=self.token[:, None], attention_mask=mask[:, None, None],
+                               position_ids=self.last_pos + 1 + self.step_no)
+        self.token.copy_(logits.argmax(-1))
+        self.step_no.add_(1)
+
+    # -- capture ---------------------------------------------------------------------------------------
+    def _capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: lazy allocations, cuBLAS handles, compilation happen here
+                fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            fn()
+        return graph
+
+    # -- public ----------------------------------------------------------------------------------------
+    def prefill(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Left-padded prompt embeddings [B, L, H] and mask [B, L] -> first greedy token [B] (a view of the
+        decoder's buffer: copy it before the next call)."""
+        b, n = attention_mask.shape
+        if b != self.batch_size:
+            raise ValueError(f"this decoder holds batches of {self.batch_size}, got {b}")
+        length = -(-n // BUCKET) * BUCKET
+        if length >= self.max_len:
+            raise ValueError(f"prompt of {n} tokens (bucket {length}) does not fit a cache of {self.max_len}")
+        if length not in self._prompt:
+            self._prompt[length] = (torch.zeros(b, length, embeds.shape[-1], dtype=self.dtype, device=self.device),
+                                    torch.zeros(b, length, dtype=torch.long, device=self.device))
+        buf_e, buf_m = self._prompt[length]
+        buf_e.zero_()
+        buf_m.zero_()
+        buf_e[:, length - n:] = embeds.to(self.dtype)   # left padding grows to the bucket's length
+        buf_m[:, length - n:] = attention_mask
+        if self.graphs:
+            if length not in self._prefill_graphs:
+                self._prefill_graphs[length] = self._capture(lambda: self._prefill(length))
+            self._prefill_graphs[length].replay()
+        else:
+            self._prefill(length)
+        return self.token
+
+    def step(self) -> torch.Tensor:
+        """One greedy decode step after `prefill`: the next token [B] (a view of the decoder's buffer)."""
+        if self.graphs:
+            if self._decode_graph is None:
+                # Capturing runs the step for warm-up: save and restore the state it advances.
+                saved = [t.clone() for t in (self.token, self.step_no)]
+                lengths = [layer.cumulative_length.clone() for layer in self.cache.layers]
+                self._decode_graph = self._capture(self._decode_fn)
+                self.token.copy_(saved[0])
+                self.step_no.copy_(saved[1])
+                for layer, value in zip(self.cache.layers, lengths):
+                    layer.cumulative_length.copy_(value)
+            self._decode_graph.replay()
+        else:
+            self._decode_fn()
+        return self.token
+
+    def space_for(self, prompt_len: int) -> int:
+        """New tokens that fit after a prompt of `prompt_len` tokens."""
+        return self.max_len - (-(-prompt_len // BUCKET) * BUCKET)
+
+    @torch.no_grad()
+    def generate(self, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                 stop_ids: list[int], check_every: int = 8) -> list[list[int]]:
+        """Greedy answers (stop token excluded), one list of ids per row."""
+        n = min(max_new_tokens, self.space_for(attention_mask.shape[1]))
+        tokens = [self.prefill(embeds, attention_mask).clone()]
+        stops = torch.tensor(stop_ids, device=self.device)
+        for i in range(1, n):
+            # Host checks cost a synchronisation: every `check_every` steps, not every step.
+            if i % check_every == 0 and bool(torch.isin(torch.stack(tokens, 1), stops).any(1).all()):
+                break
+            tokens.append(self.step().clone())
+        self.steps_run = len(tokens)
+        rows = torch.stack(tokens, 1).tolist()
+        stop = set(stop_ids)
+        return [row[:next((j for j, t in enumerate(row) if t in stop), len(row))] for row in rows]
+
+
+class Decoders:
+    """Static decoders of one LLM, one per batch size, grown when a longer prompt arrives."""
+
+    def __init__(self, llm: nn.Module, backend: str, max_new_tokens: int) -> None:
+        if backend not in BACKENDS or backend == "eager":
+            raise ValueError(f"Decoders serve the static backends ({', '.join(BACKENDS[1:])}); got {backend!r}")
+        self.llm, self.backend, self.max_new_tokens = llm, backend, max_new_tokens
+        self._by_batch: dict[int, StaticDecoder] = {}
+        self.last: StaticDecoder | None = None
+
+    def get(self, batch_size: int, prompt_len: int, max_new_tokens: int | None = None) -> StaticDecoder:
+        need = -(-prompt_len // BUCKET) * BUCKET + max(max_new_tokens or self.max_new_tokens, 1) + 1
+        dec = self._by_batch.get(batch_size)
+        if dec is None or dec.max_len < need:
+            # A bucket of headroom, so the next slightly longer prompt reuses this cache and its graphs.
+            max_len = need + BUCKET
+            log.info("static decoder: batch %d, cache of %d positions (%s)", batch_size, max_len, self.backend)
+            dec = StaticDecoder(self.llm, batch_size, max_len, graphs=True, compile=self.backend == "compiled")
+            self._by_batch[batch_size] = dec
+        self.last = dec
+        return dec

@@ -1,0 +1,124 @@
+"""Decoding backends: the static-cache loop gives eager generate's greedy tokens (CPU here; CUDA graphs and
+Inductor in the gpu tier), config checks, and the eager fallback for bitsandbytes layers."""
+
+import pytest
+import torch
+
+from sota.models.decoding import BACKENDS, BUCKET, Decoders, StaticDecoder, fallback_reason, validate
+
+from test_model import batch_for, small_model
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def decisive_model(seed=0):
+    """A random model whose logits have clear winners, so tiny float differences cannot flip a token."""
+    torch.manual_seed(seed)
+    model = small_model()
+    for p in model.llm.parameters():
+        p.data.normal_(0.0, 0.4)
+    return model.eval()
+
+
+def answers(model, seconds, tasks, backend, max_new_tokens=12):
+    return model.generate(batch_for(model, seconds, tasks), max_new_tokens=max_new_tokens, backend=backend)
+
+
+def test_static_backend_matches_eager_generate_with_left_padding():
+    model = decisive_model()
+    seconds, tasks = [0.4, 2.0, 1.1], ["asr", "aac", "asr"]
+    eager = answers(model, seconds, tasks, "eager")
+    static = answers(model, seconds, tasks, "static")
+    assert static == eager
+    assert len({len(a.split()) for a in eager}) >= 1 and any(eager)
+
+
+def test_static_decoder_reuses_its_cache_and_rejects_other_batch_sizes():
+    model = decisive_model(1)
+    dec = Decoders(model.llm, "static", max_new_tokens=8)
+    first = dec.get(2, 20)
+    assert dec.get(2, 20 + BUCKET // 2) is first or first.max_len >= 2 * BUCKET
+    assert dec.get(2, 20).max_len == first.max_len
+    grown = dec.get(2, 5 * BUCKET)
+    assert grown.max_len > 5 * BUCKET and grown is not first
+    with pytest.raises(ValueError, match="batches of 2"):
+        grown.prefill(torch.zeros(3, 4, 32), torch.ones(3, 4, dtype=torch.long))
+
+
+def test_static_decoder_steps_match_a_full_forward():
+    """Each decode step's token equals the argmax of a full uncached forward over the sequence so far."""
+    model = decisive_model(2)
+    llm = model.llm
+    ids = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 3, 4, 5]])
+    attn = (torch.arange(5)[None] >= torch.tensor([[0], [2]])).long()
+    embeds = llm.get_input_embeddings()(ids)
+    dec = StaticDecoder(llm, batch_size=2, max_len=2 * BUCKET, graphs=False)
+    got = [dec.prefill(embeds, attn).clone()]
+    for _ in range(4):
+        got.append(dec.step().clone())
+    seq, mask = ids.clone(), attn.clone()
+    for t in range(5):
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = llm(input_ids=seq, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
+        assert logits.argmax(-1).tolist() == got[t].tolist(), f"step {t}"
+        seq = torch.cat([seq, got[t][:, None]], 1)
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+
+
+def test_backend_config_checks():
+    out = []
+    validate("turbo", 1, out)
+    validate("compiled", 4, out)
+    validate("eager", 4, out)
+    assert len(out) == 2
+    assert "generate.backend must be one of eager, static, compiled" in out[0]
+    assert "num_beams=1" in out[1]
+    assert BACKENDS == ("eager", "static", "compiled")
+
+
+def test_beam_search_with_a_static_backend_is_refused_up_front(compose_cfg):
+    from sota.config import ConfigError, validate as validate_cfg
+
+    cfg = compose_cfg("generate=beam", "backend=compiled")
+    with pytest.raises(ConfigError, match="generate.backend=compiled decodes greedily"):
+        validate_cfg(cfg)
+
+
+def test_bitsandbytes_layers_fall_back_to_eager():
+    pytest.importorskip("bitsandbytes")
+    from omegaconf import OmegaConf
+
+    from sota.compress import quant
+
+    model = decisive_model(3)
+    assert fallback_reason(model.llm) is None
+    quant.quantize(model, OmegaConf.create({"mode": "nf4", "targets": ["llm"], "skip": ["lm_head"]}), "cpu")
+    assert "bitsandbytes" in fallback_reason(model.llm)
+    assert model.static_decoders("static", 8) is None
+    assert answers(model, [1.0], ["asr"], "static") == answers(model, [1.0], ["asr"], "eager")
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("backend", ["static", "compiled"])
+def test_graphed_backends_match_eager_on_cuda(backend):
+    model = decisive_model(4).cuda()
+    seconds, tasks = [0.4, 2.0, 1.1, 0.7], ["asr", "aac", "asr", "aac"]
+    eager = answers(model, seconds, tasks, "eager", max_new_tokens=16)
+    first = answers(model, seconds, tasks, backend, max_new_tokens=16)
+    again = answers(model, seconds, tasks, backend, max_new_tokens=16)  # replays the captured graphs
+    assert first == eager and again == eager
+    dec = model.static_decoders(backend, 16).get(4, 1)
+    assert dec.graphs and dec._decode_graph is not None and dec._prefill_graphs
+    assert dec.compiled == (backend == "compiled")
+
+
+def test_measure_times_the_static_backend_and_counts_its_tokens():
+    from sota.measure import latency
+
+    model = decisive_model(5)
+    cfg = {"mode": "strict", "warmup": 1, "iterations": 2, "real_clips": 0, "e2e_repeats": 1,
+           "max_new_tokens": 6, "clip_s": 1.0}
+    r = latency.measure(model, cfg, "cpu", backend="static")
+    assert r["backend"] == "static" and r["tpot_ms"] > 0 and r["ttft_ms"] > 0
+    assert 1 <= r["e2e_tokens"] <= 6
