@@ -26,8 +26,17 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
         with pytest.raises(ConfigError, match="int4_weight needs a CUDA device"):
             validate(cfg)
         return
+    if (group, option) == ("trainer", "fsdp"):  # sharded weights: refused until evaluation can gather them
+        with pytest.raises(ConfigError, match="trainer.strategy is FSDPStrategy"):
+            validate(cfg)
+        return
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no usable CUDA device"):  # refused before any work
+            validate(cfg)
+        return
+    devices = cfg.trainer.devices
+    if cfg.trainer.accelerator == "gpu" and isinstance(devices, int) and devices > torch.cuda.device_count():
+        with pytest.raises(ConfigError, match="CUDA device"):  # trainer=ddp on a one-GPU machine
             validate(cfg)
         return
     validate(cfg)

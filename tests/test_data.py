@@ -70,3 +70,38 @@ def test_zero_length_wav_is_empty(tmp_path):
     sf.write(tmp_path / "e.wav", np.zeros(0, dtype=np.float32), 16000)
     with pytest.raises(BadAudioFile, match="empty"):
         load_audio(tmp_path / "e.wav")
+
+
+def _encoder():
+    from sota.models.encoder import AudioEncoder
+
+    from conftest import SMALL_WHISPER
+
+    return AudioEncoder(path=None, config=SMALL_WHISPER, context_s=1.0)
+
+
+def test_encode_clips_returns_half_precision_frames_and_leaves_the_encoder_where_it_was():
+    import numpy as np
+    import torch
+
+    from sota.data.features import encode_clips
+
+    enc = _encoder()
+    waves = [np.random.default_rng(i).standard_normal(8000 * (i + 1)).astype(np.float32) * 0.1 for i in range(3)]
+    feats = encode_clips(enc, waves, batch_size=2)
+    assert feats.shape == (3, 50, 64) and feats.dtype == torch.float16
+    assert next(enc.parameters()).device.type == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_encode_clips_on_cuda_with_an_encoder_left_on_the_cpu():
+    """After training, Lightning's teardown leaves the model on the CPU while the test split is still to be
+    encoded on the GPU."""
+    import numpy as np
+
+    from sota.data.features import encode_clips
+
+    enc = _encoder()
+    feats = encode_clips(enc, [np.zeros(16000, np.float32) + 0.01], device="cuda")
+    assert feats.shape[0] == 1 and next(enc.parameters()).device.type == "cpu"

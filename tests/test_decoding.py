@@ -21,7 +21,11 @@ def decisive_model(seed=0):
 
 
 def answers(model, seconds, tasks, backend, max_new_tokens=12):
-    return model.generate(batch_for(model, seconds, tasks), max_new_tokens=max_new_tokens, backend=backend)
+    batch = batch_for(model, seconds, tasks)
+    device = next(model.llm.parameters()).device
+    batch["encoder_inputs"] = {k: v.to(device) for k, v in batch["encoder_inputs"].items()}
+    batch["num_frames"] = batch["num_frames"].to(device)
+    return model.generate(batch, max_new_tokens=max_new_tokens, backend=backend)
 
 
 def test_static_backend_matches_eager_generate_with_left_padding():

@@ -58,12 +58,17 @@ def test_loss_only_on_answer_tokens_and_backward_reaches_connector_not_frozen_en
     labels = inputs["labels"]
     n_answer = [len(model.prompt.answer_ids(a)) for a in b["answers"]]
     assert (labels != IGNORE).sum(1).tolist() == n_answer
-    # left padding: the last column is the end-of-turn token for every row
-    assert labels[:, -1].tolist() == [model.prompt.end_of_turn_id] * 2
+    # training batches are right-padded (no query row without a key to attend to: cuDNN's attention backward
+    # returns NaN for those): every row starts with a real token and ends its real part with end-of-turn
     lengths = inputs["attention_mask"].sum(1)
+    assert inputs["attention_mask"][:, 0].tolist() == [1, 1]
+    assert [int(labels[i, n - 1]) for i, n in enumerate(lengths.tolist())] == [model.prompt.end_of_turn_id] * 2
     short = int(lengths.argmin())
-    assert lengths[0] != lengths[1] and inputs["attention_mask"][short, 0] == 0
-    assert inputs["position_ids"][short, -1] == lengths[short] - 1
+    assert lengths[0] != lengths[1] and inputs["attention_mask"][short, -1] == 0
+    assert inputs["position_ids"][short, lengths[short] - 1] == lengths[short] - 1
+    # prompts alone (generation) are left-padded: the last column is every row's last prompt token
+    gen = model.assemble(embeds, mask, b["tasks"])
+    assert gen["attention_mask"][:, -1].tolist() == [1, 1] and gen["attention_mask"][short, 0] == 0
     loss = model(b)
     loss.backward()
     assert model.connector.query.grad is not None

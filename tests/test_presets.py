@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import WhisperConfig
 
-from sota.config import validate
+from sota.config import ConfigError, validate
 from sota.models.hub import ModelNotAvailable, resolve_pretrained
 from sota.models.meta import ARCHS, build_on_meta
 
@@ -145,7 +146,12 @@ def test_experiment_selects_the_seed_row(compose_cfg, name):
     encoder, llm, memory_mb = EXPERIMENTS[name]
     # measure=none: these are GPU recipes, and measuring on a machine without CUDA is refused up front
     cfg = compose_cfg(f"experiment={name}", "measure=none")
-    validate(cfg)
+    if torch.cuda.is_available():
+        validate(cfg)
+    else:  # so is training on a GPU: the one problem left
+        with pytest.raises(ConfigError) as err:
+            validate(cfg)
+        assert len(err.value.problems) == 1 and "no usable CUDA device" in err.value.problems[0]
     assert (cfg.encoder.path, cfg.llm.path) == (encoder, llm)
     assert cfg.encoder.second.path == "ALM/hubert-base-audioset"  # every row kept BEATs
     assert (cfg.connector.window_s, cfg.connector.num_queries, cfg.connector.layers) == (0.333333, 1, 2)

@@ -175,3 +175,32 @@ def test_init_from_compresses_a_trained_model_before_and_after_recovery(trained,
 def test_init_from_a_missing_file_is_refused_before_any_work(tmp_path):
     proc = run(tmp_path, "task=eval", f"init_from={tmp_path / 'nope.ckpt'}", check=False)
     assert proc.returncode != 0 and "init_from=" in proc.stderr and "no such file" in proc.stderr
+
+
+def test_eval_on_an_unlabelled_test_set_writes_predictions_only(trained, tmp_path):
+    """The seed's --skip_scoring use: a test manifest without transcripts is transcribed, not scored."""
+    import soundfile as sf
+
+    from sota.data import tts
+
+    labelled, unlabelled = [], []
+    for i, text in enumerate(["a red dog runs", "the cat sleeps", "a big bird sings"]):
+        sf.write(tmp_path / f"{i}.wav", tts.synthesize(text), 22050)
+        labelled.append({"path": f"{i}.wav", "text": text, "task": "asr"})
+        unlabelled.append({"id": f"clip{i}", "path": f"{i}.wav", "task": "asr"})
+    (tmp_path / "labelled.json").write_text(json.dumps({"annotation": labelled}))
+    (tmp_path / "test.json").write_text(json.dumps({"annotation": unlabelled}))
+    args = ["data=salmonn", f"data.source.train={tmp_path / 'labelled.json'}",
+            f"data.source.val={tmp_path / 'labelled.json'}", f"data.source.test={tmp_path / 'test.json'}",
+            "data.tasks=[asr]", "data.max_clip_s=5.0", "task=eval", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}"]
+    run(tmp_path / "run", *args, base=QUICK)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["status"] == "ok" and res["metrics"]["asr/wer"] is None
+    assert res["metrics"]["unscored"] == 3 and "not scored" in res["metrics"]["note"]
+    lines = (tmp_path / "run" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "id,task,prediction" and [x.split(",")[0] for x in lines[1:]] == ["clip0", "clip1", "clip2"]
+    # a training split without transcripts is still refused, naming the row
+    (tmp_path / "bad.json").write_text(json.dumps({"annotation": unlabelled}))
+    bad = run(tmp_path / "bad", *[a.replace("labelled.json", "bad.json") for a in args[:3]], *args[3:-2],
+              check=False, base=QUICK)
+    assert bad.returncode != 0 and "empty transcript" in bad.stderr

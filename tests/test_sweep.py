@@ -38,7 +38,13 @@ out = Path(args["hydra.run.dir"]); out.mkdir(parents=True, exist_ok=True)
 if os.environ.get("RECORD_LAUNCHES"):
     with open(os.environ["RECORD_LAUNCHES"], "a") as f:
         f.write(out.name + "\n")
+if os.environ.get("RECORD_TIMES"):
+    with open(os.environ["RECORD_TIMES"], "a") as f:
+        f.write(f"start {out.name} {time.time()}\n")
 time.sleep(float(args.get("sleep", 0)))
+if os.environ.get("RECORD_TIMES"):
+    with open(os.environ["RECORD_TIMES"], "a") as f:
+        f.write(f"end {out.name} {time.time()}\n")
 how = args.get("fail", "none")
 if how == "kill":
     print("about to be killed", file=sys.stderr, flush=True)
@@ -516,3 +522,28 @@ def test_frontier_html_renders_in_headless_chromium(smoke, tmp_path):
     # the frontier's red (#d62728) only appears if the script ran and drew the frontier points
     red = (np.abs(img[..., 0] - 0xD6 / 255) < 0.06) & (np.abs(img[..., 1] - 0x27 / 255) < 0.06)
     assert red.sum() > 50
+
+
+def test_nested_base_keys_from_the_command_line_are_dotted_overrides():
+    from sota.sweep.points import expand
+
+    spec = {"name": "t", "method": "grid", "base": {"model": "tiny", "llm": {"path": "/models/x"}},
+            "params": {"quant": ["none", "bf16"]}, "points": []}
+    pts = expand(spec)
+    assert len(pts) == 2
+    assert all("llm.path=/models/x" in p.overrides and "model=tiny" in p.overrides for p in pts)
+
+
+def test_the_first_point_of_a_fresh_sweep_runs_alone(fake, tmp_path, monkeypatch):
+    """It builds the corpus and feature caches the other points share; then the workers fill up."""
+    times = tmp_path / "times.txt"
+    monkeypatch.setenv("RECORD_TIMES", str(times))
+    sweep, launches = fake
+    sweep({"name": "lead", "params": {"size": [1, 2, 4, 8]}, "base": {"sleep": 0.5}}, workers=3)
+    events = [line.split() for line in times.read_text().splitlines()]
+    starts = {name: float(t) for kind, name, t in events if kind == "start"}
+    ends = {name: float(t) for kind, name, t in events if kind == "end"}
+    first = min(starts, key=starts.get)
+    assert len(starts) == 4 and all(starts[n] >= ends[first] for n in starts if n != first)
+    others = sorted(starts[n] for n in starts if n != first)
+    assert others[2] - others[0] < 0.5  # the rest ran side by side, not one after another

@@ -82,7 +82,9 @@ class AudioDataModule(L.LightningDataModule):
             manifests = self.manifests()
             if split not in manifests:
                 raise KeyError(f"data source has no {split!r} split; it has {sorted(manifests)}")
-            rows = read_manifest(manifests[split], self.on_bad_file, self.tasks, self.skipped)
+            # A test split may be unlabelled (transcribe only: predictions, no scores); training needs targets.
+            rows = read_manifest(manifests[split], self.on_bad_file, self.tasks, self.skipped,
+                                 unlabelled=split == "test")
             if split != "train" and self.max_eval_samples:
                 rows = _per_task_head(rows, self.max_eval_samples)
             if not rows:

@@ -30,16 +30,17 @@ class Sample:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        """References to score against: the captions for AAC, the transcript for ASR."""
-        return self.references or (self.text,)
+        """References to score against: the captions for AAC, the transcript for ASR; none when unlabelled."""
+        return self.references or ((self.text,) if self.text else ())
 
 
 def read_manifest(path: str | Path, on_bad: OnBadFile = "error", tasks: list[str] | None = None,
-                  skipped: list[str] | None = None) -> list[Sample]:
+                  skipped: list[str] | None = None, unlabelled: bool = False) -> list[Sample]:
     """Samples of one annotation file; relative audio paths are resolved against the file's folder.
 
-    Rows with an empty transcript or no path are errors, or are skipped (and listed in `skipped`) with
-    `on_bad="skip"`. Rows whose task is not in `tasks` are left out.
+    Rows with no path are errors, or are skipped (and listed in `skipped`) with `on_bad="skip"`; so are rows
+    with an empty transcript, unless `unlabelled` (a test set to transcribe, not to score: its samples have
+    empty text and no references). Rows whose task is not in `tasks` are left out.
     """
     path = Path(path)
     if on_bad not in ON_BAD_FILE:
@@ -53,7 +54,7 @@ def read_manifest(path: str | Path, on_bad: OnBadFile = "error", tasks: list[str
     samples = []
     for i, row in enumerate(rows):
         try:
-            sample = _sample(row, i, path.parent)
+            sample = _sample(row, i, path.parent, unlabelled)
         except BadSample as err:
             if on_bad == "error":
                 raise BadSample(f"{path}: {err} (set data.on_bad_file=skip to skip such rows)") from None
@@ -66,7 +67,7 @@ def read_manifest(path: str | Path, on_bad: OnBadFile = "error", tasks: list[str
     return samples
 
 
-def _sample(row: dict, index: int, base: Path) -> Sample:
+def _sample(row: dict, index: int, base: Path, unlabelled: bool = False) -> Sample:
     missing = [k for k in ("path", "task") if not row.get(k)]
     if missing:
         raise BadSample(f"row {index} has no {', '.join(missing)}")
@@ -74,7 +75,7 @@ def _sample(row: dict, index: int, base: Path) -> Sample:
     text = (row.get("text") or "").strip()
     if not text and refs:
         text = refs[0]
-    if not text:
+    if not text and not unlabelled:
         raise BadSample(f"row {index} ({row['path']}) has an empty transcript/caption")
     audio = Path(row["path"])
     extra = {k: v for k, v in row.items() if k not in ("path", "task", "text", "references")}

@@ -608,6 +608,8 @@ def measure(model: AudioLLM, cfg_measure: Any, device: str,
                 if cuda:
                     result["real_peak_memory_mb"] = torch.cuda.max_memory_allocated(torch.device(device)) / MB
     finally:
+        if decoders is not None:
+            notes.extend(sorted({d.note for d in decoders.all() if d.note}))
         counter.close()
         model.train(was_training)
         cpu_note = _cpu_load_note(load)  # while cpu_threads is still in force

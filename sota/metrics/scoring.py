@@ -23,4 +23,9 @@ def score_predictions(rows: list[dict[str, Any]]) -> dict[str, Any]:
     aac = [r for r in rows if r["task"] == "aac" and r.get("references")]
     if len(aac) >= 2:  # CIDEr-D's document frequencies need at least two clips
         metrics.update(caption_scores([r["prediction"] for r in aac], [r["references"] for r in aac]))
+    unscored = sum(1 for r in rows if not r.get("references"))
+    if unscored:
+        metrics["unscored"] = unscored
+        metrics["note"] = (f"{unscored} of {len(rows)} clips have no reference transcript/caption: they are "
+                           "predicted (predictions.csv) but not scored")
     return metrics

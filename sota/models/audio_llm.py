@@ -42,10 +42,12 @@ class AudioLLM(nn.Module):
 
     def assemble(self, embeds: torch.Tensor, mask: torch.Tensor, tasks: list[str],
                  answers: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """[prompt prefix][audio][prompt suffix]([answer][end of turn]), left-padded into one batch.
+        """[prompt prefix][audio][prompt suffix]([answer][end of turn]), padded into one batch.
 
-        Left padding keeps every sequence's last prompt token at the same index, which batched generation
-        needs; position ids are counted over real tokens only.
+        Prompts alone (generation) are left-padded: every sequence's last prompt token sits at the same index,
+        which batched generation needs. Training sequences (with answers) are right-padded: a left pad is a
+        query row with nothing to attend to, and fully masked rows make cuDNN's attention backward return NaN
+        (seen on an H200, bf16). Position ids are counted over real tokens only.
         """
         table = self.llm.get_input_embeddings()
         device = embeds.device
@@ -67,9 +69,10 @@ class AudioLLM(nn.Module):
         attn = torch.zeros(len(rows), width, dtype=torch.long, device=device)
         lab_out = torch.full((len(rows), width), IGNORE, dtype=torch.long, device=device)
         for i, (r, lab) in enumerate(zip(rows, labels)):
-            inputs[i, width - len(r):] = r
-            attn[i, width - len(r):] = 1
-            lab_out[i, width - len(r):] = lab
+            at = slice(0, len(r)) if answers else slice(width - len(r), width)
+            inputs[i, at] = r
+            attn[i, at] = 1
+            lab_out[i, at] = lab
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         return {"inputs_embeds": inputs, "attention_mask": attn, "labels": lab_out, "position_ids": position_ids}
 

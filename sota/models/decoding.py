@@ -87,6 +87,7 @@ class StaticDecoder:
         self._prompt: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._prefill_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._decode_graph: torch.cuda.CUDAGraph | None = None
+        self._graph_decode = True        # False once capturing the compiled step failed
         self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self._decode_fn: Callable[[], None] = self._decode
         # Inductor on a CPU would need a C++ toolchain and buys little there: CPUs run the uncompiled step.
@@ -97,6 +98,7 @@ class StaticDecoder:
             self._decode_fn = torch.compile(self._decode, dynamic=False, fullgraph=False)
         self.compiled = compile
         self.steps_run = 0               # tokens computed by the last `generate` (timing covers all of them)
+        self.note: str | None = None     # why the backend did less than asked (recorded in results)
 
     # -- the two functions that are captured -----------------------------------------------------------
     def _forward(self, **kwargs: Any) -> torch.Tensor:
@@ -172,17 +174,32 @@ class StaticDecoder:
 
     def step(self) -> torch.Tensor:
         """One greedy decode step after `prefill`: the next token [B] (a view of the decoder's buffer)."""
-        if self.graphs:
+        if self.graphs and self._graph_decode:
             if self._decode_graph is None:
                 # Capturing runs the step for warm-up: save and restore the state it advances.
                 saved = [t.clone() for t in (self.token, self.step_no)]
                 lengths = [layer.cumulative_length.clone() for layer in self.cache.layers]
-                self._decode_graph = self._capture(self._decode_fn)
+                try:
+                    self._decode_graph = self._capture(self._decode_fn)
+                except RuntimeError as err:
+                    if not self.compiled:
+                        raise
+                    # Seen with torchao int4 on an H200: the call under capture recompiled and Inductor
+                    # autotuned, which synchronises and invalidates the capture. A second capture in the same
+                    # allocator pool then fails too, so the compiled step runs without a graph, and says so.
+                    torch.cuda.synchronize(self.device)
+                    self.note = (f"compiled decode step could not be captured as a CUDA graph ({type(err).__name__}:"
+                                 f" {str(err).splitlines()[0][:160]}); it runs compiled, without a graph")
+                    log.warning(self.note)
+                    self._graph_decode = False
                 self.token.copy_(saved[0])
                 self.step_no.copy_(saved[1])
                 for layer, value in zip(self.cache.layers, lengths):
                     layer.cumulative_length.copy_(value)
-            self._decode_graph.replay()
+            if self._decode_graph is not None:
+                self._decode_graph.replay()
+            else:
+                self._decode_fn()
         else:
             self._decode_fn()
         return self.token
@@ -218,6 +235,9 @@ class Decoders:
         self.llm, self.backend, self.max_new_tokens = llm, backend, max_new_tokens
         self._by_batch: dict[int, StaticDecoder] = {}
         self.last: StaticDecoder | None = None
+
+    def all(self) -> list[StaticDecoder]:
+        return list(self._by_batch.values())
 
     def get(self, batch_size: int, prompt_len: int, max_new_tokens: int | None = None) -> StaticDecoder:
         need = -(-prompt_len // BUCKET) * BUCKET + max(max_new_tokens or self.max_new_tokens, 1) + 1

@@ -203,8 +203,27 @@ def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[s
              n_ok, n_failed, " (run again: rerun_failed=true)" if n_failed and not s.rerun_failed else "",
              len(todo), s.workers, s.launcher)
     rec = Recorder(s.sweep_dir, index, keys, len(todo))
-    queue = iter(todo)
-    return launch.run_pool(lambda: next(queue, None), rec.start, runner, s.workers, rec.finish)
+    # Before any point has finished, the corpus and the encoder-feature cache may not exist yet: parallel
+    # points would each build them (measured: a cold 2-worker start took 632 s instead of ~130). The first
+    # point therefore runs alone and the others share what it built.
+    lead = todo[0] if s.workers > 1 and n_ok == 0 and todo else None
+    queue = iter(todo[1:] if lead is not None else todo)
+    state = {"lead_sent": lead is None, "open": lead is None}
+
+    def next_point() -> Point | None:
+        if not state["lead_sent"]:
+            state["lead_sent"] = True
+            log.info("sweep %s: point %s runs alone first (it builds the shared corpus and feature caches)",
+                     s.name, lead.id)
+            return lead
+        return next(queue, None) if state["open"] else None
+
+    def on_done(point: Point, end: launch.ProcessEnd) -> None:
+        rec.finish(point, end)
+        if point is lead:
+            state["open"] = True
+
+    return launch.run_pool(next_point, rec.start, runner, s.workers, on_done)
 
 
 def _run_optuna(s: SweepSettings, index: Index, keys: list[str], runner: launch.Runner) -> int:

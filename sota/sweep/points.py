@@ -101,11 +101,22 @@ def _bare(key: str) -> str:
     return key.lstrip("+~")
 
 
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    # Nested mappings are dotted keys: `+sweep.base.llm.path=X` on the command line arrives as
+    # {llm: {path: X}} and means `llm.path=X` (a mapping *value* can still be written as a string).
+    for k, v in mapping.items():
+        key = f"{prefix}{_key(k)}"
+        if isinstance(v, Mapping):
+            yield from _flatten(v, key + ".")
+        else:
+            yield key, v
+
+
 def bundle(mapping: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
-    """{key: value} -> ((key, text), ...); `~key: null` deletes the key."""
+    """{key: value} -> ((key, text), ...); `~key: null` deletes the key; {a: {b: v}} is `a.b=v`."""
     if not isinstance(mapping, Mapping):
         raise SweepSpecError(f"{where} must be a mapping of override keys to values, got {mapping!r}")
-    return tuple((_key(k), format_value(v)) for k, v in mapping.items())
+    return tuple((k, format_value(v)) for k, v in _flatten(mapping))
 
 
 def override_strings(pairs: Iterable[tuple[str, str]]) -> tuple[str, ...]:
