@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-# name -> (prune group, quant mode); every prune setting not given keeps the conf/prune/<method>.yaml default.
+# name -> (prune settings, quant mode); settings not given keep the conf/prune/<method>.yaml defaults.
 CONFIGS: dict[str, tuple[dict[str, Any] | None, str]] = {
     "none": (None, "none"),
     "depth_0.1": ({"method": "depth", "ratio": 0.1}, "none"),
@@ -113,12 +112,18 @@ def perplexity(llm: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
     return math.exp(total / count)
 
 
-def _group(name: str, overrides: dict[str, Any] | None) -> Any:
-    base = OmegaConf.load(CONF / name / f"{(overrides or {}).get('method', (overrides or {}).get('mode', 'none'))}.yaml")
-    if "defaults" in base:
-        del base["defaults"]
-        base = OmegaConf.merge(OmegaConf.load(CONF / name / "none.yaml"), base)
-    return OmegaConf.merge(base, overrides or {})
+def groups(name: str, rank: int) -> tuple[Any, Any, Any]:
+    """The `prune`, `quant` and `lora` groups of compression `name`, composed from conf/ as run.py would."""
+    from hydra import compose, initialize_config_dir
+
+    prune_over, mode = CONFIGS[name]
+    overrides = [f"quant={mode}", "lora=lora", f"lora.rank={rank}", f"lora.alpha={2 * rank}"]
+    if prune_over is not None:
+        overrides.append(f"prune={prune_over['method']}")
+        overrides += [f"prune.{k}={v}" for k, v in prune_over.items() if k != "method"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=overrides)
+    return (cfg.prune if prune_over is not None else None), cfg.quant, cfg.lora
 
 
 def recover(model: TextModel, batches: list[dict[str, torch.Tensor]], steps: int, lr: float) -> list[float]:
@@ -147,7 +152,8 @@ def measure_one(load: Any, tokenizer: Any, name: str, steps: int, lr: float, ran
     from sota.compress import lora, prune, quant
     from sota.measure.footprint import footprint
 
-    prune_over, mode = CONFIGS[name]
+    pcfg, qcfg, lcfg = groups(name, rank)
+    mode = qcfg.mode
     train, held_out = sentences()
     train_b, eval_b = _batches(tokenizer, train, 8), _batches(tokenizer, held_out, 16)
     english_b = _batches(tokenizer, ENGLISH, 12)
@@ -156,10 +162,8 @@ def measure_one(load: Any, tokenizer: Any, name: str, steps: int, lr: float, ran
     params_before = sum(p.numel() for p in model.llm.parameters())
     record: dict[str, Any] = {"config": name}
     t0 = time.perf_counter()
-    if prune_over is not None:
-        cfg = _group("prune", prune_over)
-        record["prune"] = prune.prune(model, cfg, train_b[:calib_batches])
-    qcfg = _group("quant", {"mode": mode})
+    if pcfg is not None:
+        record["prune"] = prune.prune(model, pcfg, train_b[:calib_batches])
     if mode != "none" and quant.is_qlora_base(qcfg):
         quant.quantize(model, qcfg, "cpu")
     ptq = mode != "none" and not quant.is_qlora_base(qcfg)
@@ -170,7 +174,6 @@ def measure_one(load: Any, tokenizer: Any, name: str, steps: int, lr: float, ran
         del untouched
     else:
         record.update(ppl_before=perplexity(model.llm, eval_b), english_before=perplexity(model.llm, english_b))
-    lcfg = OmegaConf.merge(OmegaConf.load(CONF / "lora" / "lora.yaml"), {"rank": rank, "alpha": 2 * rank})
     for p in model.parameters():
         p.requires_grad_(False)
     lora.attach(model, lcfg)
@@ -182,7 +185,7 @@ def measure_one(load: Any, tokenizer: Any, name: str, steps: int, lr: float, ran
                   recovery_steps=steps, recovery_loss_first=losses[0] if losses else None,
                   recovery_loss_last=losses[-1] if losses else None,
                   params_removed=1 - sum(p.numel() for p in model.llm.parameters()) / params_before
-                  if prune_over is not None else 0.0,
+                  if pcfg is not None else 0.0,
                   weight_bytes=footprint(model.llm)["weight_bytes"], seconds=time.perf_counter() - t0)
     return record
 
