@@ -163,7 +163,10 @@ def measure_one(load: Any, tokenizer: Any, name: str, steps: int, lr: float, ran
     record: dict[str, Any] = {"config": name}
     t0 = time.perf_counter()
     if pcfg is not None:
-        record["prune"] = prune.prune(model, pcfg, train_b[:calib_batches])
+        report = prune.prune(model, pcfg, train_b[:calib_batches])
+        # The kept channel indices only serve to replay a structure (megabytes for 30 layers): not kept here.
+        record["prune"] = {k: ({kk: vv for kk, vv in v.items() if kk != "kept"} if isinstance(v, dict) else v)
+                           for k, v in report.items()}
     if mode != "none" and quant.is_qlora_base(qcfg):
         quant.quantize(model, qcfg, "cpu")
     ptq = mode != "none" and not quant.is_qlora_base(qcfg)

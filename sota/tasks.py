@@ -65,8 +65,7 @@ def _device(trainer: L.Trainer) -> str:
     return str(root) if root.type == "cuda" else "cpu"
 
 
-def _load_trainable(module: AudioLLMModule, ckpt_path: str) -> dict[str, Any]:
-    ckpt = pipeline.read_checkpoint(ckpt_path)
+def _load_trainable(module: AudioLLMModule, ckpt_path: str, ckpt: dict[str, Any]) -> dict[str, Any]:
     missing_trainable = [n for n, p in module.named_parameters() if p.requires_grad and n not in ckpt["state_dict"]]
     if missing_trainable:
         raise ValueError(f"{ckpt_path} lacks {len(missing_trainable)} trainable tensors of this model "
@@ -106,10 +105,10 @@ def _to(value: Any, device: str) -> Any:
     return value
 
 
-def _restore_structure(model: Any, cfg: DictConfig, device: str) -> dict[str, Any]:
+def _restore_structure(model: Any, cfg: DictConfig, ckpt: dict[str, Any], device: str) -> dict[str, Any]:
     """task=eval: rebuild what compression changed before training (pruned structure, QLoRA base, adapters),
     so the checkpoint's trainable tensors fit; merge and post-training quantization follow as in training."""
-    record = pipeline.read_checkpoint(cfg.ckpt_path).get("sota_compression") or {}
+    record = ckpt.get("sota_compression") or {}
     if record.get("prune", {}).get("method", "none") != "none":
         prune.replay(model, record["prune"])
     rest = pipeline.before_training(model, OmegaConf.merge(cfg, {"prune": {"method": "none"}}), [], device)
@@ -117,12 +116,12 @@ def _restore_structure(model: Any, cfg: DictConfig, device: str) -> dict[str, An
     return rest
 
 
-def _trained_from(cfg: DictConfig) -> str | None:
+def _trained_from(cfg: DictConfig, evaluated: dict[str, Any] | None) -> str | None:
     """task=eval of a checkpoint whose run started from another (init_from): that one's path, so the same
     starting model is rebuilt before this checkpoint's own tensors are loaded."""
-    if cfg.task != "eval" or not cfg.ckpt_path:
+    if evaluated is None:
         return None
-    record = pipeline.read_checkpoint(cfg.ckpt_path).get("sota_compression") or {}
+    record = evaluated.get("sota_compression") or {}
     path = (record.get("init_from") or {}).get("path")
     if path and not Path(path).is_file():
         raise FileNotFoundError(f"{cfg.ckpt_path} was trained from init_from={path}, which no longer exists: "
@@ -130,14 +129,11 @@ def _trained_from(cfg: DictConfig) -> str | None:
     return path
 
 
-def _vocabulary(cfg: DictConfig, dm: AudioDataModule, init: dict[str, Any] | None) -> list[str]:
-    """The trained checkpoint's vocabulary (word-level tokenizers must match it), else the corpus'."""
-    if cfg.task == "eval" and cfg.ckpt_path:
-        ckpt = pipeline.read_checkpoint(cfg.ckpt_path)
-        if "sota_vocabulary" in ckpt:
+def _vocabulary(dm: AudioDataModule, *checkpoints: dict[str, Any] | None) -> list[str]:
+    """The first given checkpoint's vocabulary (word-level tokenizers must match it), else the corpus'."""
+    for ckpt in checkpoints:
+        if ckpt is not None and "sota_vocabulary" in ckpt:
             return ckpt["sota_vocabulary"]
-    if init is not None and "sota_vocabulary" in init:
-        return init["sota_vocabulary"]
     return sorted(dm.vocabulary())
 
 
@@ -158,9 +154,11 @@ def run(cfg: DictConfig) -> float | None:
         L.seed_everything(cfg.seed, workers=True)
         t0 = time.perf_counter()
         dm: AudioDataModule = instantiate(cfg.data)
-        init_path = cfg.get("init_from") or _trained_from(cfg)
+        # Each checkpoint is read once: the one evaluated (task=eval) and the one a run starts from.
+        evaluated = pipeline.read_checkpoint(cfg.ckpt_path) if cfg.task == "eval" and cfg.ckpt_path else None
+        init_path = cfg.get("init_from") or _trained_from(cfg, evaluated)
         init = pipeline.read_checkpoint(init_path) if init_path else None
-        words = _vocabulary(cfg, dm, init)
+        words = _vocabulary(dm, evaluated, init)
         model = build_model(cfg, words)
         init_record = pipeline.load_trained(model, init_path, init) if init is not None else None
         problems: list[str] = []
@@ -180,7 +178,7 @@ def run(cfg: DictConfig) -> float | None:
             # eval without ckpt_path starts from init_from: compressed as configured, evaluated untrained.
             record = pipeline.before_training(model, cfg, _calibration(cfg, dm, device), device)
         else:
-            record = _restore_structure(model, cfg, device)
+            record = _restore_structure(model, cfg, evaluated, device)
         if init_record is not None:
             record["init_from"] = init_record
         model.to(device)
@@ -195,7 +193,7 @@ def run(cfg: DictConfig) -> float | None:
             results["timing"]["train_s"] = time.perf_counter() - t1
             results["timing"]["train_steps"] = int(trainer.global_step)
         elif cfg.ckpt_path:
-            _load_trainable(module, cfg.ckpt_path)
+            _load_trainable(module, cfg.ckpt_path, evaluated)
         results["provenance"]["world_size"] = trainer.world_size  # processes that trained (DDP: one per device)
         trainer = _one_device(trainer, cfg, logger, out_dir)
         if trainer is None:

@@ -37,8 +37,8 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 def trained_changes_encoder(ckpt: dict[str, Any]) -> bool:
     """Whether loading `ckpt` alters the encoder (its cached features would then be stale)."""
     record = ckpt.get("sota_compression") or {}
-    return ("encoder" in (record.get("prune") or {}).get("targets", [])
-            and (record.get("prune") or {}).get("method", "none") != "none"
+    pruned = record.get("prune") or {}
+    return ((pruned.get("method", "none") != "none" and "encoder" in pruned.get("targets", []))
             or "encoder" in (record.get("lora") or {}).get("on", []))
 
 

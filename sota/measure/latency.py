@@ -28,9 +28,7 @@ documents every key.
 
 from __future__ import annotations
 
-import functools
 import gc
-import inspect
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,8 +39,7 @@ import torch
 
 from sota.measure.footprint import peak_rss_mb
 from sota.measure.timer import Timer
-
-from sota.models.decoding import Decoders, fallback_reason
+from sota.models.decoding import Decoders, fallback_reason, llm_call_keywords
 
 if TYPE_CHECKING:
     from sota.models.audio_llm import AudioLLM
@@ -282,24 +279,6 @@ def _connect(model: AudioLLM, hidden: torch.Tensor, num_frames: torch.Tensor) ->
     return model.connector(hidden, num_frames)
 
 
-@functools.lru_cache(maxsize=None)
-def _forward_params(cls: type) -> frozenset[str]:
-    try:
-        return frozenset(inspect.signature(cls.forward).parameters)
-    except (TypeError, ValueError):
-        return frozenset()
-
-
-def _llm_call(llm: Any) -> tuple[str, dict[str, Any]]:
-    """The KV-cache keyword of this transformers version (`cache` from 5.2x, `past_key_values` before) and
-    `logits_to_keep=1` where supported, so the prefill computes the last position's logits only, as
-    `generate` does."""
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-    params = _forward_params(type(base))
-    cache_key = "cache" if "cache" in params else "past_key_values"
-    return cache_key, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
-
-
 def _cache_of(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
@@ -313,7 +292,7 @@ def _prefill(model: AudioLLM, embeds: torch.Tensor, mask: torch.Tensor, tasks: l
         decoder = decoders.get(attn.shape[0], attn.shape[1])
         return {"token": decoder.prefill(inputs["inputs_embeds"], attn), "decoder": decoder,
                 "length": int(attn.shape[1])}
-    _, extra = _llm_call(model.llm)
+    _, extra = llm_call_keywords(model.llm)
     out = model.llm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                     position_ids=inputs["position_ids"], use_cache=True, **extra)
     return {"token": out.logits[:, -1].argmax(-1), "cache": _cache_of(out),
@@ -325,7 +304,7 @@ def _decode(model: AudioLLM, state: dict[str, Any]) -> torch.Tensor:
     if "decoder" in state:
         return state["decoder"].step()
     mask = torch.cat([state["attention_mask"], state["attention_mask"].new_ones(len(state["token"]), 1)], dim=1)
-    cache_key, extra = _llm_call(model.llm)
+    cache_key, extra = llm_call_keywords(model.llm)
     out = model.llm(input_ids=state["token"][:, None], attention_mask=mask, position_ids=state["position"] + 1,
                     use_cache=True, **{cache_key: state["cache"]}, **extra)
     return out.logits[:, -1].argmax(-1)

@@ -21,6 +21,8 @@ eagerly: the tests compare their tokens with `generate`'s.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -54,11 +56,21 @@ def fallback_reason(llm: nn.Module) -> str | None:
     return None
 
 
-def _cache_keyword(llm: nn.Module) -> str:
-    import inspect
+@functools.lru_cache(maxsize=None)
+def _forward_params(cls: type) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(cls.forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
 
-    params = inspect.signature(type(_base(llm)).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+
+def llm_call_keywords(llm: nn.Module) -> tuple[str, dict[str, Any]]:
+    """The KV-cache keyword of this transformers version (`cache` from 5.2x, `past_key_values` before) and
+    `logits_to_keep=1` where supported, so a prefill computes the last position's logits only, as `generate`
+    does."""
+    params = _forward_params(type(_base(llm)))
+    cache_key = "cache" if "cache" in params else "past_key_values"
+    return cache_key, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
 
 
 class StaticDecoder:
@@ -72,7 +84,7 @@ class StaticDecoder:
         emb = llm.get_input_embeddings().weight
         self.device, self.dtype = emb.device, emb.dtype
         self.graphs = graphs and self.device.type == "cuda"
-        self.cache_key = _cache_keyword(llm)
+        self.cache_key, self.prefill_kwargs = llm_call_keywords(llm)
         config = _base(llm).config
         self.cache = StaticCache(config=config, max_cache_len=max_len)
         dev, b = self.device, batch_size
@@ -118,7 +130,7 @@ class StaticDecoder:
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device).masked_fill(~visible, self.neg)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         logits = self._forward(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions,
-                               logits_to_keep=1)
+                               **self.prefill_kwargs)
         self.token.copy_(logits.argmax(-1))
         self.last_pos.copy_(positions[:, -1:])
         self.start.fill_(length)
