@@ -203,6 +203,35 @@ def hf_generate_ms_per_token(model: Any, device: str, tokens: int = 32, repeats:
     return (long - short) / tokens
 
 
+def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: int = 15) -> str:
+    """Where a decode step's device time goes: the step of `backend` (compiled: Inductor's kernels) run
+    `steps` times without its CUDA graph under torch.profiler, after a 100-token prompt; a table of the `top`
+    kernels by total device time (CPU time on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    emb = model.llm.get_input_embeddings().weight
+    prompt = torch.randn(1, 100, emb.shape[1], device=emb.device, dtype=emb.dtype) * emb.std()
+    attn = torch.ones(1, 100, dtype=torch.long, device=emb.device)
+    decoders = model.static_decoders(backend, steps + 2)
+    if decoders is None:
+        raise ValueError(f"--profile needs a static backend (static or compiled) this LLM can use, got {backend!r}")
+    dec = decoders.get(1, 100, steps + 2)
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.no_grad():
+        dec.prefill(prompt, attn)
+        dec._decode_fn()  # warm-up (compilation happens here)
+        if cuda:
+            torch.cuda.synchronize(device)
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                dec._decode_fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+    sort = "cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=70)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sota.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -213,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=None,
                         help="comma-separated decoding backends (default: the config's generate.backend)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
+    parser.add_argument("--hf-generate", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time transformers' plain generate (slow for eager quantized models)")
+    parser.add_argument("--profile", default=None, metavar="BACKEND",
+                        help="print the kernels of one decode step of this static backend (its step without "
+                             "the CUDA graph, under torch.profiler), 20 steps after a 100-token prompt")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -248,24 +282,27 @@ def main(argv: list[str] | None = None) -> int:
         for mode, cfg in configs.items():
             results[f"{backend}/{mode}"] = latency.measure(model, cfg.measure, device, backend=backend)
     llm_bytes = footprint(model.llm)["weight_bytes"]
-    hf_ms = hf_generate_ms_per_token(model, device)
+    hf_ms = hf_generate_ms_per_token(model, device) if args.hf_generate else None
     bandwidth = copy_bandwidth_gbs(device)
     floor_ms = llm_bytes / (bandwidth * 1e9) * 1000 if bandwidth else None
 
     print(f"# {device_name(device)}: {' '.join(args.overrides) or '(defaults)'}\n")
     print(table(results))
-    print(f"\ntransformers generate: {hf_ms:.2f} ms/token; LLM weights {llm_bytes / 2**20:.1f} MiB"
+    print(f"\ntransformers generate: {_fmt(hf_ms, 2)} ms/token; LLM weights {llm_bytes / 2**20:.1f} MiB"
           + (f"; copy bandwidth {bandwidth:.0f} GB/s -> floor {floor_ms:.3f} ms/token" if bandwidth else ""))
     for key, r in results.items():
         for note in r.get("notes") or []:
             print(f"- {key}: {note}")
+    profile = profile_decode(model, args.profile, device) if args.profile else None
+    if profile:
+        print(f"\n## decode step kernels ({args.profile}, without its graph, 20 steps)\n{profile}")
     if args.out:
         payload = {
             "overrides": list(args.overrides), "device": device_name(device), "build_s": build_s,
             "model": footprint(model), "llm_weight_bytes": llm_bytes, "compression": record,
             "hf_generate_ms_per_token": hf_ms, "copy_bandwidth_gbs": bandwidth, "floor_ms_per_token": floor_ms,
             "measure": {mode: as_dict(cfg.measure) for mode, cfg in configs.items()},
-            "results": results, "versions": versions(),
+            "results": results, "profile": profile, "versions": versions(),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")

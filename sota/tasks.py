@@ -22,6 +22,7 @@ from sota.config import ConfigError, as_dict, validate
 from sota.data.datamodule import AudioDataModule
 from sota.measure import latency
 from sota.measure.footprint import footprint, peak_rss_mb
+from sota.measure.throughput import TrainThroughput
 from sota.models.build import build_model, encoder_fingerprint
 from sota.models.lit_module import AudioLLMModule
 from sota.utils.io import atomic_write_json, atomic_write_text
@@ -166,8 +167,9 @@ def run(cfg: DictConfig) -> float | None:
         if problems:
             raise ConfigError(problems)
         logger = _make_logger(cfg)
+        clock = TrainThroughput()
         callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
-                                                         save_top_k=0)]
+                                                         save_top_k=0), clock]
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                          default_root_dir=str(out_dir))
         device = _device(trainer)
@@ -192,6 +194,7 @@ def run(cfg: DictConfig) -> float | None:
             trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
             results["timing"]["train_s"] = time.perf_counter() - t1
             results["timing"]["train_steps"] = int(trainer.global_step)
+            results["timing"].update(clock.summary())
         elif cfg.ckpt_path:
             _load_trainable(module, cfg.ckpt_path, evaluated)
         results["provenance"]["world_size"] = trainer.world_size  # processes that trained (DDP: one per device)

@@ -50,6 +50,7 @@ def test_ddp_trains_on_two_processes_and_rank_zero_alone_writes_results(runs):
     res = json.loads((ddp / "results.json").read_text())
     assert res["status"] == "ok" and res["error"] is None
     assert res["provenance"]["world_size"] == 2 and res["timing"]["train_steps"] == 4
+    assert res["timing"]["train_samples_per_s"] > 0  # counted over both processes
     assert (ddp / "train_ddp_process_1.log").is_file()  # Lightning started the second process (rank 1)
     assert len(list((ddp / "wandb").glob("offline-run-*"))) == 1  # one W&B run, rank zero's
     one = json.loads((single / "results.json").read_text())

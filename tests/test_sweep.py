@@ -38,6 +38,9 @@ out = Path(args["hydra.run.dir"]); out.mkdir(parents=True, exist_ok=True)
 if os.environ.get("RECORD_LAUNCHES"):
     with open(os.environ["RECORD_LAUNCHES"], "a") as f:
         f.write(out.name + "\n")
+if os.environ.get("RECORD_GPUS"):
+    with open(os.environ["RECORD_GPUS"], "a") as f:
+        f.write(f"{out.name} {os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}\n")
 if os.environ.get("RECORD_TIMES"):
     with open(os.environ["RECORD_TIMES"], "a") as f:
         f.write(f"start {out.name} {time.time()}\n")
@@ -547,3 +550,24 @@ def test_the_first_point_of_a_fresh_sweep_runs_alone(fake, tmp_path, monkeypatch
     assert len(starts) == 4 and all(starts[n] >= ends[first] for n in starts if n != first)
     others = sorted(starts[n] for n in starts if n != first)
     assert others[2] - others[0] < 0.5  # the rest ran side by side, not one after another
+
+
+def test_local_points_are_spread_over_the_listed_gpus(fake, tmp_path, monkeypatch):
+    record = tmp_path / "gpus.txt"
+    monkeypatch.setenv("RECORD_GPUS", str(record))
+    sweep, _ = fake
+    result = sweep({"name": "gpus", "params": {"size": [1, 2, 4, 8, 16]}, "base": {"sleep": 0.3}},
+                   workers=2, gpus="[0,3]")
+    assert result["counts"]["ok"] == 5
+    seen = dict(line.split() for line in record.read_text().splitlines())
+    assert len(seen) == 5 and set(seen.values()) == {"0", "3"}  # one GPU each, both used
+
+
+@pytest.mark.parametrize("gpus", ["[-1]", "[]", "two"])
+def test_a_bad_gpu_list_is_a_clear_error(fake, gpus):
+    from sota.sweep.driver import SweepSpecError
+
+    sweep, launches = fake
+    with pytest.raises(SweepSpecError, match="gpus must be null, auto or a non-empty list"):
+        sweep(GRID, gpus=gpus)
+    assert launches() == []

@@ -48,33 +48,41 @@ class AudioLLM(nn.Module):
         which batched generation needs. Training sequences (with answers) are right-padded: a left pad is a
         query row with nothing to attend to, and fully masked rows make cuDNN's attention backward return NaN
         (seen on an H200, bf16). Position ids are counted over real tokens only.
+
+        The layout is built on the host and sent once; one embedding lookup and one scatter of the audio
+        tokens follow, so a batch costs a few kernels however many rows it has.
         """
         table = self.llm.get_input_embeddings()
         device = embeds.device
-        rows, labels = [], []
+        audio_len = mask.sum(1).tolist()
+        ids, audio_at, labels = [], [], []
         for i, task in enumerate(tasks):
             if task not in self.prompt.tasks:
                 raise ValueError(f"no prompt for task {task!r}; prompts exist for {sorted(self.prompt.tasks)}")
             parts = self.prompt.tasks[task]
-            pre = torch.tensor(parts.prefix_ids, device=device, dtype=torch.long)
-            suf = torch.tensor(parts.suffix_ids, device=device, dtype=torch.long)
-            ans = torch.tensor(self.prompt.answer_ids(answers[i]) if answers else [], device=device, dtype=torch.long)
-            audio = embeds[i][mask[i]]
-            rows.append(torch.cat([table(pre), audio.to(table.weight.dtype), table(suf), table(ans)]))
-            lab = torch.full((len(pre) + len(audio) + len(suf),), IGNORE, device=device, dtype=torch.long)
-            labels.append(torch.cat([lab, ans]))
-        width = max(r.shape[0] for r in rows)
-        hidden = rows[0].shape[-1]
-        inputs = rows[0].new_zeros(len(rows), width, hidden)
-        attn = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        lab_out = torch.full((len(rows), width), IGNORE, dtype=torch.long, device=device)
-        for i, (r, lab) in enumerate(zip(rows, labels)):
-            at = slice(0, len(r)) if answers else slice(width - len(r), width)
-            inputs[i, at] = r
+            ans = self.prompt.answer_ids(answers[i]) if answers else []
+            pre, n, post = len(parts.prefix_ids), audio_len[i], len(parts.suffix_ids) + len(ans)
+            ids.append([*parts.prefix_ids, *[0] * n, *parts.suffix_ids, *ans])
+            audio_at.append([False] * pre + [True] * n + [False] * post)
+            labels.append([IGNORE] * (pre + n + len(parts.suffix_ids)) + ans)
+        width = max(len(r) for r in ids)
+        b = len(ids)
+        tok = torch.zeros(b, width, dtype=torch.long)
+        is_audio = torch.zeros(b, width, dtype=torch.bool)
+        attn = torch.zeros(b, width, dtype=torch.long)
+        lab = torch.full((b, width), IGNORE, dtype=torch.long)
+        for i, row in enumerate(ids):
+            at = slice(0, len(row)) if answers else slice(width - len(row), width)
+            tok[i, at] = torch.tensor(row)
+            is_audio[i, at] = torch.tensor(audio_at[i])
             attn[i, at] = 1
-            lab_out[i, at] = lab
+            lab[i, at] = torch.tensor(labels[i])
+        tok, is_audio, attn, lab = (t.to(device, non_blocking=True) for t in (tok, is_audio, attn, lab))
+        text = table(tok) * attn[..., None].to(table.weight.dtype)  # padding stays all-zero
+        # Real audio tokens in row-major order land on the audio slots in row-major order.
+        inputs = text.masked_scatter(is_audio[..., None], embeds[mask].to(text.dtype))
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-        return {"inputs_embeds": inputs, "attention_mask": attn, "labels": lab_out, "position_ids": position_ids}
+        return {"inputs_embeds": inputs, "attention_mask": attn, "labels": lab, "position_ids": position_ids}
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over answer tokens."""

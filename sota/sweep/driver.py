@@ -31,6 +31,7 @@ class SweepSettings:
     sweep_dir: Path
     workers: int
     threads: int | None
+    gpus: list[int] | None
     timeout_s: float | None
     rerun_failed: bool
     launcher: str
@@ -58,6 +59,14 @@ class SweepSettings:
             problems.append(str(err))
             threads = None
         try:
+            gpus = launch.gpu_list(c.get("gpus"))
+        except ValueError as err:
+            problems.append(str(err))
+            gpus = None
+        if gpus and c.get("launcher", "local") != "local":
+            problems.append("gpus spreads the points of launcher=local over this machine's GPUs; with "
+                            "launcher=slurm set slurm.gpus_per_node instead")
+        try:
             report = ReportSettings.from_config(c.get("objectives") or [], c.get("report"))
         except ValueError as err:
             problems.append(str(err))
@@ -67,7 +76,7 @@ class SweepSettings:
         if problems:
             raise SweepSpecError("invalid sweep settings:\n  - " + "\n  - ".join(problems))
         return cls(spec=dict(c["sweep"]), sweep_dir=Path(str(c["sweep_dir"])).expanduser().resolve(),
-                   workers=workers, threads=threads, timeout_s=timeout, rerun_failed=bool(c.get("rerun_failed")),
+                   workers=workers, threads=threads, gpus=gpus, timeout_s=timeout, rerun_failed=bool(c.get("rerun_failed")),
                    launcher=c.get("launcher", "local"), run_py=run_py, report=report,
                    wandb=dict(c.get("wandb") or {}), slurm=dict(c.get("slurm") or {}))
 
@@ -181,7 +190,7 @@ def _runner(s: SweepSettings) -> launch.Runner:
     env = launch.child_env(s.threads)
     if s.launcher == "slurm":
         return launch.slurm_runner(s.run_py, env, s.timeout_s, s.sweep_dir / "slurm", s.slurm)
-    return launch.local_runner(s.run_py, env, s.timeout_s)
+    return launch.local_runner(s.run_py, env, s.timeout_s, s.gpus)
 
 
 def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[str], runner: launch.Runner) -> int:

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,11 +170,55 @@ def _kill(proc: subprocess.Popen) -> None:
 Runner = Callable[[Point, Path], ProcessEnd]
 
 
-def local_runner(run_py: Path, env: Mapping[str, str], timeout_s: float | None) -> Runner:
+def local_runner(run_py: Path, env: Mapping[str, str], timeout_s: float | None,
+                 gpus: Sequence[int] | None = None) -> Runner:
+    """Points as subprocesses here; with `gpus`, each sees one of them (CUDA_VISIBLE_DEVICES), the one with
+    the fewest points running on it."""
+    pool = GpuPool(gpus) if gpus else None
+
     def run(point: Point, run_dir: Path) -> ProcessEnd:
-        return run_command(command(run_py, point, run_dir), str(ROOT), env, str(run_dir), timeout_s)
+        if pool is None:
+            return run_command(command(run_py, point, run_dir), str(ROOT), env, str(run_dir), timeout_s)
+        with pool.take() as gpu:
+            log.info("point %s: GPU %d", point.id, gpu)
+            return run_command(command(run_py, point, run_dir), str(ROOT),
+                               {**env, "CUDA_VISIBLE_DEVICES": str(gpu)}, str(run_dir), timeout_s)
 
     return run
+
+
+class GpuPool:
+    """The GPUs of this machine shared by the local workers: each point takes the least-loaded one."""
+
+    def __init__(self, gpus: Sequence[int]) -> None:
+        self.load = {int(g): 0 for g in gpus}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def take(self) -> Iterator[int]:
+        with self._lock:
+            gpu = min(self.load, key=lambda g: (self.load[g], g))
+            self.load[gpu] += 1
+        try:
+            yield gpu
+        finally:
+            with self._lock:
+                self.load[gpu] -= 1
+
+
+def gpu_list(setting: Any) -> list[int] | None:
+    """`gpus` of the sweep config: null (points see every GPU), auto (all GPUs here, one per point) or a list
+    of GPU indices."""
+    if setting in (None, "none", "null"):
+        return None
+    if setting == "auto":
+        import torch
+
+        return list(range(torch.cuda.device_count())) or None
+    if (isinstance(setting, (list, tuple)) and setting
+            and all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in setting)):
+        return [int(g) for g in setting]
+    raise ValueError(f"gpus must be null, auto or a non-empty list of GPU indices such as [0, 1], got {setting!r}")
 
 
 def slurm_runner(run_py: Path, env: Mapping[str, str], timeout_s: float | None, folder: Path,
