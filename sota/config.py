@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 TASKS = ("train", "eval")
+COMPILE = ("none", "llm")  # what training runs through torch.compile
 
 
 class ConfigError(ValueError):
@@ -109,6 +110,8 @@ def validate(cfg: DictConfig) -> None:
         path = cfg.get(key)
         if path and not Path(str(path)).is_file():
             out.append(f"{key}={path}: no such file")
+    if cfg.get("compile", "none") not in COMPILE:
+        out.append(f"compile must be one of {', '.join(COMPILE)}; got {cfg.get('compile')!r}")
     if cfg.get("init_from") and cfg.task == "eval" and cfg.ckpt_path:
         out.append("task=eval takes ckpt_path or init_from, not both")
     _connector(cfg.connector, out)

@@ -190,11 +190,14 @@ def run(cfg: DictConfig) -> float | None:
         results["timing"]["setup_s"] = time.perf_counter() - t0
 
         if cfg.task == "train":
+            if cfg.get("compile", "none") == "llm":
+                model.compile_training()
             t1 = time.perf_counter()
             trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
             results["timing"]["train_s"] = time.perf_counter() - t1
             results["timing"]["train_steps"] = int(trainer.global_step)
             results["timing"].update(clock.summary())
+            model.to(device)  # Lightning's teardown left it on the CPU; compression and evaluation run here
         elif cfg.ckpt_path:
             _load_trainable(module, cfg.ckpt_path, evaluated)
         results["provenance"]["world_size"] = trainer.world_size  # processes that trained (DDP: one per device)
@@ -206,6 +209,7 @@ def run(cfg: DictConfig) -> float | None:
         t2 = time.perf_counter()
         trainer.test(module, datamodule=dm, verbose=False)
         results["timing"]["eval_s"] = time.perf_counter() - t2
+        model.to(device)  # back from the CPU, where the test's teardown put it: it is measured on `device`
 
         rows = module.predictions.get("test", [])
         atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

@@ -81,6 +81,9 @@ def test_validate_names_the_problem():
     quant.validate(qcfg("nf4", targets=["decoder"]), "cuda:0", out)
     assert out and "quant.targets" in out[0] and "decoder" in out[0]
     out = []
+    quant.validate(qcfg("int8_weight", cuda_dtype="float64"), "cuda", out)
+    assert out == ["quant.cuda_dtype must be null or one of bfloat16, float16, got 'float64'"]
+    out = []
     quant.validate(qcfg("int4_weight"), "cuda", out)
     quant.validate(qcfg("nf4"), "cpu", out)
     quant.validate(None, "cpu", out)

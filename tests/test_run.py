@@ -206,3 +206,48 @@ def test_eval_on_an_unlabelled_test_set_writes_predictions_only(trained, tmp_pat
     bad = run(tmp_path / "bad", *[a.replace("labelled.json", "bad.json") for a in args[:3]], *args[3:-2],
               check=False, base=QUICK)
     assert bad.returncode != 0 and "empty transcript" in bad.stderr
+
+
+def test_static_decoders_of_validation_are_not_reused_after_the_model_changes(tmp_path):
+    """Validation decodes the float32 model; the bf16 cast after training must get fresh caches and graphs
+    (same eval batch size for validation and test, so the decoder would otherwise be reused)."""
+    run(tmp_path, "backend=static", "quant=bf16", "data.eval_batch_size=4", "measure=none")
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "ok" and res["metrics"]["asr/wer"] is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("quant", ["bf16", "int8_weight", "int4_weight"])
+def test_train_compress_evaluate_and_measure_on_cuda(tmp_path, quant):
+    """Lightning's teardown leaves the model on the CPU after fit and after test: compression, evaluation and
+    measurement must still happen on the GPU."""
+    run(tmp_path, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed", "backend=static",
+        f"quant={quant}", "quant.group_size=32", "data.eval_batch_size=4")
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "ok", res["error"]
+    assert res["efficiency"]["device"].startswith("cuda") and res["efficiency"]["tpot_ms"] > 0
+
+
+def _losses(run_dir):
+    import csv
+
+    rows = list(csv.DictReader(open(next(run_dir.glob("csv/version_*/metrics.csv")))))
+    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (__import__("shutil").which("cc") or __import__("shutil").which("gcc")),
+                    reason="Inductor on a CPU needs a C compiler")
+def test_compiled_training_gives_the_same_losses(tmp_path):
+    run(tmp_path / "plain", "logger=csv", "measure=none")
+    run(tmp_path / "compiled", "logger=csv", "measure=none", "compile=llm")
+    plain, compiled = _losses(tmp_path / "plain"), _losses(tmp_path / "compiled")
+    assert len(plain) == len(compiled) == 4
+    assert compiled == pytest.approx(plain, rel=1e-4)
+
+
+def test_an_unknown_compile_choice_is_refused(tmp_path):
+    proc = run(tmp_path, "compile=all", check=False)
+    assert proc.returncode != 0 and "compile must be one of none, llm; got 'all'" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()

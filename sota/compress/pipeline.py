@@ -91,6 +91,7 @@ def before_training(model: AudioLLM, cfg: DictConfig, calib: list[dict[str, Any]
 
 
 def after_training(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], device: str) -> dict[str, Any]:
+    model.forget_compiled()  # validation's decoders and the compiled LLM were built on weights about to change
     if _method(cfg.get("lora")) != "none" and cfg.lora.get("merge", False):
         record["lora"]["merge"] = lora.merge(model)
     if _method(cfg.get("quant"), "mode") != "none" and not quant.is_qlora_base(cfg.quant):

@@ -34,6 +34,7 @@ MODES: dict[str, set[str]] = {
 QLORA_BASE = ("nf4", "int8_bnb")
 TARGETS = ("llm", "encoder", "connector")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "int4_weight": torch.bfloat16}
+HALF_NAMES = ("bfloat16", "float16")
 WHY = {"int4_weight": "torchao int4 kernels"}
 # Outlier threshold of LLM.int8() (bitsandbytes' and transformers' default): activation columns above it
 # are multiplied in float.
@@ -74,6 +75,8 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
     bad = [t for t in targets if t not in TARGETS]
     if bad or not targets:
         out.append(f"quant.targets must be a non-empty subset of [{', '.join(TARGETS)}], got {targets}")
+    if cfg.get("cuda_dtype") not in (None, *HALF_NAMES):
+        out.append(f"quant.cuda_dtype must be null or one of {', '.join(HALF_NAMES)}, got {cfg.get('cuda_dtype')!r}")
     if mode == "int4_weight":
         gs = cfg.get("group_size", 128)
         if gs not in (32, 64, 128, 256):
@@ -330,9 +333,13 @@ def quantize(model: nn.Module, cfg: Any, device: str) -> dict[str, Any]:
         if any(_is_adapter(name) for name, _ in root.named_modules()):
             notes.append(f"{where}: unmerged LoRA adapters stay in float32; only base layers are quantized")
         _untie_skipped(root, patterns, notes, where)
-        if mode in HALF:
-            n_cast = _cast_half(root, HALF[mode], patterns)
-            n += n_cast if mode != "int4_weight" else 0
+        half = HALF.get(mode)
+        if half is None and cfg.get("cuda_dtype") and _device_type(device) == "cuda":
+            half = getattr(torch, cfg.cuda_dtype)
+            notes.append(f"{where}: cast to {cfg.cuda_dtype} before quantizing (quant.cuda_dtype)")
+        if half is not None:
+            n_cast = _cast_half(root, half, patterns)
+            n += n_cast if mode in ("bf16", "fp16") else 0
         if mode in ("int8_weight", "int4_weight"):
             n += _torchao(root, mode, cfg, patterns, notes, where)
         elif mode in QLORA_BASE:

@@ -88,7 +88,15 @@ class AudioLLM(nn.Module):
         """Mean cross-entropy over answer tokens."""
         embeds, mask = self.audio_embeds(batch)
         inputs = self.assemble(embeds, mask, batch["tasks"], batch["answers"])
-        return self.llm(**inputs, use_cache=False).loss
+        llm = self.__dict__.get("_compiled_llm", self.llm)
+        return llm(**inputs, use_cache=False).loss
+
+    def compile_training(self) -> None:
+        """Train through `torch.compile(llm)`: Inductor fuses the step's elementwise work into few kernels. A
+        small LLM's training step is bound by launching its ~27,000 operator calls (forward and backward), not
+        by arithmetic. Sequence lengths vary per batch: compiled with dynamic shapes. Generation keeps the
+        plain module."""
+        self.__dict__["_compiled_llm"] = torch.compile(self.llm, dynamic=True)  # not a submodule: same params
 
     def static_decoders(self, backend: str, max_new_tokens: int) -> Decoders | None:
         """The static-cache decoders of `backend` for this LLM (built once, kept while the LLM is the same
@@ -96,10 +104,18 @@ class AudioLLM(nn.Module):
         if backend == "eager" or fallback_reason(self.llm) is not None:
             return None
         cached = self.__dict__.get("_decoders")
-        if cached is None or cached.llm is not self.llm or cached.backend != backend:
+        dtype = self.llm.get_input_embeddings().weight.dtype
+        if cached is None or cached.llm is not self.llm or cached.backend != backend or cached.dtype != dtype:
             cached = Decoders(self.llm, backend, max_new_tokens)
             self.__dict__["_decoders"] = cached  # not a submodule: no parameters, not in state_dict
         return cached
+
+    def forget_compiled(self) -> None:
+        """Forget the static decoders and the compiled training LLM: their caches, graphs and guards hold the
+        modules and tensors they were built on, so after merging, casting or quantizing the LLM they would
+        run the old model."""
+        self.__dict__.pop("_decoders", None)
+        self.__dict__.pop("_compiled_llm", None)
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 64, num_beams: int = 1,
