@@ -126,3 +126,16 @@ def test_measure_times_the_static_backend_and_counts_its_tokens():
     r = latency.measure(model, cfg, "cpu", backend="static")
     assert r["backend"] == "static" and r["tpot_ms"] > 0 and r["ttft_ms"] > 0
     assert 1 <= r["e2e_tokens"] <= 6
+
+
+def test_static_decoding_under_autocast_keeps_the_models_dtype():
+    """Lightning's bf16-mixed validation runs generation under autocast: keys would leave rotary embedding in
+    float32 and values in bf16, and a static cache of one dtype cannot hold both (seen on an H200)."""
+    model = decisive_model()
+    batch = batch_for(model, [0.4, 2.0, 1.1], ["asr", "aac", "asr"])
+    eager = model.generate(batch, max_new_tokens=12, backend="eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        static = model.generate(batch, max_new_tokens=12, backend="static")
+    layer = model.static_decoders("static", 12).last.cache.layers[0]
+    assert layer.keys.dtype == layer.values.dtype == torch.float32
+    assert static == eager

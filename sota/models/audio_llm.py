@@ -120,6 +120,15 @@ class AudioLLM(nn.Module):
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 64, num_beams: int = 1,
                  backend: str = "eager", **kwargs: Any) -> list[str]:
+        """Greedy or beam answers, computed in the model's own dtypes: Lightning's bf16-mixed autocast is off
+        here, so evaluation decodes the model as it is deployed and as it is measured (layers kept in float32,
+        such as a skipped lm_head, stay float32)."""
+        device = next(self.llm.parameters()).device
+        with torch.autocast(device.type, enabled=False):
+            return self._generate(batch, max_new_tokens, num_beams, backend, **kwargs)
+
+    def _generate(self, batch: dict[str, Any], max_new_tokens: int, num_beams: int, backend: str,
+                  **kwargs: Any) -> list[str]:
         embeds, mask = self.audio_embeds(batch)
         inputs = self.assemble(embeds, mask, batch["tasks"])
         decoders = self.static_decoders(backend, max_new_tokens) if num_beams == 1 else None

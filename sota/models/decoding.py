@@ -162,6 +162,12 @@ class StaticDecoder:
     def prefill(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Left-padded prompt embeddings [B, L, H] and mask [B, L] -> first greedy token [B] (a view of the
         decoder's buffer: copy it before the next call)."""
+        # The model decodes in its own dtype. Under autocast (Lightning's bf16-mixed validation) a float32
+        # model's keys leave rotary embedding in float32 and its values in bf16: one cache cannot hold both.
+        with torch.autocast(self.device.type, enabled=False):
+            return self._prefill_batch(embeds, attention_mask)
+
+    def _prefill_batch(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         b, n = attention_mask.shape
         if b != self.batch_size:
             raise ValueError(f"this decoder holds batches of {self.batch_size}, got {b}")
@@ -186,6 +192,10 @@ class StaticDecoder:
 
     def step(self) -> torch.Tensor:
         """One greedy decode step after `prefill`: the next token [B] (a view of the decoder's buffer)."""
+        with torch.autocast(self.device.type, enabled=False):  # as in `prefill`
+            return self._step()
+
+    def _step(self) -> torch.Tensor:
         if self.graphs and self._graph_decode:
             if self._decode_graph is None:
                 # Capturing runs the step for warm-up: save and restore the state it advances.
