@@ -3,6 +3,7 @@
     python sweep.py sweep=<name> [key=value ...]      run or resume conf/sweep/<name>.yaml (conf/sweep_config.yaml)
     python sweep.py report DIR [key=value ...]        frontier files of a sweep dir or a Hydra multirun dir
     python sweep.py compare DIR1 DIR2 ... [out=DIR]   several sweeps' frontiers in one picture and table
+    python sweep.py remeasure DIR [--points reference,best] [--measure official]   chosen points again, alone
 """
 
 import sys
@@ -10,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-TOOLS = ("report", "compare")
+TOOLS = ("report", "compare", "remeasure")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sweep_config")

@@ -571,3 +571,71 @@ def test_a_bad_gpu_list_is_a_clear_error(fake, gpus):
     with pytest.raises(SweepSpecError, match="gpus must be null, auto or a non-empty list"):
         sweep(GRID, gpus=gpus)
     assert launches() == []
+
+
+# ------------------------------------------------------------------------------------------- remeasure
+
+def test_remeasure_picks_the_reference_and_the_best_point_and_keeps_finished_runs(fake, tmp_path):
+    from sota.sweep.frontier import parse_objective
+    from sota.sweep.remeasure import remeasure
+
+    sweep, launches = fake
+    # size 2 is the reference (first point): wer 0.5, memory 200; int8 halves memory; size 4 is better, hungrier
+    sweep({"name": "rem", "points": [{"size": 2}, {"size": 2, "q": "int8", "wer": 0.54},
+                                     {"size": 2, "q": "int8", "wer": 0.6}, {"size": 4}]})
+    objectives = [parse_objective(WER + ":min"), parse_objective(MEM + ":min")]
+    script = tmp_path / "fake_run.py"
+    before = len(launches())
+    result = remeasure(tmp_path / "sweep", "reference,best", "official", objectives, 1.10, ["seed=1"],
+                       run_py=script)
+    ids = [line["id"] for line in result["rows"]]
+    assert ids[0].startswith("000") and ids[1].startswith("001")  # 0.54 <= 1.1 x 0.5 at half the memory
+    assert all(line["status"] == "ok" for line in result["rows"])
+    assert len(launches()) == before + 2
+    args = (tmp_path / "sweep" / "remeasure" / "official" / ids[1] / "results.json")
+    assert args.is_file() and result["csv"].read_text().startswith("id,point,status")
+    header = result["csv"].read_text().splitlines()[0]
+    assert f"sweep {WER}" in header and f"official {MEM}" in header
+    remeasure(tmp_path / "sweep", "reference", "official", objectives, run_py=script)
+    assert len(launches()) == before + 2  # finished: not run again
+
+
+def test_remeasure_evaluates_a_trained_point_from_its_checkpoint(tmp_path):
+    from sota.sweep.remeasure import overrides_for
+
+    ckpt = tmp_path / "points" / "003-abc" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    row = {"id": "003-abc", "config": {"task": "train"},
+           "overrides": ["experiment=mini_gpu", "measure.iterations=20", "init_from=/x.ckpt", "task=train",
+                         "quant=int4_weight", "hydra.job.chdir=false"]}
+    assert overrides_for(row, tmp_path, "official", ["measure.real_clips=4"]) == [
+        "experiment=mini_gpu", "quant=int4_weight", "task=eval", f"ckpt_path={ckpt}", "measure=official",
+        "measure.real_clips=4"]
+
+
+def test_remeasure_names_unknown_points(fake, tmp_path):
+    from sota.sweep.frontier import parse_objective
+    from sota.sweep.remeasure import remeasure
+    from sota.sweep.sweepdir import SweepDirError
+
+    sweep, _ = fake
+    sweep({"name": "rem2", "points": [{"size": 2}, {"size": 4}]})
+    objectives = [parse_objective(WER + ":min"), parse_objective(MEM + ":min")]
+    with pytest.raises(SweepDirError, match="matches 0 points"):
+        remeasure(tmp_path / "sweep", "999", "official", objectives, run_py=tmp_path / "fake_run.py")
+
+
+@pytest.mark.slow
+def test_remeasure_runs_the_reference_of_a_real_sweep_in_the_official_protocol(smoke):
+    d, _ = smoke
+    proc = subprocess.run([sys.executable, "sweep.py", "remeasure", str(d), "--points", "reference",
+                           "--measure", "official", "measure.iterations=2", "measure.warmup=1",
+                           "measure.real_clips=1", "measure.e2e_repeats=1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((d / "remeasure" / "official").glob("*/results.json"))
+    assert len(runs) == 1
+    res = json.loads(runs[0].read_text())
+    assert res["status"] == "ok" and res["efficiency"]["mode"] == "official" and res["config"]["task"] == "eval"
+    assert (d / "remeasure" / "official" / "remeasure.csv").is_file()

@@ -1,5 +1,6 @@
 """`python sweep.py report DIR [key=value ...]` and `python sweep.py compare DIR1 DIR2 ... [out=DIR]`: frontier
-files from finished runs, without running anything. DIR is a sweep dir or any dir of Hydra runs
+files from finished runs, without running anything; `python sweep.py remeasure DIR ...`: chosen points
+evaluated and measured again, alone, in another measurement mode (sota/sweep/remeasure.py). DIR is a sweep dir or any dir of Hydra runs
 (`multirun/<date>/<time>`). Objectives and report axes come from conf/sweep_config.yaml; a sweep dir's own
 settings (recorded in sweep.json) win over those defaults, and `key=value` overrides win over both."""
 
@@ -56,11 +57,22 @@ def main(argv: Sequence[str]) -> int:
     cmp_ = sub.add_parser("compare", help="overlay several sweeps: compare.csv/png/html in out=DIR")
     cmp_.add_argument("items", nargs="+", metavar="DIR|key=value")
     cmp_.add_argument("--out", default=None, help=f"output dir (default: {COMPARE_DIR})")
+    rem = sub.add_parser("remeasure", help="chosen points of a sweep measured again, alone, in another mode")
+    rem.add_argument("items", nargs="+", metavar="DIR|key=value",
+                     help="the sweep dir, then run.py overrides added to every run")
+    rem.add_argument("--points", default="reference,best",
+                     help="ids, id prefixes or reference|best|frontier, comma-separated (default: reference,best)")
+    rem.add_argument("--measure", default="official", help="measure mode of the new runs (default: official)")
+    rem.add_argument("--tolerance", type=float, default=1.10,
+                     help="best: primary accuracy within this factor of the reference's (default: 1.10)")
+    rem.add_argument("--timeout", type=float, default=None, help="seconds per run (default: none)")
     args = parser.parse_args(list(argv))
     dirs, overrides = _split(args.items)
     out_override = [o for o in overrides if o.startswith("out=")]
     overrides = [o for o in overrides if not o.startswith("out=")]
     try:
+        if args.command == "remeasure":
+            return _remeasure(parser, args, dirs, overrides)
         if args.command == "report":
             if len(dirs) != 1:
                 parser.error(f"report takes one DIR, got {len(dirs)}: {dirs}")
@@ -78,3 +90,23 @@ def main(argv: Sequence[str]) -> int:
     for path in files.values():
         print(path)
     return 0
+
+
+def _remeasure(parser: argparse.ArgumentParser, args: argparse.Namespace, dirs: list[str],
+               overrides: list[str]) -> int:
+    from sota.measure.latency import MODES
+    from sota.sweep.remeasure import remeasure
+
+    if len(dirs) != 1:
+        parser.error(f"remeasure takes one sweep DIR, got {len(dirs)}: {dirs}")
+    if args.measure not in MODES:
+        parser.error(f"--measure must be one of {', '.join(MODES)}, got {args.measure!r}")
+    if not args.tolerance >= 1.0:
+        parser.error(f"--tolerance must be >= 1 (a factor on the reference's accuracy), got {args.tolerance}")
+    directory = Path(dirs[0])
+    result = remeasure(directory, args.points, args.measure, settings_for(directory, []).objectives,
+                       args.tolerance, overrides, timeout_s=args.timeout)
+    for line in result["rows"]:
+        print(", ".join(f"{k}={v}" for k, v in line.items() if v not in (None, "")))
+    print(result["csv"])
+    return 0 if all(line["status"] == "ok" for line in result["rows"]) else 1
