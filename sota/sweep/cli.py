@@ -66,8 +66,12 @@ def main(argv: Sequence[str]) -> int:
     rem.add_argument("--tolerance", type=float, default=1.10,
                      help="best: primary accuracy within this factor of the reference's (default: 1.10)")
     rem.add_argument("--timeout", type=float, default=None, help="seconds per run (default: none)")
-    args = parser.parse_args(list(argv))
-    dirs, overrides = _split(args.items)
+    # key=value arguments may also follow the options (`remeasure DIR --points best seed=1`)
+    args, rest = parser.parse_known_args(list(argv))
+    unknown = [r for r in rest if r.startswith("-") or "=" not in r]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    dirs, overrides = _split([*args.items, *rest])
     out_override = [o for o in overrides if o.startswith("out=")]
     overrides = [o for o in overrides if not o.startswith("out=")]
     try:
