@@ -179,15 +179,20 @@ def copy_bandwidth_gbs(device: str, nbytes: int = 2 ** 30, repeats: int = 10) ->
     return 2 * nbytes / (float(np.median(times)) / 1000) / 1e9
 
 
+def _noise_prompt(llm: Any, length: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch-1 prompt of `length` random embeddings at the embedding table's scale, and its mask."""
+    emb = llm.get_input_embeddings().weight
+    prompt = torch.randn(1, length, emb.shape[1], device=emb.device, dtype=emb.dtype) * emb.std()
+    return prompt, torch.ones(1, length, dtype=torch.long, device=emb.device)
+
+
 def hf_generate_ms_per_token(model: Any, device: str, tokens: int = 32, repeats: int = 5) -> float:
     """transformers' plain greedy `generate` on the LLM after a 100-token prompt: (time for 1 + `tokens` new
     tokens - time for 1) / `tokens`, medians over `repeats`, synchronised wall clock."""
     from sota.measure.timer import Timer
 
     llm = model.llm
-    emb = llm.get_input_embeddings().weight
-    prompt = torch.randn(1, 100, emb.shape[1], device=emb.device, dtype=emb.dtype) * emb.std()
-    attn = torch.ones(1, 100, dtype=torch.long, device=emb.device)
+    prompt, attn = _noise_prompt(llm)
 
     def run(n: int) -> float:
         timer = Timer(device, sync=True)
@@ -209,9 +214,7 @@ def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: 
     kernels by total device time (CPU time on a CPU)."""
     from torch.profiler import ProfilerActivity, profile
 
-    emb = model.llm.get_input_embeddings().weight
-    prompt = torch.randn(1, 100, emb.shape[1], device=emb.device, dtype=emb.dtype) * emb.std()
-    attn = torch.ones(1, 100, dtype=torch.long, device=emb.device)
+    prompt, attn = _noise_prompt(model.llm)
     decoders = model.static_decoders(backend, steps + 2)
     if decoders is None:
         raise ValueError(f"--profile needs a static backend (static or compiled) this LLM can use, got {backend!r}")
@@ -265,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [b for b in backends if b not in BACKENDS]
     if bad:
         parser.error(f"--backends: unknown backend(s) {', '.join(bad)}; choose from {', '.join(BACKENDS)}")
+    if args.profile is not None and args.profile not in BACKENDS[1:]:
+        parser.error(f"--profile: {args.profile!r} is not a static backend; choose from {', '.join(BACKENDS[1:])}")
     device = pick_device(first)
     for cfg in configs.values():
         check(cfg, device)

@@ -260,6 +260,28 @@ def test_bench_cli_measures_tiny_in_both_modes(tmp_path, capsys):
     assert elapsed < 120
 
 
+def test_bench_profiles_a_static_decode_step_and_skips_transformers_generate(tmp_path, capsys):
+    from sota import bench
+
+    out_file = tmp_path / "bench.json"
+    assert bench.main(["model=tiny", "measure=strict", "measure.iterations=2", "measure.warmup=1",
+                       "measure.e2e_repeats=1", "generate.max_new_tokens=4", "--backends", "static",
+                       "--no-hf-generate", "--profile", "static", "--out", str(out_file)]) == 0
+    printed = capsys.readouterr().out
+    assert "transformers generate: – ms/token" in printed
+    assert "## decode step kernels (static, without its graph, 20 steps)" in printed and "aten::" in printed
+    data = json.loads(out_file.read_text())
+    assert data["hf_generate_ms_per_token"] is None and "aten::" in data["profile"]
+
+
+def test_bench_refuses_to_profile_the_eager_backend_before_building(capsys):
+    from sota import bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["model=tiny", "--profile", "eager"])
+    assert "--profile: 'eager' is not a static backend; choose from static, compiled" in capsys.readouterr().err
+
+
 def test_bench_refuses_cuda_without_cuda(monkeypatch):
     from sota import bench
 

@@ -66,18 +66,16 @@ class AudioLLM(nn.Module):
             audio_at.append([False] * pre + [True] * n + [False] * post)
             labels.append([IGNORE] * (pre + n + len(parts.suffix_ids)) + ans)
         width = max(len(r) for r in ids)
-        b = len(ids)
-        tok = torch.zeros(b, width, dtype=torch.long)
-        is_audio = torch.zeros(b, width, dtype=torch.bool)
-        attn = torch.zeros(b, width, dtype=torch.long)
-        lab = torch.full((b, width), IGNORE, dtype=torch.long)
-        for i, row in enumerate(ids):
-            at = slice(0, len(row)) if answers else slice(width - len(row), width)
-            tok[i, at] = torch.tensor(row)
-            is_audio[i, at] = torch.tensor(audio_at[i])
-            attn[i, at] = 1
-            lab[i, at] = torch.tensor(labels[i])
-        tok, is_audio, attn, lab = (t.to(device, non_blocking=True) for t in (tok, is_audio, attn, lab))
+
+        def padded(rows: list[list[Any]], fill: Any, dtype: torch.dtype) -> torch.Tensor:
+            fills = [[fill] * (width - len(r)) for r in rows]
+            out = [r + f if answers else f + r for r, f in zip(rows, fills)]
+            return torch.tensor(out, dtype=dtype).to(device, non_blocking=True)
+
+        tok = padded(ids, 0, torch.long)
+        is_audio = padded(audio_at, False, torch.bool)
+        attn = padded([[1] * len(r) for r in ids], 0, torch.long)
+        lab = padded(labels, IGNORE, torch.long)
         text = table(tok) * attn[..., None].to(table.weight.dtype)  # padding stays all-zero
         # Real audio tokens in row-major order land on the audio slots in row-major order.
         inputs = text.masked_scatter(is_audio[..., None], embeds[mask].to(text.dtype))
@@ -104,8 +102,7 @@ class AudioLLM(nn.Module):
         if backend == "eager" or fallback_reason(self.llm) is not None:
             return None
         cached = self.__dict__.get("_decoders")
-        dtype = self.llm.get_input_embeddings().weight.dtype
-        if cached is None or cached.llm is not self.llm or cached.backend != backend or cached.dtype != dtype:
+        if cached is None or cached.llm is not self.llm or cached.backend != backend:
             cached = Decoders(self.llm, backend, max_new_tokens)
             self.__dict__["_decoders"] = cached  # not a submodule: no parameters, not in state_dict
         return cached

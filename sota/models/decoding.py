@@ -255,7 +255,6 @@ class Decoders:
         if backend not in BACKENDS or backend == "eager":
             raise ValueError(f"Decoders serve the static backends ({', '.join(BACKENDS[1:])}); got {backend!r}")
         self.llm, self.backend, self.max_new_tokens = llm, backend, max_new_tokens
-        self.dtype = llm.get_input_embeddings().weight.dtype  # caches are allocated in it
         self._by_batch: dict[int, StaticDecoder] = {}
         self.last: StaticDecoder | None = None
 
