@@ -600,6 +600,22 @@ def test_remeasure_picks_the_reference_and_the_best_point_and_keeps_finished_run
     assert len(launches()) == before + 2  # finished: not run again
 
 
+def test_a_failed_remeasure_is_kept_aside_and_tried_again(fake, tmp_path):
+    from sota.sweep.frontier import parse_objective
+    from sota.sweep.remeasure import remeasure
+
+    sweep, _ = fake
+    sweep({"name": "rem3", "points": [{"size": 2}, {"size": 4}]})
+    objectives = [parse_objective(WER + ":min"), parse_objective(MEM + ":min")]
+    script, root = tmp_path / "fake_run.py", tmp_path / "sweep" / "remeasure" / "official"
+    failed = remeasure(tmp_path / "sweep", "reference", "official", objectives, extra=["fail=exit"], run_py=script)
+    assert failed["rows"][0]["status"] == "failed" and "exited with code 3" in failed["rows"][0]["error"]
+    again = remeasure(tmp_path / "sweep", "reference", "official", objectives, run_py=script)
+    pid = again["rows"][0]["id"]
+    assert again["rows"][0]["status"] == "ok"
+    assert (root / "attempts" / f"{pid}.1" / "stderr.log").read_text().strip()  # the failed try, kept
+
+
 def test_remeasure_evaluates_a_trained_point_from_its_checkpoint(tmp_path):
     from sota.sweep.remeasure import overrides_for
 

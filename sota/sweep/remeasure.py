@@ -12,14 +12,13 @@ numbers. Points are chosen by id (or id prefix), or as:
 A point that trained (task=train) is evaluated from its checkpoint (`task=eval ckpt_path=...`, which rebuilds
 the model it started from); an evaluation point runs its own overrides again. The sweep's `measure.*` settings
 are dropped so the chosen mode's preset applies; `key=value` arguments are added to every run. Runs go to
-DIR/remeasure/<mode>/<id>/ (a finished one is kept, never run again), and DIR/remeasure/<mode>/remeasure.csv
-puts each point's sweep figures beside the new ones.
+DIR/remeasure/<mode>/<id>/: a finished one is kept and never run again, a failed one is moved to
+DIR/remeasure/<mode>/attempts/ before the next try. DIR/remeasure/<mode>/remeasure.csv puts each point's
+sweep figures beside the new ones.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import sys
 from collections.abc import Sequence
@@ -29,8 +28,8 @@ from typing import Any
 from sota.sweep import launch
 from sota.sweep.frontier import Objective, Row, is_ok, number, pareto_front
 from sota.sweep.points import describe
-from sota.sweep.sweepdir import RESULTS, SweepDirError, load_rows, point_dir, read_json
-from sota.utils.io import atomic_write_text
+from sota.sweep.report import write_csv
+from sota.sweep.sweepdir import ATTEMPTS, RESULTS, SweepDirError, load_rows, move_to_attempts, point_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +104,7 @@ def remeasure(sweep_dir: Path, points: str, mode: str, objectives: Sequence[Obje
         run_dir = out_root / row["id"]
         done = read_json(run_dir / RESULTS)
         if done is None or done.get("status") != "ok":
-            if run_dir.exists():
-                # a failed or interrupted attempt: set aside, never overwritten
-                run_dir.rename(run_dir.with_name(f"{row['id']}.failed-{len(list(out_root.glob(row['id'] + '.failed-*')))}"))
+            move_to_attempts(run_dir, out_root / ATTEMPTS, row["id"])  # a failed or interrupted attempt: kept
             cmd = [sys.executable, str(run_py), *overrides_for(row, sweep_dir, mode, extra), f"hydra.run.dir={run_dir}"]
             log.info("remeasure %s (%s): %s", row["id"], mode, " ".join(cmd[2:]))
             end = launch.run_command(cmd, str(launch.ROOT), launch.child_env(None), str(run_dir), timeout_s)
@@ -116,7 +113,7 @@ def remeasure(sweep_dir: Path, points: str, mode: str, objectives: Sequence[Obje
                 done = {"status": "failed", "error": end.describe()}
         table.append(_line(row, done, mode, objectives))
     csv_path = out_root / "remeasure.csv"
-    atomic_write_text(csv_path, _csv(table))
+    write_csv(csv_path, table)
     return {"rows": table, "csv": csv_path}
 
 
@@ -129,11 +126,3 @@ def _line(row: Row, new: dict[str, Any], mode: str, objectives: Sequence[Objecti
         line[f"{mode} {key}"] = number(new_row, key)
     return line
 
-
-def _csv(table: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if table:
-        writer = csv.DictWriter(buf, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    return buf.getvalue()

@@ -142,13 +142,17 @@ def state(sweep_dir: Path, pid: str, entry: Mapping[str, Any] | None) -> str:
 def set_aside(sweep_dir: Path, pid: str) -> Path | None:
     """Move an earlier attempt's run dir to attempts/<id>.<n> so the new attempt starts clean (run.py only
     refuses a finished run dir, but a stale failed results.json must not pass for the new attempt's)."""
-    src = point_dir(sweep_dir, pid)
+    return move_to_attempts(point_dir(sweep_dir, pid), sweep_dir / ATTEMPTS, pid)
+
+
+def move_to_attempts(src: Path, attempts: Path, name: str) -> Path | None:
+    """Move run dir `src`, if it exists, to `attempts`/<name>.<n> (the first free n): kept, never overwritten."""
     if not src.exists():
         return None
     n = 1
-    while (sweep_dir / ATTEMPTS / f"{pid}.{n}").exists():
+    while (attempts / f"{name}.{n}").exists():
         n += 1
-    dst = sweep_dir / ATTEMPTS / f"{pid}.{n}"
+    dst = attempts / f"{name}.{n}"
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(src), str(dst))
     return dst
