@@ -231,7 +231,7 @@ def test_train_compress_evaluate_and_measure_on_cuda(tmp_path, quant):
         f"quant={quant}", "quant.group_size=32", "data.eval_batch_size=4", *RANDOM_ENCODER)
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["status"] == "ok", res["error"]
-    assert res["efficiency"]["device"].startswith("cuda") and res["efficiency"]["tpot_ms"] > 0
+    assert not res["efficiency"]["device"].startswith("cpu") and res["efficiency"]["tpot_ms"] > 0  # the GPU's name
 
 
 def _losses(run_dir):

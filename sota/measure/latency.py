@@ -351,7 +351,9 @@ def _run(model: AudioLLM, clip: Clip, device: str, timer: Timer, warmup: int, it
 
 
 class _TokenCounter:
-    """Counts LLM forwards (one per generated token) through a hook on the output head."""
+    """Counts LLM forwards (one per generated token) through a hook on the output head: eager decoding only.
+    Static decoders count their own steps (graph replays run no hooks), and a hook inside a compiled step
+    would make Dynamo guard on the count and recompile at every call, also while a CUDA graph is captured."""
 
     def __init__(self, model: AudioLLM) -> None:
         base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
@@ -372,7 +374,7 @@ class _TokenCounter:
 
 
 def _e2e(model: AudioLLM, clip: Clip, device: str, timer: Timer, repeats: int, max_new_tokens: int,
-         counter: _TokenCounter, backend: str = "eager",
+         counter: _TokenCounter | None, backend: str = "eager",
          decoders: Decoders | None = None) -> list[tuple[float, int | None]]:
     """Full greedy answers, waveform to text: [(ms, tokens)] for `repeats` timed runs after one warm-up."""
     runs = []
@@ -382,9 +384,10 @@ def _e2e(model: AudioLLM, clip: Clip, device: str, timer: Timer, repeats: int, m
             with probe.region("e2e"):
                 inputs, frames = _features(model, clip, device)
                 _answer(model, inputs, frames, clip.task, max_new_tokens, backend)
-        tokens = counter.take()
-        if decoders is not None and decoders.last is not None:
-            tokens = decoders.last.steps_run  # graph replays run no forward hooks: the loop counts them
+        if decoders is not None:
+            tokens = decoders.last.steps_run if decoders.last is not None else None
+        else:
+            tokens = counter.take() if counter is not None else None
         if i:  # the first run warms up this clip's shapes
             runs.append((probe.samples["e2e"][0], tokens))
             timer.samples["e2e"].append(probe.samples["e2e"][0])
@@ -556,7 +559,7 @@ def measure(model: AudioLLM, cfg_measure: Any, device: str,
     result["backend"] = backend if decoders is not None or backend == "eager" else "eager"
     if backend != "eager" and decoders is None:
         notes.append(f"generate.backend={backend} fell back to eager: {fallback_reason(model.llm)}")
-    counter = _TokenCounter(model)
+    counter = _TokenCounter(model) if decoders is None else None
     timer = Timer(device, sync=proto.sync)
     try:
         with torch.no_grad():
@@ -589,7 +592,8 @@ def measure(model: AudioLLM, cfg_measure: Any, device: str,
     finally:
         if decoders is not None:
             notes.extend(sorted({d.note for d in decoders.all() if d.note}))
-        counter.close()
+        if counter is not None:
+            counter.close()
         model.train(was_training)
         cpu_note = _cpu_load_note(load)  # while cpu_threads is still in force
         torch.set_num_threads(threads)
