@@ -38,6 +38,19 @@ def model():
     return small_model(context_s=2.0).eval()
 
 
+def test_strict_mode_drops_the_decoders_that_evaluation_built(model):
+    """Evaluation's static caches (its batch sizes) are not part of the batch-1 model strict mode measures;
+    official mode, which never resets its peak, keeps them."""
+    evaluation = model.static_decoders("static", 3)
+    evaluation.get(4, 8, 3)
+    latency.measure(model, mcfg("official", iterations=1), "cpu", backend="static")
+    assert model.static_decoders("static", 3) is evaluation
+    latency.measure(model, mcfg("strict", iterations=1, real_clips=0), "cpu", backend="static")
+    after = model.static_decoders("static", 3)
+    assert after is not evaluation and [d.batch_size for d in after.all()] == [1]
+    model.forget_compiled()
+
+
 # ---------------------------------------------------------------------------------------------- timer
 
 def test_summary_statistics():
@@ -377,3 +390,8 @@ def test_strict_peak_memory_is_reset_but_official_keeps_earlier_allocations():
     official = latency.measure(model, mcfg("official", iterations=2), "cuda")
     strict = latency.measure(model, mcfg("strict", iterations=2, real_clips=0), "cuda")
     assert official["peak_memory_mb"] >= 512 > strict["peak_memory_mb"]
+    # static caches built for an evaluation batch of 64 are dropped before strict mode measures batch 1
+    alone = latency.measure(model, mcfg("strict", iterations=2, real_clips=0), "cuda", backend="static")
+    model.static_decoders("static", 3).get(64, 256, 3)
+    after_eval = latency.measure(model, mcfg("strict", iterations=2, real_clips=0), "cuda", backend="static")
+    assert after_eval["peak_memory_mb"] <= alone["peak_memory_mb"] + 1

@@ -555,6 +555,13 @@ def measure(model: AudioLLM, cfg_measure: Any, device: str,
         torch.set_num_threads(int(_get(cfg_measure, "cpu_threads")))
     was_training = model.training
     model.eval()
+    if proto.reset_peak:
+        # Strict mode measures a batch-1 deployment: the static caches and graph pools that evaluation built for
+        # its batch sizes are not part of it, and would otherwise sit inside the measured peak (hundreds of MB).
+        model.forget_compiled()
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
     decoders = model.static_decoders(backend, max_new_tokens)
     result["backend"] = backend if decoders is not None or backend == "eager" else "eager"
     if backend != "eager" and decoders is None:
