@@ -4,6 +4,7 @@
     python sweep.py report DIR [key=value ...]        frontier files of a sweep dir or a Hydra multirun dir
     python sweep.py compare DIR1 DIR2 ... [out=DIR]   several sweeps' frontiers in one picture and table
     python sweep.py remeasure DIR [--points reference,best] [--measure official]   chosen points again, alone
+    python sweep.py paired DIR [--reference ID]       each point's WER minus the reference's, paired bootstrap
 """
 
 import sys
@@ -11,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-TOOLS = ("report", "compare", "remeasure")
+TOOLS = ("report", "compare", "remeasure", "paired")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sweep_config")

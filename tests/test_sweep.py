@@ -655,3 +655,45 @@ def test_remeasure_runs_the_reference_of_a_real_sweep_in_the_official_protocol(s
     res = json.loads(runs[0].read_text())
     assert res["status"] == "ok" and res["efficiency"]["mode"] == "official" and res["config"]["task"] == "eval"
     assert (d / "remeasure" / "official" / "remeasure.csv").is_file()
+
+
+def _answers(run_dir: Path, wrong: set[int], clips: int = 40) -> None:
+    """A finished run whose ASR answers get one word of five wrong on the `wrong` clips."""
+    run_dir.mkdir(parents=True)
+    rows = [{"id": f"asr-{i}", "task": "asr", "references": ["the cook must enter now"],
+             "prediction": "the cook could enter now" if i in wrong else "the cook must enter now"}
+            for i in range(clips)]
+    rows.append({"id": "aac-0", "task": "aac", "references": ["rain"], "prediction": "wind"})
+    (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wer = len(wrong) / (5 * clips)
+    (run_dir / "results.json").write_text(json.dumps({"status": "ok", "metrics": {"asr/wer": wer}}))
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise(tmp_path):
+    from sota.sweep.paired import paired
+
+    _answers(tmp_path / "0_ref", wrong=set(range(20)))
+    _answers(tmp_path / "1_better", wrong=set())
+    _answers(tmp_path / "2_same", wrong=set(range(20)))
+    _answers(tmp_path / "3_one_fewer", wrong=set(range(19)))
+    rows = {r["id"]: r for r in paired(tmp_path, reference="0_")["rows"]}
+    assert rows["1_better"]["wer_delta"] == pytest.approx(-20 / 200) and rows["1_better"]["verdict"] == "better"
+    assert rows["1_better"]["wer_delta_hi"] < 0 and rows["1_better"]["clips"] == 40
+    assert rows["2_same"]["wer_delta"] == 0 and rows["2_same"]["verdict"] == "within noise"
+    assert rows["3_one_fewer"]["wer_delta"] == pytest.approx(-1 / 200)
+    assert rows["3_one_fewer"]["verdict"] == "within noise"  # one clip of 40: the interval straddles zero
+    assert (tmp_path / "paired.csv").read_text().startswith("id,point,reference,clips,wer,wer_delta")
+
+
+def test_paired_cli_names_a_point_without_answers(tmp_path):
+    _answers(tmp_path / "0_ref", wrong={1})
+    (tmp_path / "1_bare").mkdir()
+    (tmp_path / "1_bare" / "results.json").write_text(json.dumps({"status": "ok", "metrics": {"asr/wer": 0.1}}))
+    proc = subprocess.run([sys.executable, "sweep.py", "paired", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "1_bare/predictions.jsonl is missing" in proc.stderr
+    (tmp_path / "1_bare" / "results.json").unlink()
+    shutil.rmtree(tmp_path / "1_bare")
+    proc = subprocess.run([sys.executable, "sweep.py", "paired", str(tmp_path), "--reference", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "| 0_ref |" in proc.stdout and "within noise" in proc.stdout

@@ -1,6 +1,8 @@
 """`python sweep.py report DIR [key=value ...]` and `python sweep.py compare DIR1 DIR2 ... [out=DIR]`: frontier
 files from finished runs, without running anything; `python sweep.py remeasure DIR ...`: chosen points
-evaluated and measured again, alone, in another measurement mode (sota/sweep/remeasure.py). DIR is a sweep dir or any dir of Hydra runs
+evaluated and measured again, alone, in another measurement mode (sota/sweep/remeasure.py); `python sweep.py
+paired DIR`: each point's WER against the reference's on the same clips, with a paired bootstrap interval
+(sota/sweep/paired.py). DIR is a sweep dir or any dir of Hydra runs
 (`multirun/<date>/<time>`). Objectives and report axes come from conf/sweep_config.yaml; a sweep dir's own
 settings (recorded in sweep.json) win over those defaults, and `key=value` overrides win over both."""
 
@@ -66,6 +68,11 @@ def main(argv: Sequence[str]) -> int:
     rem.add_argument("--tolerance", type=float, default=1.10,
                      help="best: primary accuracy within this factor of the reference's (default: 1.10)")
     rem.add_argument("--timeout", type=float, default=None, help="seconds per run (default: none)")
+    pair = sub.add_parser("paired", help="each point's WER minus the reference's, paired bootstrap 95 % interval")
+    pair.add_argument("items", nargs="+", metavar="DIR")
+    pair.add_argument("--reference", default=None, help="id or id prefix (default: the sweep's first point)")
+    pair.add_argument("--draws", type=int, default=10000, help="bootstrap resamples (default: 10000)")
+    pair.add_argument("--seed", type=int, default=0)
     # key=value arguments may also follow the options (`remeasure DIR --points best seed=1`)
     args, rest = parser.parse_known_args(list(argv))
     unknown = [r for r in rest if r.startswith("-") or "=" not in r]
@@ -77,6 +84,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         if args.command == "remeasure":
             return _remeasure(parser, args, dirs, overrides)
+        if args.command == "paired":
+            return _paired(parser, args, dirs, overrides)
         if args.command == "report":
             if len(dirs) != 1:
                 parser.error(f"report takes one DIR, got {len(dirs)}: {dirs}")
@@ -114,3 +123,19 @@ def _remeasure(parser: argparse.ArgumentParser, args: argparse.Namespace, dirs: 
         print(", ".join(f"{k}={v}" for k, v in line.items() if v not in (None, "")))
     print(result["csv"])
     return 0 if all(line["status"] == "ok" for line in result["rows"]) else 1
+
+
+def _paired(parser: argparse.ArgumentParser, args: argparse.Namespace, dirs: list[str], overrides: list[str]) -> int:
+    from sota.sweep.paired import paired
+
+    if len(dirs) != 1 or overrides:
+        parser.error(f"paired takes one DIR and no key=value, got {[*dirs, *overrides]}")
+    result = paired(Path(dirs[0]), args.reference, args.draws, args.seed)
+    print("| id | point | WER | WER - reference [95 % interval] | verdict |\n|---|---|---|---|---|")
+    for r in result["rows"]:
+        delta = "–" if r["wer_delta"] is None else \
+            f"{r['wer_delta']:+.4f} [{r['wer_delta_lo']:+.4f}, {r['wer_delta_hi']:+.4f}]"
+        wer = "–" if r["wer"] is None else f"{r['wer']:.4f}"
+        print(f"| {r['id']} | {r['point']} | {wer} | {delta} | {r['verdict']} |")
+    print(result["csv"])
+    return 0
