@@ -279,15 +279,24 @@ def main(argv: list[str] | None = None) -> int:
     from sota.utils.provenance import device_name, versions
 
     t0 = time.perf_counter()
+
+    def progress(message: str) -> None:
+        # stderr, as each phase ends: a run stopped by a time limit still says how far it got
+        print(f"[bench +{time.perf_counter() - t0:.1f} s] {message}", file=sys.stderr, flush=True)
+
     torch.manual_seed(int(first.get("seed", 0)))
     model, record = build(first, device)
     build_s = time.perf_counter() - t0
+    progress(f"model built and compressed ({footprint(model)['weight_bytes'] / 2**20:.1f} MiB of weights)")
     results: dict[str, dict[str, Any]] = {}
     for backend in backends:
         for mode, cfg in configs.items():
-            results[f"{backend}/{mode}"] = latency.measure(model, cfg.measure, device, backend=backend)
+            r = results[f"{backend}/{mode}"] = latency.measure(model, cfg.measure, device, backend=backend)
+            progress(f"{backend}/{mode}: TTFT {_fmt(r['ttft_ms'], 2)} ms, TPOT {_fmt(r['tpot_ms'], 2)} ms")
     llm_bytes = footprint(model.llm)["weight_bytes"]
     hf_ms = hf_generate_ms_per_token(model, device) if args.hf_generate else None
+    if args.hf_generate:
+        progress(f"transformers generate: {_fmt(hf_ms, 2)} ms/token")
     bandwidth = copy_bandwidth_gbs(device)
     floor_ms = llm_bytes / (bandwidth * 1e9) * 1000 if bandwidth else None
 

@@ -256,7 +256,9 @@ def test_bench_cli_measures_tiny_in_both_modes(tmp_path, capsys):
                        "generate.max_new_tokens=4", "measure.cpu_threads=1", "--backends", "eager,static",
                        "--out", str(out_file)]) == 0
     elapsed = time.perf_counter() - t0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "model built and compressed" in captured.err and "static/strict: TTFT" in captured.err  # progress
     assert ("| backend | mode | timer | TTFT ms (p90) | TPOT ms (p90) | e2e ms (tokens) | RTF | peak memory MB |"
             in printed)
     assert "| eager | official |" in printed and "| static | strict |" in printed
