@@ -20,6 +20,7 @@ import numpy as np
 
 from sota.sweep.frontier import Row, is_ok
 from sota.sweep.points import describe
+from sota.sweep.remeasure import reference_row
 from sota.sweep.report import write_csv
 from sota.sweep.sweepdir import SWEEP_JSON, SweepDirError, load_rows, point_dir
 
@@ -61,10 +62,10 @@ def _run_dir(root: Path, row: Row) -> Path:
     return point_dir(root, row["id"]) if (root / SWEEP_JSON).is_file() else root / row["id"]
 
 
-def _reference(rows: Sequence[Row], prefix: str | None) -> Row:
+def _pick(rows: Sequence[Row], prefix: str | None) -> Row:
     if prefix is None:
-        return min(rows, key=lambda r: (r.get("index", 10 ** 9), r["id"]))
-    picked = [r for r in rows if r["id"] == prefix or r["id"].startswith(prefix)]
+        return reference_row(rows)
+    picked = [r for r in rows if is_ok(r) and (r["id"] == prefix or r["id"].startswith(prefix))]
     if len(picked) != 1:
         raise SweepDirError(f"--reference {prefix!r} matches {len(picked)} finished points; give an id or a "
                             f"unique id prefix (ids: {', '.join(r['id'] for r in rows[:8])} ...)")
@@ -74,10 +75,9 @@ def _reference(rows: Sequence[Row], prefix: str | None) -> Row:
 def paired(directory: Path, reference: str | None = None, draws: int = 10000, seed: int = 0) -> dict[str, Any]:
     if draws < 100:
         raise ValueError(f"--draws must be at least 100, got {draws}")
-    rows = [r for r in load_rows(directory) if is_ok(r)]
-    if not rows:
-        raise SweepDirError(f"{directory} has no finished point")
-    ref_row = _reference(rows, reference)
+    everything = load_rows(directory)
+    ref_row = _pick(everything, reference)
+    rows = [r for r in everything if is_ok(r)]
     ref = clip_errors(_run_dir(directory, ref_row))
     if not ref:
         raise SweepDirError(f"the reference point {ref_row['id']} has no scored ASR answers")

@@ -42,7 +42,8 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def _reference(rows: Sequence[Row]) -> Row:
+def reference_row(rows: Sequence[Row]) -> Row:
+    """The sweep's first point, which every other is compared with; it must have finished."""
     first = min(rows, key=lambda r: (r.get("index", 10 ** 9), r["id"]))
     if not is_ok(first):
         raise SweepDirError(f"the reference point {first['id']} (the sweep's first) did not finish: "
@@ -56,9 +57,9 @@ def select(rows: Sequence[Row], spec: str, objectives: Sequence[Objective], tole
     chosen: dict[str, Row] = {}
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
         if item == "reference":
-            picked = [_reference(rows)]
+            picked = [reference_row(rows)]
         elif item == "best":
-            ref = number(_reference(rows), accuracy.key)
+            ref = number(reference_row(rows), accuracy.key)
             if ref is None:
                 raise SweepDirError(f"the reference point has no {accuracy.key}: 'best' needs it")
             within = (lambda v: v <= ref * tolerance) if accuracy.direction == "min" else (lambda v: v >= ref / tolerance)
