@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(int(first.get("seed", 0)))
     model, record = build(first, device)
     build_s = time.perf_counter() - t0
-    progress(f"model built and compressed ({footprint(model)['weight_bytes'] / 2**20:.1f} MiB of weights)")
+    sizes = footprint(model)
+    progress(f"model built and compressed ({sizes['weight_bytes'] / 2**20:.1f} MiB of weights)")
     results: dict[str, dict[str, Any]] = {}
     for backend in backends:
         for mode, cfg in configs.items():
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         payload = {
             "overrides": list(args.overrides), "device": device_name(device), "build_s": build_s,
-            "model": footprint(model), "llm_weight_bytes": llm_bytes, "compression": record,
+            "model": sizes, "llm_weight_bytes": llm_bytes, "compression": record,
             "hf_generate_ms_per_token": hf_ms, "copy_bandwidth_gbs": bandwidth, "floor_ms_per_token": floor_ms,
             "measure": {mode: as_dict(cfg.measure) for mode, cfg in configs.items()},
             "results": results, "profile": profile, "versions": versions(),

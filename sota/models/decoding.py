@@ -206,9 +206,10 @@ class StaticDecoder:
                 except RuntimeError as err:
                     if not self.compiled:
                         raise
-                    # Seen with torchao int4 on an H200: the call under capture recompiled and Inductor
-                    # autotuned, which synchronises and invalidates the capture. A second capture in the same
-                    # allocator pool then fails too, so the compiled step runs without a graph, and says so.
+                    # A step that recompiles under capture (a guard failed: seen on an H200 when a forward
+                    # hook's counter changed at every call) synchronises, which invalidates the capture. A
+                    # second capture in the same allocator pool then fails too, so the compiled step runs
+                    # without a graph, and says so.
                     torch.cuda.synchronize(self.device)
                     self.note = (f"compiled decode step could not be captured as a CUDA graph ({type(err).__name__}:"
                                  f" {str(err).splitlines()[0][:160]}); it runs compiled, without a graph")
