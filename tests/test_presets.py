@@ -92,6 +92,17 @@ def test_arch_table_covers_every_hub_preset():
     assert {p for p, _ in ENCODERS.values()} | {p for p, _ in LLMS.values()} <= set(ARCHS)
 
 
+def test_the_mini_llm_shape_has_smollm2_135m_parameter_count():
+    """`llm=shape_only llm.arch=bundled:smollm2-135m-instruct` benchmarks `mini`'s LLM without its weights."""
+    from transformers import AutoModelForCausalLM
+
+    from sota.models.meta import arch_config
+
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(arch_config("bundled:smollm2-135m-instruct", key="llm.arch"))
+    assert sum(p.numel() for p in llm.parameters()) == 134_515_008  # SmolLM2-135M-Instruct, tied head
+
+
 def test_connector_maps_large_whisper_into_llama_1b_width(compose_cfg):
     meta = build_on_meta(compose_cfg("encoder=whisper_large_v3", "llm=llama3_2_1b_instruct", "connector=qformer",
                                      NO_PRESET))

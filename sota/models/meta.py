@@ -47,6 +47,10 @@ ARCHS: dict[str, dict[str, Any]] = {
     # base feature extractor (7 convolutions of 512 channels, group norm, 128-wide positional convolution).
     "ALM/hubert-base-audioset": dict(model_type="hubert", hidden_size=768, num_hidden_layers=12,
                                      num_attention_heads=12, intermediate_size=3072),
+    # HuggingFaceTB/SmolLM2-135M-Instruct/config.json, the LLM of `mini` (bundled as a GGUF).
+    "bundled:smollm2-135m-instruct": dict(model_type="llama", vocab_size=49152, hidden_size=576,
+                                          intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                                          num_key_value_heads=3, tie_word_embeddings=True),
     # Qwen/Qwen2.5-0.5B-Instruct/config.json (q/k/v biases come with the qwen2 model type).
     "Qwen/Qwen2.5-0.5B-Instruct": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
                                        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
