@@ -63,7 +63,7 @@ def _generate(c: DictConfig, out: list[str]) -> None:
         out.append(f"generate.num_beams must be >= 1, got {c.num_beams}")
     from sota.models.decoding import validate as validate_backend
 
-    validate_backend(c.get("backend", "eager"), c.num_beams, out)
+    validate_backend(c.get("backend", "eager"), c.num_beams, out, c.get("compare_with"))
 
 
 def _strategy_name(strategy: Any) -> str:

@@ -215,6 +215,8 @@ def run(cfg: DictConfig) -> float | None:
         atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         atomic_write_text(out_dir / "predictions.csv", _csv(rows))
         results["metrics"].update(module.metrics.get("test", {}))
+        if module.agreement is not None:
+            results["agreement"] = module.agreement.summary()
         test_set = dm.datasets["test"]
         tokens = model.connector.tokens_for(model.encoder.frames_for([len(w) for w in test_set.waves]),
                                             model.encoder.total_frames)

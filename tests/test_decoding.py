@@ -139,3 +139,68 @@ def test_static_decoding_under_autocast_keeps_the_models_dtype():
     layer = model.static_decoders("static", 12).last.cache.layers[0]
     assert layer.keys.dtype == layer.values.dtype == torch.float32
     assert static == eager
+
+
+# -- agreement between backends ----------------------------------------------------------------------------
+
+def test_first_difference_counts_a_stop_as_a_token():
+    from sota.models.agreement import first_difference
+
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert first_difference([1, 2], [1, 2, 3]) == 2 and first_difference([], [4]) == 0
+
+
+def test_resolution_is_the_spacing_of_the_logit_dtype_at_the_top_logit():
+    from sota.models.agreement import resolution
+
+    assert resolution(torch.tensor([0.5, -12.0], dtype=torch.bfloat16)) == 8 / 128
+    assert resolution(torch.tensor([3.0], dtype=torch.float32)) == 2 * 2.0 ** -23
+    assert resolution(torch.tensor([3.0], dtype=torch.float32), torch.bfloat16) == 2 / 128  # bf16 hidden states
+
+
+def test_agreement_of_identical_backends_and_the_margin_of_a_planted_divergence():
+    """Static and eager agree on a decisive float32 model; a divergence planted at the runner-up token is
+    found at its position, with the reference forward's margin, far beyond float32's resolution."""
+    from sota.models.agreement import Agreement
+
+    model = decisive_model(6)
+    batch = batch_for(model, [0.4, 2.0, 1.1], ["asr", "aac", "asr"])
+    batch["ids"] = ["a", "b", "c"]
+    eager = model.generate_ids(batch, max_new_tokens=10, backend="eager")
+    static = model.generate_ids(batch, max_new_tokens=10, backend="static")
+    same = Agreement("static", "eager")
+    same.add(model, batch, eager, static)
+    assert static == eager and same.summary()["identical"] == 3 and same.summary()["differ"] == 0
+    row = next(i for i, r in enumerate(eager) if len(r) >= 3)
+    logits = model.next_token_logits(batch, {row: eager[row][:2]})[row]
+    assert int(logits.argmax()) == eager[row][2]  # the reference forward picks the decoded token
+    runner_up = int(logits.topk(2).indices[1])
+    planted = [list(r) for r in eager]
+    planted[row] = eager[row][:2] + [runner_up]
+    found = Agreement("static", "eager")
+    found.add(model, batch, eager, planted)
+    s = found.summary()
+    assert (s["answers"], s["identical"], s["differ"], s["decisive"]) == (3, 2, 1, 1)
+    d = s["divergences"][0]
+    assert (d["id"], d["position"], d["reference_token"], d["token"]) == ("abc"[row], 2, eager[row][2], runner_up)
+    assert d["margin"] == pytest.approx(float(logits[eager[row][2]] - logits[runner_up]))
+    assert d["margin"] > 0 and s["max_margin_resolutions"] > 1e4
+
+
+def test_a_divergence_within_a_few_steps_of_the_resolution_is_a_near_tie():
+    from sota.models.agreement import NEAR_TIE_RESOLUTIONS, Divergence
+
+    assert Divergence("x", 0, 1, 2, margin=-0.25, resolution=1 / 16).near_tie
+    assert not Divergence("x", 0, 1, -1, margin=(NEAR_TIE_RESOLUTIONS + 1) / 16, resolution=1 / 16).near_tie
+
+
+def test_compare_with_must_be_another_greedy_backend():
+    out = []
+    validate("static", 1, out, compare_with="static")
+    validate("eager", 1, out, compare_with="fast")
+    validate("eager", 4, out, compare_with="static")
+    validate("compiled", 1, out, compare_with="eager")
+    assert len(out) == 3
+    assert "another backend than generate.backend=static (eager, compiled); got 'static'" in out[0]
+    assert "got 'fast'" in out[1] and "needs generate.num_beams=1 (got 4)" in out[-1]

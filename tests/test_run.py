@@ -234,6 +234,31 @@ def test_train_compress_evaluate_and_measure_on_cuda(tmp_path, quant):
     assert not res["efficiency"]["device"].startswith("cpu") and res["efficiency"]["tpot_ms"] > 0  # the GPU's name
 
 
+def test_compare_with_records_where_two_backends_agree(trained, tmp_path):
+    run(tmp_path, "backend=static", "quant=bf16", "generate.compare_with=eager", "data.eval_batch_size=4",
+        "measure=none")
+    res = json.loads((tmp_path / "results.json").read_text())
+    a = res["agreement"]
+    assert (a["backend"], a["reference"], a["answers"]) == ("static", "eager", 4)
+    assert a["identical"] + a["differ"] == 4 and a["decisive"] == 0, a["divergences"]
+    assert "agreement" not in json.loads((trained / "results.json").read_text())  # only when asked for
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["static", "compiled"])
+def test_graphed_backends_agree_with_eager_on_the_synthetic_test_split_in_bf16(tmp_path, backend):
+    """Trained on the GPU, cast to bf16, the whole synthetic test split decoded by both backends: every answer
+    equals eager's or departs from it at a near-tie (sota.models.agreement)."""
+    run(tmp_path, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed", "trainer.max_steps=300",
+        "trainer.limit_test_batches=1.0", "quant=bf16", f"backend={backend}", "generate.compare_with=eager",
+        "measure=none", *RANDOM_ENCODER)
+    res = json.loads((tmp_path / "results.json").read_text())
+    a = res["agreement"]
+    assert a["answers"] == res["data"]["test"] > 0
+    assert a["decisive"] == 0, a["divergences"][:5]
+
+
 def _losses(run_dir):
     import csv
 

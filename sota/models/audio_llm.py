@@ -114,26 +114,31 @@ class AudioLLM(nn.Module):
         self.__dict__.pop("_decoders", None)
         self.__dict__.pop("_compiled_llm", None)
 
-    @torch.no_grad()
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 64, num_beams: int = 1,
                  backend: str = "eager", **kwargs: Any) -> list[str]:
-        """Greedy or beam answers, computed in the model's own dtypes: Lightning's bf16-mixed autocast is off
-        here, so evaluation decodes the model as it is deployed and as it is measured (layers kept in float32,
-        such as a skipped lm_head, stay float32)."""
+        """Greedy or beam answers, one string per clip (see `generate_ids`)."""
+        rows = self.generate_ids(batch, max_new_tokens, num_beams, backend, **kwargs)
+        return [self.prompt.decode(row) for row in rows]
+
+    @torch.no_grad()
+    def generate_ids(self, batch: dict[str, Any], max_new_tokens: int = 64, num_beams: int = 1,
+                     backend: str = "eager", **kwargs: Any) -> list[list[int]]:
+        """Answer token ids per clip, cut before the first stop token. Computed in the model's own dtypes:
+        Lightning's bf16-mixed autocast is off here, so evaluation decodes the model as it is deployed and as
+        it is measured (layers kept in float32, such as a skipped lm_head, stay float32)."""
         device = next(self.llm.parameters()).device
         with torch.autocast(device.type, enabled=False):
-            return self._generate(batch, max_new_tokens, num_beams, backend, **kwargs)
+            return self._generate_ids(batch, max_new_tokens, num_beams, backend, **kwargs)
 
-    def _generate(self, batch: dict[str, Any], max_new_tokens: int, num_beams: int, backend: str,
-                  **kwargs: Any) -> list[str]:
+    def _generate_ids(self, batch: dict[str, Any], max_new_tokens: int, num_beams: int, backend: str,
+                      **kwargs: Any) -> list[list[int]]:
         embeds, mask = self.audio_embeds(batch)
         inputs = self.assemble(embeds, mask, batch["tasks"])
         decoders = self.static_decoders(backend, max_new_tokens) if num_beams == 1 else None
         if decoders is not None:
             attn = inputs["attention_mask"]
-            rows = decoders.get(attn.shape[0], attn.shape[1], max_new_tokens).generate(
+            return decoders.get(attn.shape[0], attn.shape[1], max_new_tokens).generate(
                 inputs["inputs_embeds"], attn, max_new_tokens, self.prompt.stop_ids)
-            return [self.prompt.decode(row) for row in rows]
         out = self.llm.generate(
             inputs_embeds=inputs["inputs_embeds"],
             attention_mask=inputs["attention_mask"],
@@ -144,4 +149,23 @@ class AudioLLM(nn.Module):
             pad_token_id=self.tokenizer.pad_token_id,
             **kwargs,
         )
-        return [self.prompt.decode(row.tolist()) for row in out]
+        stop = set(self.prompt.stop_ids)
+        rows = out.tolist()
+        return [row[:next((j for j, t in enumerate(row) if t in stop), len(row))] for row in rows]
+
+    @torch.no_grad()
+    def next_token_logits(self, batch: dict[str, Any], prefixes: dict[int, list[int]]) -> dict[int, torch.Tensor]:
+        """For each row i of `batch`, the logits after its prompt and the answer tokens `prefixes[i]`: one
+        uncached forward over the unpadded sequence, in the model's own dtypes (a reference computation
+        independent of any decoding backend's cache, masks and kernels)."""
+        device = next(self.llm.parameters()).device
+        with torch.autocast(device.type, enabled=False):
+            embeds, mask = self.audio_embeds(batch)
+            inputs = self.assemble(embeds, mask, batch["tasks"])
+            table = self.llm.get_input_embeddings()
+            out = {}
+            for i, prefix in prefixes.items():
+                prompt = inputs["inputs_embeds"][i, inputs["attention_mask"][i].bool()]
+                answer = table(torch.tensor(prefix, dtype=torch.long, device=prompt.device)).to(prompt.dtype)
+                out[i] = self.llm(inputs_embeds=torch.cat([prompt, answer])[None], use_cache=False).logits[0, -1]
+            return out

@@ -6,8 +6,9 @@
   and the one-token decode step are each captured once as a CUDA graph and replayed, so a token costs one
   graph launch instead of hundreds of kernel launches.
 - `compiled`: `static` with the decode step compiled by TorchInductor first (fused norms, rotary and
-  elementwise kernels: fewer kernels inside the graph). The prefill is graphed but not compiled: every
-  prompt-length bucket would otherwise compile anew.
+  elementwise kernels: fewer kernels inside the graph; at batch 1 tuned matrix-vector reductions, see
+  `BATCH1_INDUCTOR_OPTIONS`). The prefill is graphed but not compiled: every prompt-length bucket would
+  otherwise compile anew.
 
 The loop is owned here rather than driven through `generate(inputs_embeds=...)`: generate keeps references to
 step outputs across steps, which CUDA-graph replay overwrites. Every input of a captured step lives in a
@@ -43,12 +44,20 @@ BUCKET = 32          # prompt lengths are padded up to a multiple of this: one p
 BATCH1_INDUCTOR_OPTIONS = {"coordinate_descent_tuning": True}
 
 
-def validate(backend: Any, num_beams: Any, out: list[str]) -> None:
+def validate(backend: Any, num_beams: Any, out: list[str], compare_with: Any = None) -> None:
     if backend not in BACKENDS:
         out.append(f"generate.backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     elif backend != "eager" and num_beams != 1:
         out.append(f"generate.backend={backend} decodes greedily: it needs generate.num_beams=1 "
                    f"(got {num_beams}); beam search runs with generate.backend=eager")
+    if compare_with is None:
+        return
+    others = [b for b in BACKENDS if b != backend]
+    if compare_with not in others:
+        out.append(f"generate.compare_with must be null or another backend than generate.backend={backend} "
+                   f"({', '.join(others)}); got {compare_with!r}")
+    elif num_beams != 1:
+        out.append(f"generate.compare_with compares greedy answers: it needs generate.num_beams=1 (got {num_beams})")
 
 
 def _base(llm: nn.Module) -> nn.Module:

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from sota.metrics.scoring import score_predictions
+from sota.models.agreement import Agreement
 from sota.models.audio_llm import AudioLLM
 
 
@@ -23,6 +24,9 @@ class AudioLLMModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.generate_kwargs = dict(generate or {})
+        # A second backend that decodes the test split too, for the agreement record (sota.models.agreement).
+        self.compare_with: str | None = self.generate_kwargs.pop("compare_with", None)
+        self.agreement: Agreement | None = None
         self.run_config = run_config or {}
         self.vocabulary = vocabulary or []
         self.compression = compression or {}
@@ -52,7 +56,11 @@ class AudioLLMModule(L.LightningModule):
 
     # -- evaluation -------------------------------------------------------------------------------------
     def _generate(self, batch: dict[str, Any], split: str) -> None:
-        preds = self.model.generate(batch, **self.generate_kwargs)
+        answers = self.model.generate_ids(batch, **self.generate_kwargs)
+        preds = [self.model.prompt.decode(ids) for ids in answers]
+        if split == "test" and self.agreement is not None:
+            reference = self.model.generate_ids(batch, **{**self.generate_kwargs, "backend": self.compare_with})
+            self.agreement.add(self.model, batch, reference, answers)
         rows = self.predictions.setdefault(split, [])
         for i, pred in enumerate(preds):
             rows.append({"id": batch["ids"][i], "task": batch["tasks"][i], "prediction": pred,
@@ -76,6 +84,8 @@ class AudioLLMModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.predictions["test"] = []
+        if self.compare_with is not None:
+            self.agreement = Agreement(self.generate_kwargs.get("backend", "eager"), self.compare_with)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._generate(batch, "test")
