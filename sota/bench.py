@@ -1,6 +1,7 @@
 """Benchmark one configuration's speed and memory, in the official protocol and in strict mode.
 
     python -m sota.bench [hydra overrides ...] [--modes official,strict] [--backends eager,compiled] [--out FILE]
+    python -m sota.bench --summarize FILE.json [FILE.json ...]
 
 Composes the config from the repo's conf/ (the same groups as run.py), builds the model with random or
 pretrained weights (speed does not depend on weight values, so no corpus and no training are needed),
@@ -158,6 +159,34 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _label(overrides: list[str]) -> str:
+    """What a benchmark measured, from its overrides: the LLM shape or preset, else the model preset."""
+    values = dict(o.lstrip("+").partition("=")[::2] for o in overrides if "=" in o)
+    return values.get("llm.arch") or values.get("llm") or values.get("model") or "(defaults)"
+
+
+def summarize(paths: list[Path]) -> str:
+    """One markdown row per benchmark file and backend (strict mode where measured): the study table of
+    several `--out` files, e.g. a model's shapes x quantization modes."""
+    rows = ["| model | quant | backend | TTFT ms | TPOT ms | floor ms | TPOT / floor | transformers generate ms "
+            "| peak memory MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        quant = ((data.get("compression") or {}).get("quant") or {}).get("mode", "none")
+        floor, hf = data.get("floor_ms_per_token"), data.get("hf_generate_ms_per_token")
+        by_backend: dict[str, dict[str, Any]] = {}
+        for key, r in data["results"].items():
+            backend, _, mode = key.rpartition("/")
+            if backend not in by_backend or mode == "strict":
+                by_backend[backend] = r
+        for backend, r in by_backend.items():
+            ratio = r["tpot_ms"] / floor if floor and r.get("tpot_ms") else None
+            rows.append(f"| {_label(data.get('overrides', []))} | {quant} | {backend} | {_fmt(r.get('ttft_ms'), 2)} "
+                        f"| {_fmt(r.get('tpot_ms'), 2)} | {_fmt(floor, 3)} | {_fmt(ratio, 2)} | {_fmt(hf, 2)} "
+                        f"| {_fmt(r.get('peak_memory_mb'))} |")
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def copy_bandwidth_gbs(device: str, nbytes: int = 2 ** 30, repeats: int = 10) -> float | None:
@@ -250,7 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, metavar="BACKEND",
                         help="print the kernels of one decode step of this static backend (its step without "
                              "the CUDA graph, under torch.profiler), 20 steps after a 100-token prompt")
+    parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="print one table of earlier --out files (one row per file and backend) and exit")
     args = parser.parse_intermixed_args(argv)
+    if args.summarize:
+        missing = [str(p) for p in args.summarize if not p.is_file()]
+        if missing:
+            parser.error(f"--summarize: no such file: {', '.join(missing)}")
+        print(summarize(args.summarize))
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     picked = [m for m in (_selects_measure(o) for o in args.overrides) if m]
