@@ -160,6 +160,13 @@ def test_resolution_is_the_spacing_of_the_logit_dtype_at_the_top_logit():
     assert resolution(torch.tensor([3.0], dtype=torch.float32), torch.bfloat16) == 2 / 128  # bf16 hidden states
 
 
+def test_the_compute_dtype_is_the_least_precise_of_the_parameters():
+    from sota.models.agreement import coarsest_dtype
+
+    mixed = torch.nn.Sequential(torch.nn.Linear(2, 2).to(torch.bfloat16), torch.nn.Linear(2, 2))
+    assert coarsest_dtype(mixed) == torch.bfloat16 and coarsest_dtype(torch.nn.Linear(2, 2)) == torch.float32
+
+
 def test_agreement_of_identical_backends_and_the_margin_of_a_planted_divergence():
     """Static and eager agree on a decisive float32 model; a divergence planted at the runner-up token is
     found at its position, with the reference forward's margin, far beyond float32's resolution."""

@@ -61,6 +61,13 @@ def resolution(logits: torch.Tensor, compute_dtype: torch.dtype | None = None) -
     return eps * 2.0 ** math.floor(math.log2(max(top, torch.finfo(torch.float32).tiny)))
 
 
+def coarsest_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The least precise floating dtype among `module`'s parameters: bf16 decoder layers under a float32
+    output layer and embedding table (quant=bf16 skips them) compute in bf16."""
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    return max(dtypes, key=lambda d: torch.finfo(d).eps, default=torch.float32)
+
+
 class Agreement:
     """Answers of `backend` against those of `reference` on the same batches."""
 
@@ -77,7 +84,7 @@ class Agreement:
             return
         logits = model.next_token_logits(batch, {i: reference_rows[i][:t] for i, t in firsts.items()})
         stops = model.prompt.stop_ids
-        compute_dtype = model.llm.get_input_embeddings().weight.dtype
+        compute_dtype = coarsest_dtype(model.llm)
         for i, t in firsts.items():
             row_logits = logits[i]
             ref_tok = reference_rows[i][t] if t < len(reference_rows[i]) else -1
