@@ -63,6 +63,24 @@ def test_wandb_writes_an_offline_run_with_the_summary(trained):
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
 
 
+def test_wandb_summary_holds_the_numbers_of_metrics_model_and_agreement(monkeypatch):
+    import wandb
+
+    from sota.tasks import _close_wandb
+
+    class Run:
+        summary: dict = {}
+
+    finished = []
+    monkeypatch.setattr(wandb, "run", Run())
+    monkeypatch.setattr(wandb, "finish", lambda exit_code: finished.append(exit_code))
+    _close_wandb(None, {"status": "ok", "metrics": {"asr/wer": 0.1, "aac/spider_note": "text"},
+                        "model": {"weight_bytes": 10}, "agreement": {"backend": "static", "decisive": 0,
+                                                                    "divergences": []}})
+    assert Run.summary == {"test/asr/wer": 0.1, "model/weight_bytes": 10, "agreement/decisive": 0, "status": "ok"}
+    assert finished == [0]
+
+
 def test_predictions_are_saved(trained):
     rows = [json.loads(line) for line in (trained / "predictions.jsonl").read_text().splitlines()]
     assert {r["task"] for r in rows} == {"asr", "aac"}
