@@ -10,7 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from sota.models.connector import WindowQFormer
-from sota.models.decoding import Decoders, fallback_reason
+from sota.models.decoding import Decoders, cut_at_stop, fallback_reason
 from sota.models.encoder import AudioEncoder
 from sota.models.prompt import PromptBuilder
 
@@ -149,9 +149,7 @@ class AudioLLM(nn.Module):
             pad_token_id=self.tokenizer.pad_token_id,
             **kwargs,
         )
-        stop = set(self.prompt.stop_ids)
-        rows = out.tolist()
-        return [row[:next((j for j, t in enumerate(row) if t in stop), len(row))] for row in rows]
+        return cut_at_stop(out.tolist(), self.prompt.stop_ids)  # generate pads rows that stopped early
 
     @torch.no_grad()
     def next_token_logits(self, batch: dict[str, Any], prefixes: dict[int, list[int]]) -> dict[int, torch.Tensor]:

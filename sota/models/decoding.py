@@ -60,6 +60,12 @@ def validate(backend: Any, num_beams: Any, out: list[str], compare_with: Any = N
         out.append(f"generate.compare_with compares greedy answers: it needs generate.num_beams=1 (got {num_beams})")
 
 
+def cut_at_stop(rows: list[list[int]], stop_ids: list[int]) -> list[list[int]]:
+    """Each row of generated ids up to (not including) its first stop token."""
+    stop = set(stop_ids)
+    return [row[:next((j for j, t in enumerate(row) if t in stop), len(row))] for row in rows]
+
+
 def _base(llm: nn.Module) -> nn.Module:
     return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
 
@@ -261,9 +267,7 @@ class StaticDecoder:
                 break
             tokens.append(self.step().clone())
         self.steps_run = len(tokens)
-        rows = torch.stack(tokens, 1).tolist()
-        stop = set(stop_ids)
-        return [row[:next((j for j, t in enumerate(row) if t in stop), len(row))] for row in rows]
+        return cut_at_stop(torch.stack(tokens, 1).tolist(), stop_ids)
 
 
 class Decoders:
