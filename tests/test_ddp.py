@@ -44,6 +44,7 @@ def runs(tmp_path_factory):
     return root / "ddp", root / "single"
 
 
+@pytest.mark.slow  # two processes training, then an evaluation: about 50 s for both tests
 def test_ddp_trains_on_two_processes_and_rank_zero_alone_writes_results(runs):
     ddp, single = runs
     assert sorted(ddp.parent.rglob("results.json")) == [ddp / "results.json", single / "results.json"]
@@ -59,6 +60,7 @@ def test_ddp_trains_on_two_processes_and_rank_zero_alone_writes_results(runs):
         assert set(res if part is None else res[part]) == set(one if part is None else one[part]), part
 
 
+@pytest.mark.slow  # two processes training, then an evaluation: about 50 s for both tests
 def test_ddp_scores_the_whole_test_split_once_as_one_process_would(runs):
     ddp, single = runs
     res, one = (json.loads((d / "results.json").read_text()) for d in runs)

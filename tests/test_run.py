@@ -169,6 +169,7 @@ def test_compressed_run_records_compression_and_evaluates_identically(tmp_path):
     assert preds == preds2
 
 
+@pytest.mark.slow  # four runs of run.py, about a minute
 def test_init_from_compresses_a_trained_model_before_and_after_recovery(trained, tmp_path):
     """init_from: the trained model is the start; eval compresses it untrained, train recovers it, and a
     checkpoint of the recovery evaluates to the same predictions (the starting model is rebuilt first)."""
