@@ -37,9 +37,15 @@ SAMPLE_S = 3.0                   # seconds of the noise clips that calibrate pru
 
 # ---------------------------------------------------------------------------------------------- config
 
-def _selects_measure(override: str) -> str | None:
-    """The option of a `measure=X` group override (also `+measure=X`, `++measure=X`), else None."""
+def _key_value(override: str) -> tuple[str, str]:
+    """`key=value` (also `+key=value`, `++key=value`) as its key and value; no `=`: the override and ""."""
     key, _, value = override.lstrip("+").partition("=")
+    return key, value
+
+
+def _selects_measure(override: str) -> str | None:
+    """The option of a `measure=X` group override, else None."""
+    key, value = _key_value(override)
     return value if key == "measure" and value else None
 
 
@@ -161,7 +167,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 def _label(overrides: list[str]) -> str:
     """What a benchmark measured, from its overrides: the LLM shape or preset, else the model preset."""
-    values = dict(o.lstrip("+").partition("=")[::2] for o in overrides if "=" in o)
+    values = dict(_key_value(o) for o in overrides if "=" in o)
     return values.get("llm.arch") or values.get("llm") or values.get("model") or "(defaults)"
 
 

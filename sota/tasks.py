@@ -290,10 +290,10 @@ def _close_wandb(logger: Any, results: dict[str, Any]) -> None:
         import wandb
 
         if wandb.run is not None:
-            flat = {f"test/{k}": v for k, v in results["metrics"].items() if isinstance(v, (int, float))}
-            flat.update({f"model/{k}": v for k, v in results["model"].items() if isinstance(v, (int, float))})
-            flat.update({f"agreement/{k}": v for k, v in (results.get("agreement") or {}).items()
-                         if isinstance(v, (int, float))})
+            sections = {"test": results["metrics"], "model": results["model"],
+                        "agreement": results.get("agreement") or {}}
+            flat = {f"{prefix}/{k}": v for prefix, section in sections.items() for k, v in section.items()
+                    if isinstance(v, (int, float))}
             wandb.run.summary.update({**flat, "status": results["status"]})
             wandb.finish(exit_code=0 if results["status"] == "ok" else 1)
     except Exception as err:  # the local results.json is the source of truth
