@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sota.compress import pipeline, prune
 from sota.config import ConfigError, as_dict, validate
-from sota.data.datamodule import AudioDataModule
+from sota.data.datamodule import REAL, AudioDataModule
 from sota.measure import latency
 from sota.measure.footprint import footprint, peak_rss_mb
 from sota.measure.throughput import TrainThroughput
@@ -138,6 +138,44 @@ def _vocabulary(dm: AudioDataModule, *checkpoints: dict[str, Any] | None) -> lis
     return sorted(dm.vocabulary())
 
 
+def _recorded_audio(cfg: DictConfig, *checkpoints: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """What the first given checkpoint was trained with (encoder context, token rate), and notes. The encoder
+    is built with the trained context whatever `encoder.context_s` says: a model trained on 5 s windows has
+    never seen a 30 s encoding, and clips longer than its context are encoded in chunks of it instead."""
+    for ckpt in checkpoints:
+        record = (ckpt or {}).get("sota_audio")
+        if not record:
+            continue
+        notes = []
+        trained = record.get("context_s")
+        if trained is not None and abs(float(trained) - float(cfg.encoder.context_s)) > 1e-9:
+            notes.append(f"encoder.context_s={cfg.encoder.context_s} replaced by the checkpoint's trained context "
+                         f"{trained} s (longer clips are encoded in chunks of it)")
+            log.warning(notes[-1])
+            OmegaConf.update(cfg, "encoder.context_s", float(trained), force_add=False)
+        return dict(record), notes
+    return {"context_s": float(cfg.encoder.context_s)}, []
+
+
+def _evaluate_real(trainer: L.Trainer, module: AudioLLMModule, dm: AudioDataModule, out_dir: Path,
+                   results: dict[str, Any]) -> None:
+    """Score the real-speech set (data.real_test) beside the test split: metrics under `real/`."""
+    if not dm.has_real():
+        results["metrics"]["real/note"] = dm.real_note
+        return
+    t0 = time.perf_counter()
+    module.test_split = REAL
+    try:
+        trainer.test(module, dataloaders=dm.real_dataloader(), verbose=False)
+    finally:
+        module.test_split = "test"
+    rows = module.predictions.get(REAL, [])
+    atomic_write_text(out_dir / "predictions_real.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    results["metrics"].update({f"real/{k}": v for k, v in module.metrics.get(REAL, {}).items()})
+    results["metrics"]["real/manifest"] = str(dm.manifests()[REAL])
+    results["timing"]["real_eval_s"] = time.perf_counter() - t0
+
+
 def run(cfg: DictConfig) -> float | None:
     """Build, train (task=train), evaluate and measure one configuration; always leaves a results.json."""
     out_dir = Path(cfg.paths.output_dir)
@@ -145,7 +183,8 @@ def run(cfg: DictConfig) -> float | None:
     validate(cfg)
     results: dict[str, Any] = {
         "status": "failed", "error": None, "config": as_dict(cfg),
-        "metrics": {"asr/wer": None, "aac/cider_d": None, "aac/spider": None},
+        "metrics": {"asr/wer": None, "aac/cider_d": None, "aac/spider": None, "real/asr/wer": None,
+                    "real/asr/cer": None},
         "model": {}, "efficiency": {}, "compression": {}, "timing": {"train_s": None, "eval_s": None},
         "data": {}, "provenance": {"git_sha": git_sha(), "seed": int(cfg.seed), "versions": versions()},
     }
@@ -159,6 +198,8 @@ def run(cfg: DictConfig) -> float | None:
         evaluated = pipeline.read_checkpoint(cfg.ckpt_path) if cfg.task == "eval" and cfg.ckpt_path else None
         init_path = cfg.get("init_from") or _trained_from(cfg, evaluated)
         init = pipeline.read_checkpoint(init_path) if init_path else None
+        audio, notes = _recorded_audio(cfg, evaluated, init)
+        results["data"]["notes"] = notes
         words = _vocabulary(dm, evaluated, init)
         model = build_model(cfg, words)
         init_record = pipeline.load_trained(model, init_path, init) if init is not None else None
@@ -186,7 +227,7 @@ def run(cfg: DictConfig) -> float | None:
         model.to(device)
         module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                                 generate=as_dict(cfg.generate), run_config=results["config"], vocabulary=words,
-                                compression=record)
+                                compression=record, audio=audio)
         results["timing"]["setup_s"] = time.perf_counter() - t0
 
         if cfg.task == "train":
@@ -217,9 +258,11 @@ def run(cfg: DictConfig) -> float | None:
         results["metrics"].update(module.metrics.get("test", {}))
         if module.agreement is not None:
             results["agreement"] = module.agreement.summary()
+        _evaluate_real(trainer, module, dm, out_dir, results)
+        model.to(device)
         test_set = dm.datasets["test"]
-        tokens = model.connector.tokens_for(model.encoder.frames_for([len(w) for w in test_set.waves]),
-                                            model.encoder.total_frames)
+        lengths = [len(w) for w in test_set.waves]
+        tokens = model.connector.tokens_for(model.encoder.frames_for(lengths), model.encoder.padded_frames(lengths))
         results["model"] = {**footprint(model), "audio_tokens": int(tokens.max()),
                             "audio_tokens_mean": float(tokens.float().mean())}
         # The run's own peak (training included) is read before measuring: strict mode resets the counters.
@@ -233,8 +276,12 @@ def run(cfg: DictConfig) -> float | None:
             results["efficiency"] = {**results["efficiency"], **measured}
         results["efficiency"]["run_peak_memory_mb"] = run_peak
         results["timing"]["measure_s"] = time.perf_counter() - t2 - results["timing"]["eval_s"]
-        results["data"] = {"train": len(dm.datasets["train"]) if "train" in dm.datasets else 0,
-                           "test": len(test_set), "skipped": len(dm.skipped), "skipped_files": dm.skipped[:50]}
+        results["data"].update({
+            "train": len(dm.datasets["train"]) if "train" in dm.datasets else 0, "test": len(test_set),
+            "real": len(dm.datasets[REAL]) if REAL in dm.datasets else 0, "skipped": len(dm.skipped),
+            "skipped_files": dm.skipped[:50], "speakers": module.audio.get("speakers"),
+            "chunked": dict(dm.chunked), "context_s": float(model.encoder.context_s),
+            "tokens_per_s": module.audio.get("tokens_per_s")})
         results["status"] = "ok"
     except BaseException as err:
         results["error"] = f"{type(err).__name__}: {err}"

@@ -19,8 +19,9 @@ SMALL_WHISPER = dict(d_model=64, encoder_layers=1, encoder_attention_heads=4, en
 
 # The smallest corpus a run accepts: enough clips for CIDEr-D's document frequencies.
 SMALL_CORPUS = [
-    "data.source.spec.asr_train=24", "data.source.spec.asr_val=4", "data.source.spec.asr_test=6",
-    "data.source.spec.aac_train=12", "data.source.spec.aac_val=4", "data.source.spec.aac_test=4",
+    "corpus.asr_train=24", "corpus.asr_val=4", "corpus.asr_test=6",
+    "corpus.aac_train=12", "corpus.aac_val=4", "corpus.aac_test=4",
+    "data.max_eval_samples=8",  # also caps the real-speech set (data.real_test) scored in every run
 ]
 
 

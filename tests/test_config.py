@@ -49,7 +49,7 @@ def test_model_preset_can_be_refined_per_group(compose_cfg):
 
 def test_encoder_context_follows_the_corpus(compose_cfg):
     cfg = compose_cfg("data.max_clip_s=4.0")
-    assert cfg.encoder.context_s == 4.0 and cfg.data.source.spec.max_clip_s == 4.0
+    assert cfg.encoder.context_s == 4.0 and cfg.corpus.max_clip_s == 4.0
 
 
 def test_validation_reports_every_problem_at_once(compose_cfg):

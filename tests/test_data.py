@@ -89,7 +89,10 @@ def test_encode_clips_returns_half_precision_frames_and_leaves_the_encoder_where
     enc = _encoder()
     waves = [np.random.default_rng(i).standard_normal(8000 * (i + 1)).astype(np.float32) * 0.1 for i in range(3)]
     feats = encode_clips(enc, waves, batch_size=2)
-    assert feats.shape == (3, 50, 64) and feats.dtype == torch.float16
+    # the 1.5 s clip is two chunks of the 1 s context, so every clip gets two chunks' frames
+    assert feats.shape == (3, 100, 64) and feats.dtype == torch.float16
+    # the shorter clips' padding chunk is zeros: the second chunk of the 0.5 and 1 s clips holds no audio
+    assert feats[:2, 50:].abs().max() == 0 and feats[2, 50:].abs().max() > 0
     assert next(enc.parameters()).device.type == "cpu"
 
 

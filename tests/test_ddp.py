@@ -17,7 +17,7 @@ from sota.config import ConfigError, validate
 # The tiny preset shrunk to seconds. The test split has 9 clips (odd: a distributed sampler over two processes
 # would pad it with a repeated clip) in batches of 4; min_new_tokens keeps the 4-step model's answers non-empty.
 BASE = ["measure=none", "trainer.max_steps=4", "++trainer.limit_val_batches=1",
-        "++trainer.enable_progress_bar=false", "data.max_clip_s=5.0", *SMALL_CORPUS, "data.source.spec.asr_test=5",
+        "++trainer.enable_progress_bar=false", "data.max_clip_s=5.0", *SMALL_CORPUS, "corpus.asr_test=5",
         "data.batch_size=4", "data.eval_batch_size=4", "++generate.min_new_tokens=4", "generate.max_new_tokens=6"]
 
 

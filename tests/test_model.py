@@ -33,13 +33,26 @@ def batch_for(model, seconds, tasks, answers=None):
     return b
 
 
-def test_context_trim_shortens_whisper_input():
+def test_context_trim_shortens_whisper_input_and_longer_clips_are_encoded_in_chunks():
     model = small_model(context_s=2.0)
     assert model.encoder.total_frames == 100
     b = batch_for(model, [1.0, 3.0], ["asr", "aac"])
-    assert b["encoder_inputs"]["mel"].shape[-1] == 200  # 3 s clip truncated to the 2 s context
-    assert b["num_frames"].tolist() == [50, 100]
-    assert model.encoder(**b["encoder_inputs"]).shape == (2, 100, 64)
+    # the 3 s clip is two chunks of the 2 s context; the 1 s clip gets a silent second chunk
+    assert tuple(b["encoder_inputs"]["mel"].shape) == (2, 2, 80, 200)
+    assert b["num_frames"].tolist() == [50, 150]
+    hidden = model.encoder(**b["encoder_inputs"])
+    assert hidden.shape == (2, 200, 64)
+    # a chunk's frames are the encoding of that stretch of audio alone, so the clip's first 2 s and its
+    # last second encode as they would as clips of their own
+    wave = np.random.default_rng(1).standard_normal(48000).astype(np.float32) * 0.1
+    with torch.no_grad():
+        first = model.encoder(**model.encoder.featurize([wave[:32000]]))
+        last = model.encoder(**model.encoder.featurize([wave[32000:]]))
+        assert torch.allclose(hidden[1, :100], first[0], atol=1e-5)
+        assert torch.allclose(hidden[1, 100:], last[0], atol=1e-5)
+    # every frame of audio reaches the connector: 150 valid frames -> 9 windows of 17 frames
+    embeds, mask = model.audio_embeds(b)
+    assert mask.sum(1).tolist() == [3, 9]
 
 
 def test_context_must_be_whole_frames():

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sota.data import grammar, scenes, synthetic, tts
+from sota.data import grammar, real_sounds, scenes, sentences, synthetic, tts
+from sota.data import voices as voice_pool
 from sota.data.synthetic import SyntheticCorpusSpec, build_corpus, fingerprint
 
 SMALL = SyntheticCorpusSpec(seed=3, asr_train=8, asr_val=3, asr_test=4, aac_train=4, aac_val=2, aac_test=3,
                             max_clip_s=4.0)
 WORDS_ONLY = re.compile(r"^[a-z]+( [a-z]+)*$")
+TRANSCRIPT = re.compile(r"^[a-z']+( [a-z']+)*$")
 
 
 def _rows(manifest: Path) -> list[dict]:
@@ -27,7 +29,7 @@ def _rows(manifest: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], dict[str, Path]]:
-    first = build_corpus(SMALL, tmp_path_factory.mktemp("a"), workers=2)  # scenes made by a helper process
+    first = build_corpus(SMALL, tmp_path_factory.mktemp("a"), workers=2)  # shards built by two worker processes
     second = build_corpus(SMALL, tmp_path_factory.mktemp("b"), workers=1)  # everything in this process
     return first, second
 
@@ -49,6 +51,7 @@ def test_manifest_layout(two_builds):
     manifests, _ = two_builds
     assert set(manifests) == {"train", "val", "test"}
     assert manifests["train"].parent.name == fingerprint(SMALL)
+    spoken = {v for v, _ in SMALL.voices}
     for split, path in manifests.items():
         rows = _rows(path)
         assert sum(r["task"] == "asr" for r in rows) == SMALL.count("asr", split)
@@ -57,7 +60,8 @@ def test_manifest_layout(two_builds):
             assert row["path"].startswith(f"audio/{split}/{row['task']}_")
             info = sf.info(str(path.parent / row["path"]))
             assert row["duration"] == round(info.frames / 16000, 4)
-            assert WORDS_ONLY.match(row["text"]), row["text"]
+            assert (TRANSCRIPT if row["task"] == "asr" else WORDS_ONLY).match(row["text"]), row["text"]
+            assert row["task"] == "aac" or row["speaker"] in spoken
 
 
 def test_clips_are_16k_mono_pcm_within_max_clip(two_builds):
@@ -72,9 +76,11 @@ def test_clips_are_16k_mono_pcm_within_max_clip(two_builds):
 def test_asr_sentences_are_disjoint_across_splits(two_builds):
     manifests, _ = two_builds
     texts = {s: [r["text"] for r in _rows(p) if r["task"] == "asr"] for s, p in manifests.items()}
+    natural = {synthetic.transcript(x) for x in sentences.natural_sentences()}
     for items in texts.values():
         assert len(set(items)) == len(items)
-        assert {w for t in items for w in t.split()} <= set(grammar.VOCABULARY)
+        # every transcript is a natural sentence or a grammar sentence
+        assert all(t in natural or set(t.split()) <= set(grammar.VOCABULARY) for t in items)
     assert not set(texts["train"]) & set(texts["test"])
     assert not set(texts["train"]) & set(texts["val"])
     assert not set(texts["val"]) & set(texts["test"])
@@ -110,7 +116,7 @@ def test_cache_hit_is_fast_and_does_not_rebuild(two_builds):
     assert not list(root.glob(".*partial*"))
 
 
-@pytest.mark.parametrize("module, function, workers", [(scenes, "make_scene", 1), (tts, "synthesize", 2)])
+@pytest.mark.parametrize("module, function, workers", [(scenes, "make_scene", 1), (voice_pool, "synthesize", 1)])
 def test_interrupted_build_leaves_no_corpus(tmp_path, monkeypatch, module, function, workers):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -124,7 +130,9 @@ def test_interrupted_build_leaves_no_corpus(tmp_path, monkeypatch, module, funct
 # ------------------------------------------------------------------------------------------------------- the spec
 @pytest.mark.parametrize("field, value", [
     ("asr_train", -1), ("aac_test", 1.5), ("seed", -3), ("max_clip_s", 0), ("max_clip_s", 100.0),
-    ("noise_snr_db", (40.0, 10.0)), ("rate_range", (50, 100)), ("rate_range", (150,)), ("pitch_range", (0, 101)),
+    ("noise_snr_db", (40.0, 10.0)), ("speed_range", (0.5, 1.0)), ("speed_range", (1.0,)),
+    ("pitch_semitones", (0, 10)), ("voices", {"nope:x": 1}), ("voices", {"flite:awb": -1}), ("natural_text", 1.5),
+    ("on_missing_voice", "maybe"), ("augment", {"reverb_p": 2.0}),
 ])
 def test_spec_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -132,10 +140,25 @@ def test_spec_validation_names_the_field(field, value):
 
 
 def test_spec_normalises_config_lists_and_fingerprints_stably():
-    from_lists = SyntheticCorpusSpec(rate_range=[140, 210], noise_snr_db=[15, 40], max_clip_s=5)
+    from_lists = SyntheticCorpusSpec(speed_range=[0.9, 1.1], noise_snr_db=[15, 40], max_clip_s=5,
+                                     voices=dict(synthetic.DEFAULT_VOICES), augment={"speed_p": 0.0})
     assert from_lists == SyntheticCorpusSpec()
     assert fingerprint(from_lists) == fingerprint(SyntheticCorpusSpec())
     assert fingerprint(SyntheticCorpusSpec(seed=1)) != fingerprint(SyntheticCorpusSpec())
+    assert fingerprint(SyntheticCorpusSpec(augment=None)) != fingerprint(SyntheticCorpusSpec())
+
+
+def test_a_missing_voice_stops_the_build_naming_it_or_is_left_out_with_skip(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no flite, no festival on PATH
+    spec = SyntheticCorpusSpec(asr_train=2, asr_val=1, asr_test=1, aac_train=0, aac_val=0, aac_test=0,
+                               voices={"flite:awb": 1, "espeak:en-us": 1}, augment=None)
+    with pytest.raises(voice_pool.VoiceUnavailableError, match="flite:awb.*apt-get install flite"):
+        build_corpus(spec, tmp_path / "corpus", workers=1)
+    assert not (tmp_path / "corpus").exists() or not any((tmp_path / "corpus").iterdir())
+    skip = SyntheticCorpusSpec(**{**spec.__dict__, "on_missing_voice": "skip"})
+    assert synthetic.usable_voices(skip) == (("espeak:en-us", 1.0),)
+    rows = _rows(build_corpus(skip, tmp_path / "corpus", workers=1)["train"])
+    assert {r["speaker"] for r in rows} == {"espeak:en-us"}
 
 
 # -------------------------------------------------------------------------------------------------------- grammar
@@ -177,7 +200,8 @@ def test_scenes_cover_all_event_types():
         plan = scenes.plan_scene(np.random.default_rng(i), 4.0)
         assert 1 <= len(plan.events) <= 3
         seen.update(e.kind for e in plan.events)
-    assert seen == set(scenes.EVENT_TYPES)
+    # Labels of installed real recordings (sota.data.real_sounds) are event types too.
+    assert set(scenes.EVENT_TYPES) <= seen <= set(scenes.EVENT_TYPES) | set(real_sounds.PHRASES)
 
 
 @pytest.mark.parametrize("kind", scenes.EVENT_TYPES)
@@ -261,6 +285,7 @@ def test_build_is_identical_in_a_fresh_process(two_builds, tmp_path):
     script = (
         "import sys, numpy as np\n"
         "from sota.data import tts, scenes\n"
+        "from sota.data.augment import AugmentConfig\n"
         "from sota.data.synthetic import SyntheticCorpusSpec, build_corpus\n"
         "tts.synthesize('warm up with another voice', 'en+f4', rate=260)\n"
         f"build_corpus({SMALL!r}, sys.argv[1])\n"
@@ -277,8 +302,10 @@ def test_build_is_identical_in_a_fresh_process(two_builds, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
-def test_default_spec_builds_within_a_minute(tmp_path):
+def test_a_corpus_of_every_voice_builds_in_worker_processes(tmp_path):
     start = time.perf_counter()
-    manifests = build_corpus(SyntheticCorpusSpec(), tmp_path)
-    assert time.perf_counter() - start < 60
-    assert len(_rows(manifests["train"])) == 2400 + 1200
+    manifests = build_corpus(SyntheticCorpusSpec(asr_train=300, aac_train=150), tmp_path)
+    assert time.perf_counter() - start < 600
+    rows = _rows(manifests["train"])
+    assert len(rows) == 300 + 150
+    assert {r["speaker"] for r in rows if r["task"] == "asr"} == {v for v, _ in SyntheticCorpusSpec().voices}

@@ -15,12 +15,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from sota.data.audio import BadAudioFile, load_audio
 from sota.data.features import cache_key, cached_encode
+from sota.data import real_speech
 from sota.data.manifest import ON_BAD_FILE, Sample, read_manifest
 from sota.models.encoder import AudioEncoder
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+REAL = "real"  # the real-speech test set (data.real_test), scored beside the test split
 
 
 class ClipDataset(Dataset):
@@ -54,6 +56,7 @@ class AudioDataModule(L.LightningDataModule):
         cache_features: bool = True,
         max_eval_samples: int | None = None,
         weights: Mapping[str, float] | None = None,
+        real_test: str | None = real_speech.BUILTIN,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -64,6 +67,10 @@ class AudioDataModule(L.LightningDataModule):
         self.on_bad_file, self.num_workers = on_bad_file, num_workers
         self.cache_features, self.max_eval_samples = cache_features, max_eval_samples
         self.weights = _check_weights(weights)
+        self.real_test = real_test
+        self.real_note: str | None = None
+        # Clips longer than the encoder context, per split: encoded in chunks (said in the log and results).
+        self.chunked: dict[str, int] = {}
         self.skipped: list[str] = []
         self._manifests: dict[str, Path] | None = None
         self._samples: dict[str, list[Sample]] = {}
@@ -74,8 +81,21 @@ class AudioDataModule(L.LightningDataModule):
     # -- manifests and samples (cheap: text only) --------------------------------------------------
     def manifests(self) -> dict[str, Path]:
         if self._manifests is None:
-            self._manifests = {k: Path(v) for k, v in self.source(root=self.root).items()}
+            manifests = {k: Path(v) for k, v in self.source(root=self.root).items()}
+            real, self.real_note = real_speech.resolve(self.real_test, self.root.parent / "real")
+            if real is not None:
+                manifests[REAL] = real
+            elif self.real_note:
+                log.warning("real-speech evaluation: %s", self.real_note)
+            self._manifests = manifests
         return self._manifests
+
+    def has_real(self) -> bool:
+        return REAL in self.manifests()
+
+    def speakers(self) -> list[str]:
+        """Distinct speaker ids of the training split's speech (rows that record a `speaker`)."""
+        return sorted({str(s.extra["speaker"]) for s in self.samples("train") if s.extra.get("speaker")})
 
     def samples(self, split: str) -> list[Sample]:
         if split not in self._samples:
@@ -84,7 +104,7 @@ class AudioDataModule(L.LightningDataModule):
                 raise KeyError(f"data source has no {split!r} split; it has {sorted(manifests)}")
             # A test split may be unlabelled (transcribe only: predictions, no scores); training needs targets.
             rows = read_manifest(manifests[split], self.on_bad_file, self.tasks, self.skipped,
-                                 unlabelled=split == "test")
+                                 unlabelled=split in ("test", REAL))
             if split != "train" and self.max_eval_samples:
                 rows = _per_task_head(rows, self.max_eval_samples)
             if not rows:
@@ -120,6 +140,13 @@ class AudioDataModule(L.LightningDataModule):
         if not samples:
             raise ValueError(f"split {split!r}: every audio file was unusable")
         features = None
+        if self.encoder is not None:
+            long = sum(self.encoder.chunks_for(len(w)) > 1 for w in waves)
+            if long:
+                self.chunked[split] = long
+                log.warning("%d of %d clips of split %s are longer than the encoder context (%g s): each is encoded "
+                            "in consecutive %g s chunks", long, len(waves), split, self.encoder.context_s,
+                            self.encoder.context_s)
         if self.encoder is not None and self.encoder.frozen and self.cache_features:
             key = cache_key(self.encoder_fingerprint, [s.id for s in samples], [s.path for s in samples])
             features = cached_encode(self.encoder, waves, key, self.root / "features", device=self.device,
@@ -127,7 +154,8 @@ class AudioDataModule(L.LightningDataModule):
         return ClipDataset(samples, waves, features)
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                  REAL: (REAL,)}.get(stage or "", SPLITS)
         for split in wanted:
             if split not in self.datasets:
                 self.datasets[split] = self._load(split)
@@ -150,7 +178,7 @@ class AudioDataModule(L.LightningDataModule):
         return batch
 
     def _loader(self, split: str, batch_size: int, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
-        self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        self.setup({"train": "fit", "val": "validate", "test": "test", REAL: REAL}[split])
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle and sampler is None,
                           sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers, drop_last=shuffle)
 
@@ -173,6 +201,9 @@ class AudioDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def real_dataloader(self) -> DataLoader:
+        return self._loader(REAL, self.eval_batch_size, shuffle=False)
 
 
 def _check_weights(weights: Mapping[str, float] | None) -> dict[str, float] | None:

@@ -21,18 +21,21 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def encode_clips(encoder: AudioEncoder, waves: list[np.ndarray], batch_size: int = 32,
                  device: torch.device | str = "cpu", desc: str = "encode") -> torch.Tensor:
-    """Encoder outputs [N, T, D] in float16 (half the memory; the connector casts back), computed on `device`.
+    """Encoder outputs [N, T, D] in float16 (T: the longest clip's chunks of context, whole) (half the memory; the connector casts back), computed on `device`.
 
     The encoder is moved to `device` for the duration and back afterwards: a split set up after training
     (the test split) finds it wherever Lightning's teardown left it (on the CPU)."""
     out = []
+    # Clips longer than the encoder context come in several chunks: every clip gets the longest one's frames.
+    frames = encoder.padded_frames([len(w) for w in waves])
     home = next(encoder.parameters()).device
     encoder.to(device)
     try:
         for start in tqdm(range(0, len(waves), batch_size), desc=desc, leave=False, disable=None):
             inputs = encoder.featurize(waves[start:start + batch_size])
             inputs = {k: v.to(device) for k, v in inputs.items()}
-            out.append(encoder(**inputs).to("cpu", torch.float16))
+            hidden = encoder(**inputs).to("cpu", torch.float16)
+            out.append(torch.nn.functional.pad(hidden, (0, 0, 0, frames - hidden.shape[1])))
     finally:
         encoder.to(home)
     return torch.cat(out)

@@ -1,7 +1,8 @@
-"""Procedural sound scenes with five reference captions each, for the synthetic audio captioning (AAC) corpus.
+"""Sound scenes with five reference captions each, for the synthetic audio captioning (AAC) corpus.
 
-A scene is one to three synthetic events (siren, rain, beeps, ...) in sequence or overlapping, over faint noise;
-the captions name the events, their key attributes (pitch, speed, loudness, count) and their order or overlap.
+A scene is one to three events in sequence or overlapping, over faint noise: procedural ones (siren, rain, beeps, ...)
+and, where their packages are installed, cropped real recordings (dogs, music, ...; see real_sounds). The captions
+name the events, some of their attributes (pitch, speed, loudness, count) and their order or overlap.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["SAMPLE_RATE", "EVENT_TYPES", "Event", "ScenePlan", "band_noise", "plan_scene", "render_scene",
-           "caption_scene", "make_scene"]
+from sota.data import real_sounds as _real
+from sota.data.real_sounds import Recording
+
+__all__ = ["SAMPLE_RATE", "EVENT_TYPES", "REAL_SHARE", "Event", "ScenePlan", "band_noise", "plan_scene",
+           "render_scene", "caption_scene", "make_scene", "real_sources", "noise_bank"]
 
 SAMPLE_RATE = 16000
 EVENT_TYPES: tuple[str, ...] = ("tone", "sweep", "siren", "beeps", "ticking", "noise_burst", "rain", "engine",
@@ -27,6 +31,11 @@ _ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "rain": ("loud",), "engine": ("loud",), "bell": ("pitch", "count", "loud"),
     "knocking": ("rate", "count", "loud"), "wind": ("loud",), "birds": ("rate", "loud"),
 }
+# Real labels long and steady enough to run under a whole scene.
+REAL_BACKGROUNDS: tuple[str, ...] = ("music",)
+# Chance that an event slot takes a real recording when any is installed: half keeps the procedural vocabulary
+# (counts, pitch) in the corpus while real sounds are what captions of real clips mostly name.
+REAL_SHARE = 0.5
 _COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 _TIMES_WORDS = ("", "once", "twice", "three times", "four times", "five times", "six times")
 
@@ -44,6 +53,7 @@ class Event:
     count: int | None = None
     direction: str | None = None  # "rising" | "falling" (sweeps)
     period: float | None = None  # seconds between repetitions, for counted events
+    clip: str | None = None  # Recording.name of a real event; kind is then its label
 
 
 @dataclass(frozen=True)
@@ -106,15 +116,24 @@ def _sequence_slots(rng: np.random.Generator, start: float, end: float, k: int) 
     return slots
 
 
-def plan_scene(rng: np.random.Generator, duration_s: float, kinds: Sequence[str] | None = None) -> ScenePlan:
-    """Choose 1-3 distinct event types (or use `kinds`), their layout, timing and attributes."""
+def plan_scene(rng: np.random.Generator, duration_s: float, kinds: Sequence[str] | None = None,
+               real: Sequence[Recording] | None = None) -> ScenePlan:
+    """Choose 1-3 distinct event types (or use `kinds`), their layout, timing and attributes.
+
+    real: the recordings real events may use (None: every installed one, `()`: procedural events only); their
+    labels are event types beside EVENT_TYPES.
+    """
     if duration_s < 0.5:
         raise ValueError(f"duration_s must be >= 0.5 s, got {duration_s}")
+    by_label = _by_label(real)
     if kinds is not None:
         kinds = list(kinds)
-        unknown = [k for k in kinds if k not in EVENT_TYPES]
+        valid = EVENT_TYPES + tuple(by_label)
+        unknown = [k for k in kinds if k not in valid]
         if unknown or not 1 <= len(kinds) <= 3 or len(set(kinds)) != len(kinds):
-            raise ValueError(f"kinds must be 1-3 distinct names from {EVENT_TYPES}, got {kinds}")
+            raise ValueError(f"kinds must be 1-3 distinct names from {valid}, got {kinds}"
+                             + (f" ({unknown} need real recordings: {_real.install_hint()})" if
+                                any(k in _real.PHRASES for k in unknown) else ""))
         n = len(kinds)
     else:
         max_n = 1 if duration_s < 1.5 else 2 if duration_s < 3.0 else 3
@@ -127,12 +146,7 @@ def plan_scene(rng: np.random.Generator, duration_s: float, kinds: Sequence[str]
     else:
         layout = "sequence_over_background" if rng.random() < 0.5 else "sequence"
     if kinds is None:
-        if layout in ("overlap", "sequence_over_background"):
-            background = str(rng.choice(BACKGROUND_TYPES))
-            rest = [k for k in EVENT_TYPES if k != background]
-            kinds = [str(k) for k in rng.choice(rest, size=n - 1, replace=False)] + [background]
-        else:
-            kinds = [str(k) for k in rng.choice(EVENT_TYPES, size=n, replace=False)]
+        kinds = _choose_kinds(rng, n, layout in ("overlap", "sequence_over_background"), tuple(by_label))
     if layout == "single":
         lead = float(rng.uniform(0.0, 0.15 * duration_s))
         slots = [(lead, duration_s - lead - float(rng.uniform(0.0, 0.1 * duration_s)))]
@@ -143,8 +157,41 @@ def plan_scene(rng: np.random.Generator, duration_s: float, kinds: Sequence[str]
         margin = float(rng.uniform(0.05, 0.2)) * duration_s
         slots = _sequence_slots(rng, margin, duration_s - margin * float(rng.uniform(0.3, 1.0)), n - 1)
         slots.append((0.0, duration_s))
-    events = tuple(Event(kind=k, start=s, duration=d, **_choose_attrs(rng, k, d)) for k, (s, d) in zip(kinds, slots))
+    events = tuple(_real_event(rng, k, s, d, by_label[k]) if k in by_label else
+                   Event(kind=k, start=s, duration=d, **_choose_attrs(rng, k, d)) for k, (s, d) in zip(kinds, slots))
     return ScenePlan(duration=float(duration_s), layout=layout, events=events)
+
+
+def _by_label(real: Sequence[Recording] | None) -> dict[str, list[Recording]]:
+    out: dict[str, list[Recording]] = {}
+    for rec in _real.real_sounds() if real is None else real:
+        out.setdefault(rec.label, []).append(rec)
+    return out
+
+
+def _choose_kinds(rng: np.random.Generator, n: int, background: bool, labels: tuple[str, ...]) -> list[str]:
+    """n distinct kinds, the last one a background kind when `background`; real labels with REAL_SHARE."""
+    chosen: list[str] = []
+
+    def pick(procedural: Sequence[str], real: Sequence[str]) -> None:
+        procedural = [k for k in procedural if k not in chosen]
+        real = [k for k in real if k not in chosen]
+        pool = real if real and (not procedural or rng.random() < REAL_SHARE) else procedural
+        chosen.append(str(pool[int(rng.integers(len(pool)))]))
+
+    if background:
+        pick(BACKGROUND_TYPES, [k for k in labels if k in REAL_BACKGROUNDS])
+    for _ in range(n - int(background)):
+        pick(EVENT_TYPES, labels)
+    return chosen[1:] + chosen[:1] if background else chosen
+
+
+def _real_event(rng: np.random.Generator, label: str, start: float, slot: float, recs: list[Recording]) -> Event:
+    rec = recs[int(rng.integers(len(recs)))]
+    # A recording shorter than its slot is played once, a little after the slot opens; longer ones are cropped.
+    length = min(slot, rec.seconds)
+    start += float(rng.uniform(0.0, 0.3 * (slot - length)))
+    return Event(kind=label, start=start, duration=length, loud=bool(rng.random() < 0.5), clip=rec.name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,19 +412,57 @@ _RENDERERS: dict[str, Callable[[np.random.Generator, Event, int], np.ndarray]] =
 }
 
 
-def render_scene(plan: ScenePlan, rng: np.random.Generator) -> np.ndarray:
-    """Mix the plan's events over faint background noise; float32 mono at 16 kHz, exactly plan.duration long."""
+def _crop(rng: np.random.Generator, audio: np.ndarray, n: int) -> np.ndarray:
+    """n samples of `audio` (zero-padded if shorter), avoiding crops that land in a pause of a sparse recording."""
+    if len(audio) <= n:
+        return np.pad(audio.astype(np.float64), (0, n - len(audio)))
+    whole = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    best, best_rms = 0, -1.0
+    # A few random tries: the first one loud enough wins, so the draw count is fixed by the data, not by chance.
+    for start in rng.integers(0, len(audio) - n + 1, size=6):
+        rms = float(np.sqrt(np.mean(np.square(audio[start:start + n], dtype=np.float64))))
+        if rms >= 0.5 * whole:
+            best = int(start)
+            break
+        if rms > best_rms:
+            best, best_rms = int(start), rms
+    return _fade(audio[best:best + n].astype(np.float64), 0.02, 0.08)
+
+
+def _recordings(plan: ScenePlan, real: Sequence[Recording] | None) -> dict[str, Recording]:
+    wanted = {ev.clip for ev in plan.events if ev.clip}
+    if not wanted:
+        return {}
+    have = {rec.name: rec for rec in (_real.real_sounds() if real is None else real)}
+    missing = sorted(wanted - set(have))
+    if missing:
+        raise KeyError(f"the plan uses real recordings that are not available: {missing}; available: "
+                       f"{sorted(have) or 'none'}. Install with:\n{_real.install_hint()}")
+    return {name: have[name] for name in wanted}
+
+
+def render_scene(plan: ScenePlan, rng: np.random.Generator, real: Sequence[Recording] | None = None) -> np.ndarray:
+    """Mix the plan's events over faint background noise; float32 mono at 16 kHz, exactly plan.duration long.
+
+    real: where the plan's real events find their recordings (None: the installed ones).
+    """
     total = int(round(plan.duration * SAMPLE_RATE))
     mix = np.zeros(total)
+    recordings = _recordings(plan, real)
     for ev in plan.events:
         start = int(round(ev.start * SAMPLE_RATE))
         n = max(0, min(int(round(ev.duration * SAMPLE_RATE)), total - start))
         if n < 32:
             continue
-        x = _RENDERERS[ev.kind](rng, ev, n)
+        x = _crop(rng, recordings[ev.clip].audio, n) if ev.clip else _RENDERERS[ev.kind](rng, ev, n)
         # Level by RMS over the sounding part so sparse events (two knocks) are not drowned by dense ones.
         active = np.abs(x) > 1e-4 * (np.abs(x).max() + 1e-12)
         rms = np.sqrt(np.mean(x[active] ** 2)) if active.any() else 1.0
+        if ev.clip:
+            # Recordings have a noise floor, so "active" is every sample; level by their louder half of 10 ms
+            # frames instead, or barks with pauses between them would be pushed far above the other events.
+            frames = np.mean(x[: n // 160 * 160].reshape(-1, 160) ** 2, axis=1) if n >= 160 else np.mean(x**2)[None]
+            rms = np.sqrt(np.mean(frames[frames >= np.median(frames)]))
         level = rng.uniform(0.12, 0.18) if ev.loud else rng.uniform(0.025, 0.045)
         mix[start:start + n] += x * (level / (rms + 1e-12))
     mix += _floor_noise(rng, total) * rng.uniform(0.001, 0.004)
@@ -566,9 +651,21 @@ _SAY: dict[str, Callable[[_Say], tuple[str, str]]] = {
 }
 
 
+def _say_real(s: _Say) -> tuple[str, str]:
+    words = _real.PHRASES[s.ev.kind]
+    clause, noun = s.pick(*words.clauses), s.pick(*words.nouns)
+    if not s.ev.loud and words.far and s.mention(0.4):
+        return s.pick(*words.far), noun
+    if words.adverbs and s.mention(0.5):
+        clause = f"{clause} {s.pick(*words.adverbs)}"
+    elif s.mention(0.25):
+        clause = f"{clause} {s.loud_adv()}"
+    return clause, noun
+
+
 def _describe(ev: Event, rng: np.random.Generator, detail: float) -> tuple[str, str]:
     """One (clause, noun phrase) pair for the event, e.g. ("a siren wails", "a wailing siren")."""
-    clause, noun = _SAY[ev.kind](_Say(ev, rng, detail))
+    clause, noun = (_say_real if ev.clip else _SAY[ev.kind])(_Say(ev, rng, detail))
     return " ".join(clause.split()), " ".join(noun.split())
 
 
@@ -582,13 +679,17 @@ def _combine(plan: ScenePlan, rng: np.random.Generator, detail: float) -> str:
     if plan.layout == "sequence" and len(evs) == 2:
         return _p(rng, f"{c[0]} then {c[1]}", f"{c[0]} and then {c[1]}", f"{c[0]} followed by {n[1]}",
                   f"first {c[0]} and then {c[1]}", f"{n[0]} followed by {n[1]}", f"{c[0]} before {c[1]}",
-                  f"after {n[0]} {c[1]}")
+                  f"after {n[0]} {c[1]}", f"{c[0]} and {c[1]}", f"{c[0]} after which {c[1]}")
     if plan.layout == "overlap":
         fg, bg = 0, 1
+        # Annotators often name only the salient sound when the background is faint.
+        if not evs[bg].loud and evs[fg].loud and rng.random() < 0.15:
+            return _p(rng, c[fg], f"{c[fg]} nearby", f"the sound of {n[fg]}")
         return _p(rng, f"{c[fg]} while {c[bg]}", f"{c[fg]} as {c[bg]}", f"{c[bg]} while {c[fg]}",
                   f"{c[fg]} with {n[bg]} in the background", f"{n[fg]} over {n[bg]}",
                   f"{n[fg]} and {n[bg]} at the same time", f"{c[fg]} over the sound of {n[bg]}",
-                  f"{n[bg]} in the background as {c[fg]}")
+                  f"{n[bg]} in the background as {c[fg]}", f"{c[bg]} and {c[fg]}", f"{n[fg]} with {n[bg]}",
+                  f"{c[fg]} amid {n[bg]}", f"{c[bg]} as {c[fg]}")
     if plan.layout == "sequence":
         return _p(rng, f"{c[0]} then {c[1]} and then {c[2]}", f"{c[0]} followed by {n[1]} and then {n[2]}",
                   f"first {c[0]} then {c[1]} and finally {c[2]}", f"{n[0]} then {n[1]} then {n[2]}",
@@ -613,13 +714,51 @@ def caption_scene(plan: ScenePlan, rng: np.random.Generator, n: int = 5) -> list
     raise RuntimeError(f"could not write {n} distinct captions for {plan}")
 
 
-def make_scene(rng: np.random.Generator, duration_s: float,
-               kinds: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def make_scene(rng: np.random.Generator, duration_s: float, kinds: Sequence[str] | None = None,
+               real: Sequence[Recording] | None = None) -> tuple[np.ndarray, list[str]]:
     """A random scene: (float32 16 kHz audio of `duration_s` seconds, 5 distinct reference captions).
 
-    kinds optionally fixes the event types (1-3 distinct names from EVENT_TYPES, the last one is the background
-    when the drawn layout overlaps).
+    kinds optionally fixes the event types (1-3 distinct names from EVENT_TYPES or the labels of `real`, the last
+    one is the background when the drawn layout overlaps). real: the recordings real events may use (None: every
+    installed one, see real_sources(); `()`: procedural events only). Same rng state and recordings, same scene.
     """
-    plan = plan_scene(rng, duration_s, kinds)
-    audio = render_scene(plan, rng)
+    plan = plan_scene(rng, duration_s, kinds, real)
+    audio = render_scene(plan, rng, real)
     return audio, caption_scene(plan, rng)
+
+
+def real_sources() -> tuple[str, ...]:
+    """The installed packages whose recordings make_scene uses by default, as "package==version".
+
+    They change the generated audio and captions, so a corpus built from scenes should record them.
+    """
+    return _real.installed_sources()
+
+
+def noise_bank(rng: np.random.Generator, n: int, seconds: float,
+               real: Sequence[Recording] | None = None) -> list[np.ndarray]:
+    """n unit-RMS float32 noise clips of `seconds` each, for mixing under speech at a chosen SNR.
+
+    About half are crops of real recordings (looped when shorter) over faint room noise, the rest rendered scenes
+    (which contain real events too where installed); without real recordings all are procedural scenes.
+    """
+    if n < 0 or seconds < 0.5:
+        raise ValueError(f"noise_bank needs n >= 0 and seconds >= 0.5, got n={n}, seconds={seconds}")
+    recs = list(_real.real_sounds() if real is None else real)
+    labels = sorted({r.label for r in recs})
+    length = int(round(seconds * SAMPLE_RATE))
+    bank: list[np.ndarray] = []
+    for _ in range(n):
+        if labels and rng.random() < 0.5:
+            # By label, then recording: five music tracks must not crowd out the single dog.
+            label = labels[int(rng.integers(len(labels)))]
+            pool = [r for r in recs if r.label == label]
+            audio = pool[int(rng.integers(len(pool)))].audio
+            start = int(rng.integers(max(1, len(audio) - length + 1)))
+            x = np.resize(np.roll(audio, -start) if len(audio) < length else audio[start:start + length], length)
+            x = x / (np.sqrt(np.mean(np.square(x, dtype=np.float64))) + 1e-12)
+            x = x + 0.03 * _floor_noise(rng, length)
+        else:
+            x = make_scene(rng, seconds, real=recs)[0].astype(np.float64)
+        bank.append((x / (np.sqrt(np.mean(x**2)) + 1e-12)).astype(np.float32))
+    return bank

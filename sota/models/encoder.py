@@ -134,33 +134,46 @@ class AudioEncoder(nn.Module):
     def num_samples(self) -> int:
         return int(round(self.context_s * SAMPLE_RATE))
 
+    def chunks_for(self, num_samples: int) -> int:
+        """Context-length chunks a clip of `num_samples` is encoded in (clips longer than the context)."""
+        return max(1, -(-int(num_samples) // self.num_samples))
+
     def frames_for(self, num_samples: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:
-        """Valid encoder frames of clips with `num_samples` samples (the rest is padding)."""
+        """Valid encoder frames of clips with `num_samples` samples (the rest is padding). A clip longer than the
+        context is encoded in consecutive chunks whose frames follow each other, so its frames keep counting."""
         n = torch.as_tensor(num_samples)
         frames = torch.div(n * self.frames_per_second + SAMPLE_RATE - 1, SAMPLE_RATE, rounding_mode="floor")
-        return frames.clamp(min=1, max=self.total_frames)
+        return frames.clamp(min=1)
+
+    def padded_frames(self, num_samples: list[int]) -> int:
+        """Frames of the encoder output for a batch of these clips: its longest clip's chunks, whole."""
+        return max(self.chunks_for(n) for n in num_samples) * self.total_frames
 
     def featurize(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """CPU-side inputs for `forward`: log-mel features (and the second encoder's inputs)."""
-        too_long = [i for i, w in enumerate(waves) if len(w) > self.num_samples]
-        if too_long:
-            log.debug("%d clips longer than encoder.context_s=%s were truncated", len(too_long), self.context_s)
-        mel = self.extractor(
-            [np.asarray(w, dtype=np.float32) for w in waves],
-            sampling_rate=SAMPLE_RATE,
-            padding="max_length",
-            max_length=self.num_samples,
-            truncation=True,
-            return_tensors="pt",
-        ).input_features
-        inputs = {"mel": mel}
+        """CPU-side inputs for `forward`: log-mel features [B, K, mel, frames] of each clip's K context-length
+        chunks (K: the batch's most; shorter clips are padded with silent chunks, whose frames lie past
+        their valid frames and are never read), and the second encoder's inputs likewise."""
+        n = self.num_samples
+        chunks = max(self.chunks_for(len(w)) for w in waves)
+        pieces = [np.asarray(w[k * n:(k + 1) * n], dtype=np.float32) for w in waves for k in range(chunks)]
+        pieces = [p if p.size else np.zeros(1, dtype=np.float32) for p in pieces]
+        mel = self.extractor(pieces, sampling_rate=SAMPLE_RATE, padding="max_length", max_length=n,
+                             return_tensors="pt").input_features
+        inputs = {"mel": mel.reshape(len(waves), chunks, *mel.shape[1:])}
         if self.second is not None:
-            inputs["second"] = self.second.featurize(waves, self.num_samples)
+            second = self.second.featurize(pieces, n)
+            inputs["second"] = second.reshape(len(waves), chunks, *second.shape[1:])
         return inputs
 
     def forward(self, mel: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
+        """mel [B, K, mel, frames] (or [B, mel, frames], one chunk) -> frames [B, K * total_frames, D]."""
+        if mel.dim() == 3:
+            mel = mel[:, None]
+            second = second[:, None] if second is not None else None
+        b, k = mel.shape[:2]
         dtype = next(self.whisper.parameters()).dtype
-        hidden = self.whisper(mel.to(dtype)).last_hidden_state
+        hidden = self.whisper(mel.flatten(0, 1).to(dtype)).last_hidden_state
         if self.second is not None:
-            hidden = torch.cat([hidden, self.second(second, hidden.shape[1]).to(hidden.dtype)], dim=-1)
-        return hidden
+            extra = self.second(second.flatten(0, 1), hidden.shape[1]).to(hidden.dtype)
+            hidden = torch.cat([hidden, extra], dim=-1)
+        return hidden.reshape(b, k * hidden.shape[1], hidden.shape[2])

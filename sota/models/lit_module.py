@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import math
+
 import lightning as L
+import numpy as np
 import torch
 
 from sota.metrics.scoring import score_predictions
@@ -18,7 +21,7 @@ class AudioLLMModule(L.LightningModule):
     def __init__(self, model: AudioLLM, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, generate: dict[str, Any] | None = None,
                  run_config: dict[str, Any] | None = None, vocabulary: list[str] | None = None,
-                 compression: dict[str, Any] | None = None) -> None:
+                 compression: dict[str, Any] | None = None, audio: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
@@ -30,6 +33,11 @@ class AudioLLMModule(L.LightningModule):
         self.run_config = run_config or {}
         self.vocabulary = vocabulary or []
         self.compression = compression or {}
+        # What the model was trained on: encoder context, longest clip, answer tokens per second of speech
+        # (the token budget). Recorded in the checkpoint; evaluation follows it (sota.models.audio_record).
+        self.audio = dict(audio or {})
+        # Which split a `trainer.test` call scores: the test split, or the real-speech set.
+        self.test_split = "test"
         # Frozen weights are not in the checkpoint: they come back from the config on rebuild.
         self.strict_loading = False
         self.predictions: dict[str, list[dict[str, Any]]] = {}
@@ -55,11 +63,20 @@ class AudioLLMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation -------------------------------------------------------------------------------------
+    def token_budget(self, batch: dict[str, Any]) -> int:
+        """New tokens allowed for this batch: `generate.max_new_tokens`, raised for long clips to the answer
+        tokens per second seen in training times the batch's longest clip, so long transcripts are not cut."""
+        floor = int(self.generate_kwargs.get("max_new_tokens", 40))
+        rate = float(self.audio.get("tokens_per_s") or 0.0)
+        seconds = float(batch["num_frames"].max()) / self.model.encoder.frames_per_second
+        return max(floor, math.ceil(rate * seconds))
+
     def _generate(self, batch: dict[str, Any], split: str) -> None:
-        answers = self.model.generate_ids(batch, **self.generate_kwargs)
+        kwargs = {**self.generate_kwargs, "max_new_tokens": self.token_budget(batch)}
+        answers = self.model.generate_ids(batch, **kwargs)
         preds = [self.model.prompt.decode(ids) for ids in answers]
         if split == "test" and self.agreement is not None:
-            reference = self.model.generate_ids(batch, **{**self.generate_kwargs, "backend": self.compare_with})
+            reference = self.model.generate_ids(batch, **{**kwargs, "backend": self.compare_with})
             self.agreement.add(self.model, batch, reference, answers)
         rows = self.predictions.setdefault(split, [])
         for i, pred in enumerate(preds):
@@ -82,16 +99,22 @@ class AudioLLMModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._score("val")
 
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and "train" in getattr(datamodule, "datasets", {}):
+            self.audio["tokens_per_s"] = answer_tokens_per_s(self.model, datamodule.datasets["train"])
+            self.audio["speakers"] = datamodule.speakers()
+
     def on_test_epoch_start(self) -> None:
-        self.predictions["test"] = []
-        if self.compare_with is not None:
+        self.predictions[self.test_split] = []
+        if self.compare_with is not None and self.test_split == "test":
             self.agreement = Agreement(self.generate_kwargs.get("backend", "eager"), self.compare_with)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._generate(batch, "test")
+        self._generate(batch, self.test_split)
 
     def on_test_epoch_end(self) -> None:
-        self._score("test")
+        self._score(self.test_split)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -102,3 +125,16 @@ class AudioLLMModule(L.LightningModule):
         checkpoint["sota_vocabulary"] = self.vocabulary
         # What pruning removed, so an evaluation rebuilds the same structure before loading the tensors.
         checkpoint["sota_compression"] = self.compression
+        checkpoint["sota_audio"] = self.audio
+
+
+# Headroom over the fastest speech seen in training: a slower-reading model must not be cut mid-sentence.
+BUDGET_HEADROOM = 1.5
+
+
+def answer_tokens_per_s(model: AudioLLM, dataset: Any) -> float:
+    """Answer tokens per second of audio of the training set's fast speech (95th percentile over its speech
+    clips), with headroom; 0 without speech clips (the budget is then `generate.max_new_tokens` alone)."""
+    rates = [len(model.prompt.answer_ids(s.text)) / (len(w) / 16000)
+             for s, w in zip(dataset.samples, dataset.waves) if s.task == "asr" and len(w)]
+    return round(float(np.percentile(rates, 95)) * BUDGET_HEADROOM, 3) if rates else 0.0
