@@ -110,6 +110,9 @@ def validate(cfg: DictConfig) -> None:
         path = cfg.get(key)
         if path and not Path(str(path)).is_file():
             out.append(f"{key}={path}: no such file")
+    every = cfg.get("checkpoint_every_n_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        out.append(f"checkpoint_every_n_steps must be null or an integer >= 1, got {every!r}")
     if cfg.get("compile", "none") not in COMPILE:
         out.append(f"compile must be one of {', '.join(COMPILE)}; got {cfg.get('compile')!r}")
     if cfg.get("init_from") and cfg.task == "eval" and cfg.ckpt_path:

@@ -211,6 +211,10 @@ def run(cfg: DictConfig) -> float | None:
         clock = TrainThroughput()
         callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
                                                          save_top_k=0), clock]
+        if cfg.get("checkpoint_every_n_steps"):  # a learning curve: evaluate each later with task=eval ckpt_path=
+            callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=out_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
+                every_n_train_steps=int(cfg.checkpoint_every_n_steps), save_top_k=-1))
         trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                                          default_root_dir=str(out_dir))
         device = _device(trainer)

@@ -108,3 +108,21 @@ def test_encode_clips_on_cuda_with_an_encoder_left_on_the_cpu():
     enc = _encoder()
     feats = encode_clips(enc, [np.zeros(16000, np.float32) + 0.01], device="cuda")
     assert feats.shape[0] == 1 and next(enc.parameters()).device.type == "cpu"
+
+
+def test_relative_paths_resolve_against_the_manifest_folder_or_its_parent(tmp_path):
+    """SALMONN sets keep paths relative to the manifest's folder; sets with one manifest per subfolder (realdev's
+    asr/manifest.json listing asr/x.wav) write them from their root."""
+    import json
+
+    from sota.data.manifest import read_manifest
+
+    (tmp_path / "asr").mkdir()
+    for name in ("asr/a.wav", "asr/b.wav"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "asr" / "c.wav").write_bytes(b"")
+    rows = [{"path": "asr/a.wav", "text": "one", "task": "asr"}, {"path": "c.wav", "text": "two", "task": "asr"},
+            {"path": "asr/missing.wav", "text": "three", "task": "asr"}]
+    (tmp_path / "asr" / "manifest.json").write_text(json.dumps({"annotation": rows}))
+    paths = [s.path for s in read_manifest(tmp_path / "asr" / "manifest.json")]
+    assert paths == [tmp_path / "asr" / "a.wav", tmp_path / "asr" / "c.wav", tmp_path / "asr" / "asr" / "missing.wav"]

@@ -36,7 +36,7 @@ class Sample:
 
 def read_manifest(path: str | Path, on_bad: OnBadFile = "error", tasks: list[str] | None = None,
                   skipped: list[str] | None = None, unlabelled: bool = False) -> list[Sample]:
-    """Samples of one annotation file; relative audio paths are resolved against the file's folder.
+    """Samples of one annotation file; relative audio paths are resolved against the file's folder (or its parent).
 
     Rows with no path are errors, or are skipped (and listed in `skipped`) with `on_bad="skip"`; so are rows
     with an empty transcript, unless `unlabelled` (a test set to transcribe, not to score: its samples have
@@ -79,8 +79,19 @@ def _sample(row: dict, index: int, base: Path, unlabelled: bool = False) -> Samp
         raise BadSample(f"row {index} ({row['path']}) has an empty transcript/caption")
     audio = Path(row["path"])
     extra = {k: v for k, v in row.items() if k not in ("path", "task", "text", "references")}
-    return Sample(id=str(row.get("id", f"{row['task']}-{index}")), path=audio if audio.is_absolute() else base / audio,
+    return Sample(id=str(row.get("id", f"{row['task']}-{index}")), path=_resolve(audio, base),
                   task=row["task"], text=text, references=refs, extra=extra)
+
+
+def _resolve(audio: Path, base: Path) -> Path:
+    """A relative path is relative to the manifest's folder or, when no file is there, to its parent: sets that
+    keep one manifest per subfolder write paths from their root (`asr/x.wav` in `asr/manifest.json`)."""
+    if audio.is_absolute():
+        return audio
+    here = base / audio
+    if not here.exists() and (base.parent / audio).exists():
+        return base.parent / audio
+    return here
 
 
 def write_manifest(samples: list[Sample], path: str | Path) -> None:
