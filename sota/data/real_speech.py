@@ -50,7 +50,7 @@ def _speech(said: str) -> str | None:
 
 def asterisk_rows(sounds_dir: Path = SOUNDS_DIR, transcripts: Path = TRANSCRIPTS,
                   min_words: int = MIN_WORDS) -> list[dict]:
-    """Manifest rows of the prompts with at least `min_words` words, sorted by name (absolute wav paths)."""
+    """Manifest rows of the prompts with at least `min_words` words, shortest first (absolute wav paths)."""
     missing = [str(p) for p in (sounds_dir, transcripts) if not p.exists()]
     if missing:
         raise RealTestMissing(f"the built-in real-speech test set is not installed ({', '.join(missing)} not "
@@ -67,7 +67,9 @@ def asterisk_rows(sounds_dir: Path = SOUNDS_DIR, transcripts: Path = TRANSCRIPTS
         rows.append({"id": f"asterisk/{name}", "path": str(wav), "text": text, "task": "asr", "speaker": SPEAKER})
     if not rows:
         raise RealTestMissing(f"{transcripts} and {sounds_dir} hold no prompt of {min_words}+ words with a wav")
-    return rows
+    # Shortest first (size is duration for these PCM files): evaluation batches then hold clips of similar length,
+    # so few are padded to a long clip's encoder chunks and token budget.
+    return sorted(rows, key=lambda r: (Path(r["path"]).stat().st_size, r["id"]))
 
 
 def builtin_manifest(root: str | Path) -> Path:
