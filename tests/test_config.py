@@ -82,3 +82,13 @@ def test_unknown_option_and_key_fail_fast_with_choices(tmp_path):
     bad_value = run("connector.window_s=-1", "logger=none")
     assert bad_value.returncode != 0 and "connector.window_s must be > 0" in bad_value.stderr
     assert not (tmp_path / "results.json").exists()  # rejected before anything ran
+
+
+def test_the_gpu_experiment_composes_with_any_data_source(compose_cfg):
+    """Corpus sizes live in the `corpus` group, so an experiment that scales the synthetic corpus still composes
+    with manifests (data=salmonn), whose source has no corpus spec."""
+    cfg = compose_cfg("experiment=mini_gpu", "data=salmonn", "trainer=cpu")
+    assert "spec" not in cfg.data.source and cfg.corpus.asr_train == 12000
+    assert cfg.encoder.context_s == cfg.data.max_clip_s == 10.0
+    synthetic = compose_cfg("experiment=mini_gpu", "trainer=cpu")
+    assert synthetic.data.source.spec.asr_train == 12000
