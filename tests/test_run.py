@@ -46,10 +46,8 @@ def test_results_json_contract(trained):
     assert m["aac/official_v1_1"] == pytest.approx(100 * m["aac/cider_d"])
     model = res["model"]
     assert 0 < model["params_trainable"] < model["params_total"]
-    # the tiny preset's frozen encoder is bf16 (2 bytes), the trained parts float32 (4 bytes)
-    enc = model["params_total"] - model["params_trainable"]
-    assert model["weight_bytes"] >= 2 * enc + 4 * model["params_trainable"]
-    assert model["weight_bytes"] < 4 * model["params_total"]
+    # the tiny preset's frozen encoder and its trained parts are float32: 4 bytes a parameter, plus a few buffers
+    assert 4 * model["params_total"] <= model["weight_bytes"] <= 4 * model["params_total"] + 1024
     assert 1 <= model["audio_tokens"] <= 16  # 5 s context, 17-frame windows
     eff = res["efficiency"]
     assert eff["device"].startswith("cpu") and eff["peak_memory_mb"] > 0 and eff["run_peak_memory_mb"] > 0
