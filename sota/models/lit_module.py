@@ -3,10 +3,9 @@ validation/test. Checkpoints keep only trainable tensors; frozen parts are rebui
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
-
-import math
 
 import lightning as L
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from sota.metrics.scoring import score_predictions
 from sota.models.agreement import Agreement
 from sota.models.audio_llm import AudioLLM
+from sota.models.encoder import SAMPLE_RATE
 
 
 class AudioLLMModule(L.LightningModule):
@@ -33,8 +33,8 @@ class AudioLLMModule(L.LightningModule):
         self.run_config = run_config or {}
         self.vocabulary = vocabulary or []
         self.compression = compression or {}
-        # What the model was trained on: encoder context, longest clip, answer tokens per second of speech
-        # (the token budget). Recorded in the checkpoint; evaluation follows it (sota.models.audio_record).
+        # What the model was trained on: encoder context, answer tokens per second of speech (the token
+        # budget), the training voices. Recorded in the checkpoint; evaluation follows it (tasks._recorded_audio).
         self.audio = dict(audio or {})
         # Which split a `trainer.test` call scores: the test split, or the real-speech set.
         self.test_split = "test"
@@ -135,6 +135,6 @@ BUDGET_HEADROOM = 1.5
 def answer_tokens_per_s(model: AudioLLM, dataset: Any) -> float:
     """Answer tokens per second of audio of the training set's fast speech (95th percentile over its speech
     clips), with headroom; 0 without speech clips (the budget is then `generate.max_new_tokens` alone)."""
-    rates = [len(model.prompt.answer_ids(s.text)) / (len(w) / 16000)
+    rates = [len(model.prompt.answer_ids(s.text)) / (len(w) / SAMPLE_RATE)
              for s, w in zip(dataset.samples, dataset.waves) if s.task == "asr" and len(w)]
     return round(float(np.percentile(rates, 95)) * BUDGET_HEADROOM, 3) if rates else 0.0
