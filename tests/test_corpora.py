@@ -299,3 +299,12 @@ def test_data_options_compose_and_instantiate(compose_cfg, corpora_dir, option, 
     if option == "mix":
         assert dm.weights == {"asr": 0.5, "aac": 0.5}
         assert {s.extra["source"] for s in dm.samples("val")} == {"librispeech", "clotho"}
+
+
+def test_a_train_split_smaller_than_one_batch_is_an_error_not_zero_steps(tmp_path):
+    dm = AudioDataModule(source=lambda root: {}, root=str(tmp_path), tasks=["asr", "aac"], batch_size=16)
+    dm.datasets["train"], dm.datasets["val"] = fake_train_set(4, 4), fake_train_set(1, 1)
+    with pytest.raises(ValueError, match="train split has 8 samples, fewer than data.batch_size=16"):
+        dm.train_dataloader()
+    dm.batch_size = 8
+    assert len(dm.train_dataloader()) == 1

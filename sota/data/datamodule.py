@@ -179,6 +179,11 @@ class AudioDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         self.setup({"train": "fit", "val": "validate", "test": "test", REAL: REAL}[split])
+        if shuffle and len(self.datasets[split]) < batch_size:
+            # Training drops the last partial batch (steady step sizes): a smaller set would train no step at all.
+            raise ValueError(f"the {split} split has {len(self.datasets[split])} samples, fewer than "
+                             f"data.batch_size={batch_size}: no training batch would be formed; lower "
+                             f"data.batch_size or enlarge the split")
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle and sampler is None,
                           sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers, drop_last=shuffle)
 
