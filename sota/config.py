@@ -25,6 +25,11 @@ def _connector(c: DictConfig, out: list[str]) -> None:
         out.append(f"connector.stride_s must be > 0 seconds, got {c.stride_s}")
     elif c.window_s > 0 and c.stride_s > c.window_s:
         out.append(f"connector.stride_s ({c.stride_s}) must be <= connector.window_s ({c.window_s})")
+    if str(c.get("_target_", "")).endswith("WindowProjector"):
+        if c.stride_s != c.window_s:
+            out.append(f"connector.stride_s ({c.stride_s}) must equal connector.window_s ({c.window_s}) for "
+                       "connector=projector (it concatenates each window's frames)")
+        return
     if c.num_queries < 1:
         out.append(f"connector.num_queries must be >= 1, got {c.num_queries}")
     if c.layers < 1:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sota.models.connector import WindowQFormer, count_windows, max_audio_tokens, window_geometry
+from sota.models.connector import WindowProjector, WindowQFormer, count_windows, max_audio_tokens, window_geometry
 
 
 def make(**kw):
@@ -65,3 +65,25 @@ def test_bad_geometry_is_rejected(kw, msg):
 
 def test_count_windows_is_clamped_to_full_context():
     assert count_windows(torch.tensor([5000]), 1500, 17, 17).item() == 89
+
+
+def test_projector_gives_one_token_per_window_from_that_window_only():
+    con = WindowProjector(48, 40, frames_per_second=50, hidden_size=64).eval()  # 0.1 s: 5-frame windows
+    x = torch.randn(2, 250, 48)
+    emb, mask = con(x, torch.tensor([250, 23]))
+    assert con.kernel == 5 and mask.sum(1).tolist() == [50, 5] and emb.shape == (2, 50, 40)
+    assert con.tokens_for(torch.tensor([250, 23]), 250).tolist() == [50, 5]
+    y = x.clone()
+    y[:, 10:15] = 7.0  # changes the third window's frames alone
+    emb2, _ = con(y, torch.tensor([250, 23]))
+    changed = (emb2 - emb).abs().amax(-1)[0] > 1e-6
+    assert changed.nonzero().flatten().tolist() == [2]
+
+
+def test_projector_refuses_overlapping_windows(compose_cfg):
+    with pytest.raises(ValueError, match="must equal connector.window_s"):
+        WindowProjector(48, 40, frames_per_second=50, window_s=0.2, stride_s=0.1)
+    from sota.config import ConfigError, validate
+    with pytest.raises(ConfigError, match="must equal connector.window_s"):
+        validate(compose_cfg("connector=projector", "connector.stride_s=0.05"))
+    validate(compose_cfg("connector=projector"))  # the group's own settings are valid

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from sota.models.connector import WindowQFormer
+from sota.models.connector import WindowConnector
 from sota.models.decoding import Decoders, cut_at_stop, fallback_reason
 from sota.models.encoder import AudioEncoder
 from sota.models.prompt import PromptBuilder
@@ -18,7 +18,7 @@ IGNORE = -100
 
 
 class AudioLLM(nn.Module):
-    def __init__(self, encoder: AudioEncoder, connector: WindowQFormer, llm: PreTrainedModel, tokenizer: Any,
+    def __init__(self, encoder: AudioEncoder, connector: WindowConnector, llm: PreTrainedModel, tokenizer: Any,
                  prompts: dict[str, str], prompt_template: str | None = None) -> None:
         super().__init__()
         self.encoder = encoder

@@ -1,5 +1,6 @@
-"""Window-level Q-Former connector (SALMONN): learned queries attend to fixed windows of encoder frames and
-are projected into the LLM's embedding space, so the audio-token rate is a configurable compression knob."""
+"""Connectors from encoder frames to LLM embeddings over fixed windows of frames, so the audio-token rate is a
+configurable compression knob: SALMONN's window-level Q-Former (learned queries attend to each window) and the
+window projector of SLAM-ASR and LLaVA (each window's frames, concatenated, through a two-layer MLP)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,60 @@ def _ceil_windows(n: torch.Tensor | int, kernel: int, stride: int) -> torch.Tens
     return torch.div((n - kernel).clamp(min=0) + stride - 1, stride, rounding_mode="floor") + 1
 
 
-class WindowQFormer(nn.Module):
-    """Encoder frames -> `num_queries` tokens per window -> LLM embeddings, with a padding mask."""
+class WindowConnector(nn.Module):
+    """Windows of encoder frames -> `num_queries` tokens each -> LLM embeddings, with a padding mask.
+    Subclasses map the frames of the windows that hold audio ([N, k, D]) to tokens ([N, num_queries, H])."""
+
+    def __init__(self, in_dim: int, *, frames_per_second: float, window_s: float, stride_s: float,
+                 num_queries: int, trim_padding: bool) -> None:
+        super().__init__()
+        if window_s <= 0 or stride_s <= 0:
+            raise ValueError(f"connector.window_s and connector.stride_s must be > 0, got {window_s}, {stride_s}")
+        if stride_s > window_s:
+            raise ValueError(f"connector.stride_s ({stride_s}) must be <= connector.window_s ({window_s}): "
+                             "a larger stride skips audio between windows")
+        if num_queries < 1:
+            raise ValueError(f"connector.num_queries must be >= 1, got {num_queries}")
+        self.kernel, self.stride = window_geometry(frames_per_second, window_s, stride_s)
+        self.num_queries = num_queries
+        self.trim_padding = trim_padding
+        self.norm = nn.LayerNorm(in_dim)
+
+    def tokens_for(self, num_frames: torch.Tensor | int, total_frames: int) -> torch.Tensor:
+        """Audio tokens sent to the LLM for clips of `num_frames` valid frames."""
+        windows = count_windows(num_frames, total_frames, self.kernel, self.stride)
+        if not self.trim_padding:
+            windows = torch.full_like(windows, int(_ceil_windows(total_frames, self.kernel, self.stride)))
+        return windows * self.num_queries
+
+    def tokens(self, windows: torch.Tensor) -> torch.Tensor:
+        """The frames of the windows that hold audio [N, k, D] -> their tokens [N, num_queries, H]."""
+        raise NotImplementedError(f"{type(self).__name__} must map windows to tokens")
+
+    def forward(self, hidden: torch.Tensor, num_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [B, T, D], num_frames [B] -> (embeds [B, W*Q, out_dim], mask [B, W*Q] bool)."""
+        b, t, d = hidden.shape
+        if t < self.kernel:
+            raise ValueError(f"encoder output has {t} frames, fewer than one connector window ({self.kernel})")
+        full = int(_ceil_windows(t, self.kernel, self.stride))
+        pad = (full - 1) * self.stride + self.kernel - t
+        windows = F.pad(self.norm(hidden), (0, 0, 0, pad)).unfold(1, self.kernel, self.stride)  # [B, W, D, k]
+        w = windows.shape[1]
+        windows = windows.permute(0, 1, 3, 2)  # [B, W, k, D]
+        valid = self.tokens_for(num_frames.cpu(), t).to(hidden.device) // self.num_queries
+        win_mask = torch.arange(w, device=hidden.device)[None, :] < valid[:, None]  # [B, W]
+        # Only windows with audio go through the connector: trimming padding saves its compute too.
+        out = self.tokens(windows[win_mask])  # [N, k, D] -> [N, Q, H]
+        embeds = out.new_zeros(b, w, self.num_queries, out.shape[-1])
+        embeds[win_mask] = out
+        embeds = self.proj(embeds.reshape(b, w * self.num_queries, -1))
+        mask = win_mask.repeat_interleave(self.num_queries, dim=1)
+        width = int(mask.sum(1).max())
+        return embeds[:, :width], mask[:, :width]
+
+
+class WindowQFormer(WindowConnector):
+    """SALMONN's connector: `num_queries` learned queries cross-attend to each window's frames."""
 
     def __init__(
         self,
@@ -53,17 +106,8 @@ class WindowQFormer(nn.Module):
         dropout: float = 0.1,
         trim_padding: bool = True,
     ) -> None:
-        super().__init__()
-        if window_s <= 0 or stride_s <= 0:
-            raise ValueError(f"connector.window_s and connector.stride_s must be > 0, got {window_s}, {stride_s}")
-        if stride_s > window_s:
-            raise ValueError(f"connector.stride_s ({stride_s}) must be <= connector.window_s ({window_s}): "
-                             "a larger stride skips audio between windows")
-        if num_queries < 1:
-            raise ValueError(f"connector.num_queries must be >= 1, got {num_queries}")
-        self.kernel, self.stride = window_geometry(frames_per_second, window_s, stride_s)
-        self.num_queries = num_queries
-        self.trim_padding = trim_padding
+        super().__init__(in_dim, frames_per_second=frames_per_second, window_s=window_s, stride_s=stride_s,
+                         num_queries=num_queries, trim_padding=trim_padding)
         qcfg = Blip2QFormerConfig(
             hidden_size=hidden_size,
             num_hidden_layers=layers,
@@ -74,42 +118,42 @@ class WindowQFormer(nn.Module):
             hidden_dropout_prob=dropout,
             attention_probs_dropout_prob=dropout,
         )
-        self.norm = nn.LayerNorm(in_dim)
         self.qformer = Blip2QFormerModel(qcfg)
         self.query = nn.Parameter(torch.randn(1, num_queries, hidden_size) * qcfg.initializer_range)
         self.proj = nn.Linear(hidden_size, out_dim)
 
-    def tokens_for(self, num_frames: torch.Tensor | int, total_frames: int) -> torch.Tensor:
-        """Audio tokens sent to the LLM for clips of `num_frames` valid frames."""
-        windows = count_windows(num_frames, total_frames, self.kernel, self.stride)
-        if not self.trim_padding:
-            windows = torch.full_like(windows, int(_ceil_windows(total_frames, self.kernel, self.stride)))
-        return windows * self.num_queries
+    def tokens(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.qformer(query_embeds=self.query.expand(windows.shape[0], -1, -1),
+                            encoder_hidden_states=windows).last_hidden_state
 
-    def forward(self, hidden: torch.Tensor, num_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden [B, T, D], num_frames [B] -> (embeds [B, W*Q, out_dim], mask [B, W*Q] bool)."""
-        b, t, d = hidden.shape
-        if t < self.kernel:
-            raise ValueError(f"encoder output has {t} frames, fewer than one connector window ({self.kernel})")
-        full = int(_ceil_windows(t, self.kernel, self.stride))
-        pad = (full - 1) * self.stride + self.kernel - t
-        windows = F.pad(self.norm(hidden), (0, 0, 0, pad)).unfold(1, self.kernel, self.stride)  # [B, W, D, k]
-        w = windows.shape[1]
-        windows = windows.permute(0, 1, 3, 2)  # [B, W, k, D]
-        valid = self.tokens_for(num_frames.cpu(), t).to(hidden.device) // self.num_queries
-        win_mask = torch.arange(w, device=hidden.device)[None, :] < valid[:, None]  # [B, W]
-        # Only windows with audio go through the Q-Former: trimming padding saves connector compute too.
-        picked = windows[win_mask]  # [N, k, D]
-        out = self.qformer(
-            query_embeds=self.query.expand(picked.shape[0], -1, -1),
-            encoder_hidden_states=picked,
-        ).last_hidden_state  # [N, Q, H]
-        embeds = out.new_zeros(b, w, self.num_queries, out.shape[-1])
-        embeds[win_mask] = out
-        embeds = self.proj(embeds.reshape(b, w * self.num_queries, -1))
-        mask = win_mask.repeat_interleave(self.num_queries, dim=1)
-        width = int(mask.sum(1).max())
-        return embeds[:, :width], mask[:, :width]
+
+class WindowProjector(WindowConnector):
+    """SLAM-ASR's and LLaVA's connector: each window's frames, concatenated, through a two-layer MLP (one token
+    per window). Nothing has to learn where to look, so it learns from far fewer examples than a Q-Former."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        frames_per_second: float,
+        window_s: float = 0.1,
+        stride_s: float = 0.1,
+        hidden_size: int = 2048,
+        dropout: float = 0.0,
+        trim_padding: bool = True,
+    ) -> None:
+        super().__init__(in_dim, frames_per_second=frames_per_second, window_s=window_s, stride_s=stride_s,
+                         num_queries=1, trim_padding=trim_padding)
+        if stride_s != window_s:
+            raise ValueError(f"connector.stride_s ({stride_s}) must equal connector.window_s ({window_s}) for the "
+                             "projector: it concatenates each window's frames, which overlapping windows repeat")
+        self.mlp = nn.Sequential(nn.Linear(self.kernel * in_dim, hidden_size), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden_size, hidden_size))
+        self.proj = nn.Linear(hidden_size, out_dim)
+
+    def tokens(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.mlp(windows.flatten(1))[:, None]
 
 
 def max_audio_tokens(context_s: float, frames_per_second: float, window_s: float, stride_s: float,
