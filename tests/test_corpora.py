@@ -301,10 +301,11 @@ def test_data_options_compose_and_instantiate(compose_cfg, corpora_dir, option, 
         assert {s.extra["source"] for s in dm.samples("val")} == {"librispeech", "clotho"}
 
 
-def test_a_train_split_smaller_than_one_batch_is_an_error_not_zero_steps(tmp_path):
+def test_a_train_split_smaller_than_one_batch_still_trains_and_says_so(tmp_path, caplog):
     dm = AudioDataModule(source=lambda root: {}, root=str(tmp_path), tasks=["asr", "aac"], batch_size=16)
     dm.datasets["train"], dm.datasets["val"] = fake_train_set(4, 4), fake_train_set(1, 1)
-    with pytest.raises(ValueError, match="train split has 8 samples, fewer than data.batch_size=16"):
-        dm.train_dataloader()
-    dm.batch_size = 8
-    assert len(dm.train_dataloader()) == 1
+    with caplog.at_level("WARNING"):
+        assert len(dm.train_dataloader()) == 1  # not 0: a dropped partial batch would leave no step at all
+    assert "train split has 8 samples, fewer than data.batch_size=16" in caplog.text
+    dm.batch_size = 3
+    assert len(dm.train_dataloader()) == 2  # 8 samples in batches of 3: the partial one is dropped

@@ -179,13 +179,14 @@ class AudioDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         self.setup({"train": "fit", "val": "validate", "test": "test", REAL: REAL}[split])
-        if shuffle and len(self.datasets[split]) < batch_size:
-            # Training drops the last partial batch (steady step sizes): a smaller set would train no step at all.
-            raise ValueError(f"the {split} split has {len(self.datasets[split])} samples, fewer than "
-                             f"data.batch_size={batch_size}: no training batch would be formed; lower "
-                             f"data.batch_size or enlarge the split")
+        # Training drops the last partial batch (steady step sizes), except where the split is smaller than one
+        # batch: dropping it would leave no training step at all.
+        drop_last = shuffle and len(self.datasets[split]) >= batch_size
+        if shuffle and not drop_last:
+            log.warning("the %s split has %d samples, fewer than data.batch_size=%d: each training step uses "
+                        "all of them", split, len(self.datasets[split]), batch_size)
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle and sampler is None,
-                          sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers, drop_last=shuffle)
+                          sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers, drop_last=drop_last)
 
     def train_sampler(self) -> WeightedRandomSampler | None:
         """With `weights`, a sampler that draws each task (or source) of the train set in those proportions,
