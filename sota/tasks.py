@@ -25,29 +25,12 @@ from sota.measure.footprint import footprint, peak_rss_mb
 from sota.measure.throughput import TrainThroughput
 from sota.models.build import build_model, encoder_fingerprint
 from sota.models.lit_module import AudioLLMModule
+from sota.preemption import Interrupted, ResumableCheckpoint, SignalState, interruptible
+from sota.run_dir import LAST_CHECKPOINT, RESULTS, check_output_dir, resume_checkpoint
 from sota.utils.io import atomic_write_json, atomic_write_text
 from sota.utils.provenance import device_name, git_sha, versions
 
 log = logging.getLogger(__name__)
-
-RESULTS = "results.json"
-
-
-class RunExists(RuntimeError):
-    """The run directory already holds a finished result, which is never overwritten."""
-
-
-def check_output_dir(out_dir: Path) -> None:
-    path = out_dir / RESULTS
-    if path.is_file():
-        try:
-            status = json.loads(path.read_text()).get("status")
-        except (json.JSONDecodeError, AttributeError):
-            status = None
-        if status == "ok":
-            raise RunExists(f"{path} holds a finished run; refusing to overwrite it. "
-                            "Choose another directory (hydra.run.dir=...) or move the old one away.")
-
 
 def _make_logger(cfg: DictConfig) -> Any:
     if not cfg.get("logger") or "_target_" not in cfg.logger:
@@ -188,117 +171,157 @@ def run(cfg: DictConfig) -> float | None:
         "model": {}, "efficiency": {}, "compression": {}, "timing": {"train_s": None, "eval_s": None},
         "data": {}, "provenance": {"git_sha": git_sha(), "seed": int(cfg.seed), "versions": versions()},
     }
-    logger: Any = False
+    session: dict[str, Any] = {"logger": False, "rank_zero": True}
     t_start = time.perf_counter()
-    try:
-        L.seed_everything(cfg.seed, workers=True)
-        t0 = time.perf_counter()
-        dm: AudioDataModule = instantiate(cfg.data)
-        # Each checkpoint is read once: the one evaluated (task=eval) and the one a run starts from.
-        evaluated = pipeline.read_checkpoint(cfg.ckpt_path) if cfg.task == "eval" and cfg.ckpt_path else None
-        init_path = cfg.get("init_from") or _trained_from(cfg, evaluated)
-        init = pipeline.read_checkpoint(init_path) if init_path else None
-        audio, notes = _recorded_audio(cfg, evaluated, init)
-        results["data"]["notes"] = notes
-        words = _vocabulary(dm, evaluated, init)
-        model = build_model(cfg, words)
-        init_record = pipeline.load_trained(model, init_path, init) if init is not None else None
-        problems: list[str] = []
-        prune.check_model(model, cfg.get("prune"), problems)  # head counts exist only once the model does
-        if problems:
-            raise ConfigError(problems)
-        logger = _make_logger(cfg)
-        clock = TrainThroughput()
-        callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True,
-                                                         save_top_k=0), clock]
-        if cfg.get("checkpoint_every_n_steps"):  # a learning curve: evaluate each later with task=eval ckpt_path=
-            callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
-                dirpath=out_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
-                every_n_train_steps=int(cfg.checkpoint_every_n_steps), save_top_k=-1))
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
-                                         default_root_dir=str(out_dir))
-        device = _device(trainer)
-        if _compresses_encoder(cfg) or (init is not None and pipeline.trained_changes_encoder(init)):
-            dm.cache_features = False  # cached features would come from the encoder before compression
-        dm.attach_encoder(model.encoder.to(device), encoder_fingerprint(cfg), device=device)
-        if cfg.task == "train" or not cfg.ckpt_path:
-            # eval without ckpt_path starts from init_from: compressed as configured, evaluated untrained.
-            record = pipeline.before_training(model, cfg, _calibration(cfg, dm, device), device)
-        else:
-            record = _restore_structure(model, cfg, evaluated, device)
-        if init_record is not None:
-            record["init_from"] = init_record
-        model.to(device)
-        module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
-                                generate=as_dict(cfg.generate), run_config=results["config"], vocabulary=words,
-                                compression=record, audio=audio)
-        results["timing"]["setup_s"] = time.perf_counter() - t0
-
-        if cfg.task == "train":
-            if cfg.get("compile", "none") == "llm":
-                model.compile_training()
-            t1 = time.perf_counter()
-            trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
-            results["timing"]["train_s"] = time.perf_counter() - t1
-            results["timing"]["train_steps"] = int(trainer.global_step)
-            results["timing"].update(clock.summary())
-            model.to(device)  # Lightning's teardown left it on the CPU; compression and evaluation run here
-        elif cfg.ckpt_path:
-            _load_trainable(module, cfg.ckpt_path, evaluated)
-        results["provenance"]["world_size"] = trainer.world_size  # processes that trained (DDP: one per device)
-        trainer = _one_device(trainer, cfg, logger, out_dir)
-        if trainer is None:
-            return None  # DDP: the other ranks leave after training; rank zero evaluates, measures and writes
-        results["compression"] = pipeline.after_training(model, cfg, record, device)
-
-        t2 = time.perf_counter()
-        trainer.test(module, datamodule=dm, verbose=False)
-        results["timing"]["eval_s"] = time.perf_counter() - t2
-        model.to(device)  # back from the CPU, where the test's teardown put it: it is measured on `device`
-
-        rows = module.predictions.get("test", [])
-        atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        atomic_write_text(out_dir / "predictions.csv", _csv(rows))
-        results["metrics"].update(module.metrics.get("test", {}))
-        if module.agreement is not None:
-            results["agreement"] = module.agreement.summary()
-        _evaluate_real(trainer, module, dm, out_dir, results)
-        model.to(device)
-        test_set = dm.datasets["test"]
-        lengths = [len(w) for w in test_set.waves]
-        tokens = model.connector.tokens_for(model.encoder.frames_for(lengths), model.encoder.padded_frames(lengths))
-        results["model"] = {**footprint(model), "audio_tokens": int(tokens.max()),
-                            "audio_tokens_mean": float(tokens.float().mean())}
-        # The run's own peak (training included) is read before measuring: strict mode resets the counters.
-        run_peak = _peak_memory_mb(device)
-        results["efficiency"] = {"device": device_name(device), "mode": "none", "peak_memory_mb": run_peak,
-                                 "peak_rss_mb": peak_rss_mb()}
-        if cfg.get("measure") is not None and cfg.measure.mode != "none":
-            model.eval()
-            clips = latency.real_clips(test_set, int(cfg.measure.real_clips))
-            measured = latency.measure(model, cfg.measure, device, clips, backend=cfg.generate.backend)
-            results["efficiency"] = {**results["efficiency"], **measured}
-        results["efficiency"]["run_peak_memory_mb"] = run_peak
-        results["timing"]["measure_s"] = time.perf_counter() - t2 - results["timing"]["eval_s"]
-        results["data"].update({
-            "train": len(dm.datasets["train"]) if "train" in dm.datasets else 0, "test": len(test_set),
-            "real": len(dm.datasets[REAL]) if REAL in dm.datasets else 0, "skipped": len(dm.skipped),
-            "skipped_files": dm.skipped[:50], "speakers": module.audio.get("speakers"),
-            "chunked": dict(dm.chunked), "context_s": float(model.encoder.context_s),
-            "tokens_per_s": module.audio.get("tokens_per_s")})
-        results["status"] = "ok"
-    except BaseException as err:
-        results["error"] = f"{type(err).__name__}: {err}"
-        results["traceback"] = traceback.format_exc()
-        raise
-    finally:
-        if rank_zero_only.rank == 0:  # under DDP, global rank zero alone writes results and closes W&B
-            results["timing"]["total_s"] = time.perf_counter() - t_start
-            atomic_write_json(out_dir / RESULTS, results)
-            if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
-                _close_wandb(logger, results)
+    exit_code = None
+    with interruptible() as signals:
+        try:
+            _run(cfg, out_dir, results, signals, session)
+        except Interrupted as err:  # recorded, then the process exits as one stopped by that signal would
+            results.update(status="interrupted", error=f"Interrupted: {err}", traceback=traceback.format_exc())
+            exit_code = err.exit_code
+        except BaseException as err:
+            results.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+            raise
+        finally:
+            if session["rank_zero"] and rank_zero_only.rank == 0:  # under DDP, rank zero alone writes results
+                results["timing"]["total_s"] = time.perf_counter() - t_start
+                atomic_write_json(out_dir / RESULTS, results)
+                logger = session["logger"]
+                if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
+                    _close_wandb(logger, results)
+                log.info("%s", summary_line(results, out_dir))
+    if exit_code is not None:
+        raise SystemExit(exit_code)
     objective = results["metrics"].get(cfg.objective)
     return float(objective) if objective is not None else None
+
+
+def summary_line(results: dict[str, Any], out_dir: Path) -> str:
+    """The run in one line: status, the headline metrics it has, wall time and where results.json is."""
+    metrics = results.get("metrics") or {}
+    shown = [f"{k} {metrics[k]:.3f}" for k in ("asr/wer", "aac/cider_d", "real/asr/wer")
+             if isinstance(metrics.get(k), (int, float))]
+    status = results["status"] if results["status"] == "ok" else f"{results['status']} ({results.get('error')})"
+    total = (results.get("timing") or {}).get("total_s")
+    wall = f"{total:.0f} s" if isinstance(total, (int, float)) else "?"
+    return " | ".join(["sota: " + status, *shown, wall, str(out_dir / RESULTS)])
+
+
+def _run(cfg: DictConfig, out_dir: Path, results: dict[str, Any], signals: SignalState,
+         session: dict[str, Any]) -> None:
+    """The body of `run`: fills `results`; `session` carries what `run` closes afterwards."""
+    L.seed_everything(cfg.seed, workers=True)
+    t0 = time.perf_counter()
+    dm: AudioDataModule = instantiate(cfg.data)
+    # Each checkpoint is read once: the one evaluated (task=eval) and the one a run starts from.
+    evaluated = pipeline.read_checkpoint(cfg.ckpt_path) if cfg.task == "eval" and cfg.ckpt_path else None
+    init_path = cfg.get("init_from") or _trained_from(cfg, evaluated)
+    init = pipeline.read_checkpoint(init_path) if init_path else None
+    audio, notes = _recorded_audio(cfg, evaluated, init)
+    results["data"]["notes"] = notes
+    words = _vocabulary(dm, evaluated, init)
+    model = build_model(cfg, words)
+    init_record = pipeline.load_trained(model, init_path, init) if init is not None else None
+    problems: list[str] = []
+    prune.check_model(model, cfg.get("prune"), problems)  # head counts exist only once the model does
+    if problems:
+        raise ConfigError(problems)
+    logger = session["logger"] = _make_logger(cfg)
+    clock = TrainThroughput()
+    every = cfg.get("resume_every_n_steps")
+    callbacks = [ResumableCheckpoint(out_dir / LAST_CHECKPOINT, int(every) if every else None, signals), clock]
+    if cfg.get("checkpoint_every_n_steps"):  # a learning curve: evaluate each later with task=eval ckpt_path=
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
+            dirpath=out_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
+            every_n_train_steps=int(cfg.checkpoint_every_n_steps), save_top_k=-1))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
+                                     default_root_dir=str(out_dir))
+    device = _device(trainer)
+    if _compresses_encoder(cfg) or (init is not None and pipeline.trained_changes_encoder(init)):
+        dm.cache_features = False  # cached features would come from the encoder before compression
+    dm.attach_encoder(model.encoder.to(device), encoder_fingerprint(cfg), device=device)
+    if cfg.task == "train" or not cfg.ckpt_path:
+        # eval without ckpt_path starts from init_from: compressed as configured, evaluated untrained.
+        record = pipeline.before_training(model, cfg, _calibration(cfg, dm, device), device)
+    else:
+        record = _restore_structure(model, cfg, evaluated, device)
+    if init_record is not None:
+        record["init_from"] = init_record
+    model.to(device)
+    module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
+                            generate=as_dict(cfg.generate), run_config=results["config"], vocabulary=words,
+                            compression=record, audio=audio)
+    results["timing"]["setup_s"] = time.perf_counter() - t0
+
+    if cfg.task == "train":
+        if cfg.get("compile", "none") == "llm":
+            model.compile_training()
+        t1 = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=_resume_from(cfg, out_dir, results))
+        results["timing"]["train_s"] = time.perf_counter() - t1
+        results["timing"]["train_steps"] = int(trainer.global_step)
+        results["timing"].update(clock.summary())
+        model.to(device)  # Lightning's teardown left it on the CPU; compression and evaluation run here
+    elif cfg.ckpt_path:
+        _load_trainable(module, cfg.ckpt_path, evaluated)
+    results["provenance"]["world_size"] = trainer.world_size  # processes that trained (DDP: one per device)
+    trainer = _one_device(trainer, cfg, logger, out_dir)
+    if trainer is None:
+        session["rank_zero"] = False
+        return  # DDP: the other ranks leave after training; rank zero evaluates, measures and writes
+    results["compression"] = pipeline.after_training(model, cfg, record, device)
+
+    t2 = time.perf_counter()
+    trainer.test(module, datamodule=dm, verbose=False)
+    results["timing"]["eval_s"] = time.perf_counter() - t2
+    model.to(device)  # back from the CPU, where the test's teardown put it: it is measured on `device`
+
+    rows = module.predictions.get("test", [])
+    atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out_dir / "predictions.csv", _csv(rows))
+    results["metrics"].update(module.metrics.get("test", {}))
+    if module.agreement is not None:
+        results["agreement"] = module.agreement.summary()
+    _evaluate_real(trainer, module, dm, out_dir, results)
+    model.to(device)
+    test_set = dm.datasets["test"]
+    lengths = [len(w) for w in test_set.waves]
+    tokens = model.connector.tokens_for(model.encoder.frames_for(lengths), model.encoder.padded_frames(lengths))
+    results["model"] = {**footprint(model), "audio_tokens": int(tokens.max()),
+                        "audio_tokens_mean": float(tokens.float().mean())}
+    # The run's own peak (training included) is read before measuring: strict mode resets the counters.
+    run_peak = _peak_memory_mb(device)
+    results["efficiency"] = {"device": device_name(device), "mode": "none", "peak_memory_mb": run_peak,
+                             "peak_rss_mb": peak_rss_mb()}
+    if cfg.get("measure") is not None and cfg.measure.mode != "none":
+        model.eval()
+        clips = latency.real_clips(test_set, int(cfg.measure.real_clips))
+        measured = latency.measure(model, cfg.measure, device, clips, backend=cfg.generate.backend)
+        results["efficiency"] = {**results["efficiency"], **measured}
+    results["efficiency"]["run_peak_memory_mb"] = run_peak
+    results["timing"]["measure_s"] = time.perf_counter() - t2 - results["timing"]["eval_s"]
+    results["data"].update({
+        "train": len(dm.datasets["train"]) if "train" in dm.datasets else 0, "test": len(test_set),
+        "real": len(dm.datasets[REAL]) if REAL in dm.datasets else 0, "skipped": len(dm.skipped),
+        "skipped_files": dm.skipped[:50], "speakers": module.audio.get("speakers"),
+        "chunked": dict(dm.chunked), "context_s": float(model.encoder.context_s),
+        "tokens_per_s": module.audio.get("tokens_per_s")})
+    results["status"] = "ok"
+
+
+def _resume_from(cfg: DictConfig, out_dir: Path, results: dict[str, Any]) -> str | None:
+    """`ckpt_path` when given; else the checkpoint an interrupted run left in this directory (the same command
+    run again continues it), recorded in results.json."""
+    if cfg.ckpt_path:
+        return str(cfg.ckpt_path)
+    last = resume_checkpoint(out_dir)
+    if last is None:
+        return None
+    step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    log.warning("resuming the interrupted run in %s from %s (step %d)", out_dir, last, step)
+    results["resumed_from"] = {"path": str(last), "step": step}
+    return str(last)
 
 
 def _one_device(trainer: L.Trainer, cfg: DictConfig, logger: Any, out_dir: Path) -> L.Trainer | None:
