@@ -3,19 +3,78 @@ key and the valid values (Hydra itself reports unknown groups, options and keys)
 
 from __future__ import annotations
 
+import difflib
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 TASKS = ("train", "eval")
 COMPILE = ("none", "llm")  # what training runs through torch.compile
+SEED_RANGE = (0, 2**32 - 1)  # what Lightning's seed_everything accepts
+# Groups whose keys are checked against their option files (prune checks its own against prune.DEFAULTS).
+CHECKED_GROUPS = ("lora", "quant", "connector", "generate", "measure", "corpus", "data")
+ALWAYS_VALID = frozenset({"_target_", "_partial_"})
 
 
 class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@functools.cache
+def group_keys(conf: Path | None = None) -> dict[str, frozenset[str]]:
+    """The valid keys of each of CHECKED_GROUPS: the top-level keys of any of its option files (conf/<group>/*.yaml),
+    and of any file elsewhere packaged into it (`# @package generate` in conf/backend/), plus _target_ and
+    _partial_. Read once per conf directory."""
+    if conf is None:
+        from sota.bench import CONF as conf
+    keys: dict[str, set[str]] = {g: set(ALWAYS_VALID) for g in CHECKED_GROUPS}
+    for file in sorted(Path(conf).rglob("*.yaml")):
+        group = file.parent.relative_to(conf).as_posix()
+        header = re.search(r"^#\s*@package\s+(\S+)", file.read_text(), re.MULTILINE)
+        package = header.group(1) if header else group
+        package = group if package == "_group_" else package
+        node = OmegaConf.load(file)
+        if package in keys and isinstance(node, DictConfig):
+            keys[package].update(str(k) for k in node.keys() if k != "defaults")
+    return {g: frozenset(k) for g, k in keys.items()}
+
+
+def _generation_fields() -> set[str]:
+    """Arguments of transformers' generate (GenerationConfig fields): extra `generate` keys are passed to it."""
+    from transformers import GenerationConfig
+
+    return set(GenerationConfig().to_dict())
+
+
+def _unknown_keys(cfg: DictConfig, out: list[str]) -> None:
+    """A misspelt key (`+lora.rnak=4`) would otherwise be carried along unread while the default applies."""
+    valid = group_keys()
+    for group in CHECKED_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        unknown = sorted(str(k) for k in node.keys() if k not in valid[group])
+        candidates = set(valid[group])
+        if group == "generate" and unknown:
+            candidates |= _generation_fields()
+            unknown = [k for k in unknown if k not in candidates]
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(candidates), n=1)
+            hint = f" (did you mean {group}.{close[0]}?)" if close else ""
+            extra = " or an argument of transformers' generate" if group == "generate" else ""
+            out.append(f"{group}.{key} is not a key of the {group} group{hint}; valid: "
+                       f"{', '.join(sorted(valid[group] - ALWAYS_VALID))}{extra}")
+
+
+def _seed(seed: Any, out: list[str]) -> None:
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        out.append(f"seed must be an integer in [{low}, {high}], got {seed!r}")
 
 
 def _connector(c: DictConfig, out: list[str]) -> None:
@@ -108,6 +167,8 @@ def validate(cfg: DictConfig) -> None:
     out: list[str] = []
     if cfg.task not in TASKS:
         out.append(f"task must be one of {', '.join(TASKS)}; got {cfg.task!r}")
+    _seed(cfg.get("seed"), out)
+    _unknown_keys(cfg, out)
     if cfg.task == "eval" and not cfg.ckpt_path and not cfg.get("init_from"):
         out.append("task=eval needs ckpt_path=/path/to/checkpoint.ckpt (evaluate it as trained) or "
                    "init_from=/path/to/checkpoint.ckpt (evaluate it compressed as configured, untrained)")
@@ -115,9 +176,10 @@ def validate(cfg: DictConfig) -> None:
         path = cfg.get(key)
         if path and not Path(str(path)).is_file():
             out.append(f"{key}={path}: no such file")
-    every = cfg.get("checkpoint_every_n_steps")
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-        out.append(f"checkpoint_every_n_steps must be null or an integer >= 1, got {every!r}")
+    for key in ("checkpoint_every_n_steps", "resume_every_n_steps"):
+        every = cfg.get(key)
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            out.append(f"{key} must be null or an integer >= 1, got {every!r}")
     if cfg.get("compile", "none") not in COMPILE:
         out.append(f"compile must be one of {', '.join(COMPILE)}; got {cfg.get('compile')!r}")
     if cfg.get("init_from") and cfg.task == "eval" and cfg.ckpt_path:

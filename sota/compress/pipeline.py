@@ -30,8 +30,51 @@ def validate(cfg: DictConfig, device: str, out: list[str]) -> None:
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
-    """A sota checkpoint (tensors and plain containers only: never arbitrary pickles)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A sota checkpoint (tensors and plain containers only: never arbitrary pickles). A file that is not one
+    raises ValueError naming it and saying what it appears to be: missing, empty, not a torch/zip checkpoint,
+    refused by weights_only, or a torch file without Lightning's state_dict."""
+    import zipfile
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    size = file.stat().st_size
+    if size == 0:
+        raise ValueError(f"checkpoint {path}: empty file (0 bytes), not a Lightning checkpoint; was its save "
+                         "interrupted?")
+    with file.open("rb") as f:
+        head = f.read(64)
+    # torch.save writes a zip archive; files from before torch 1.6 are a pickle (its first byte is 0x80).
+    is_zip, is_pickle = zipfile.is_zipfile(file), head[:1] == b"\x80"
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - each kind of bad file fails differently inside torch.load
+        message = str(err)
+        said = (message.splitlines() or [""])[0][:200]
+        text = head.decode("utf-8", "replace")
+        if (is_zip or is_pickle) and "Weights only load failed" in message:
+            why = next((line.split("error:", 1)[1].split(". Please")[0].strip() for line in message.splitlines()
+                        if "WeightsUnpickler error:" in line), "") or "objects other than tensors and containers"
+            kind = (f"a torch file refused by torch.load(weights_only=True) ({why}); sota never unpickles "
+                    "arbitrary objects")
+        elif is_zip:
+            kind = f"a zip archive but not a readable torch checkpoint (torch.load: {said})"
+        elif head[:4] == b"PK\x03\x04":
+            kind = "a truncated zip archive: the start of a torch checkpoint whose save or copy did not finish"
+        elif is_pickle:
+            kind = f"a damaged torch file in the legacy pickle format (torch.load: {type(err).__name__} {said})"
+        elif "\ufffd" not in text[:-1] and all(c.isprintable() or c.isspace() for c in text[:-1]):
+            kind = f"a text file, not a torch/zip checkpoint (it starts with {text[:40]!r})"
+        else:
+            kind = f"not a torch/zip checkpoint (it starts with bytes {head[:8].hex(' ')})"
+        raise ValueError(f"checkpoint {path} ({size} bytes): {kind}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        found = (f"top-level keys {', '.join(map(repr, list(ckpt)[:8]))}" if isinstance(ckpt, dict)
+                 else f"a {type(ckpt).__name__}")
+        raise ValueError(f"checkpoint {path}: a torch file without Lightning's state_dict (it holds {found}); "
+                         "give a .ckpt that a sota run wrote (e.g. <run dir>/checkpoints/last.ckpt)")
+    return ckpt
 
 
 def trained_changes_encoder(ckpt: dict[str, Any]) -> bool:

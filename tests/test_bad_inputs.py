@@ -1,0 +1,124 @@
+"""Bad inputs are refused before any heavy work, with a message that names the config key or the file and what
+would be valid: a non-integer seed, manifests that are not UTF-8 or carry wrong types or unknown tasks,
+checkpoints that are empty or foreign, and misspelt keys of the config groups."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from conftest import CONF
+from sota.compress.pipeline import read_checkpoint
+from sota.config import ConfigError, group_keys, validate
+from sota.data.manifest import BadSample, read_manifest
+
+
+def write(path, rows):
+    path.write_text(json.dumps({"annotation": rows}))
+    return path
+
+
+# -- config -------------------------------------------------------------------------------------------------
+
+def test_seed_must_be_an_integer(compose_cfg):
+    # Lightning would raise a bare ValueError only once the run has started.
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 4294967295\], got 'abc'"):
+        validate(compose_cfg("seed=abc"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+lora.rnak=4", r"lora.rnak is not a key of the lora group \(did you mean lora.rank\?\); valid: alpha, "),
+    ("+quant.grup_size=64", r"quant.grup_size is not a key of the quant group \(did you mean quant.group_size\?\)"),
+    ("+connector.window=1", r"connector.window is not a key .* \(did you mean connector.window_s\?\)"),
+    ("+generate.num_beam=2", r"generate.num_beam is not a key .* \(did you mean generate.num_beams\?\)"),
+    ("+measure.iteration=3", r"measure.iteration is not a key .* \(did you mean measure.iterations\?\)"),
+    ("+corpus.asr_trian=5", r"corpus.asr_trian is not a key .* \(did you mean corpus.asr_train\?\)"),
+    ("+data.bach_size=3", r"data.bach_size is not a key .* \(did you mean data.batch_size\?\)"),
+], ids=lambda v: v.lstrip("+").split(".")[0] if v.startswith("+") else "")
+def test_unknown_group_key_is_refused_with_the_nearest_valid_key(compose_cfg, override, message):
+    # A misspelt key would otherwise be carried along unread while the default applies.
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg(override))
+
+
+def test_generate_accepts_arguments_of_transformers_generate(compose_cfg):
+    # Extra generate keys are passed to transformers' generate (tests/test_ddp.py sets min_new_tokens).
+    validate(compose_cfg("++generate.min_new_tokens=4"))
+
+
+def test_group_keys_come_from_option_files_and_packaged_files():
+    keys = group_keys(CONF)
+    assert {"rank", "alpha", "_target_", "_partial_"} <= keys["lora"]
+    assert "backend" in keys["generate"]  # conf/backend/*.yaml are `# @package generate`
+    assert "defaults" not in keys["quant"]
+
+
+# -- manifests ----------------------------------------------------------------------------------------------
+
+def test_non_utf8_manifest_names_the_file(tmp_path):
+    # A Latin-1 transcript used to surface as a UnicodeDecodeError without the file's name.
+    m = tmp_path / "latin1.json"
+    m.write_bytes(json.dumps({"annotation": [{"path": "a.wav", "text": "café", "task": "asr"}]},
+                             ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(BadSample, match=r"latin1.json: not UTF-8 JSON"):
+        read_manifest(m)
+
+
+def test_non_string_text_names_the_manifest_row_and_key(tmp_path):
+    # A number where a transcript belongs used to fail later as AttributeError: 'int' has no 'strip'.
+    m = write(tmp_path / "m.json", [{"path": "a.wav", "text": "ok", "task": "asr"},
+                                    {"id": "u2", "path": "b.wav", "text": 12345, "task": "asr"}])
+    with pytest.raises(BadSample, match=r"m.json: row 1 \(id 'u2'\): 'text' must be a string, got int 12345"):
+        read_manifest(m)
+
+
+def test_unknown_task_rows_are_counted_logged_and_listed(tmp_path, caplog):
+    # Rows of another task are skipped whatever data.on_bad_file says, but never silently.
+    m = write(tmp_path / "m.json", [{"path": "a.wav", "text": "ok", "task": "asr"},
+                                    {"path": "b.wav", "text": "x", "task": "ars"},
+                                    {"path": "c.wav", "text": "y", "task": "ars"}])
+    skipped: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="sota.data.manifest"):
+        rows = read_manifest(m, skipped=skipped)
+    assert [r.path.name for r in rows] == ["a.wav"]
+    assert skipped == [f"{m}#1: task 'ars' is not one of asr, aac", f"{m}#2: task 'ars' is not one of asr, aac"]
+    assert f"{m}: skipping 2 row(s) with task 'ars' (did you mean 'asr'?): not one of asr, aac" in caplog.text
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------
+
+def test_empty_checkpoint_is_named_as_empty(tmp_path):
+    # torch.load says only `EOFError: ` for a 0-byte file (a save that never finished).
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"checkpoint .*last.ckpt: empty file \(0 bytes\)"):
+        read_checkpoint(str(ckpt))
+
+
+def test_text_file_is_not_a_torch_checkpoint(tmp_path):
+    ckpt = tmp_path / "notes.ckpt"
+    ckpt.write_text("hello world\n")
+    with pytest.raises(ValueError, match=r"notes.ckpt \(12 bytes\): a text file, not a torch/zip checkpoint"):
+        read_checkpoint(str(ckpt))
+
+
+def test_torch_file_without_state_dict_is_named(tmp_path):
+    # A plain torch.save of tensors used to fail later as KeyError: 'state_dict'.
+    ckpt = tmp_path / "weights.pt"
+    torch.save({"weight": torch.ones(2)}, ckpt)
+    with pytest.raises(ValueError, match=r"weights.pt: a torch file without Lightning's state_dict "
+                                         r"\(it holds top-level keys 'weight'\)"):
+        read_checkpoint(str(ckpt))
+
+
+class Opaque:
+    """Not a tensor or a plain container: torch.load(weights_only=True) refuses to unpickle it."""
+
+
+def test_pickled_object_is_refused_by_weights_only(tmp_path):
+    ckpt = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "extra": Opaque()}, ckpt)
+    with pytest.raises(ValueError, match=r"pickled.ckpt .*refused by torch.load\(weights_only=True\) "
+                                         r"\(Unsupported global: .*Opaque"):
+        read_checkpoint(str(ckpt))
