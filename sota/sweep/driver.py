@@ -1,6 +1,6 @@
-"""One sweep from its composed config (`conf/sweep_config.yaml`): claim the sweep dir, expand or search the
-points, run those not yet finished (each in its own process), keep points.jsonl current, then write the
-frontier report and log to W&B."""
+"""One sweep from its composed config (`conf/sweep_config.yaml`): claim the sweep dir, kill the points a
+killed earlier driver left running, expand or search the points, run those not yet finished (each in its own
+process), keep points.jsonl current, then write the frontier report and log to W&B."""
 
 from __future__ import annotations
 
@@ -17,7 +17,16 @@ from sota.sweep import launch, points, sweepdir
 from sota.sweep.frontier import Objective
 from sota.sweep.points import Point, SweepSpecError
 from sota.sweep.report import ObjectiveError, ReportSettings, write_report
-from sota.sweep.sweepdir import RESULTS, Index, SweepDirError, point_dir, read_json
+from sota.sweep.sweepdir import (
+    CHILDREN,
+    INVALID,
+    RESULTS,
+    Index,
+    SweepDirError,
+    point_dir,
+    read_results,
+    set_aside_unreadable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +141,9 @@ class Recorder:
         return run_dir
 
     def finish(self, point: Point, end: launch.ProcessEnd) -> dict[str, Any] | None:
-        results = read_json(point_dir(self.sweep_dir, point.id) / RESULTS)
+        results = read_results(point_dir(self.sweep_dir, point.id) / RESULTS)
         if results is not None:
-            status = "ok" if results.get("status") == "ok" else "failed"
+            status = results["status"] if results.get("status") in ("ok", INVALID) else "failed"
             error = results.get("error")
             if status == "ok" and end.exit_code not in (0, None):
                 log.warning("point %s: results.json says ok but the process exited with %s", point.id, end.exit_code)
@@ -163,11 +172,14 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
         check_overrides(points.probes(s.spec))
     s.sweep_dir.mkdir(parents=True, exist_ok=True)
     sweepdir.claim(s.sweep_dir, s.name, ident, {**s.report.record(), "method": method})
-    index = Index(s.sweep_dir)
+    children = launch.Children(s.sweep_dir / CHILDREN)
+    children.check_no_live_driver()
+    children.kill_leftovers()  # before anything is launched: a leftover still writes into its point's dir
+    index = Index(s.sweep_dir, set_aside_corrupt=True)
     index.plan(planned)
     index.save()
     keys = list(dict.fromkeys(o.key for o in s.objectives + s.report.accuracy + s.report.cost))
-    runner = _runner(s)
+    runner = _runner(s, children)
     t0 = time.perf_counter()
     if method == "grid":
         launched = _run_grid(s, planned, index, keys, runner)
@@ -180,36 +192,46 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
 
     wandb_log.log_sweep(s.sweep_dir, s.sweep_dir.name, rows, s.objectives, files, s.wandb)
     counts = index.counts()
-    log.info("sweep %s: %d launched in %.0f s; %d ok, %d failed -> %s", s.name, launched, wall, counts["ok"],
-             counts["failed"], files["html"])
+    log.info("sweep %s: %d launched in %.0f s; %d ok, %d failed%s -> %s", s.name, launched, wall, counts["ok"],
+             counts["failed"], _invalid(counts), files["html"])
     return {"sweep_dir": str(s.sweep_dir), "launched": launched, "wall_s": wall, "counts": counts,
             "files": {k: str(v) for k, v in files.items()}}
 
 
-def _runner(s: SweepSettings) -> launch.Runner:
+def _invalid(counts: Mapping[str, int]) -> str:
+    return f", {counts[INVALID]} invalid" if counts.get(INVALID) else ""
+
+
+def _runner(s: SweepSettings, children: launch.Children) -> launch.Runner:
     env = launch.child_env(s.threads)
     if s.launcher == "slurm":
         return launch.slurm_runner(s.run_py, env, s.timeout_s, s.sweep_dir / "slurm", s.slurm)
-    return launch.local_runner(s.run_py, env, s.timeout_s, s.gpus)
+    return launch.local_runner(s.run_py, env, s.timeout_s, s.gpus, children)
 
 
 def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[str], runner: launch.Runner) -> int:
+    for p in planned:  # an unreadable results.json is no result: set aside, and its point runs again
+        if set_aside_unreadable(point_dir(s.sweep_dir, p.id) / RESULTS) is not None:
+            index.entries[p.id] = {**(index.get(p.id) or {}), "status": "pending", "error": None}
     states = {p.id: sweepdir.state(s.sweep_dir, p.id, index.get(p.id)) for p in planned}
     for p in planned:  # the index follows results.json (e.g. after a crash between a point's end and its entry)
         entry = index.get(p.id) or {}
         if states[p.id] != entry.get("status") and states[p.id] != "pending":
-            results = read_json(point_dir(s.sweep_dir, p.id) / RESULTS)
+            results = read_results(point_dir(s.sweep_dir, p.id) / RESULTS)
             index.entries[p.id] = {**entry, "status": states[p.id],
                                    "error": (results or {}).get("error", entry.get("error")),
                                    "values": sweepdir.key_values(results, keys)}
-        elif states[p.id] == "pending" and entry.get("status") == "running":
+        elif states[p.id] == "pending" and entry.get("status") != "pending":  # interrupted, or its results lost
             index.entries[p.id] = {**entry, "status": "pending"}
     index.save()
-    todo = [p for p in planned if states[p.id] == "pending" or (states[p.id] == "failed" and s.rerun_failed)]
+    rerun = ("failed", INVALID) if s.rerun_failed else ()
+    todo = [p for p in planned if states[p.id] == "pending" or states[p.id] in rerun]
     n_ok = sum(v == "ok" for v in states.values())
-    n_failed = sum(v == "failed" for v in states.values())
-    log.info("sweep %s: %d points: %d done, %d failed%s, %d to run with %d worker(s) (%s)", s.name, len(planned),
-             n_ok, n_failed, " (run again: rerun_failed=true)" if n_failed and not s.rerun_failed else "",
+    n_failed = sum(v in ("failed", INVALID) for v in states.values())
+    n_invalid = sum(v == INVALID for v in states.values())
+    log.info("sweep %s: %d points: %d done, %d failed%s%s, %d to run with %d worker(s) (%s)", s.name,
+             len(planned), n_ok, n_failed, f" ({n_invalid} of them invalid)" if n_invalid else "",
+             " (run again: rerun_failed=true)" if n_failed and not s.rerun_failed else "",
              len(todo), s.workers, s.launcher)
     rec = Recorder(s.sweep_dir, index, keys, len(todo))
     # Before any point has finished, the corpus and the encoder-feature cache may not exist yet: parallel
@@ -252,5 +274,6 @@ def _run_optuna(s: SweepSettings, index: Index, keys: list[str], runner: launch.
 
 def summary_line(result: Mapping[str, Any]) -> str:
     c = result["counts"]
-    return (f"sweep dir {result['sweep_dir']}: {c['ok']} ok, {c['failed']} failed, {c['pending']} pending; "
+    return (f"sweep dir {result['sweep_dir']}: {c['ok']} ok, {c['failed']} failed{_invalid(c)}, "
+            f"{c['pending']} pending; "
             f"{result['launched']} launched in {result['wall_s']:.0f} s; report {result['files']['html']}")

@@ -4,13 +4,20 @@ this machine (`local`) or as SLURM jobs through submitit (`slurm`), up to `worke
 One process per point keeps measurements honest (peak memory is the process's own) and isolates crashes: a
 point that raises, NaNs or is killed costs only itself. How it ended is read from its results.json; a process
 that died without one is described by its exit code or signal and the tail of its stderr.
+
+The driver owns its local points: each runs in a process group of its own, SIGTERM, SIGHUP or Ctrl-C to the
+driver kill those groups (and it exits non-zero), and each running point is recorded in the sweep dir
+(`Children`) so that a sweep resumed after its driver was killed outright (SIGKILL cannot be caught) kills
+what the dead driver left running before it launches anything.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from sota.sweep.points import Point
+from sota.sweep.sweepdir import SweepDirError
+from sota.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -111,24 +120,32 @@ def threads_per_point(setting: Any, workers: int) -> int | None:
 
 
 def run_command(cmd: Sequence[str], cwd: str, env: Mapping[str, str], run_dir: str,
-                timeout_s: float | None) -> ProcessEnd:
+                timeout_s: float | None, record: str | None = None) -> ProcessEnd:
     """Run one point's process to its end, its output into run_dir/{stdout,stderr}.log. Module-level and
-    plain-argument so that submitit can pickle it to a SLURM node."""
+    plain-argument so that submitit can pickle it to a SLURM node. With `record` (a file), the process is
+    recorded there while it runs (see Children)."""
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(out / "stdout.log", "wb") as so, open(out / "stderr.log", "wb") as se:
         # A session of its own: a timeout or Ctrl-C kills the point's whole process group (corpus helpers too).
         proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdout=so, stderr=se, start_new_session=True)
-        _LIVE.add(proc)
         timed_out = False
         try:
+            if record:
+                Children.write(Path(record), proc.pid, cmd)
+            _LIVE.add(proc)
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
             _kill(proc)
+        except BaseException:
+            _kill(proc)
+            raise
         finally:
             _LIVE.discard(proc)
+            if record:
+                Path(record).unlink(missing_ok=True)
     return ProcessEnd(proc.returncode, time.perf_counter() - start, timed_out, tail(out / "stderr.log"))
 
 
@@ -138,20 +155,32 @@ class _Live:
     def __init__(self) -> None:
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._stopping = False
+
+    def open(self) -> None:
+        with self._lock:
+            self._stopping = False
 
     def add(self, p: subprocess.Popen) -> None:
         with self._lock:
-            self._procs.add(p)
+            stopping = self._stopping
+            if not stopping:
+                self._procs.add(p)
+        # A worker thread may start its process just after kill_all ran: it must not outlive the sweep.
+        if stopping:
+            _kill(p)
 
     def discard(self, p: subprocess.Popen) -> None:
         with self._lock:
             self._procs.discard(p)
 
-    def kill_all(self) -> None:
+    def kill_all(self) -> int:
         with self._lock:
+            self._stopping = True
             procs = list(self._procs)
         for p in procs:
             _kill(p)
+        return len(procs)
 
 
 _LIVE = _Live()
@@ -165,24 +194,192 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+# ---------------------------------------------------------------------------------- children on record
+
+def start_time(pid: int) -> str | None:
+    """When process `pid` started (field 22 of /proc/<pid>/stat, clock ticks since boot), or None when there
+    is no such process or no /proc. With the pid it names one process: a pid is recycled, this pair is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name before ")" may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan may stay a zombie until its new parent reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[-1].split()
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def _same_process(record: Mapping[str, Any]) -> bool:
+    """The process a record names is still the one running under its pid (same host, boot and start time)."""
+    pid, started = record.get("pid"), record.get("start")
+    return (isinstance(pid, int) and started is not None and record.get("host") == socket.gethostname()
+            and record.get("boot") == _boot_id() and start_time(pid) == started)
+
+
+class ChildrenError(SweepDirError):
+    """The sweep dir's points are being run by another driver that is still alive."""
+
+
+class Children:
+    """The point processes a sweep is running, one file each in `<sweep_dir>/children/<point id>.json` (pid and
+    process group, start time, host, command, and the driver's own pid and start time), removed when the
+    process ends. A driver killed with SIGKILL cannot take its points down, so the next driver on the same
+    sweep dir does it (`kill_leftovers`) before it launches anything."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, point_id: str) -> Path:
+        return self.folder / f"{point_id}.json"
+
+    @staticmethod
+    def write(path: Path, pid: int, cmd: Sequence[str]) -> None:
+        me = os.getpid()
+        atomic_write_json(path, {"pid": pid, "pgid": pid, "start": start_time(pid), "host": socket.gethostname(),
+                                 "boot": _boot_id(), "cmd": list(cmd),
+                                 "driver": {"pid": me, "start": start_time(me), "host": socket.gethostname(),
+                                            "boot": _boot_id()}})
+
+    def records(self) -> list[tuple[Path, dict[str, Any] | None]]:
+        out = []
+        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                record = None
+            out.append((path, record if isinstance(record, dict) else None))
+        return out
+
+    def check_no_live_driver(self) -> None:
+        """Refuse a sweep dir whose recorded points belong to a driver still running (not this process): two
+        drivers would launch the same points, and killing its points would break a sweep that is fine."""
+        for path, record in self.records():
+            driver = (record or {}).get("driver") or {}
+            if driver.get("pid") != os.getpid() and _same_process(driver):
+                raise ChildrenError(
+                    f"{self.folder.parent} is being run by another sweep.py (pid {driver['pid']}, still alive; "
+                    f"it runs the point of {path}). Stop it first, or choose another sweep_dir=...")
+
+    def kill_leftovers(self, wait_s: float = 10.0) -> list[str]:
+        """Kill the process group of every recorded point process that is still running (an earlier driver
+        died without taking it down), wait until they are gone, and clear the records. Returns what was killed,
+        one line each."""
+        killed: list[tuple[int, str]] = []
+        for path, record in self.records():
+            point = path.stem
+            if record is None:
+                log.warning("%s is unreadable: its process, if any, cannot be identified and is left alone", path)
+            elif record.get("host") != socket.gethostname():  # kept: only a resume there can tell
+                log.warning("point %s: its process %s was started on host %s, not here: left alone, and its record "
+                            "%s kept; if that process still runs, stop it there", point, record.get("pid"),
+                            record.get("host"), path)
+                continue
+            elif _same_process(record):
+                pgid = int(record.get("pgid") or record["pid"])
+                line = (f"point {point}: killed process group {pgid} ({_short_cmd(record.get('cmd'))}), left "
+                        f"running by an earlier sweep driver (pid {(record.get('driver') or {}).get('pid')})")
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError) as err:
+                    line += f"; kill failed: {err}"
+                log.warning("%s", line)
+                killed.append((int(record["pid"]), line))
+            elif isinstance(record.get("pid"), int) and _running(record["pid"]):
+                log.info("point %s: pid %s now belongs to another process (its start time differs): left alone",
+                         point, record.get("pid"))
+            path.unlink(missing_ok=True)
+        _wait_gone([pid for pid, _ in killed], wait_s)
+        return [line for _, line in killed]
+
+
+def _short_cmd(cmd: Any, chars: int = 200) -> str:
+    text = " ".join(str(c) for c in cmd) if isinstance(cmd, list) else str(cmd)
+    return text if len(text) <= chars else text[:chars] + " ..."
+
+
+def _wait_gone(pids: Sequence[int], wait_s: float) -> None:
+    """Until the killed processes are gone: a relaunched point must not share its dir with a dying one."""
+    deadline = time.monotonic() + wait_s
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in (p for p in pids if _running(p)):
+        log.warning("process %d is still alive %.0f s after SIGKILL", pid, wait_s)
+
+
+# ------------------------------------------------------------------------------------------ signals
+
+class Stopped(SystemExit):
+    """The driver got SIGTERM or SIGHUP; its points are killed and it exits with 128 + the signal's number,
+    as a shell reports a process that signal killed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}"
+
+
+@contextmanager
+def stop_on_signals(signums: Sequence[int] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise Stopped in the main thread (their default would end the driver
+    at once and leave its points running); SIGINT already raises KeyboardInterrupt. Signals that are ignored
+    (nohup) stay ignored. Outside the main thread nothing changes: Python delivers signals to it only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        if not fired:  # a second signal while the points are being killed must not cut that short
+            fired.append(signum)
+            raise Stopped(signum)
+
+    previous = {}
+    for signum in signums:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 # -------------------------------------------------------------------------------------------- launchers
 
 Runner = Callable[[Point, Path], ProcessEnd]
 
 
 def local_runner(run_py: Path, env: Mapping[str, str], timeout_s: float | None,
-                 gpus: Sequence[int] | None = None) -> Runner:
+                 gpus: Sequence[int] | None = None, children: Children | None = None) -> Runner:
     """Points as subprocesses here; with `gpus`, each sees one of them (CUDA_VISIBLE_DEVICES), the one with
-    the fewest points running on it."""
+    the fewest points running on it; with `children`, each running process is on record there."""
     pool = GpuPool(gpus) if gpus else None
 
     def run(point: Point, run_dir: Path) -> ProcessEnd:
+        record = str(children.path(point.id)) if children is not None else None
         if pool is None:
-            return run_command(command(run_py, point, run_dir), str(ROOT), env, str(run_dir), timeout_s)
+            return run_command(command(run_py, point, run_dir), str(ROOT), env, str(run_dir), timeout_s, record)
         with pool.take() as gpu:
             log.info("point %s: GPU %d", point.id, gpu)
             return run_command(command(run_py, point, run_dir), str(ROOT),
-                               {**env, "CUDA_VISIBLE_DEVICES": str(gpu)}, str(run_dir), timeout_s)
+                               {**env, "CUDA_VISIBLE_DEVICES": str(gpu)}, str(run_dir), timeout_s, record)
 
     return run
 
@@ -264,12 +461,14 @@ def run_pool(next_point: Callable[[], Point | None], start: Callable[[Point], Pa
              workers: int, on_done: Callable[[Point, ProcessEnd], None]) -> int:
     """Run points as they come from `next_point` (None: no more for now), `workers` at a time; `on_done` is
     called in this thread as each ends, so it may decide what `next_point` gives next (Optuna asks after each
-    tell). Returns the number of points launched. Ctrl-C kills the running points and re-raises."""
+    tell). Returns the number of points launched. Ctrl-C, SIGTERM or SIGHUP kill the running points' process
+    groups and re-raise (KeyboardInterrupt, or Stopped: a non-zero exit)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     launched = 0
     running: dict[Future[ProcessEnd], Point] = {}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="point") as pool:
+    _LIVE.open()
+    with stop_on_signals(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="point") as pool:
         try:
             while True:
                 while len(running) < workers:
@@ -290,8 +489,12 @@ def run_pool(next_point: Callable[[], Point | None], start: Callable[[Point], Pa
                         log.exception("point %s: the launcher failed", point.id)
                         end = ProcessEnd(None, 0.0, launcher_error=f"launcher error: {type(err).__name__}: {err}")
                     on_done(point, end)
-        except BaseException:
-            _LIVE.kill_all()
+        except BaseException as err:
+            killed = _LIVE.kill_all()
             for fut in running:
                 fut.cancel()
+            if isinstance(err, (Stopped, KeyboardInterrupt)):
+                log.error("sweep %s: killed the process groups of %d running point(s): %s",
+                          err if isinstance(err, Stopped) else "interrupted (Ctrl-C)", killed,
+                          ", ".join(p.id for p in running.values()) or "none")
             raise

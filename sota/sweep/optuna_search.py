@@ -14,7 +14,7 @@ from typing import Any
 
 from sota.sweep.frontier import Objective, number
 from sota.sweep.points import Axis, Point, SweepSpecError, axes, bundle, override_strings
-from sota.sweep.sweepdir import RESULTS, point_dir, read_json
+from sota.sweep.sweepdir import RESULTS, point_dir, read_results, set_aside_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class Search:
 
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = t.user_attrs.get("point_id") or self.point_id(t.number)
-            results = read_json(point_dir(self.sweep_dir, pid) / RESULTS)
+            set_aside_unreadable(point_dir(self.sweep_dir, pid) / RESULTS)  # then asked again, as interrupted
+            results = read_results(point_dir(self.sweep_dir, pid) / RESULTS)
             values = self._values(results)
             if values is not None:
                 self.study.tell(t.number, values)

@@ -29,7 +29,7 @@ from sota.sweep import launch
 from sota.sweep.frontier import Objective, Row, is_ok, number, pareto_front
 from sota.sweep.points import describe
 from sota.sweep.report import write_csv
-from sota.sweep.sweepdir import ATTEMPTS, RESULTS, SweepDirError, load_rows, move_to_attempts, point_dir, read_json
+from sota.sweep.sweepdir import ATTEMPTS, RESULTS, SweepDirError, load_rows, move_to_attempts, point_dir, read_results
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,13 @@ def remeasure(sweep_dir: Path, points: str, mode: str, objectives: Sequence[Obje
     table = []
     for row in chosen:
         run_dir = out_root / row["id"]
-        done = read_json(run_dir / RESULTS)
+        done = read_results(run_dir / RESULTS)
         if done is None or done.get("status") != "ok":
             move_to_attempts(run_dir, out_root / ATTEMPTS, row["id"])  # a failed or interrupted attempt: kept
             cmd = [sys.executable, str(run_py), *overrides_for(row, sweep_dir, mode, extra), f"hydra.run.dir={run_dir}"]
             log.info("remeasure %s (%s): %s", row["id"], mode, " ".join(cmd[2:]))
             end = launch.run_command(cmd, str(launch.ROOT), launch.child_env(None), str(run_dir), timeout_s)
-            done = read_json(run_dir / RESULTS)
+            done = read_results(run_dir / RESULTS)
             if done is None:
                 done = {"status": "failed", "error": end.describe()}
         table.append(_line(row, done, mode, objectives))

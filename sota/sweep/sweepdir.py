@@ -6,6 +6,13 @@ multirun dir -- back as result rows for the frontier.
     <sweep_dir>/points.jsonl       one line per point: id, overrides, status, error, exit code, key values
     <sweep_dir>/points/<id>/       run.py's run dir: results.json, stdout.log, stderr.log, .hydra/, ...
     <sweep_dir>/attempts/<id>.<n>/ earlier attempts of a point that was run again (rerun_failed, interrupted)
+    <sweep_dir>/children/<id>.json the point processes running now (launch.Children), for a resume to kill
+                                   those a killed driver left behind
+
+A point's results.json counts only if it reads and passes `results_problems` (status "invalid" otherwise, the
+error naming the file and keys). What cannot be read is set aside, never deleted, and its point runs again:
+an unreadable results.json becomes `results.json.corrupt-<n>`, a points.jsonl with unreadable lines is
+copied to `points.jsonl.corrupt-<n>`.
 """
 
 from __future__ import annotations
@@ -31,7 +38,15 @@ INDEX = "points.jsonl"
 POINTS = "points"
 ATTEMPTS = "attempts"
 RESULTS = "results.json"
+CHILDREN = "children"
 STATUSES = ("pending", "ok", "failed")
+INVALID = "invalid"   # results.json says ok but breaks the schema: counted apart, rerun like a failed point
+# Sections of results.json (sota/tasks.py writes them all); `metrics` is the one a result cannot lack.
+SECTIONS = ("config", "metrics", "model", "efficiency", "compression", "timing", "data", "provenance")
+REQUIRED_SECTIONS = ("metrics",)
+# Metrics are numbers or null, except the notes that explain a null (`aac/spider_note`, `note`) and the
+# manifest a real-speech score came from (`real/manifest`).
+_TEXT_METRIC = re.compile(r"(?:^|[/_])(?:note|manifest)$")
 # Folders inside a run dir that never hold another run (skipped when a multirun dir is scanned).
 _NOT_RUNS = {"wandb", "checkpoints", "csv", ".hydra", ATTEMPTS, "__pycache__", "lightning_logs"}
 
@@ -48,9 +63,86 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from `path`, or None if it is missing or unreadable (a half-written file is no result)."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
         return None
     return data if isinstance(data, dict) else None
+
+
+# --------------------------------------------------------------------------------------------- results
+
+def _load(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object in `path`, None), (None, why it is unreadable), or (None, None) when it is missing."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        return None, f"{type(err).__name__}: {err}"
+    if not isinstance(data, dict):
+        return None, f"it holds a JSON {type(data).__name__}, not an object"
+    return data, None
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the existing file `path` is no JSON object (None when it is one, or when it is missing)."""
+    return _load(path)[1]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def results_problems(results: Mapping[str, Any]) -> list[str]:
+    """What keeps a results.json that says ok from counting: a missing or malformed section, a metric that
+    is neither a number nor null. Each problem names its key."""
+    problems = [f"section {name!r} is missing" for name in REQUIRED_SECTIONS if name not in results]
+    problems += [f"section {name!r} is {_shown(results[name])}, not a mapping" for name in SECTIONS
+                 if name in results and not isinstance(results[name], Mapping)]
+    metrics = results.get("metrics")
+    if isinstance(metrics, Mapping):
+        problems += [f"metrics.{k} is {_shown(v)}, not a number or null" for k, v in metrics.items()
+                     if v is not None and not _is_number(v) and not _TEXT_METRIC.search(str(k))]
+    return problems
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_results(path: Path) -> dict[str, Any] | None:
+    """A run's results.json as sweeps count it (the one place that decides): None when it is missing; status
+    "failed" when it cannot be read, status "invalid" when it says ok but `results_problems` finds something,
+    each with an error that names the file and what is wrong."""
+    results, why = _load(path)
+    if why is not None:
+        return {"status": "failed", "error": f"{path} is unreadable ({why})"}
+    if results is None or results.get("status") != "ok":
+        return results
+    problems = results_problems(results)
+    if problems:
+        return {**results, "status": INVALID, "error": f"{path} says ok but is invalid: " + "; ".join(problems)}
+    return results
+
+
+def set_aside_unreadable(path: Path) -> Path | None:
+    """Rename an unreadable results.json to results.json.corrupt-<n> (its point then counts as not run) and
+    say so; returns the new name, or None when `path` is readable or missing."""
+    why = unreadable(path)
+    if why is None:
+        return None
+    dst = _free(path.with_name(path.name + ".corrupt-"))
+    path.rename(dst)
+    log.warning("%s is unreadable (%s): set aside as %s; its point runs again", path, why, dst.name)
+    return dst
+
+
+def _free(stem: Path) -> Path:
+    """`stem` + the first n (1, 2, ...) not yet taken."""
+    n = 1
+    while Path(f"{stem}{n}").exists():
+        n += 1
+    return Path(f"{stem}{n}")
 
 
 # ------------------------------------------------------------------------------------------- ownership
@@ -97,16 +189,43 @@ def claim(sweep_dir: Path, name: str, ident: Mapping[str, Any], settings: Mappin
 
 class Index:
     """points.jsonl: the plan and the state of every point, rewritten whole (atomically) on each change.
-    Only the sweep's main thread writes it."""
+    Only the sweep's main thread writes it.
 
-    def __init__(self, sweep_dir: Path) -> None:
+    A line that does not read as a point's entry (a truncated last line, stray bytes) is skipped with a
+    warning naming the file and line: its point is then planned afresh, and its results.json, if it reads,
+    still says how it went. With `set_aside_corrupt` (the driver, which rewrites the file), the file as it
+    was is first copied to points.jsonl.corrupt-<n>, since the rewrite drops the bad lines."""
+
+    def __init__(self, sweep_dir: Path, set_aside_corrupt: bool = False) -> None:
         self.path = sweep_dir / INDEX
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.entries[entry["id"]] = entry
+            self._read(set_aside_corrupt)
+
+    def _read(self, set_aside_corrupt: bool) -> None:
+        bad = []
+        for n, raw in enumerate(self.path.read_bytes().splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                entry = json.loads(raw)
+            except ValueError as err:  # bad JSON or bad UTF-8
+                bad.append(f"line {n} ({type(err).__name__}: {err})")
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                bad.append(f"line {n} (not an object with an id: {_shown(entry)})")
+                continue
+            self.entries[entry["id"]] = entry
+        if not bad:
+            return
+        if set_aside_corrupt:
+            copy = _free(self.path.with_name(self.path.name + ".corrupt-"))
+            shutil.copyfile(self.path, copy)
+            kept = f"the file as it was is kept as {copy.name}; "
+        else:
+            kept = ""
+        log.warning("%s: %s unreadable, skipped; %sthe point(s) of those lines run again unless their "
+                    "results.json shows them finished", self.path, "; ".join(bad), kept)
 
     def get(self, pid: str) -> dict[str, Any] | None:
         return self.entries.get(pid)
@@ -131,11 +250,11 @@ class Index:
 
 
 def state(sweep_dir: Path, pid: str, entry: Mapping[str, Any] | None) -> str:
-    """ok | failed | pending. results.json is the truth; a point that died without one is failed only if the
-    index recorded it so (an interrupted sweep leaves it pending, to run again)."""
-    results = read_json(point_dir(sweep_dir, pid) / RESULTS)
+    """ok | invalid | failed | pending. results.json is the truth; a point that died without one is failed only
+    if the index recorded it so (an interrupted sweep leaves it pending, to run again)."""
+    results = read_results(point_dir(sweep_dir, pid) / RESULTS)
     if results is not None:
-        return "ok" if results.get("status") == "ok" else "failed"
+        return results["status"] if results.get("status") in ("ok", INVALID) else "failed"
     return "failed" if entry and entry.get("status") == "failed" else "pending"
 
 
@@ -187,7 +306,8 @@ def _row(pid: str, results: dict[str, Any] | None, overrides: list[str], fallbac
          extra: Mapping[str, Any] | None = None) -> Row:
     row: Row = dict(results or {})
     ok = results is not None and results.get("status") == "ok"
-    row.update({"id": pid, "status": "ok" if ok else "failed", "overrides": overrides,
+    status = "ok" if ok else INVALID if results is not None and results.get("status") == INVALID else "failed"
+    row.update({"id": pid, "status": status, "overrides": overrides,
                 "error": row.get("error") if results is not None else fallback_error, **(extra or {})})
     if not ok and not row["error"]:
         row["error"] = fallback_error or "failed without an error message"
@@ -202,7 +322,7 @@ def _sweep_rows(root: Path) -> list[Row]:
     rows = []
     for pid in ids:
         entry = index.get(pid) or {}
-        results = read_json(point_dir(root, pid) / RESULTS)
+        results = read_results(point_dir(root, pid) / RESULTS)
         if results is None and entry.get("status") != "failed":
             continue  # pending, running or interrupted
         extra = {k: entry[k] for k in ("index", "params", "exit_code", "wall_s", "trial") if k in entry}
@@ -238,7 +358,7 @@ def _multirun_rows(root: Path) -> list[Row]:
             continue
         dirs[:] = []  # a run dir does not nest runs
         pid = run_dir.relative_to(root).as_posix() if run_dir != root else run_dir.name
-        results = read_json(run_dir / RESULTS)
+        results = read_results(run_dir / RESULTS)
         tail = _log_tail(run_dir) if results is None else ""
         error = "no results.json: the run died before writing it" + (f"; log tail: {tail}" if tail else "")
         rows.append(_row(pid, results, _hydra_overrides(run_dir), error))
