@@ -241,6 +241,9 @@ def _run(cfg: DictConfig, out_dir: Path, results: dict[str, Any], signals: Signa
     if _compresses_encoder(cfg) or (init is not None and pipeline.trained_changes_encoder(init)):
         dm.cache_features = False  # cached features would come from the encoder before compression
     dm.attach_encoder(model.encoder.to(device), encoder_fingerprint(cfg), device=device)
+    # Every clip the run will use is read before any training: a bad test file costs seconds, not a run.
+    splits = (("train", "val") if cfg.task == "train" else ()) + ("test",) + ((REAL,) if dm.has_real() else ())
+    results["data"]["splits"] = dm.load_splits(splits)
     if cfg.task == "train" or not cfg.ckpt_path:
         # eval without ckpt_path starts from init_from: compressed as configured, evaluated untrained.
         record = pipeline.before_training(model, cfg, _calibration(cfg, dm, device), device)

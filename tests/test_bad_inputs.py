@@ -122,3 +122,67 @@ def test_pickled_object_is_refused_by_weights_only(tmp_path):
     with pytest.raises(ValueError, match=r"pickled.ckpt .*refused by torch.load\(weights_only=True\) "
                                          r"\(Unsupported global: .*Opaque"):
         read_checkpoint(str(ckpt))
+
+
+# -- audio --------------------------------------------------------------------------------------------------
+
+def _tone(seconds=0.5):
+    import numpy as np
+
+    return (0.1 * np.sin(np.arange(int(16000 * seconds)) * 0.05)).astype("float32")
+
+
+def test_audio_that_is_not_finite_truncated_or_silent_is_a_bad_file(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from sota.data.audio import BadAudioFile, load_audio
+
+    sf.write(tmp_path / "ok.wav", _tone(), 16000)
+    assert load_audio(tmp_path / "ok.wav").size == 8000
+    nan = _tone()
+    nan[100:110] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    with pytest.raises(BadAudioFile, match="10 NaN/Inf samples.*nan.wav"):
+        load_audio(tmp_path / "nan.wav")
+    # An interrupted copy: the header still declares the whole clip.
+    whole = (tmp_path / "ok.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(BadAudioFile, match="truncated.*cut.wav holds .* of the 16000 bytes"):
+        load_audio(tmp_path / "cut.wav")
+    sf.write(tmp_path / "zero.wav", np.zeros(8000, dtype="float32"), 16000)
+    with pytest.raises(BadAudioFile, match="silent.*zero.wav"):
+        load_audio(tmp_path / "zero.wav")
+
+
+def test_a_pruning_method_with_a_ratio_of_zero_is_refused(compose_cfg):
+    with pytest.raises(ConfigError, match="prune.ratio=0 with prune.method=width prunes nothing"):
+        validate(compose_cfg("prune=width", "prune.ratio=0"))
+
+
+def test_a_bad_test_file_stops_the_run_before_training(tmp_path):
+    """Every split's audio is read before the first step: a broken test clip is not found after training."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from conftest import ROOT
+
+    good = []
+    for i in range(4):
+        sf.write(tmp_path / f"{i}.wav", _tone(0.5 + 0.1 * i), 16000)
+        good.append({"path": f"{i}.wav", "text": "a red dog", "task": "asr"})
+    (tmp_path / "bad.wav").write_bytes(b"RIFF garbage")
+    write(tmp_path / "train.json", good)
+    write(tmp_path / "test.json", [*good, {"path": "bad.wav", "text": "broken", "task": "asr"}])
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "run.py", "trainer=smoke", "logger=csv", "measure=none", "data.real_test=null",
+         "data=salmonn", f"data.source.train={tmp_path / 'train.json'}", f"data.source.val={tmp_path / 'train.json'}",
+         f"data.source.test={tmp_path / 'test.json'}", "data.tasks=[asr]", "data.batch_size=2",
+         f"hydra.run.dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "bad.wav" in proc.stderr and "split test" in proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "failed" and res["timing"]["train_s"] is None
+    assert not (out / "checkpoints").exists()

@@ -160,11 +160,12 @@ def test_text_batches_calibrate_the_llm():
     assert report["llm"]["layers_after"] == 3
 
 
-def test_none_and_zero_ratio_change_nothing():
+def test_none_changes_nothing_and_a_method_with_a_zero_ratio_is_refused():
     model = build()
     n = sum(p.numel() for p in model.parameters())
     assert prune(model, cfg(method="none"), []) == {"method": "none", "ratio": 0.0, "targets": ["llm"]}
-    prune(model, cfg(method="width", ratio=0.0), [])
+    with pytest.raises(ValueError, match="prunes nothing"):  # a point labelled pruned that is not
+        prune(model, cfg(method="width", ratio=0.0), [])
     assert sum(p.numel() for p in model.parameters()) == n
     replay(model, {"method": "none"})
 

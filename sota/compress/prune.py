@@ -59,6 +59,9 @@ def validate(cfg: DictConfig | None, out: list[str]) -> None:
     ratio = s["ratio"]
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         out.append(f"prune.ratio must be a fraction in [0, 1) (the share of structure removed), got {ratio!r}")
+    elif s["method"] != "none" and ratio == 0:  # a point labelled pruned that is not would mislead a frontier
+        out.append(f"prune.ratio=0 with prune.method={s['method']} prunes nothing; use prune=none for no pruning "
+                   "or a ratio in (0, 1)")
     targets = s["targets"]
     if (not isinstance(targets, list) or not targets or any(t not in TARGETS for t in targets)
             or len(set(targets)) != len(targets)):

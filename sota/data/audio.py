@@ -12,7 +12,30 @@ SAMPLE_RATE = 16_000
 
 
 class BadAudioFile(ValueError):
-    """An audio file that is missing, unreadable or empty; the message names the file."""
+    """An audio file that is missing, unreadable, truncated, empty, silent or not finite; the message names the
+    file."""
+
+
+def _truncated_wav(path: Path) -> str | None:
+    """Why a RIFF/WAVE file holds less audio than its header declares, else None. libsndfile reads what is there
+    without complaint, so a clip cut by an interrupted copy would be scored against its full transcript."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            declared = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                have = size - f.tell()
+                # 0 and 0xFFFFFFFF: written by streaming encoders that never went back to fill the size in
+                if declared not in (0, 0xFFFFFFFF) and have < declared:
+                    return f"{have} of the {declared} bytes of audio its header declares"
+                return None
+            f.seek(declared + (declared & 1), 1)
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -25,6 +48,14 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise BadAudioFile(f"cannot read audio file {path}: {err}") from None
     if audio.size == 0:
         raise BadAudioFile(f"audio file is empty: {path}")
+    truncated = _truncated_wav(path)
+    if truncated:
+        raise BadAudioFile(f"audio file is truncated: {path} holds {truncated}")
+    bad = int(np.count_nonzero(~np.isfinite(audio)))
+    if bad:
+        raise BadAudioFile(f"audio file holds {bad} NaN/Inf samples: {path}")
+    if not np.any(audio):
+        raise BadAudioFile(f"audio file is silent (every sample is zero): {path}")
     audio = audio.mean(axis=1)
     if sr != sample_rate:
         audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)

@@ -4,7 +4,7 @@ the encoder is frozen so training touches only the connector and the LLM."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
-from sota.data.audio import BadAudioFile, load_audio
+from sota.data.audio import SAMPLE_RATE, BadAudioFile, load_audio
 from sota.data.features import cache_key, cached_encode
 from sota.data import real_speech
 from sota.data.manifest import ON_BAD_FILE, Sample, read_manifest
@@ -152,6 +152,23 @@ class AudioDataModule(L.LightningDataModule):
             features = cached_encode(self.encoder, waves, key, self.root / "features", device=self.device,
                                      desc=f"encode {split}")
         return ClipDataset(samples, waves, features)
+
+    def load_splits(self, splits: Sequence[str]) -> dict[str, Any]:
+        """Read every clip of these splits now (missing, unreadable, truncated, silent or non-finite audio is an
+        error or a counted skip per `on_bad_file`), so a bad test file stops a run before training, not after
+        it. Returns clips and seconds per split, also logged."""
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = self._load(split)
+        summary: dict[str, Any] = {
+            split: {"clips": len(self.datasets[split]),
+                    "seconds": round(sum(len(w) for w in self.datasets[split].waves) / SAMPLE_RATE, 1)}
+            for split in splits}
+        summary["skipped"] = len(self.skipped)
+        log.info("inputs checked: %s; %d skipped%s", ", ".join(
+            f"{split} {summary[split]['clips']} clips ({summary[split]['seconds']:.0f} s)" for split in splits),
+            len(self.skipped), f" (first: {self.skipped[0]})" if self.skipped else "")
+        return summary
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
