@@ -52,7 +52,7 @@ def read_manifest(path: str | Path, on_bad: OnBadFile = "error", tasks: list[str
         raise ValueError(f"data.on_bad_file must be one of {ON_BAD_FILE}, got {on_bad!r}")
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    rows = _rows(path)
+    rows = annotation_rows(path)
     samples = []
     unknown: Counter[str] = Counter()
     for i, row in enumerate(rows):
@@ -81,7 +81,7 @@ def read_manifest(path: str | Path, on_bad: OnBadFile = "error", tasks: list[str
     return samples
 
 
-def _rows(path: Path) -> list:
+def annotation_rows(path: Path) -> list:
     """The `annotation` list of a SALMONN file; anything else is a BadSample naming the file."""
     try:
         text = path.read_bytes().decode("utf-8-sig")

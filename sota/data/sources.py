@@ -16,7 +16,7 @@ from typing import Any
 from sota.data import corpora
 from sota.data.audio import BadAudioFile
 from sota.data.corpora import Row
-from sota.data.manifest import ON_BAD_FILE
+from sota.data.manifest import ON_BAD_FILE, BadSample, annotation_rows
 from sota.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,9 @@ def mix(root: str | Path, sources: Mapping[str, Callable[..., Mapping[str, PathL
 
 def _tagged_rows(manifest: Path, name: str) -> list[Row]:
     try:
-        rows = json.loads(manifest.read_text())["annotation"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{manifest} (source {name!r}): not a SALMONN annotation file: {err}") from None
+        rows = annotation_rows(manifest)  # one reader: encoding and layout errors name the file alike
+    except BadSample as err:
+        raise ValueError(f"{err} (source {name!r})") from None
     out = []
     for i, row in enumerate(rows):
         row = dict(row)
