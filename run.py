@@ -2,8 +2,14 @@
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from sota import help as usage
+from sota.utils import quiet
+
+quiet.install()  # before torch, torchao and Lightning are imported: some of their notices are printed on import
+usage.register()  # the config groups listed by `--help` (conf/hydra/help/run.yaml)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -11,6 +17,7 @@ def main(cfg: DictConfig) -> float | None:
     from sota.config import ConfigError
     from sota.tasks import run
 
+    quiet.lightning_through_root()  # Lightning is imported and Hydra's logging set up by now
     try:
         return run(cfg)
     except ConfigError as err:  # the user's to fix: the message names the keys and valid values, no traceback

@@ -9,8 +9,12 @@
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from sota.utils import quiet
+
+quiet.install()  # before torch, torchao and Lightning are imported: some of their notices are printed on import
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 TOOLS = ("report", "compare", "remeasure", "paired")
 
@@ -26,6 +30,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):  # Hydra's help would show sweep_config alone
+        from sota.sweep.cli import usage
+
+        print(usage())
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
         from sota.sweep.cli import main as tools
 

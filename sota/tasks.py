@@ -25,6 +25,7 @@ from sota.measure.footprint import footprint, peak_rss_mb
 from sota.measure.throughput import TrainThroughput
 from sota.models.build import build_model, encoder_fingerprint
 from sota.models.lit_module import AudioLLMModule
+from sota.progress import progress_bars
 from sota.preemption import Interrupted, ResumableCheckpoint, SignalState, interruptible
 from sota.run_dir import LAST_CHECKPOINT, RESULTS, check_output_dir, resume_checkpoint
 from sota.utils.io import atomic_write_json, atomic_write_text
@@ -230,7 +231,8 @@ def _run(cfg: DictConfig, out_dir: Path, results: dict[str, Any], signals: Signa
     logger = session["logger"] = _make_logger(cfg)
     clock = TrainThroughput()
     every = cfg.get("resume_every_n_steps")
-    callbacks = [ResumableCheckpoint(out_dir / LAST_CHECKPOINT, int(every) if every else None, signals), clock]
+    callbacks = [ResumableCheckpoint(out_dir / LAST_CHECKPOINT, int(every) if every else None, signals), clock,
+                 *progress_bars(cfg.trainer)]
     if cfg.get("checkpoint_every_n_steps"):  # a learning curve: evaluate each later with task=eval ckpt_path=
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
             dirpath=out_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from sota.models.encoder import AudioEncoder
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 30  # seconds between progress lines in logs
 
 
 @torch.no_grad()
@@ -30,8 +32,12 @@ def encode_clips(encoder: AudioEncoder, waves: list[np.ndarray], batch_size: int
     frames = encoder.padded_frames([len(w) for w in waves])
     home = next(encoder.parameters()).device
     encoder.to(device)
+    t0 = last = time.monotonic()
     try:
         for start in tqdm(range(0, len(waves), batch_size), desc=desc, leave=False, disable=None):
+            if time.monotonic() - last >= PROGRESS_EVERY_S:  # tqdm shows nothing when output is not a terminal
+                last = time.monotonic()
+                log.info("%s: %d/%d clips (%.0f s)", desc, start, len(waves), last - t0)
             inputs = encoder.featurize(waves[start:start + batch_size])
             inputs = {k: v.to(device) for k, v in inputs.items()}
             hidden = encoder(**inputs).to("cpu", torch.float16)

@@ -49,8 +49,7 @@ def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
     return dirs, [i for i in items if "=" in i]
 
 
-def main(argv: Sequence[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweep.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +72,32 @@ def main(argv: Sequence[str]) -> int:
     pair.add_argument("--reference", default=None, help="id or id prefix (default: the sweep's first point)")
     pair.add_argument("--draws", type=int, default=10000, help="bootstrap resamples (default: 10000)")
     pair.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def usage() -> str:
+    """`python sweep.py --help`: running a sweep (Hydra) and the tools below, one line each."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    tools = [(f"{a.dest} DIR ...", a.help or "") for a in sub._choices_actions]
+    commands = [("sweep=<name> [key=value ...]", "run or resume conf/sweep/<name>.yaml (settings: "
+                 "conf/sweep_config.yaml)"), *tools]
+    width = max(len(c) for c, _ in commands) + 2
+    sweeps = ", ".join(sorted(p.stem for p in (CONF / "sweep").glob("*.yaml") if not p.stem.startswith("_")))
+    return "\n".join([
+        "sweep.py: sweeps over compression configurations (grid or Optuna NSGA-II) and their accuracy-versus-cost",
+        "frontier. Each point is one `python run.py ...` in <sweep_dir>/points/<id>.", "",
+        "usage: python sweep.py COMMAND ...", "", "commands:",
+        *(f"  {c:{width}}{h}" for c, h in commands), "",
+        f"sweeps (conf/sweep/): {sweeps}",
+        "Results: multirun/sweeps/<name>/ (sweep_dir=DIR): points/<id>/results.json, frontier.csv/png/html.",
+        "`python sweep.py COMMAND --help` describes a tool's options; `python sweep.py --hydra-help` Hydra's flags.",
+    ])
+
+
+def main(argv: Sequence[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    parser = build_parser()
     # key=value arguments may also follow the options (`remeasure DIR --points best seed=1`)
     args, rest = parser.parse_known_args(list(argv))
     unknown = [r for r in rest if r.startswith("-") or "=" not in r]
