@@ -14,11 +14,13 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from sota.config import ConfigError
-    from sota.tasks import run
+    from sota.config import ConfigError, validate
 
-    quiet.lightning_through_root()  # Lightning is imported and Hydra's logging set up by now
     try:
+        validate(cfg)  # before torch and Lightning are imported: a typo costs a second, not the imports
+        from sota.tasks import run
+
+        quiet.lightning_through_root()  # Lightning is imported and Hydra's logging set up by now
         return run(cfg)
     except ConfigError as err:  # the user's to fix: the message names the keys and valid values, no traceback
         print(f"sota: configuration error:\n{err}", file=sys.stderr)

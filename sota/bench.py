@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from sota.paths import CONF
 DEFAULT_MODES = ("official", "strict")
 SAMPLE_S = 3.0                   # seconds of the noise clips that calibrate pruning
 

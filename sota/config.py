@@ -31,7 +31,7 @@ def group_keys(conf: Path | None = None) -> dict[str, frozenset[str]]:
     and of any file elsewhere packaged into it (`# @package generate` in conf/backend/), plus _target_ and
     _partial_. Read once per conf directory."""
     if conf is None:
-        from sota.bench import CONF as conf
+        from sota.paths import CONF as conf
     keys: dict[str, set[str]] = {g: set(ALWAYS_VALID) for g in CHECKED_GROUPS}
     for file in sorted(Path(conf).rglob("*.yaml")):
         group = file.parent.relative_to(conf).as_posix()

@@ -1,9 +1,12 @@
-"""Filesystem locations shared across sota (currently: the per-user cache for derived artefacts)."""
+"""Filesystem locations shared across sota: the Hydra config directory and the per-user cache for derived
+artefacts."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the Hydra config groups
 
 
 def cache_dir() -> Path:
