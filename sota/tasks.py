@@ -206,7 +206,11 @@ def summary_line(results: dict[str, Any], out_dir: Path) -> str:
     status = results["status"] if results["status"] == "ok" else f"{results['status']} ({results.get('error')})"
     total = (results.get("timing") or {}).get("total_s")
     wall = f"{total:.0f} s" if isinstance(total, (int, float)) else "?"
-    return " | ".join(["sota: " + status, *shown, wall, str(out_dir / RESULTS)])
+    line = " | ".join(["sota: " + status, *shown, wall, str(out_dir / RESULTS)])
+    if any(isinstance(metrics.get(k), (int, float)) and metrics[k] > 1 for k in ("asr/wer", "real/asr/wer")):
+        # WER counts inserted words too: a model that rambles past the reference scores above 1.
+        line += " | WER > 1: the answers hold more wrong or extra words than the references have words"
+    return line
 
 
 def _run(cfg: DictConfig, out_dir: Path, results: dict[str, Any], signals: SignalState,
