@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sota.paths import CONF
+
 # name -> (prune settings, quant mode); settings not given keep the conf/prune/<method>.yaml defaults.
 CONFIGS: dict[str, tuple[dict[str, Any] | None, str]] = {
     "none": (None, "none"),
@@ -39,7 +41,6 @@ CONFIGS: dict[str, tuple[dict[str, Any] | None, str]] = {
     "int8_weight": (None, "int8_weight"),
     "nf4": (None, "nf4"),
 }
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 # General English, fixed: drift outside the transcripts' domain (the grammar's sentences are lower-case

@@ -13,7 +13,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from sota.paths import CONF
+
 RESOLVER = "sota.config_groups"
 NOT_RUN_GROUPS = ("hydra", "sweep")  # Hydra's own settings; sweep.py's sweeps (conf/sweep_config.yaml)
 

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sota.paths import CONF
 from sota.sweep.report import ObjectiveError, ReportSettings, compare, write_report
 from sota.sweep.sweepdir import SWEEP_JSON, SweepDirError, load_rows, read_json, sweep_name
 
 log = logging.getLogger(__name__)
-CONF = Path(__file__).resolve().parents[2] / "conf"
 SETTING_KEYS = ("objectives", "report")
 COMPARE_DIR = "multirun/compare"  # beside the sweeps (multirun/sweeps/<name>), git-ignored like them
 

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sota.sweep import launch, points, sweepdir
+from sota.paths import CONF
 from sota.sweep.frontier import Objective
 from sota.sweep.points import Point, SweepSpecError
 from sota.sweep.report import ObjectiveError, ReportSettings, write_report
@@ -116,7 +117,7 @@ def check_overrides(pts: list[Point]) -> None:
     if GlobalHydra.instance().is_initialized():  # inside sweep.py's @hydra.main: same conf dir
         _check()
     else:
-        with initialize_config_dir(version_base="1.3", config_dir=str(launch.ROOT / "conf")):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
             _check()
     if problems:
         raise SweepSpecError("run.py rejects the overrides of some points (nothing was run):\n  - "

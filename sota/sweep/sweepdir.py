@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sota.run_dir import RESULTS  # one name for what every run writes
 from sota.sweep.frontier import Row, lookup
 from sota.sweep.points import Point, spec_hash
 from sota.utils.io import atomic_write_json, atomic_write_text
@@ -37,7 +38,6 @@ SWEEP_JSON = "sweep.json"
 INDEX = "points.jsonl"
 POINTS = "points"
 ATTEMPTS = "attempts"
-RESULTS = "results.json"
 CHILDREN = "children"
 STATUSES = ("pending", "ok", "failed")
 INVALID = "invalid"   # results.json says ok but breaks the schema: counted apart, rerun like a failed point
