@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sota.config import enabled
 from sota.paths import CONF
 DEFAULT_MODES = ("official", "strict")
 SAMPLE_S = 3.0                   # seconds of the noise clips that calibrate pruning
@@ -132,7 +133,7 @@ def build(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any]]:
     model.to(device)
     calib: list[dict[str, Any]] = []
     prune_cfg = cfg.get("prune")
-    if prune_cfg is not None and prune_cfg.get("method", "none") != "none":
+    if enabled(prune_cfg):
         calib = _noise_batches(model, int(prune_cfg.get("calib_batches", 4)), words, device)
     record = pipeline.before_training(model, cfg, calib, device)
     model.to(device)

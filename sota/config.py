@@ -19,6 +19,11 @@ CHECKED_GROUPS = ("lora", "quant", "connector", "generate", "measure", "corpus",
 ALWAYS_VALID = frozenset({"_target_", "_partial_"})
 
 
+def enabled(node: Any, key: str = "method") -> bool:
+    """Whether a compression group or its record does anything: prune/lora by `method`, quant by `mode`."""
+    return node is not None and node.get(key, "none") != "none"
+
+
 class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems

@@ -18,15 +18,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sota.compress import pipeline, prune
-from sota.config import ConfigError, as_dict, validate
+from sota.config import ConfigError, as_dict, enabled, validate
 from sota.data.datamodule import REAL, AudioDataModule
 from sota.measure import latency
 from sota.measure.footprint import footprint, peak_rss_mb
 from sota.measure.throughput import TrainThroughput
 from sota.models.build import build_model, encoder_fingerprint
 from sota.models.lit_module import AudioLLMModule
-from sota.progress import progress_bars
 from sota.preemption import Interrupted, ResumableCheckpoint, SignalState, interruptible
+from sota.progress import progress_bars
 from sota.run_dir import LAST_CHECKPOINT, RESULTS, check_output_dir, resume_checkpoint
 from sota.utils.io import atomic_write_json, atomic_write_text
 from sota.utils.provenance import device_name, git_sha, versions
@@ -61,14 +61,14 @@ def _load_trainable(module: AudioLLMModule, ckpt_path: str, ckpt: dict[str, Any]
 
 def _prune_targets(cfg: DictConfig) -> list[str]:
     node = cfg.get("prune")
-    return list(node.get("targets", [])) if node is not None and node.get("method", "none") != "none" else []
+    return list(node.get("targets", [])) if enabled(node) else []
 
 
 def _compresses_encoder(cfg: DictConfig) -> bool:
     quant, lora = cfg.get("quant"), cfg.get("lora")
     return ("encoder" in _prune_targets(cfg)
-            or (quant is not None and quant.get("mode", "none") != "none" and "encoder" in quant.get("targets", []))
-            or (lora is not None and lora.get("method", "none") != "none" and "encoder" in lora.get("on", [])))
+            or (enabled(quant, "mode") and "encoder" in quant.get("targets", []))
+            or (enabled(lora) and "encoder" in lora.get("on", [])))
 
 
 def _calibration(cfg: DictConfig, dm: AudioDataModule, device: str) -> list[dict[str, Any]]:
@@ -94,7 +94,7 @@ def _restore_structure(model: Any, cfg: DictConfig, ckpt: dict[str, Any], device
     """task=eval: rebuild what compression changed before training (pruned structure, QLoRA base, adapters),
     so the checkpoint's trainable tensors fit; merge and post-training quantization follow as in training."""
     record = ckpt.get("sota_compression") or {}
-    if record.get("prune", {}).get("method", "none") != "none":
+    if enabled(record.get("prune")):
         prune.replay(model, record["prune"])
     rest = pipeline.before_training(model, OmegaConf.merge(cfg, {"prune": {"method": "none"}}), [], device)
     rest["prune"] = record.get("prune", rest["prune"])

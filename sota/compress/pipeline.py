@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sota.compress import lora, prune, quant
+from sota.config import enabled
 from sota.models.audio_llm import AudioLLM
 
 
@@ -81,7 +82,7 @@ def trained_changes_encoder(ckpt: dict[str, Any]) -> bool:
     """Whether loading `ckpt` alters the encoder (its cached features would then be stale)."""
     record = ckpt.get("sota_compression") or {}
     pruned = record.get("prune") or {}
-    return ((pruned.get("method", "none") != "none" and "encoder" in pruned.get("targets", []))
+    return ((enabled(pruned) and "encoder" in pruned.get("targets", []))
             or "encoder" in (record.get("lora") or {}).get("on", []))
 
 
@@ -98,9 +99,9 @@ def load_trained(model: AudioLLM, path: str, ckpt: dict[str, Any] | None = None)
     if quant.is_qlora_base(trained_cfg.get("quant") or {}):
         raise ValueError(f"init_from={path}: the checkpoint trained adapters on a {trained_cfg['quant']['mode']} "
                          "base (QLoRA); start from a checkpoint trained on an unquantized base")
-    if (record.get("prune") or {}).get("method", "none") != "none":
+    if enabled(record.get("prune")):
         prune.replay(model, record["prune"])
-    if (record.get("lora") or {}).get("method", "none") != "none":
+    if enabled(record.get("lora")):
         lora.attach(model, OmegaConf.create(trained_cfg["lora"]))
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     own = model.state_dict()
@@ -115,7 +116,7 @@ def load_trained(model: AudioLLM, path: str, ckpt: dict[str, Any] | None = None)
                          f"checkpoint and {tuple(own[mismatched[0]].shape)} here: configure the model as in the "
                          "run that trained it")
     model.load_state_dict(state, strict=False)
-    merged = lora.merge(model) if (record.get("lora") or {}).get("method", "none") != "none" else None
+    merged = lora.merge(model) if enabled(record.get("lora")) else None
     return {"path": str(path), "tensors": len(state), "global_step": ckpt.get("global_step"),
             "prune": (record.get("prune") or {}).get("method", "none"),
             "lora_merged": (merged or {}).get("merged", [])}

@@ -16,6 +16,7 @@ import torch_pruning as tp
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sota.config import enabled
 from sota.models.audio_llm import IGNORE, AudioLLM
 
 log = logging.getLogger(__name__)
@@ -686,7 +687,7 @@ def prune(model: AudioLLM, cfg: DictConfig, calib: list[dict]) -> dict:
 
 def replay(model: AudioLLM, report: dict) -> None:
     """Re-apply the structure recorded in `report` to a freshly built model, so the pruned state_dict loads."""
-    if report.get("method", "none") == "none":
+    if not enabled(report):
         return
     s = {**DEFAULTS, "prune_heads": True, "protected_layers": []}
     for name in TARGETS:
