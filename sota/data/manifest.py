@@ -138,15 +138,3 @@ def _resolve(audio: Path, base: Path) -> Path:
     if not here.exists() and (base.parent / audio).exists():
         return base.parent / audio
     return here
-
-
-def write_manifest(samples: list[Sample], path: str | Path) -> None:
-    from sota.utils.io import atomic_write_text
-
-    rows = []
-    for s in samples:
-        row = {"id": s.id, "path": str(s.path), "text": s.text, "task": s.task, **s.extra}
-        if s.references:
-            row["references"] = list(s.references)
-        rows.append(row)
-    atomic_write_text(Path(path), json.dumps({"annotation": rows}, indent=1))
