@@ -172,7 +172,7 @@ def run(cfg: DictConfig) -> float | None:
         "model": {}, "efficiency": {}, "compression": {}, "timing": {"train_s": None, "eval_s": None},
         "data": {}, "provenance": {"git_sha": git_sha(), "seed": int(cfg.seed), "versions": versions()},
     }
-    session: dict[str, Any] = {"logger": False, "rank_zero": True}
+    session: dict[str, Any] = {"logger": False}
     t_start = time.perf_counter()
     exit_code = None
     with interruptible() as signals:
@@ -185,7 +185,7 @@ def run(cfg: DictConfig) -> float | None:
             results.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
             raise
         finally:
-            if session["rank_zero"] and rank_zero_only.rank == 0:  # under DDP, rank zero alone writes results
+            if rank_zero_only.rank == 0:  # under DDP, rank zero alone writes results
                 results["timing"]["total_s"] = time.perf_counter() - t_start
                 atomic_write_json(out_dir / RESULTS, results)
                 logger = session["logger"]
@@ -277,7 +277,6 @@ def _run(cfg: DictConfig, out_dir: Path, results: dict[str, Any], signals: Signa
     results["provenance"]["world_size"] = trainer.world_size  # processes that trained (DDP: one per device)
     trainer = _one_device(trainer, cfg, logger, out_dir)
     if trainer is None:
-        session["rank_zero"] = False
         return  # DDP: the other ranks leave after training; rank zero evaluates, measures and writes
     results["compression"] = pipeline.after_training(model, cfg, record, device)
 
