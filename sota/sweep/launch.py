@@ -196,14 +196,20 @@ def _kill(proc: subprocess.Popen) -> None:
 
 # ---------------------------------------------------------------------------------- children on record
 
-def start_time(pid: int) -> str | None:
-    """When process `pid` started (field 22 of /proc/<pid>/stat, clock ticks since boot), or None when there
-    is no such process or no /proc. With the pid it names one process: a pid is recycled, this pair is not."""
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (field 3 onwards); empty when there is no such
+    process or no /proc."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # the command name before ")" may hold spaces
+        return []
+    return stat.rsplit(")", 1)[-1].split()  # the command name before ")" may hold spaces
+
+
+def start_time(pid: int) -> str | None:
+    """When process `pid` started (field 22 of /proc/<pid>/stat, clock ticks since boot), or None when there
+    is no such process or no /proc. With the pid it names one process: a pid is recycled, this pair is not."""
+    fields = _stat(pid)
     return fields[19] if len(fields) > 19 else None
 
 
@@ -216,11 +222,7 @@ def _boot_id() -> str | None:
 
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a killed orphan may stay a zombie until its new parent reaps it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat.rsplit(")", 1)[-1].split()
+    fields = _stat(pid)
     return bool(fields) and fields[0] not in ("Z", "X")
 
 
