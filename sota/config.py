@@ -108,6 +108,14 @@ def _encoder(c: DictConfig, data: DictConfig, out: list[str]) -> None:
         out.append(f"encoder.context_s must be a positive multiple of 0.02 s (one Whisper frame), got {c.context_s}")
     elif c.get("frozen") is not None and c.context_s * 50 < 1:
         out.append("encoder.context_s is shorter than one frame")
+    bucket = c.get("bucket_s")
+    if bucket is not None:
+        ok = isinstance(bucket, (int, float)) and not isinstance(bucket, bool) and 0 < bucket <= c.context_s
+        if not ok or abs(bucket * 50 - round(bucket * 50)) > 1e-6:
+            out.append(f"encoder.bucket_s must be null or a multiple of 0.02 s in (0, encoder.context_s="
+                       f"{c.context_s}], got {bucket!r}")
+        elif c.get("second"):
+            out.append("encoder.bucket_s needs encoder.second=null (the second encoder's frames follow the context)")
     if c.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
         out.append(f"encoder.dtype must be one of float32, bfloat16, float16; got {c.dtype!r}")
     if c.path is None and c.config is None:

@@ -137,8 +137,15 @@ def _recorded_audio(cfg: DictConfig, *checkpoints: dict[str, Any] | None) -> tup
                          f"{trained} s (longer clips are encoded in chunks of it)")
             log.warning(notes[-1])
             OmegaConf.update(cfg, "encoder.context_s", float(trained), force_add=False)
+        # Checkpoints from before buckets existed were trained on whole contexts (bucket_s null).
+        bucket = record.get("bucket_s")
+        if bucket != cfg.encoder.get("bucket_s"):
+            notes.append(f"encoder.bucket_s={cfg.encoder.get('bucket_s')} replaced by the checkpoint's {bucket}: "
+                         "its features were padded that way in training")
+            log.warning(notes[-1])
+            OmegaConf.update(cfg, "encoder.bucket_s", bucket, force_add=True)
         return dict(record), notes
-    return {"context_s": float(cfg.encoder.context_s)}, []
+    return {"context_s": float(cfg.encoder.context_s), "bucket_s": cfg.encoder.get("bucket_s")}, []
 
 
 def _evaluate_real(trainer: L.Trainer, module: AudioLLMModule, dm: AudioDataModule, out_dir: Path,
@@ -313,7 +320,7 @@ def _run(cfg: DictConfig, out_dir: Path, results: dict[str, Any], signals: Signa
         "train": len(dm.datasets["train"]) if "train" in dm.datasets else 0, "test": len(test_set),
         "real": len(dm.datasets[REAL]) if REAL in dm.datasets else 0, "skipped": len(dm.skipped),
         "skipped_files": dm.skipped[:50], "speakers": module.audio.get("speakers"),
-        "chunked": dict(dm.chunked), "context_s": float(model.encoder.context_s),
+        "chunked": dict(dm.chunked), "context_s": float(model.encoder.context_s), "bucket_s": model.encoder.bucket_s,
         "tokens_per_s": module.audio.get("tokens_per_s")})
     results["status"] = "ok"
 

@@ -63,6 +63,15 @@ def test_validation_reports_every_problem_at_once(compose_cfg):
         assert key in text
 
 
+@pytest.mark.parametrize("bucket", ["0.03", "6.0", "0"])
+def test_an_encoder_bucket_off_the_frame_grid_or_past_the_context_is_rejected(compose_cfg, bucket):
+    cfg = compose_cfg(f"encoder.bucket_s={bucket}")  # the default context: 5 s
+    with pytest.raises(ConfigError, match="encoder.bucket_s must be null or a multiple of 0.02 s"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match="encoder.bucket_s needs encoder.second=null"):
+        validate(compose_cfg("encoder=whisper_large_v2_beats", "encoder.bucket_s=0.5"))
+
+
 def test_stride_longer_than_window_is_rejected(compose_cfg):
     cfg = compose_cfg("connector.window_s=0.2", "connector.stride_s=0.4")
     with pytest.raises(ConfigError, match=r"connector.stride_s \(0.4\) must be <= connector.window_s \(0.2\)"):

@@ -96,6 +96,35 @@ def test_encode_clips_returns_half_precision_frames_and_leaves_the_encoder_where
     assert next(enc.parameters()).device.type == "cpu"
 
 
+def test_a_clips_features_follow_the_clip_not_its_batch():
+    """With bucket_s a clip is encoded over its own bucket, and a long clip over its own chunks only: the
+    same frames alone or beside any other clip, zeros past them; buckets change what a short clip hears."""
+    import numpy as np
+    import torch
+
+    from sota.models.encoder import AudioEncoder
+
+    from conftest import SMALL_WHISPER
+
+    torch.manual_seed(0)
+    enc = AudioEncoder(path=None, config=SMALL_WHISPER, context_s=1.0, bucket_s=0.2)
+    whole = AudioEncoder(path=None, config=SMALL_WHISPER, context_s=1.0)
+    whole.load_state_dict(enc.state_dict())
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(int(s * 16000)).astype(np.float32) * 0.1 for s in (0.3, 0.75, 2.5, 1.2)]
+    frames = enc.frames_for([len(w) for w in waves]).tolist()
+    with torch.no_grad():
+        together = enc(**enc.featurize(waves))
+        assert together.shape == (4, 150, 64)
+        for i, w in enumerate(waves):
+            alone = enc(**enc.featurize([w]))
+            assert torch.equal(alone[0, :frames[i]], together[i, :frames[i]])
+            assert together[i, enc.chunks_for(len(w)) * 50:].abs().sum() == 0  # chunks it does not have
+        short = whole(**whole.featurize(waves[:1]))
+    assert not torch.allclose(short[0, :frames[0]], together[0, :frames[0]], atol=1e-4)
+    assert torch.allclose(whole(**whole.featurize(waves[2:3]))[0], together[2])  # whole chunks: as stock
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_encode_clips_on_cuda_with_an_encoder_left_on_the_cpu():

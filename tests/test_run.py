@@ -106,12 +106,15 @@ def test_checkpoint_holds_only_trainable_tensors_and_evaluates(trained, tmp_path
     assert ckpt["sota_vocabulary"] and ckpt["sota_config"]["llm"]["layers"] == 2
     # the checkpoint records what it was trained with: the encoder context and the answer-token rate
     assert ckpt["sota_audio"]["context_s"] == 5.0 and ckpt["sota_audio"]["tokens_per_s"] > 0
-    # evaluated with another encoder context asked for, the trained 5 s
-    # context is used, and results.json says so
-    run(tmp_path, "task=eval", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "encoder.context_s=8.0")
+    assert ckpt["sota_audio"]["bucket_s"] == 0.5
+    # evaluated with another encoder context and bucket asked for, the trained 5 s context and 0.5 s buckets
+    # are used, and results.json says so
+    run(tmp_path, "task=eval", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "encoder.context_s=8.0",
+        "encoder.bucket_s=null")
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["status"] == "ok" and res["timing"]["train_s"] is None
     assert res["data"]["context_s"] == 5.0 and "trained context 5.0" in res["data"]["notes"][0]
+    assert res["data"]["bucket_s"] == 0.5 and "checkpoint's 0.5" in res["data"]["notes"][1]
     original = json.loads((trained / "results.json").read_text())
     assert res["metrics"]["asr/wer"] == pytest.approx(original["metrics"]["asr/wer"])
 

@@ -1,10 +1,10 @@
 """sweep.py: the pure Pareto frontier, spec expansion, the sweep dir (ownership, index, resume, failures),
 the launcher (one process per point, killed and timed-out points), Optuna ask/tell with resume, reports of
 sweep and multirun dirs, compare, W&B offline, the HTML in headless Chromium, the review notebook, and the
-smoke sweep end to end.
+toy sweep end to end, and the smoke sweep (one trained model, compressed three ways) on a small corpus.
 
 Fast tests drive the real sweep machinery with a stand-in for run.py (FAKE_RUN below) that writes a
-results.json in milliseconds; the slow tier runs the real smoke sweep through `python sweep.py`."""
+results.json in milliseconds; the slow tier runs the real toy and smoke sweeps through `python sweep.py`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,11 @@ time.sleep(float(args.get("sleep", 0)))
 if os.environ.get("RECORD_TIMES"):
     with open(os.environ["RECORD_TIMES"], "a") as f:
         f.write(f"end {out.name} {time.time()}\n")
+if "init_from" in args and not Path(args["init_from"]).is_file():
+    print(f"sota.config.ConfigError: init_from={args['init_from']}: no such file", file=sys.stderr)
+    sys.exit(2)
+(out / "checkpoints").mkdir(exist_ok=True)
+(out / "checkpoints" / "last.ckpt").write_text("trained")
 how = args.get("fail", "none")
 if how == "kill":
     print("about to be killed", file=sys.stderr, flush=True)
@@ -184,13 +189,15 @@ def _compose_sweep(*overrides):
 
 def test_every_sweep_config_composes_and_expands():
     names = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
-    assert {"frontier_grid", "frontier_optuna", "smoke"} <= set(names)
+    assert {"frontier_grid", "frontier_optuna", "smoke", "toy"} <= set(names)
     cfg = _compose_sweep()
     assert cfg.sweep.name == "frontier_grid" and cfg.launcher == "local" and cfg.rerun_failed is False
     assert cfg.wandb.mode == "offline" and cfg.wandb.project == "sota" and cfg.objectives[0] == f"{WER}:min"
     grid = points.expand(OmegaConf.to_container(cfg.sweep))
     assert len(grid) >= 8 and not any("int4_weight" in o for p in grid for o in p.overrides)  # CUDA only
-    assert len(points.expand(OmegaConf.to_container(_compose_sweep("sweep=smoke").sweep))) == 4
+    assert len(points.expand(OmegaConf.to_container(_compose_sweep("sweep=toy").sweep))) == 4
+    smoke = points.expand(OmegaConf.to_container(_compose_sweep("sweep=smoke").sweep))
+    assert len(smoke) == 4 and all("init_from=@lead" in p.overrides for p in smoke[1:])
     opt = _compose_sweep("sweep=frontier_optuna")
     assert opt.sweep.method == "optuna" and opt.sweep.optuna.n_trials >= 8
     from sota.sweep.optuna_search import distribution
@@ -208,7 +215,7 @@ def test_slurm_section_composes():
 def test_every_point_of_the_shipped_sweeps_composes_with_run_py():
     from sota.sweep.driver import check_overrides
 
-    for name in ("smoke", "frontier_grid", "frontier_optuna"):
+    for name in ("smoke", "toy", "frontier_grid", "frontier_optuna"):
         spec = OmegaConf.to_container(_compose_sweep(f"sweep={name}").sweep)
         probes = points.probes(spec)
         assert len(probes) < 10 and {o for p in probes for o in p.overrides} >= \
@@ -456,22 +463,22 @@ SMOKE_FAILURES = [
 
 def _sweep_cmd(sweep_dir: Path, *extra: str) -> list[str]:
     injected = "[" + ",".join("{" + ",".join(f"{k}:{v}" for k, v in p.items()) + "}" for p in SMOKE_FAILURES) + "]"
-    return [sys.executable, "sweep.py", "sweep=smoke", "workers=2", f"sweep_dir={sweep_dir}",
+    return [sys.executable, "sweep.py", "sweep=toy", "workers=2", f"sweep_dir={sweep_dir}",
             f"sweep.points={injected}", *extra]
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The smoke sweep (4 tiny points) plus two failing points, with 2 workers and W&B offline."""
-    d = tmp_path_factory.mktemp("smoke") / "sweep"
+def toy(tmp_path_factory):
+    """The toy sweep (4 tiny points) plus two failing points, with 2 workers and W&B offline."""
+    d = tmp_path_factory.mktemp("toy") / "sweep"
     proc = subprocess.run(_sweep_cmd(d), cwd=ROOT, check=False, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return d, proc
 
 
 @pytest.mark.slow
-def test_smoke_sweep_end_to_end(smoke):
-    d, proc = smoke
+def test_toy_sweep_end_to_end(toy):
+    d, proc = toy
     assert "4 ok, 2 failed" in proc.stdout
     for name in ("sweep.json", "points.jsonl", "frontier.csv", "frontier.png", "frontier.html"):
         assert (d / name).is_file(), name
@@ -496,27 +503,48 @@ def test_smoke_sweep_end_to_end(smoke):
 
 
 @pytest.mark.slow
-def test_smoke_sweep_resume_launches_nothing(smoke):
-    d, _ = smoke
+def test_toy_sweep_resume_launches_nothing(toy):
+    d, _ = toy
     before = {p: p.stat().st_mtime_ns for p in (d / "points").glob("*/results.json")}
     proc = subprocess.run(_sweep_cmd(d, "wandb.mode=disabled"), cwd=ROOT, check=False, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "0 launched" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in (d / "points").glob("*/results.json")} == before
-    refused = subprocess.run([sys.executable, "sweep.py", "sweep=smoke", f"sweep_dir={d}"], cwd=ROOT,
+    refused = subprocess.run([sys.executable, "sweep.py", "sweep=toy", f"sweep_dir={d}"], cwd=ROOT,
                              check=False, capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and "different sweep config" in refused.stderr  # no injected points: another sweep
 
 
 @pytest.mark.slow
-def test_frontier_html_renders_in_headless_chromium(smoke, tmp_path):
+def test_smoke_sweep_compresses_the_model_its_first_point_trained(tmp_path):
+    """sweep=smoke on a small corpus: the first point trains, the others evaluate its checkpoint compressed."""
+    from conftest import SMALL_CORPUS
+
+    d = tmp_path / "smoke"
+    base = [f"+sweep.base.{o}" for o in ["trainer=smoke", "measure=none", *SMALL_CORPUS]]
+    proc = subprocess.run([sys.executable, "sweep.py", "sweep=smoke", "workers=2", f"sweep_dir={d}",
+                           "wandb.mode=disabled", *base], cwd=ROOT, check=False, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0 and "4 ok, 0 failed" in proc.stdout, proc.stderr[-3000:]
+    index = sorted((json.loads(x) for x in (d / "points.jsonl").read_text().splitlines()), key=lambda e: e["index"])
+    results = [json.loads((d / "points" / e["id"] / "results.json").read_text()) for e in index]
+    ckpt = str(d / "points" / index[0]["id"] / "checkpoints" / "last.ckpt")
+    assert results[0]["config"]["task"] == "train" and results[0]["config"]["init_from"] is None
+    assert all(r["config"]["task"] == "eval" and r["config"]["init_from"] == ckpt for r in results[1:])
+    trained, int8, depth, width = (r["model"] for r in results)
+    assert int8["weight_bytes"] < trained["weight_bytes"]
+    assert depth["weight_bytes"] < trained["weight_bytes"] and width["weight_bytes"] < trained["weight_bytes"]
+
+
+@pytest.mark.slow
+def test_frontier_html_renders_in_headless_chromium(toy, tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium); CI installs it")
     import numpy as np
     from matplotlib.image import imread
 
-    d, _ = smoke
+    d, _ = toy
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1100,900", (d / "frontier.html").as_uri()], check=False, capture_output=True, timeout=120)
@@ -550,6 +578,34 @@ def test_the_first_point_of_a_fresh_sweep_runs_alone(fake, tmp_path, monkeypatch
     assert len(starts) == 4 and all(starts[n] >= ends[first] for n in starts if n != first)
     others = sorted(starts[n] for n in starts if n != first)
     assert others[2] - others[0] < 0.5  # the rest ran side by side, not one after another
+
+
+def test_points_start_from_the_first_points_checkpoint(fake, tmp_path, monkeypatch):
+    """init_from: "@lead": one trained model, compressed by the other points, which wait for it."""
+    times = tmp_path / "times.txt"
+    monkeypatch.setenv("RECORD_TIMES", str(times))
+    sweep, _ = fake
+    result = sweep({"name": "lead", "params": {}, "points": [
+        {"sleep": 0.5}, {"init_from": "@lead", "q": "int8"}, {"init_from": "@lead", "size": 0.5}]}, workers=3)
+    assert result["counts"]["ok"] == 3
+    d = tmp_path / "sweep"
+    entries = [json.loads(line) for line in (d / "points.jsonl").read_text().splitlines()]
+    lead = min(entries, key=lambda e: e["index"])
+    ckpt = str(d / "points" / lead["id"] / "checkpoints" / "last.ckpt")
+    assert sorted(o for e in entries for o in e["overrides"] if o.startswith("init_from=")) == [f"init_from={ckpt}"] * 2
+    events = [line.split() for line in times.read_text().splitlines()]
+    ends = {name: float(t) for kind, name, t in events if kind == "end"}
+    assert all(float(t) >= ends[lead["id"]] for kind, name, t in events if kind == "start" and name != lead["id"])
+
+
+def test_the_first_point_cannot_start_from_itself(fake):
+    sweep, launches = fake
+    with pytest.raises(SweepSpecError, match="first point"):
+        sweep({"name": "self", "params": {}, "points": [{"init_from": "@lead"}, {"q": "int8"}]})
+    with pytest.raises(SweepSpecError, match="method=grid"):
+        sweep({"name": "opt", "method": "optuna", "params": {"size": [1, 2]}, "base": {"init_from": "@lead"},
+               "optuna": {"n_trials": 2}})
+    assert launches() == []
 
 
 def test_local_points_are_spread_over_the_listed_gpus(fake, tmp_path, monkeypatch):
@@ -643,8 +699,8 @@ def test_remeasure_names_unknown_points(fake, tmp_path):
 
 
 @pytest.mark.slow
-def test_remeasure_runs_the_reference_of_a_real_sweep_in_the_official_protocol(smoke):
-    d, _ = smoke
+def test_remeasure_runs_the_reference_of_a_real_sweep_in_the_official_protocol(toy):
+    d, _ = toy
     proc = subprocess.run([sys.executable, "sweep.py", "remeasure", str(d), "--points", "reference",
                            "--measure", "official", "measure.iterations=2", "measure.warmup=1",
                            "measure.real_clips=1", "measure.e2e_repeats=1"],

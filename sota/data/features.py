@@ -23,13 +23,17 @@ PROGRESS_EVERY_S = 30  # seconds between progress lines in logs
 @torch.no_grad()
 def encode_clips(encoder: AudioEncoder, waves: list[np.ndarray], batch_size: int = 32,
                  device: torch.device | str = "cpu", desc: str = "encode") -> torch.Tensor:
-    """Encoder outputs [N, T, D] in float16 (T: the longest clip's chunks of context, whole) (half the memory; the connector casts back), computed on `device`.
+    """Encoder outputs [N, T, D] in float16 (half the memory; the connector casts back), computed on `device`;
+    T: the longest clip's chunks of context, whole (frames past a clip's own chunks are zero, never read).
 
     The encoder is moved to `device` for the duration and back afterwards: a split set up after training
     (the test split) finds it wherever Lightning's teardown left it (on the CPU)."""
-    out = []
     # Clips longer than the encoder context come in several chunks: every clip gets the longest one's frames.
     frames = encoder.padded_frames([len(w) for w in waves])
+    # Batches of clips of similar length: a batch encodes its longest clip's chunks for every clip (and, with
+    # encoder.bucket_s, each of its buckets in a pass of its own), so similar lengths waste the least.
+    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+    out = torch.zeros(len(waves), frames, encoder.out_dim, dtype=torch.float16)
     home = next(encoder.parameters()).device
     encoder.to(device)
     t0 = last = time.monotonic()
@@ -38,13 +42,14 @@ def encode_clips(encoder: AudioEncoder, waves: list[np.ndarray], batch_size: int
             if time.monotonic() - last >= PROGRESS_EVERY_S:  # tqdm shows nothing when output is not a terminal
                 last = time.monotonic()
                 log.info("%s: %d/%d clips (%.0f s)", desc, start, len(waves), last - t0)
-            inputs = encoder.featurize(waves[start:start + batch_size])
+            rows = order[start:start + batch_size]
+            inputs = encoder.featurize([waves[i] for i in rows])
             inputs = {k: v.to(device) for k, v in inputs.items()}
             hidden = encoder(**inputs).to("cpu", torch.float16)
-            out.append(torch.nn.functional.pad(hidden, (0, 0, 0, frames - hidden.shape[1])))
+            out[rows, :hidden.shape[1]] = hidden
     finally:
         encoder.to(home)
-    return torch.cat(out)
+    return out
 
 
 def cache_key(fingerprint: str, clip_ids: list[str], paths: list[Path]) -> str:

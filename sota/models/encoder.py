@@ -21,6 +21,7 @@ SAMPLE_RATE = 16_000
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Whisper: 100 mel frames per second, halved by the second convolution.
 WHISPER_FRAMES_PER_SECOND = 50
+MEL_FRAMES_PER_SECOND = 100
 
 
 def trim_whisper_context(encoder: WhisperEncoder, context_s: float) -> WhisperEncoder:
@@ -105,10 +106,20 @@ class AudioEncoder(nn.Module):
         frozen: bool = True,
         second: dict[str, Any] | None = None,
         dtype: str = "float32",
+        bucket_s: float | None = None,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"encoder.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if bucket_s is not None:
+            frames = bucket_s * WHISPER_FRAMES_PER_SECOND
+            if not 0 < bucket_s <= context_s or abs(frames - round(frames)) > 1e-6:
+                raise ValueError(f"encoder.bucket_s must be null or a multiple of 0.02 s in (0, encoder.context_s="
+                                 f"{context_s}], got {bucket_s!r}")
+            if second:
+                raise ValueError("encoder.bucket_s needs encoder.second=null: the second encoder's frames follow "
+                                 "the full context")
+        self.bucket_s = bucket_s
         whisper, self.extractor = load_whisper_encoder(path, config)
         self.whisper = trim_whisper_context(whisper, context_s).to(DTYPES[dtype])
         self.context_s = context_s
@@ -149,31 +160,92 @@ class AudioEncoder(nn.Module):
         """Frames of the encoder output for a batch of these clips: its longest clip's chunks, whole."""
         return max(self.chunks_for(n) for n in num_samples) * self.total_frames
 
+    def bucket_samples(self, num_samples: int) -> int:
+        """Samples a clip is encoded in: with `bucket_s`, a clip shorter than the context is padded only up to
+        the next multiple of `bucket_s` (so a 3.1 s clip costs 4 s of encoder work, not 5 s); otherwise, and for
+        clips longer than the context, whole context-length chunks. A property of the clip alone, so its
+        features are the same in whatever batch it is encoded."""
+        if self.bucket_s is None or num_samples >= self.num_samples:
+            return self.num_samples
+        step = int(round(self.bucket_s * SAMPLE_RATE))
+        return min(self.num_samples, max(1, -(-int(num_samples) // step)) * step)
+
     def featurize(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """CPU-side inputs for `forward`: log-mel features [B, K, mel, frames] of each clip's K context-length
         chunks (K: the batch's most; shorter clips are padded with silent chunks, whose frames lie past
-        their valid frames and are never read), and the second encoder's inputs likewise."""
+        their valid frames and are never read), and the second encoder's inputs likewise. With `bucket_s`,
+        also `mel_frames` [B]: the mel frames each clip is encoded over (the rest of its row is padding)."""
         n = self.num_samples
+        if self.bucket_s is not None:
+            longest = max(self.bucket_samples(len(w)) for w in waves)
+            pieces = [np.asarray(w[:n], dtype=np.float32) if len(w) else np.zeros(1, dtype=np.float32)
+                      for w in waves] if longest < n else None
+            if pieces is not None:  # every clip fits one chunk: pad to the batch's longest bucket, not the context
+                mel = self.extractor(pieces, sampling_rate=SAMPLE_RATE, padding="max_length", max_length=longest,
+                                     return_tensors="pt").input_features
+                frames = [self.bucket_samples(len(w)) * MEL_FRAMES_PER_SECOND // SAMPLE_RATE for w in waves]
+                return {"mel": mel[:, None], "mel_frames": torch.tensor(frames)}
         chunks = max(self.chunks_for(len(w)) for w in waves)
         pieces = [np.asarray(w[k * n:(k + 1) * n], dtype=np.float32) for w in waves for k in range(chunks)]
         pieces = [p if p.size else np.zeros(1, dtype=np.float32) for p in pieces]
         mel = self.extractor(pieces, sampling_rate=SAMPLE_RATE, padding="max_length", max_length=n,
                              return_tensors="pt").input_features
-        inputs = {"mel": mel.reshape(len(waves), chunks, *mel.shape[1:])}
+        inputs = {"mel": mel.reshape(len(waves), chunks, *mel.shape[1:]),
+                  "num_chunks": torch.tensor([self.chunks_for(len(w)) for w in waves])}
+        if self.bucket_s is not None:
+            inputs["mel_frames"] = torch.tensor([self.bucket_samples(len(w)) * MEL_FRAMES_PER_SECOND // SAMPLE_RATE
+                                                 for w in waves])
         if self.second is not None:
             second = self.second.featurize(pieces, n)
             inputs["second"] = second.reshape(len(waves), chunks, *second.shape[1:])
         return inputs
 
-    def forward(self, mel: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
-        """mel [B, K, mel, frames] (or [B, mel, frames], one chunk) -> frames [B, K * total_frames, D]."""
+    def forward(self, mel: torch.Tensor, second: torch.Tensor | None = None,
+                mel_frames: torch.Tensor | None = None, num_chunks: torch.Tensor | None = None) -> torch.Tensor:
+        """mel [B, K, mel, frames] (or [B, mel, frames], one chunk) -> frames [B, K * total_frames, D].
+        `num_chunks` [B] (from `featurize`): each clip's own chunks; the silent ones padding it to K are not
+        encoded, and their frames are zero."""
         if mel.dim() == 3:
             mel = mel[:, None]
             second = second[:, None] if second is not None else None
         b, k = mel.shape[:2]
+        if num_chunks is not None and k > 1 and bool((num_chunks < k).any()):
+            own = (torch.arange(k, device=num_chunks.device)[None] < num_chunks[:, None]).flatten().to(mel.device)
+            frames = mel.new_zeros(b * k, self.total_frames, self.out_dim, dtype=next(self.parameters()).dtype)
+            frames[own] = self(mel.flatten(0, 1)[own][:, None],
+                               second.flatten(0, 1)[own][:, None] if second is not None else None,
+                               mel_frames.repeat_interleave(k)[own] if mel_frames is not None else None)
+            return frames.reshape(b, k * self.total_frames, self.out_dim)
+        if mel_frames is not None:  # clips within one chunk in their buckets, longer clips in whole chunks
+            full = self.total_frames * 2
+            short = mel_frames < full
+            if short.all():
+                return self._bucketed(mel[:, 0], mel_frames)
+            if short.any():
+                out = torch.zeros(b, k * self.total_frames, self.out_dim, dtype=next(self.parameters()).dtype,
+                                  device=mel.device)
+                out[short, :self.total_frames] = self._bucketed(mel[short, 0], mel_frames[short])
+                out[~short] = self(mel[~short], second)
+                return out
         dtype = next(self.whisper.parameters()).dtype
         hidden = self.whisper(mel.flatten(0, 1).to(dtype)).last_hidden_state
         if self.second is not None:
             extra = self.second(second.flatten(0, 1), hidden.shape[1]).to(hidden.dtype)
             hidden = torch.cat([hidden, extra], dim=-1)
         return hidden.reshape(b, k * hidden.shape[1], hidden.shape[2])
+
+    def _bucketed(self, mel: torch.Tensor, mel_frames: torch.Tensor) -> torch.Tensor:
+        """Each group of clips with the same bucket through Whisper over that many frames only (transformers'
+        WhisperEncoder insists on the full context, so its forward is spelled out: the same modules, in order)."""
+        w = self.whisper
+        dtype = next(w.parameters()).dtype
+        out = mel.new_zeros(mel.shape[0], self.total_frames, self.out_dim, dtype=dtype)
+        for frames in mel_frames.unique().tolist():
+            rows = (mel_frames == frames).nonzero().flatten().to(mel.device)
+            x = F.gelu(w.conv1(mel[rows, :, :frames].to(dtype)))
+            x = F.gelu(w.conv2(x)).permute(0, 2, 1)
+            x = x + w.embed_positions.weight[: x.shape[1]]
+            for layer in w.layers:
+                x = layer(x, None)
+            out[rows, : x.shape[1]] = w.layer_norm(x)
+        return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sota.sweep import launch, points, sweepdir
 from sota.paths import CONF
+from sota.run_dir import LAST_CHECKPOINT
 from sota.sweep.frontier import Objective
 from sota.sweep.points import Point, SweepSpecError
 from sota.sweep.report import ObjectiveError, ReportSettings, write_report
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Problems of the sweep's config or directory, reported as one message (nothing else is wrong with the code).
 SWEEP_ERRORS = (SweepSpecError, SweepDirError, ObjectiveError)
+LEAD = "@lead"  # an override value: the first point's checkpoint (see resolve_lead)
 
 
 @dataclass
@@ -169,6 +171,10 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
     ident = points.identity(s.spec, [str(o) for o in s.objectives])
     method = s.spec.get("method", "grid")
     planned = points.expand(s.spec) if method == "grid" else []
+    if method != "grid" and LEAD in repr(s.spec):
+        raise SweepSpecError(f"{LEAD} (the first point's checkpoint) needs method=grid; {method} has no first point")
+    needs_lead = any(o.endswith(f"={LEAD}") for p in planned for o in p.overrides)
+    planned = resolve_lead(planned, s.sweep_dir)
     if s.run_py == launch.RUN_PY.resolve():  # another script (a test's stand-in) has other keys
         check_overrides(points.probes(s.spec))
     s.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +189,7 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
     runner = _runner(s, children)
     t0 = time.perf_counter()
     if method == "grid":
-        launched = _run_grid(s, planned, index, keys, runner)
+        launched = _run_grid(s, planned, index, keys, runner, needs_lead)
     else:
         launched = _run_optuna(s, index, keys, runner)
     wall = time.perf_counter() - t0
@@ -210,7 +216,23 @@ def _runner(s: SweepSettings, children: launch.Children) -> launch.Runner:
     return launch.local_runner(s.run_py, env, s.timeout_s, s.gpus, children)
 
 
-def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[str], runner: launch.Runner) -> int:
+def resolve_lead(planned: list[Point], sweep_dir: Path) -> list[Point]:
+    """An override value `@lead` names the first point's checkpoint (`init_from: "@lead"`): one trained model,
+    compressed and evaluated by the others. Ids stay those of the spec, so every sweep dir shares them."""
+    if not planned:
+        return planned
+    ckpt = point_dir(sweep_dir, planned[0].id) / LAST_CHECKPOINT
+    out = []
+    for p in planned:
+        overrides = tuple(o.replace(f"={LEAD}", f"={ckpt}") if o.endswith(f"={LEAD}") else o for o in p.overrides)
+        if overrides != p.overrides and p is planned[0]:
+            raise SweepSpecError(f"point {p.id} is the first point: it cannot start from its own checkpoint ({LEAD})")
+        out.append(replace(p, overrides=overrides))
+    return out
+
+
+def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[str], runner: launch.Runner,
+              needs_lead: bool = False) -> int:
     for p in planned:  # an unreadable results.json is no result: set aside, and its point runs again
         if set_aside_unreadable(point_dir(s.sweep_dir, p.id) / RESULTS) is not None:
             index.entries[p.id] = {**(index.get(p.id) or {}), "status": "pending", "error": None}
@@ -238,7 +260,9 @@ def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[s
     # Before any point has finished, the corpus and the encoder-feature cache may not exist yet: parallel
     # points would each build them (measured: a cold 2-worker start took 632 s instead of ~130). The first
     # point therefore runs alone and the others share what it built.
-    lead = todo[0] if s.workers > 1 and n_ok == 0 and todo else None
+    # Points that start from the first point's checkpoint (@lead) wait for it the same way.
+    first_pending = bool(todo) and todo[0] is planned[0]
+    lead = todo[0] if s.workers > 1 and todo and (n_ok == 0 or (first_pending and needs_lead)) else None
     queue = iter(todo[1:] if lead is not None else todo)
     state = {"lead_sent": lead is None, "open": lead is None}
 
