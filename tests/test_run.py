@@ -134,6 +134,7 @@ def test_crash_leaves_failed_results(tmp_path):
     assert res["status"] == "failed" and "loss" in res["error"]
 
 
+@pytest.mark.slow  # 20-30 s each: the default tier stays under 8 minutes on 2 cores
 def test_salmonn_manifests_with_a_corrupt_file_skip_and_count(tmp_path):
     """data=salmonn reads annotation files; with on_bad_file=skip a corrupt clip is skipped and counted."""
     import numpy as np
@@ -167,6 +168,7 @@ def test_training_resumes_from_last_checkpoint(trained, tmp_path):
     assert res["status"] == "ok" and res["timing"]["train_steps"] == 6  # 4 restored + 2 new
 
 
+@pytest.mark.slow  # 20-30 s each: the default tier stays under 8 minutes on 2 cores
 def test_compressed_run_records_compression_and_evaluates_identically(tmp_path):
     """prune -> LoRA -> train -> merge -> int8: the checkpoint rebuilds the same model for task=eval."""
     combo = ["prune=depth", "prune.ratio=0.5", "lora=lora", "quant=int8_weight"]
@@ -219,6 +221,7 @@ def test_init_from_a_missing_file_is_refused_before_any_work(tmp_path):
     assert proc.returncode != 0 and "init_from=" in proc.stderr and "no such file" in proc.stderr
 
 
+@pytest.mark.slow  # 20-30 s each: the default tier stays under 8 minutes on 2 cores
 def test_eval_on_an_unlabelled_test_set_writes_predictions_only(trained, tmp_path):
     """The seed's --skip_scoring use: a test manifest without transcripts is transcribed, not scored."""
     import soundfile as sf
