@@ -177,14 +177,13 @@ class AudioEncoder(nn.Module):
         also `mel_frames` [B]: the mel frames each clip is encoded over (the rest of its row is padding)."""
         n = self.num_samples
         if self.bucket_s is not None:
-            longest = max(self.bucket_samples(len(w)) for w in waves)
-            pieces = [np.asarray(w[:n], dtype=np.float32) if len(w) else np.zeros(1, dtype=np.float32)
-                      for w in waves] if longest < n else None
-            if pieces is not None:  # every clip fits one chunk: pad to the batch's longest bucket, not the context
-                mel = self.extractor(pieces, sampling_rate=SAMPLE_RATE, padding="max_length", max_length=longest,
+            buckets = [self.bucket_samples(len(w)) for w in waves]
+            mel_frames = torch.tensor([b * MEL_FRAMES_PER_SECOND // SAMPLE_RATE for b in buckets])
+            if max(buckets) < n:  # every clip fits one chunk: pad to the batch's longest bucket, not the context
+                pieces = [np.asarray(w, dtype=np.float32) if len(w) else np.zeros(1, dtype=np.float32) for w in waves]
+                mel = self.extractor(pieces, sampling_rate=SAMPLE_RATE, padding="max_length", max_length=max(buckets),
                                      return_tensors="pt").input_features
-                frames = [self.bucket_samples(len(w)) * MEL_FRAMES_PER_SECOND // SAMPLE_RATE for w in waves]
-                return {"mel": mel[:, None], "mel_frames": torch.tensor(frames)}
+                return {"mel": mel[:, None], "mel_frames": mel_frames}
         chunks = max(self.chunks_for(len(w)) for w in waves)
         pieces = [np.asarray(w[k * n:(k + 1) * n], dtype=np.float32) for w in waves for k in range(chunks)]
         pieces = [p if p.size else np.zeros(1, dtype=np.float32) for p in pieces]
@@ -193,8 +192,7 @@ class AudioEncoder(nn.Module):
         inputs = {"mel": mel.reshape(len(waves), chunks, *mel.shape[1:]),
                   "num_chunks": torch.tensor([self.chunks_for(len(w)) for w in waves])}
         if self.bucket_s is not None:
-            inputs["mel_frames"] = torch.tensor([self.bucket_samples(len(w)) * MEL_FRAMES_PER_SECOND // SAMPLE_RATE
-                                                 for w in waves])
+            inputs["mel_frames"] = mel_frames
         if self.second is not None:
             second = self.second.featurize(pieces, n)
             inputs["second"] = second.reshape(len(waves), chunks, *second.shape[1:])
