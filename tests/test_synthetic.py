@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -132,11 +133,27 @@ def test_interrupted_build_leaves_no_corpus(tmp_path, monkeypatch, module, funct
     ("asr_train", -1), ("aac_test", 1.5), ("seed", -3), ("max_clip_s", 0), ("max_clip_s", 100.0),
     ("noise_snr_db", (40.0, 10.0)), ("speed_range", (0.5, 1.0)), ("speed_range", (1.0,)),
     ("pitch_semitones", (0, 10)), ("voices", {"nope:x": 1}), ("voices", {"flite:awb": -1}), ("natural_text", 1.5),
-    ("on_missing_voice", "maybe"), ("augment", {"reverb_p": 2.0}),
+    ("natural_repeats", 0), ("on_missing_voice", "maybe"), ("augment", {"reverb_p": 2.0}),
 ])
 def test_spec_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SyntheticCorpusSpec(**{field: value})
+
+
+def test_natural_repeats_say_each_training_sentence_again_and_keep_splits_apart():
+    spec = SyntheticCorpusSpec(asr_train=400, asr_val=20, asr_test=40, natural_text=0.8, natural_repeats=3)
+    pools = synthetic._sentence_pools(spec)
+    train = pools["train"][0] + pools["train"][1]
+    natural = set(synthetic._natural_pool(spec))
+    counts = Counter(t for t in train if t in natural)
+    assert len(pools["train"][0]) == 400 and max(counts.values()) == 3
+    assert sum(counts.values()) == round(0.8 * len(train))  # the share is of utterances, not of distinct sentences
+    held_out = {t for split in ("val", "test") for t in pools[split][0] + pools[split][1]}
+    assert not held_out & set(train)
+    assert all(n == 1 for n in Counter(pools["test"][0]).values())
+    # A corpus too large for the committed sentences says which knobs make it fit.
+    with pytest.raises(ValueError, match="natural_repeats"):
+        synthetic._sentence_pools(SyntheticCorpusSpec(asr_train=40000, max_clip_s=10.0, natural_text=0.9))
 
 
 def test_spec_normalises_config_lists_and_fingerprints_stably():

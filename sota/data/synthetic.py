@@ -98,6 +98,10 @@ class SyntheticCorpusSpec:
     speed_range: tuple[float, float] = (0.9, 1.1)  # tempo factor per utterance
     pitch_semitones: tuple[float, float] = (-2.0, 2.0)  # pitch and formant shift per utterance: more speakers
     natural_text: float = 0.7  # share of utterances that say a natural sentence (sota.data.sentences), not grammar
+    # Times each natural training sentence is said (each time by a freshly drawn voice, speed, pitch and room):
+    # large corpora outgrow the ~20,000 committed sentences, and a second speaker of a sentence teaches more than a
+    # grammar sentence. Validation and test sentences are said once.
+    natural_repeats: int = 1
     # Reverb, background noise (real recordings and scenes), telephone band: sota.data.augment.AugmentConfig's
     # fields, or None for clean speech.
     augment: augmentation.AugmentConfig | None = augmentation.AugmentConfig(speed_p=0.0)
@@ -126,6 +130,7 @@ class SyntheticCorpusSpec:
         if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0.0 <= float(share) <= 1.0:
             raise ValueError(f"SyntheticCorpusSpec.natural_text must be a share in [0, 1], got {share!r}")
         set_(self, "natural_text", float(share))
+        set_(self, "natural_repeats", _check_int("natural_repeats", self.natural_repeats, 1, 10))
         set_(self, "augment", _check_augment(self.augment))
 
     def count(self, task: str, split: str) -> int:
@@ -219,28 +224,31 @@ def _natural_pool(spec: SyntheticCorpusSpec) -> list[str]:
 
 
 def _sentence_pools(spec: SyntheticCorpusSpec) -> dict[str, tuple[list[str], list[str]]]:
-    """Per split: (sentences, reserve sentences for clips that will not fit), all distinct across splits.
+    """Per split: (sentences, reserve sentences for clips that will not fit), no sentence in two splits.
 
     A `natural_text` share of each split's sentences comes from the natural pool, the rest from the grammar; both
-    pools are cut test-first, so the test set does not change when only train/val sizes do.
+    pools are cut test-first, so the test set does not change when only train/val sizes do. Each natural training
+    sentence is said `natural_repeats` times (shuffled apart); every other sentence once.
     """
     order = ("test", "val", "train")
     reserve = {s: max(4, math.ceil(0.05 * spec.count("asr", s))) for s in SPLITS}
     natural_n = {s: round(spec.natural_text * (spec.count("asr", s) + reserve[s])) for s in SPLITS}
+    repeats = {s: spec.natural_repeats if s == "train" else 1 for s in SPLITS}
+    distinct = {s: math.ceil(natural_n[s] / repeats[s]) for s in SPLITS}
     natural = _natural_pool(spec) if spec.natural_text > 0 else []
-    if sum(natural_n.values()) > len(natural):
-        raise ValueError(f"SyntheticCorpusSpec.natural_text={spec.natural_text} asks for {sum(natural_n.values())} "
-                         f"natural sentences of at most {spec.max_words} words; {len(natural)} exist: lower it or "
-                         "the corpus sizes")
+    if sum(distinct.values()) > len(natural):
+        raise ValueError(f"SyntheticCorpusSpec.natural_text={spec.natural_text} with natural_repeats="
+                         f"{spec.natural_repeats} asks for {sum(distinct.values())} distinct natural sentences of at "
+                         f"most {spec.max_words} words; {len(natural)} exist: lower natural_text or the corpus sizes, "
+                         "or raise natural_repeats")
     grammar_total = sum(spec.count("asr", s) + reserve[s] - natural_n[s] for s in SPLITS)
     made = grammar.sentences(grammar_total, np.random.default_rng([spec.seed, _POOL_STREAM]), max_words=spec.max_words)
     # Natural sentences that the grammar happens to produce too stay on one side only.
     natural = [t for t in natural if t not in set(made)]
     out, at_g, at_n = {}, 0, 0
     for split in order:
-        k = natural_n[split]
-        g = spec.count("asr", split) + reserve[split] - k
-        mixed = made[at_g:at_g + g] + natural[at_n:at_n + k]
+        k, g = distinct[split], spec.count("asr", split) + reserve[split] - natural_n[split]
+        mixed = made[at_g:at_g + g] + (natural[at_n:at_n + k] * repeats[split])[:natural_n[split]]
         at_g, at_n = at_g + g, at_n + k
         mixed = [mixed[i] for i in np.random.default_rng([spec.seed, _POOL_STREAM, _SPLIT_IDS[split]]).permutation(len(mixed))]
         n = spec.count("asr", split)
