@@ -14,7 +14,8 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from sota.config import ConfigError, validate
+    from sota.config import validate
+    from sota.errors import ConfigError
 
     try:
         validate(cfg)  # before torch and Lightning are imported: a typo costs a second, not the imports

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sota.config import enabled
-from sota.paths import CONF
+from sota.compose import compose as compose_config
+from sota.compress.plan import CompressionPlan
 DEFAULT_MODES = ("official", "strict")
 SAMPLE_S = 3.0                   # seconds of the noise clips that calibrate pruning
 
@@ -53,19 +53,17 @@ def _selects_measure(override: str) -> str | None:
 def compose(overrides: list[str], mode: str | None = None) -> DictConfig:
     """The main config with `overrides`, its `measure` group set to `mode` (added when the defaults list has
     no `measure` group yet)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
     rest = [o for o in overrides if _selects_measure(o) is None]
     chosen = mode or next((_selects_measure(o) for o in overrides if _selects_measure(o)), "strict")
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        try:
-            return hydra_compose(config_name="config", overrides=rest + [f"measure={chosen}"])
-        except ConfigCompositionException as err:
-            if "measure" not in str(err):
-                raise
-            # The defaults list has no `measure` group (yet): append it.
-            return hydra_compose(config_name="config", overrides=rest + [f"+measure={chosen}"])
+    try:
+        return compose_config(rest + [f"measure={chosen}"])
+    except ConfigCompositionException as err:
+        if "measure" not in str(err):
+            raise
+        # The defaults list has no `measure` group (yet): append it.
+        return compose_config(rest + [f"+measure={chosen}"])
 
 
 def pick_device(cfg: DictConfig) -> str:
@@ -78,7 +76,7 @@ def pick_device(cfg: DictConfig) -> str:
 def check(cfg: DictConfig, device: str) -> None:
     """Every problem of the measure and compression groups at once, before building anything."""
     from sota.compress import pipeline
-    from sota.config import ConfigError
+    from sota.errors import ConfigError
     from sota.measure import latency
 
     out: list[str] = []
@@ -132,9 +130,9 @@ def build(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any]]:
     model = build_model(cfg, words)
     model.to(device)
     calib: list[dict[str, Any]] = []
-    prune_cfg = cfg.get("prune")
-    if enabled(prune_cfg):
-        calib = _noise_batches(model, int(prune_cfg.get("calib_batches", 4)), words, device)
+    plan = CompressionPlan.of(cfg)
+    if plan.prune is not None:
+        calib = _noise_batches(model, plan.calib_batches, words, device)
     record = pipeline.before_training(model, cfg, calib, device)
     model.to(device)
     record = pipeline.after_training(model, cfg, record, device)
@@ -319,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         check(cfg, device)
 
     from sota.config import as_dict
-    from sota.measure.footprint import footprint
+    from sota.models.footprint import footprint
     from sota.utils.provenance import device_name, versions
 
     t0 = time.perf_counter()

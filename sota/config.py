@@ -11,23 +11,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sota.errors import ConfigError
+
 TASKS = ("train", "eval")
 COMPILE = ("none", "llm")  # what training runs through torch.compile
 SEED_RANGE = (0, 2**32 - 1)  # what Lightning's seed_everything accepts
 # Groups whose keys are checked against their option files (prune checks its own against prune.DEFAULTS).
 CHECKED_GROUPS = ("lora", "quant", "connector", "generate", "measure", "corpus", "data")
 ALWAYS_VALID = frozenset({"_target_", "_partial_"})
-
-
-def enabled(node: Any, key: str = "method") -> bool:
-    """Whether a compression group or its record does anything: prune/lora by `method`, quant by `mode`."""
-    return node is not None and node.get(key, "none") != "none"
-
-
-class ConfigError(ValueError):
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
 @functools.cache

@@ -20,8 +20,8 @@ EXIT_BAD_INPUT = 2
 
 
 def _whisper_ct2(src: Path, dst: Path) -> Path:
-    from sota.models.gguf import ensure_replaceable
-    from sota.models.whisper_ct2 import convert_whisper_ct2
+    from sota.formats.gguf import ensure_replaceable
+    from sota.formats.whisper_ct2 import convert_whisper_ct2
 
     # convert_whisper_ct2 replaces its destination wholesale; only let it replace one of its own outputs.
     ensure_replaceable(dst, marker="ct2_source.json")
@@ -29,7 +29,7 @@ def _whisper_ct2(src: Path, dst: Path) -> Path:
 
 
 def _gguf(src: Path, dst: Path) -> Path:
-    from sota.models.gguf import convert_gguf
+    from sota.formats.gguf import convert_gguf
 
     return convert_gguf(src, dst)
 
@@ -59,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from sota.models.gguf import GGUFFormatError
-    from sota.models.whisper_ct2 import CT2FormatError
+    from sota.formats.gguf import GGUFFormatError
+    from sota.formats.whisper_ct2 import CT2FormatError
 
     try:
         out = _COMMANDS[args.command](args.src, args.dst)

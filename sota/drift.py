@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sota.paths import CONF
+from sota.compose import compose
+from sota.compress.plan import CompressionPlan
 
 # name -> (prune settings, quant mode); settings not given keep the conf/prune/<method>.yaml defaults.
 CONFIGS: dict[str, tuple[dict[str, Any] | None, str]] = {
@@ -113,18 +114,15 @@ def perplexity(llm: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
     return math.exp(total / count)
 
 
-def groups(name: str, rank: int) -> tuple[Any, Any, Any]:
-    """The `prune`, `quant` and `lora` groups of compression `name`, composed from conf/ as run.py would."""
-    from hydra import compose, initialize_config_dir
-
+def compression(name: str, rank: int) -> CompressionPlan:
+    """The compression plan of `name` (its `prune`, `quant` and `lora` groups composed from conf/ as run.py
+    would), applied below in a run's order."""
     prune_over, mode = CONFIGS[name]
     overrides = [f"quant={mode}", "lora=lora", f"lora.rank={rank}", f"lora.alpha={2 * rank}"]
     if prune_over is not None:
         overrides.append(f"prune={prune_over['method']}")
         overrides += [f"prune.{k}={v}" for k, v in prune_over.items() if k != "method"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=overrides)
-    return (cfg.prune if prune_over is not None else None), cfg.quant, cfg.lora
+    return CompressionPlan.of(compose(overrides))
 
 
 def recover(model: TextModel, batches: list[dict[str, torch.Tensor]], steps: int, lr: float) -> list[float]:
@@ -151,10 +149,9 @@ def measure_one(load: Any, tokenizer: Any, name: str, steps: int, lr: float, ran
                 calib_batches: int = 4, seed: int = 0) -> dict[str, Any]:
     """One compression: perplexity before and after recovery, parameters and bytes."""
     from sota.compress import lora, prune, quant
-    from sota.measure.footprint import footprint
+    from sota.models.footprint import footprint
 
-    pcfg, qcfg, lcfg = groups(name, rank)
-    mode = qcfg.mode
+    plan = compression(name, rank)
     train, held_out = sentences()
     train_b, eval_b = _batches(tokenizer, train, 8), _batches(tokenizer, held_out, 16)
     english_b = _batches(tokenizer, ENGLISH, 12)
@@ -163,33 +160,32 @@ def measure_one(load: Any, tokenizer: Any, name: str, steps: int, lr: float, ran
     params_before = sum(p.numel() for p in model.llm.parameters())
     record: dict[str, Any] = {"config": name}
     t0 = time.perf_counter()
-    if pcfg is not None:
-        report = prune.prune(model, pcfg, train_b[:calib_batches])
+    if plan.prune is not None:
+        report = prune.prune(model, plan.prune, train_b[:calib_batches])
         # The kept channel indices only serve to replay a structure (megabytes for 30 layers): not kept here.
         record["prune"] = {k: ({kk: vv for kk, vv in v.items() if kk != "kept"} if isinstance(v, dict) else v)
                            for k, v in report.items()}
-    if mode != "none" and quant.is_qlora_base(qcfg):
-        quant.quantize(model, qcfg, "cpu")
-    ptq = mode != "none" and not quant.is_qlora_base(qcfg)
-    if ptq:  # "before": the compressed model as it would be deployed untouched
+    if plan.qlora:
+        quant.quantize(model, plan.quant, "cpu")
+    if plan.ptq:  # "before": the compressed model as it would be deployed untouched
         untouched = copy.deepcopy(model)
-        quant.quantize(untouched, qcfg, "cpu")
+        quant.quantize(untouched, plan.quant, "cpu")
         record.update(ppl_before=perplexity(untouched.llm, eval_b), english_before=perplexity(untouched.llm, english_b))
         del untouched
     else:
         record.update(ppl_before=perplexity(model.llm, eval_b), english_before=perplexity(model.llm, english_b))
     for p in model.parameters():
         p.requires_grad_(False)
-    lora.attach(model, lcfg)
+    lora.attach(model, plan.lora)
     losses = recover(model, train_b, steps, lr)
     lora.merge(model)
-    if ptq:
-        quant.quantize(model, qcfg, "cpu")
+    if plan.ptq:
+        quant.quantize(model, plan.quant, "cpu")
     record.update(ppl_after=perplexity(model.llm, eval_b), english_after=perplexity(model.llm, english_b),
                   recovery_steps=steps, recovery_loss_first=losses[0] if losses else None,
                   recovery_loss_last=losses[-1] if losses else None,
                   params_removed=1 - sum(p.numel() for p in model.llm.parameters()) / params_before
-                  if pcfg is not None else 0.0,
+                  if plan.prune is not None else 0.0,
                   weight_bytes=footprint(model.llm)["weight_bytes"], seconds=time.perf_counter() - t0)
     return record
 

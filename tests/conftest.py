@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from sota.compose import compose
+from sota.paths import CONF  # noqa: F401 (tests import it from here)
+
 ROOT = CONF.parent
 
 # Random-init encoder small enough for unit tests (the real tiny.en is exercised by run tests).
@@ -37,7 +38,6 @@ def sota_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def compose_cfg():
     def _compose(*overrides: str):
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            return compose(config_name="config", overrides=list(overrides))
+        return compose(overrides)
 
     return _compose

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import CONF
-from sota.compress.pipeline import read_checkpoint
-from sota.config import ConfigError, group_keys, validate
+from sota.checkpoint import read as read_checkpoint
+from sota.config import group_keys, validate
 from sota.data.manifest import BadSample, read_manifest
+from sota.errors import ConfigError
 
 
 def write(path, rows):

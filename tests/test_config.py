@@ -9,7 +9,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT
-from sota.config import ConfigError, validate
+from sota.config import validate
+from sota.errors import ConfigError
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "paths", "sweep"))
 

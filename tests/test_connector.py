@@ -83,7 +83,8 @@ def test_projector_gives_one_token_per_window_from_that_window_only():
 def test_projector_refuses_overlapping_windows(compose_cfg):
     with pytest.raises(ValueError, match="must equal connector.window_s"):
         WindowProjector(48, 40, frames_per_second=50, window_s=0.2, stride_s=0.1)
-    from sota.config import ConfigError, validate
+    from sota.config import validate
+    from sota.errors import ConfigError
     with pytest.raises(ConfigError, match="must equal connector.window_s"):
         validate(compose_cfg("connector=projector", "connector.stride_s=0.05"))
     validate(compose_cfg("connector=projector"))  # the group's own settings are valid

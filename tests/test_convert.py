@@ -1,4 +1,4 @@
-"""Tests for the converters (sota.convert, sota.models.gguf), the bundled SmolLM2 and the offline `mini` preset."""
+"""Tests for the converters (sota.convert, sota.formats.gguf), the bundled SmolLM2 and the offline `mini` preset."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sota.models import gguf as sg
+from sota.formats import gguf as sg
 from sota.models.hub import ModelNotAvailable, resolve_pretrained
 
 from conftest import ROOT

@@ -12,7 +12,8 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from conftest import ROOT, SMALL_CORPUS
-from sota.config import ConfigError, validate
+from sota.config import validate
+from sota.errors import ConfigError
 
 # The tiny preset shrunk to seconds. The test split has 9 clips (odd: a distributed sampler over two processes
 # would pad it with a repeated clip) in batches of 4; min_new_tokens keeps the 4-step model's answers non-empty.

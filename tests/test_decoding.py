@@ -81,7 +81,8 @@ def test_backend_config_checks():
 
 
 def test_beam_search_with_a_static_backend_is_refused_up_front(compose_cfg):
-    from sota.config import ConfigError, validate as validate_cfg
+    from sota.config import validate as validate_cfg
+    from sota.errors import ConfigError
 
     cfg = compose_cfg("generate=beam", "backend=compiled")
     with pytest.raises(ConfigError, match="generate.backend=compiled decodes greedily"):

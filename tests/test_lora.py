@@ -3,19 +3,17 @@ import warnings
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from sota.compose import compose
 from sota.compress import lora, quant
 
-from conftest import CONF
 from test_model import batch_for, small_model
 
 
 @functools.cache
 def _group(name):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose(config_name=name)
+    return compose(config_name=name)
 
 
 def lcfg(**over):

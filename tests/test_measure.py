@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sota.config import ConfigError
+from sota.errors import ConfigError
 from sota.measure import latency
 from sota.measure.timer import CUDA_EVENTS, PERF_COUNTER, WALL_NO_SYNC, Timer, percentile, summarize
 

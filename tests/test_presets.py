@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import WhisperConfig
 
-from sota.config import ConfigError, validate
+from sota.config import validate
+from sota.errors import ConfigError
 from sota.models.hub import ModelNotAvailable, resolve_pretrained
 from sota.models.meta import ARCHS, build_on_meta
 

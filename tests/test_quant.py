@@ -3,18 +3,18 @@ import warnings
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
+from sota.compose import compose
 from sota.compress import quant
-from sota.measure.footprint import footprint, tensor_bytes
 from sota.models.audio_llm import AudioLLM
 from sota.models.connector import WindowQFormer
 from sota.models.encoder import AudioEncoder
+from sota.models.footprint import footprint, tensor_bytes
 from sota.models.llm import tiny_llama
 
-from conftest import CONF, SMALL_WHISPER
+from conftest import SMALL_WHISPER
 from test_model import PROMPTS, WORDS, batch_for
 
 CPU_MODES = [m for m, devices in quant.MODES.items() if "cpu" in devices and m != "none"]
@@ -33,8 +33,7 @@ def model_of(hidden=32, seed=0):
 
 @functools.cache
 def _group(name):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose(config_name=name)
+    return compose(config_name=name)
 
 
 def qcfg(name, **over):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import CONF, ROOT
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from sota.compose import compose
 from sota.sweep import frontier, points
 from sota.sweep.frontier import Objective, best_within_budgets, lookup, mark_frontier, pareto_front
 from sota.sweep.points import SweepSpecError
@@ -183,8 +183,7 @@ def test_spec_identity_covers_points_not_settings():
 
 
 def _compose_sweep(*overrides):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose(config_name="sweep_config", overrides=list(overrides))
+    return compose(overrides, config_name="sweep_config")
 
 
 def test_every_sweep_config_composes_and_expands():

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONF, ROOT
-from hydra import compose, initialize_config_dir
+from conftest import ROOT
 from omegaconf import open_dict
 
+from sota.compose import compose
 from sota.sweep import launch
 from sota.sweep.sweepdir import INVALID, load_rows, read_results, results_problems
 
@@ -59,14 +59,13 @@ if bad == "nometrics":
 # spec (JSON).
 DRIVER = r'''
 import json, logging, sys
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
+from sota.compose import compose
 from sota.sweep.driver import run_sweep
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-conf, run_py, sweep_dir, spec = sys.argv[1:5]
-with initialize_config_dir(version_base="1.3", config_dir=conf):
-    cfg = compose(config_name="sweep_config",
-                  overrides=[f"run_py={run_py}", f"sweep_dir={sweep_dir}", "workers=1", "wandb.mode=disabled"])
+run_py, sweep_dir, spec = sys.argv[1:4]
+cfg = compose([f"run_py={run_py}", f"sweep_dir={sweep_dir}", "workers=1", "wandb.mode=disabled"],
+              config_name="sweep_config")
 with open_dict(cfg):
     cfg.sweep = json.loads(spec)
 run_sweep(cfg)
@@ -78,8 +77,7 @@ ONE = {"name": "orphans", "method": "grid", "points": [{"size": 1}]}
 def compose_sweep(script: Path, sweep_dir: Path, spec: dict, **settings):
     overrides = [f"run_py={script}", f"sweep_dir={sweep_dir}", "workers=1", "wandb.mode=disabled",
                  *[f"{k}={v}" for k, v in settings.items()]]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(config_name="sweep_config", overrides=overrides)
+    cfg = compose(overrides, config_name="sweep_config")
     with open_dict(cfg):
         cfg.sweep = {"method": "grid", **spec}
     return cfg
@@ -138,7 +136,7 @@ def start_driver(script: Path, sweep_dir: Path, spec: dict, reap: list[int]) -> 
     """A driver process whose one point sleeps; returns it and the pids of its point (run.py, helper)."""
     env = {**os.environ, "FAKE_SLEEP": "60"}
     env.pop("RECORD_LAUNCHES", None)
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(CONF), str(script), str(sweep_dir), json.dumps(spec)],
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(script), str(sweep_dir), json.dumps(spec)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reap.append(driver.pid)
     found: list[Path] = []

@@ -1,4 +1,4 @@
-"""Tests for sota.models.whisper_ct2: the converted transformers Whisper must reproduce the CTranslate2 runtime."""
+"""Tests for sota.formats.whisper_ct2: the converted transformers Whisper must reproduce the CTranslate2 runtime."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor  # no
 
 from sota import paths  # noqa: E402
 from sota.data import tts  # noqa: E402
-from sota.models import whisper_ct2 as wc  # noqa: E402
+from sota.formats import whisper_ct2 as wc  # noqa: E402
 
 # Varied voices / rates so the comparison covers more than one acoustic condition.
 UTTERANCES: list[tuple[str, str, int]] = [

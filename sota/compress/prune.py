@@ -16,7 +16,7 @@ import torch_pruning as tp
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sota.config import enabled
+from sota.compress.plan import enabled
 from sota.models.audio_llm import IGNORE, AudioLLM
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from sota.measure.footprint import footprint
+from sota.compress.plan import QLORA_BASE
+from sota.models.footprint import footprint
 
 # mode -> device types its kernels run on (checked: torchao int4 weight-only has CUDA kernels only).
 MODES: dict[str, set[str]] = {
@@ -31,7 +32,6 @@ MODES: dict[str, set[str]] = {
     "nf4": {"cpu", "cuda"},
     "int8_bnb": {"cpu", "cuda"},
 }
-QLORA_BASE = ("nf4", "int8_bnb")
 TARGETS = ("llm", "encoder", "connector")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "int4_weight": torch.bfloat16}
 HALF_NAMES = ("bfloat16", "float16")

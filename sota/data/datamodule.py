@@ -17,7 +17,7 @@ from sota.data.audio import SAMPLE_RATE, BadAudioFile, load_audio
 from sota.data.features import cache_key, cached_encode
 from sota.data import real_speech
 from sota.data.manifest import ON_BAD_FILE, Sample, read_manifest
-from sota.models.encoder import AudioEncoder
+from sota.data.featurizer import Featurizer
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class AudioDataModule(L.LightningDataModule):
         self._manifests: dict[str, Path] | None = None
         self._samples: dict[str, list[Sample]] = {}
         self.datasets: dict[str, ClipDataset] = {}
-        self.encoder: AudioEncoder | None = None
+        self.encoder: Featurizer | None = None
         self.encoder_fingerprint = ""
 
     # -- manifests and samples (cheap: text only) --------------------------------------------------
@@ -121,7 +121,7 @@ class AudioDataModule(L.LightningDataModule):
         return words
 
     # -- audio and features ---------------------------------------------------------------------------
-    def attach_encoder(self, encoder: AudioEncoder, fingerprint: str, device: str | torch.device = "cpu") -> None:
+    def attach_encoder(self, encoder: Featurizer, fingerprint: str, device: str | torch.device = "cpu") -> None:
         """Features come from this encoder; with a frozen encoder they are computed once and cached."""
         self.encoder, self.encoder_fingerprint, self.device = encoder, fingerprint, device
 

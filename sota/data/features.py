@@ -14,14 +14,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from sota.models.encoder import AudioEncoder
+from sota.data.featurizer import Featurizer
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 30  # seconds between progress lines in logs
 
 
 @torch.no_grad()
-def encode_clips(encoder: AudioEncoder, waves: list[np.ndarray], batch_size: int = 32,
+def encode_clips(encoder: Featurizer, waves: list[np.ndarray], batch_size: int = 32,
                  device: torch.device | str = "cpu", desc: str = "encode") -> torch.Tensor:
     """Encoder outputs [N, T, D] in float16 (half the memory; the connector casts back), computed on `device`;
     T: the longest clip's chunks of context, whole (frames past a clip's own chunks are zero, never read).
@@ -60,7 +60,7 @@ def cache_key(fingerprint: str, clip_ids: list[str], paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_encode(encoder: AudioEncoder, waves: list[np.ndarray], key: str, cache_dir: Path,
+def cached_encode(encoder: Featurizer, waves: list[np.ndarray], key: str, cache_dir: Path,
                   batch_size: int = 32, device: torch.device | str = "cpu", desc: str = "encode") -> torch.Tensor:
     path = cache_dir / f"{key}.safetensors"
     if path.is_file():

@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sota.measure.footprint import peak_rss_mb
+from sota.errors import ConfigError
 from sota.measure.timer import Timer
 from sota.models.decoding import Decoders, fallback_reason, llm_call_keywords
+from sota.models.footprint import peak_rss_mb
 
 if TYPE_CHECKING:
     from sota.models.audio_llm import AudioLLM
@@ -188,8 +189,6 @@ def _check(cfg_measure: Any, device: str) -> None:
     out: list[str] = []
     validate(cfg_measure, device, out)
     if out:
-        from sota.config import ConfigError
-
         raise ConfigError(out)
 
 

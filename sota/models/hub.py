@@ -10,8 +10,8 @@ BUNDLED_PREFIX = "bundled:"
 
 
 def _bundled() -> dict[str, Callable[[], Path]]:
-    from sota.models.gguf import cached_gguf
-    from sota.models.whisper_ct2 import cached_whisper_ct2
+    from sota.formats.gguf import cached_gguf
+    from sota.formats.whisper_ct2 import cached_whisper_ct2
 
     return {"whisper-tiny.en": cached_whisper_ct2, "smollm2-135m-instruct": cached_gguf}
 

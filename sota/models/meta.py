@@ -31,7 +31,7 @@ _LLAMA_3_2 = dict(model_type="llama", vocab_size=128256, intermediate_size=8192,
 
 ARCHS: dict[str, dict[str, Any]] = {
     # Whisper: only the encoder is built, so the decoder fields are irrelevant.
-    # openai/whisper-tiny.en, as sota.models.whisper_ct2 converts the bundled weights (its config.json).
+    # openai/whisper-tiny.en, as sota.formats.whisper_ct2 converts the bundled weights (its config.json).
     "bundled:whisper-tiny.en": dict(model_type="whisper", d_model=384, encoder_layers=4, encoder_attention_heads=6,
                                     encoder_ffn_dim=1536, num_mel_bins=80, max_source_positions=1500),
     # openai/whisper-small/config.json

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sota.compose import compose
 from sota.paths import CONF
 from sota.sweep.report import ObjectiveError, ReportSettings, compare, write_report
 from sota.sweep.sweepdir import SWEEP_JSON, SweepDirError, load_rows, read_json, sweep_name
@@ -26,11 +27,9 @@ COMPARE_DIR = "multirun/compare"  # beside the sweeps (multirun/sweeps/<name>), 
 
 def _defaults(overrides: Sequence[str]) -> dict[str, Any]:
     """objectives and report from sweep_config.yaml with `overrides` applied (one source of defaults)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(config_name="sweep_config", overrides=list(overrides))
+    cfg = compose(overrides, config_name="sweep_config")
     return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in SETTING_KEYS}
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sota.sweep import launch, points, sweepdir
-from sota.paths import CONF
+from sota.compose import compose, conf_dir
 from sota.run_dir import LAST_CHECKPOINT
+from sota.sweep import launch, points, sweepdir
 from sota.sweep.frontier import Objective
 from sota.sweep.points import Point, SweepSpecError
 from sota.sweep.report import ObjectiveError, ReportSettings, write_report
@@ -104,23 +104,13 @@ class SweepSettings:
 def check_overrides(pts: list[Point]) -> None:
     """Compose run.py's config for `pts` (a spec's `points.probes`) before launching anything: a typo in a key
     or an option fails the sweep now, with every bad point named, instead of once per point minutes later."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     problems = []
-
-    def _check() -> None:
+    with conf_dir():  # initialised once for all points
         for p in pts:
             try:
-                compose(config_name="config", overrides=list(p.overrides))
+                compose(p.overrides)
             except Exception as err:
                 problems.append(f"point {p.id} ({' '.join(p.overrides)}): {str(err).splitlines()[0]}")
-
-    if GlobalHydra.instance().is_initialized():  # inside sweep.py's @hydra.main: same conf dir
-        _check()
-    else:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            _check()
     if problems:
         raise SweepSpecError("run.py rejects the overrides of some points (nothing was run):\n  - "
                              + "\n  - ".join(problems))

@@ -34,7 +34,7 @@ class AudioLLMModule(L.LightningModule):
         self.vocabulary = vocabulary or []
         self.compression = compression or {}
         # What the model was trained on: encoder context, answer tokens per second of speech (the token
-        # budget), the training voices. Recorded in the checkpoint; evaluation follows it (tasks._recorded_audio).
+        # budget), the training voices. Recorded in the checkpoint; evaluation follows it (checkpoint.recorded_audio).
         self.audio = dict(audio or {})
         # Which split a `trainer.test` call scores: the test split, or the real-speech set.
         self.test_split = "test"
