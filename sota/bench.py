@@ -77,10 +77,10 @@ def check(cfg: DictConfig, device: str) -> None:
     """Every problem of the measure and compression groups at once, before building anything."""
     from sota.compress import pipeline
     from sota.errors import ConfigError
-    from sota.measure import latency
+    from sota.measure import protocol
 
     out: list[str] = []
-    latency.validate(cfg.measure, device, out)
+    protocol.validate(cfg.measure, device, out)
     pipeline.validate(cfg, "cuda" if device.startswith("cuda") else "cpu", out)
     if out:
         raise ConfigError(out)
@@ -298,11 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     picked = [m for m in (_selects_measure(o) for o in args.overrides) if m]
     modes = args.modes.split(",") if args.modes else (picked[-1:] or list(DEFAULT_MODES))
     from sota.measure import latency
+    from sota.measure.protocol import MODES
     from sota.models.decoding import BACKENDS
 
-    bad = [m for m in modes if m not in latency.MODES]
+    bad = [m for m in modes if m not in MODES]
     if bad:
-        parser.error(f"--modes: unknown mode(s) {', '.join(bad)}; choose from {', '.join(latency.MODES)}")
+        parser.error(f"--modes: unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
 
     configs = {mode: compose(args.overrides, mode) for mode in modes}
     first = next(iter(configs.values()))

@@ -199,9 +199,9 @@ def validate(cfg: DictConfig) -> None:
     device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
     pipeline.validate(cfg, device, out)
     if cfg.get("measure") is not None:
-        from sota.measure import latency
+        from sota.measure import protocol
 
-        latency.validate(cfg.measure, device, out)
+        protocol.validate(cfg.measure, device, out)
     for task in cfg.data.tasks:
         if task not in cfg.prompts:
             out.append(f"prompts.{task} is missing: every task in data.tasks needs a prompt")

@@ -26,6 +26,7 @@ from sota.data.datamodule import REAL, AudioDataModule
 from sota.errors import ConfigError
 from sota.lit_module import AudioLLMModule
 from sota.measure import latency
+from sota.measure.clips import real_clips
 from sota.measure.throughput import TrainThroughput
 from sota.models.build import build_model, encoder_fingerprint
 from sota.models.footprint import footprint, peak_rss_mb
@@ -246,7 +247,7 @@ def _measure(s: _Run, cfg: DictConfig, results: Results) -> None:
                           "peak_rss_mb": peak_rss_mb()}
     if cfg.get("measure") is not None and cfg.measure.mode != "none":
         model.eval()
-        clips = latency.real_clips(test_set, int(cfg.measure.real_clips))
+        clips = real_clips(test_set, int(cfg.measure.real_clips))
         measured = latency.measure(model, cfg.measure, s.device, clips, backend=cfg.generate.backend)
         results.efficiency = {**results.efficiency, **measured}
     results.efficiency["run_peak_memory_mb"] = run_peak

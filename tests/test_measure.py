@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sota.errors import ConfigError
-from sota.measure import latency
+from sota.measure import clips, latency, memory, protocol
 from sota.measure.timer import CUDA_EVENTS, PERF_COUNTER, WALL_NO_SYNC, Timer, percentile, summarize
 
 from test_model import batch_for, small_model
@@ -87,11 +87,11 @@ def test_cuda_timer_is_refused_without_cuda(monkeypatch):
 @pytest.mark.parametrize("mode", ["official", "strict"])
 def test_each_mode_produces_every_key_on_cpu(model, mode):
     out = latency.measure(model, mcfg(mode), "cpu", real_batches=waves([0.7, 1.5]))
-    assert set(out) == set(latency.KEYS)
+    assert set(out) == set(protocol.KEYS)
     json.dumps(out)
     assert out["mode"] == mode and out["backend"] == "eager" and out["timer"] == PERF_COUNTER
     assert out["device"].startswith("cpu")
-    assert set(out["breakdown_ms"]) == set(latency.BREAKDOWN) and all(v > 0 for v in out["breakdown_ms"].values())
+    assert set(out["breakdown_ms"]) == set(protocol.BREAKDOWN) and all(v > 0 for v in out["breakdown_ms"].values())
     assert out["ttft_ms"] > 0 and out["tpot_ms"] > 0 and out["ttft_p90_ms"] >= out["ttft_ms"]
     assert out["ttft_ms"] >= out["breakdown_ms"]["encoder"]
     assert (out["iterations"], out["warmup"], out["clip_s"]) == (3, 1, 3.0)
@@ -141,35 +141,36 @@ def test_official_and_strict_share_the_measurement_code(model, monkeypatch):
     assert calls["official"]["_features"] == 6 and calls["strict"]["_features"] == 8
     assert {s for m, s in timers if m == "official"} == {False}
     assert {s for m, s in timers if m == "strict"} == {True}
-    off, strict = latency.protocol("official"), latency.protocol("strict")
+    off, strict = protocol.for_mode("official"), protocol.for_mode("strict")
     differ = {f.name for f in dataclasses.fields(off) if getattr(off, f.name) != getattr(strict, f.name)}
     assert differ == {"mode", "sync", "reset_peak", "real_clips", "e2e", "nvml"}
     assert (off.sync, off.reset_peak, strict.sync, strict.reset_peak) == (False, False, True, True)
 
 
 def test_prefill_and_decode_regions_follow_greedy_generation(model):
-    clip = latency.noise_clip(model, 1.0, "asr")
+    clip = clips.noise_clip(model, 1.0, "asr")
     with torch.no_grad():
         inputs, frames = latency._features(model, clip, "cpu")
         embeds, mask = latency._connect(model, latency._encode(model, inputs), frames)
         state = latency._prefill(model, embeds, mask, ["asr"])
+        first = int(state["token"])
         second = latency._decode(model, state)
         ref = model.assemble(embeds, mask, ["asr"])
         out = model.llm.generate(inputs_embeds=ref["inputs_embeds"], attention_mask=ref["attention_mask"],
                                  max_new_tokens=2, min_new_tokens=2, do_sample=False, num_beams=1,
                                  pad_token_id=model.tokenizer.pad_token_id)
-    assert out[0, -2:].tolist() == [int(state["token"]), int(second)]
+    assert out[0, -2:].tolist() == [first, int(second)]
 
 
 def test_encoder_runs_even_for_collated_batches_and_cached_features_are_refused(model):
     b = batch_for(model, [1.0, 0.5], ["asr", "aac"])
-    clips = latency.clips_from_batches(model, [b])
-    assert [c.task for c in clips] == ["asr", "aac"] and [c.seconds for c in clips] == [1.0, 0.5]
-    assert clips[0].encoder_inputs["mel"].shape[0] == 1
+    got = clips.clips_from_batches(model, [b])
+    assert [c.task for c in got] == ["asr", "aac"] and [c.seconds for c in got] == [1.0, 0.5]
+    assert got[0].encoder_inputs["mel"].shape[0] == 1
     with torch.no_grad():
         feats = model.encoder(**b["encoder_inputs"])
     with pytest.raises(ValueError, match="encoder must run in the timed region"):
-        latency.clips_from_batches(model, [{"features": feats, "num_frames": b["num_frames"], "tasks": ["asr"]}])
+        clips.clips_from_batches(model, [{"features": feats, "num_frames": b["num_frames"], "tasks": ["asr"]}])
 
 
 def test_real_clips_picks_spread_samples():
@@ -181,23 +182,23 @@ def test_real_clips_picks_spread_samples():
         samples = [Sample(i) for i in range(10)]
         waves = [np.zeros(16000 * (i + 1), np.float32) for i in range(10)]
 
-    picked = latency.real_clips(Data(), 3)
+    picked = clips.real_clips(Data(), 3)
     assert [p["id"] for p in picked] == ["c0", "c4", "c9"] and {p["task"] for p in picked} == {"asr", "aac"}
-    assert latency.real_clips(Data(), 0) == []
+    assert clips.real_clips(Data(), 0) == []
 
 
 def test_mode_none_returns_the_keys_with_nulls(model):
     out = latency.measure(model, {"mode": "none"}, "cpu")
-    assert set(out) == set(latency.KEYS) and out["mode"] == "none" and out["ttft_ms"] is None
+    assert set(out) == set(protocol.KEYS) and out["mode"] == "none" and out["ttft_ms"] is None
     assert "not measured" in out["notes"][0]
 
 
 def test_nvml_is_optional(monkeypatch):
     import sys
 
-    assert latency.nvml_process_memory_mb("cpu") == (None, None)
+    assert memory.nvml_process_memory_mb("cpu") == (None, None)
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails as if nvidia-ml-py were absent
-    value, note = latency.nvml_process_memory_mb("cuda:0")
+    value, note = memory.nvml_process_memory_mb("cuda:0")
     assert value is None and "nvidia-ml-py" in note
 
 
@@ -206,26 +207,26 @@ def test_nvml_is_optional(monkeypatch):
 def test_validate_rejects_cuda_on_a_machine_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out: list[str] = []
-    latency.validate(mcfg(device="cuda"), "cpu", out)
+    protocol.validate(mcfg(device="cuda"), "cpu", out)
     assert len(out) == 1 and "measure.device is 'cuda'" in out[0] and "no usable CUDA device" in out[0]
     out = []
-    latency.validate(mcfg(), "cuda", out)  # a GPU run on this machine
+    protocol.validate(mcfg(), "cuda", out)  # a GPU run on this machine
     assert len(out) == 1 and "the run's device is 'cuda'" in out[0]
     with pytest.raises(ConfigError, match="no usable CUDA device"):
         latency.measure(None, mcfg("official", device="cuda"), "cpu")  # refused before touching the model
     out = []
-    latency.validate({"mode": "none", "device": "cuda"}, "cpu", out)
+    protocol.validate({"mode": "none", "device": "cuda"}, "cpu", out)
     assert out == []
 
 
 def test_validate_reports_every_problem_at_once():
     out: list[str] = []
-    latency.validate(mcfg(iterations=0, warmup=-1, clip_s=0.0, max_new_tokens=1.5, device="tpu"), "cpu", out)
+    protocol.validate(mcfg(iterations=0, warmup=-1, clip_s=0.0, max_new_tokens=1.5, device="tpu"), "cpu", out)
     text = "\n".join(out)
     for key in ("measure.iterations", "measure.warmup", "measure.clip_s", "measure.max_new_tokens", "measure.device"):
         assert key in text
     out = []
-    latency.validate({"mode": "fast"}, "cpu", out)
+    protocol.validate({"mode": "fast"}, "cpu", out)
     assert out == ["measure.mode must be one of strict, official, none; got 'fast'"]
 
 
@@ -241,7 +242,7 @@ def test_measure_groups_compose():
     assert compose([], "none").measure.mode == "none"
     for mode in ("strict", "official", "none"):
         out: list[str] = []
-        latency.validate(compose([], mode).measure, "cpu", out)
+        protocol.validate(compose([], mode).measure, "cpu", out)
         assert out == [], mode
 
 
@@ -267,7 +268,7 @@ def test_bench_cli_measures_tiny_in_both_modes(tmp_path, capsys):
     data = json.loads(out_file.read_text())
     assert set(data["results"]) == {"eager/official", "eager/strict", "static/official", "static/strict"}
     for key, r in data["results"].items():
-        assert set(r) == set(latency.KEYS) and r["ttft_ms"] > 0 and r["tpot_ms"] > 0
+        assert set(r) == set(protocol.KEYS) and r["ttft_ms"] > 0 and r["tpot_ms"] > 0
         assert r["backend"] == key.split("/")[0]
     assert data["results"]["eager/strict"]["e2e_ms"] > 0 and data["results"]["eager/official"]["e2e_ms"] is None
     assert data["hf_generate_ms_per_token"] > 0 and data["copy_bandwidth_gbs"] is None
@@ -394,7 +395,7 @@ def test_each_mode_on_cuda(mode):
     torch.manual_seed(0)
     model = small_model(context_s=2.0).eval().cuda()
     out = latency.measure(model, mcfg(mode), "cuda", real_batches=waves([0.7, 1.5]))
-    assert set(out) == set(latency.KEYS) and out["device"] == torch.cuda.get_device_name()
+    assert set(out) == set(protocol.KEYS) and out["device"] == torch.cuda.get_device_name()
     assert out["ttft_ms"] > 0 and out["tpot_ms"] > 0 and out["peak_memory_mb"] > 0 and out["peak_reserved_mb"] > 0
     if mode == "official":
         assert out["timer"] == WALL_NO_SYNC and "no torch.cuda.synchronize()" in out["notes"][0]

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from sota.models.connector import WindowConnector
-from sota.models.decoding import Decoders, cut_at_stop, fallback_reason
+from sota.models.decoding import Decoders, cut_at_stop, fallback_reason, llm_call_keywords
 from sota.models.encoder import AudioEncoder
 from sota.models.prompt import PromptBuilder
 
@@ -31,14 +31,49 @@ class AudioLLM(nn.Module):
     def tasks(self) -> list[str]:
         return list(self.prompt.tasks)
 
+    # -- stages: generation, training and measurement all go through these -------------------------------------
+    def encode(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Encoder inputs (log-mel) -> encoder features."""
+        return self.encoder(**encoder_inputs)
+
+    def connect(self, hidden: torch.Tensor, num_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder features -> audio tokens for the LLM and their mask."""
+        return self.connector(hidden.to(next(self.connector.parameters()).dtype), num_frames)
+
     def audio_embeds(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached encoder features (frozen encoder) or encoder inputs -> connector tokens and their mask."""
-        if "features" in batch:
-            hidden = batch["features"]
-        else:
-            hidden = self.encoder(**batch["encoder_inputs"])
-        hidden = hidden.to(next(self.connector.parameters()).dtype)
-        return self.connector(hidden, batch["num_frames"])
+        hidden = batch["features"] if "features" in batch else self.encode(batch["encoder_inputs"])
+        return self.connect(hidden, batch["num_frames"])
+
+    def prefill(self, embeds: torch.Tensor, mask: torch.Tensor, tasks: list[str],
+                decoders: Decoders | None = None) -> dict[str, Any]:
+        """The prompts around the audio tokens, one LLM forward over them (KV cache kept) and the greedy first
+        token: a decoding state that `step` continues. With static `decoders`, their graphed prefill."""
+        inputs = self.assemble(embeds, mask, tasks)
+        attn = inputs["attention_mask"]
+        if decoders is not None:
+            decoder = decoders.get(attn.shape[0], attn.shape[1])
+            return {"token": decoder.prefill(inputs["inputs_embeds"], attn), "decoder": decoder,
+                    "length": int(attn.shape[1])}
+        _, extra = llm_call_keywords(self.llm)
+        out = self.llm(inputs_embeds=inputs["inputs_embeds"], attention_mask=attn,
+                       position_ids=inputs["position_ids"], use_cache=True, **extra)
+        cache = getattr(out, "cache", None)
+        return {"token": out.logits[:, -1].argmax(-1), "cache": cache if cache is not None else out.past_key_values,
+                "attention_mask": attn, "position": inputs["position_ids"][:, -1:], "length": int(attn.shape[1])}
+
+    def step(self, state: dict[str, Any]) -> torch.Tensor:
+        """One greedy decode step from a `prefill` state (a 1-token forward with the cache): the next token,
+        with the state advanced past it (`length` stays the prompt's)."""
+        if "decoder" in state:
+            state["token"] = state["decoder"].step()
+            return state["token"]
+        mask = torch.cat([state["attention_mask"], state["attention_mask"].new_ones(len(state["token"]), 1)], dim=1)
+        cache_key, extra = llm_call_keywords(self.llm)
+        out = self.llm(input_ids=state["token"][:, None], attention_mask=mask, position_ids=state["position"] + 1,
+                       use_cache=True, **{cache_key: state["cache"]}, **extra)
+        state.update(token=out.logits[:, -1].argmax(-1), attention_mask=mask, position=state["position"] + 1)
+        return state["token"]
 
     def assemble(self, embeds: torch.Tensor, mask: torch.Tensor, tasks: list[str],
                  answers: list[str] | None = None) -> dict[str, torch.Tensor]:

@@ -131,7 +131,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _remeasure(parser: argparse.ArgumentParser, args: argparse.Namespace, dirs: list[str],
                overrides: list[str]) -> int:
-    from sota.measure.latency import MODES
+    from sota.measure.protocol import MODES
     from sota.sweep.remeasure import remeasure
 
     if len(dirs) != 1:
