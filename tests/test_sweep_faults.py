@@ -21,7 +21,7 @@ from conftest import ROOT
 from omegaconf import open_dict
 
 from sota.compose import compose
-from sota.sweep import launch
+from sota.sweep import children as on_record
 from sota.sweep.sweepdir import INVALID, load_rows, read_results, results_problems
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process records read /proc (Linux)")
@@ -195,11 +195,11 @@ def _sleeper(reap: list[int]) -> subprocess.Popen:
 
 
 def test_only_the_process_on_record_is_killed_not_one_that_reused_its_pid(tmp_path, reap):
-    children = launch.Children(tmp_path / "children")
+    children = on_record.Children(tmp_path / "children")
     children.folder.mkdir()
     mine, recycled = _sleeper(reap), _sleeper(reap)
-    launch.Children.write(children.path("000-a"), mine.pid, ["python", "run.py"])
-    launch.Children.write(children.path("001-b"), recycled.pid, ["python", "run.py"])
+    on_record.Children.write(children.path("000-a"), mine.pid, ["python", "run.py"])
+    on_record.Children.write(children.path("001-b"), recycled.pid, ["python", "run.py"])
     record = json.loads(children.path("001-b").read_text())
     children.path("001-b").write_text(json.dumps({**record, "start": "1"}))  # another process had that pid
     killed = children.kill_leftovers()
@@ -211,14 +211,14 @@ def test_only_the_process_on_record_is_killed_not_one_that_reused_its_pid(tmp_pa
 
 
 def test_points_of_a_driver_still_running_are_refused_not_killed(tmp_path, reap):
-    children = launch.Children(tmp_path / "sweep" / "children")
+    children = on_record.Children(tmp_path / "sweep" / "children")
     children.folder.mkdir(parents=True)
     other_driver = _sleeper(reap)
-    launch.Children.write(children.path("000-a"), other_driver.pid, ["python", "run.py"])
+    on_record.Children.write(children.path("000-a"), other_driver.pid, ["python", "run.py"])
     record = json.loads(children.path("000-a").read_text())
-    record["driver"] = {**record["driver"], "pid": other_driver.pid, "start": launch.start_time(other_driver.pid)}
+    record["driver"] = {**record["driver"], "pid": other_driver.pid, "start": on_record.start_time(other_driver.pid)}
     children.path("000-a").write_text(json.dumps(record))
-    with pytest.raises(launch.ChildrenError, match=f"another sweep.py \\(pid {other_driver.pid}"):
+    with pytest.raises(on_record.ChildrenError, match=f"another sweep.py \\(pid {other_driver.pid}"):
         children.check_no_live_driver()
     assert other_driver.poll() is None
     other_driver.kill()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from sota.compose import compose, conf_dir
 from sota.run_dir import LAST_CHECKPOINT
 from sota.sweep import launch, points, sweepdir
+from sota.sweep.children import Children
 from sota.sweep.frontier import Objective
 from sota.sweep.points import Point, SweepSpecError
 from sota.sweep.report import ObjectiveError, ReportSettings, write_report
@@ -169,7 +170,7 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
         check_overrides(points.probes(s.spec))
     s.sweep_dir.mkdir(parents=True, exist_ok=True)
     sweepdir.claim(s.sweep_dir, s.name, ident, {**s.report.record(), "method": method})
-    children = launch.Children(s.sweep_dir / CHILDREN)
+    children = Children(s.sweep_dir / CHILDREN)
     children.check_no_live_driver()
     children.kill_leftovers()  # before anything is launched: a leftover still writes into its point's dir
     index = Index(s.sweep_dir, set_aside_corrupt=True)
@@ -199,7 +200,7 @@ def _invalid(counts: Mapping[str, int]) -> str:
     return f", {counts[INVALID]} invalid" if counts.get(INVALID) else ""
 
 
-def _runner(s: SweepSettings, children: launch.Children) -> launch.Runner:
+def _runner(s: SweepSettings, children: Children) -> launch.Runner:
     env = launch.child_env(s.threads)
     if s.launcher == "slurm":
         return launch.slurm_runner(s.run_py, env, s.timeout_s, s.sweep_dir / "slurm", s.slurm)

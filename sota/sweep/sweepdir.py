@@ -6,7 +6,7 @@ multirun dir -- back as result rows for the frontier.
     <sweep_dir>/points.jsonl       one line per point: id, overrides, status, error, exit code, key values
     <sweep_dir>/points/<id>/       run.py's run dir: results.json, stdout.log, stderr.log, .hydra/, ...
     <sweep_dir>/attempts/<id>.<n>/ earlier attempts of a point that was run again (rerun_failed, interrupted)
-    <sweep_dir>/children/<id>.json the point processes running now (launch.Children), for a resume to kill
+    <sweep_dir>/children/<id>.json the point processes running now (sota.sweep.children), for a resume to kill
                                    those a killed driver left behind
 
 A point's results.json counts only if it reads and passes `results_problems` (status "invalid" otherwise, the
