@@ -16,7 +16,8 @@ import soundfile as sf
 
 from sota.data import grammar, real_sounds, scenes, sentences, synthetic, tts
 from sota.data import voices as voice_pool
-from sota.data.synthetic import SyntheticCorpusSpec, build_corpus, fingerprint
+from sota.data.corpus_spec import DEFAULT_VOICES, SPLITS, SyntheticCorpusSpec, fingerprint, usable_voices
+from sota.data.synthetic import build_corpus
 
 SMALL = SyntheticCorpusSpec(seed=3, asr_train=8, asr_val=3, asr_test=4, aac_train=4, aac_val=2, aac_test=3,
                             max_clip_s=4.0)
@@ -38,7 +39,7 @@ def two_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path
 # --------------------------------------------------------------------------------------------------- corpus build
 def test_build_is_byte_deterministic(two_builds):
     first, second = two_builds
-    for split in synthetic.SPLITS:
+    for split in SPLITS:
         assert first[split].read_bytes() == second[split].read_bytes()
     root_a, root_b = first["train"].parent, second["train"].parent
     wavs_a = sorted(p.relative_to(root_a) for p in root_a.rglob("*.wav"))
@@ -158,7 +159,7 @@ def test_natural_repeats_say_each_training_sentence_again_and_keep_splits_apart(
 
 def test_spec_normalises_config_lists_and_fingerprints_stably():
     from_lists = SyntheticCorpusSpec(speed_range=[0.9, 1.1], noise_snr_db=[15, 40], max_clip_s=5,
-                                     voices=dict(synthetic.DEFAULT_VOICES), augment={"speed_p": 0.0})
+                                     voices=dict(DEFAULT_VOICES), augment={"speed_p": 0.0})
     assert from_lists == SyntheticCorpusSpec()
     assert fingerprint(from_lists) == fingerprint(SyntheticCorpusSpec())
     assert fingerprint(SyntheticCorpusSpec(seed=1)) != fingerprint(SyntheticCorpusSpec())
@@ -173,7 +174,7 @@ def test_a_missing_voice_stops_the_build_naming_it_or_is_left_out_with_skip(tmp_
         build_corpus(spec, tmp_path / "corpus", workers=1)
     assert not (tmp_path / "corpus").exists() or not any((tmp_path / "corpus").iterdir())
     skip = SyntheticCorpusSpec(**{**spec.__dict__, "on_missing_voice": "skip"})
-    assert synthetic.usable_voices(skip) == (("espeak:en-us", 1.0),)
+    assert usable_voices(skip) == (("espeak:en-us", 1.0),)
     rows = _rows(build_corpus(skip, tmp_path / "corpus", workers=1)["train"])
     assert {r["speaker"] for r in rows} == {"espeak:en-us"}
 
