@@ -94,28 +94,19 @@ def _connector(c: DictConfig, out: list[str]) -> None:
 
 
 def _encoder(c: DictConfig, data: DictConfig, out: list[str]) -> None:
-    frames = c.context_s * 50
-    if c.context_s <= 0 or abs(frames - round(frames)) > 1e-6:
-        out.append(f"encoder.context_s must be a positive multiple of 0.02 s (one Whisper frame), got {c.context_s}")
-    elif c.get("frozen") is not None and c.context_s * 50 < 1:
-        out.append("encoder.context_s is shorter than one frame")
-    bucket = c.get("bucket_s")
-    if bucket is not None:
-        ok = isinstance(bucket, (int, float)) and not isinstance(bucket, bool) and 0 < bucket <= c.context_s
-        if not ok or abs(bucket * 50 - round(bucket * 50)) > 1e-6:
-            out.append(f"encoder.bucket_s must be null or a multiple of 0.02 s in (0, encoder.context_s="
-                       f"{c.context_s}], got {bucket!r}")
-        elif c.get("second"):
-            out.append("encoder.bucket_s needs encoder.second=null (the second encoder's frames follow the context)")
-    if c.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
-        out.append(f"encoder.dtype must be one of float32, bfloat16, float16; got {c.dtype!r}")
+    from sota.models.encoder import settings_problems
+
+    out.extend(settings_problems(c.context_s, c.get("dtype", "float32"), c.get("bucket_s"), c.get("second")))
     if c.path is None and c.config is None:
         out.append("encoder: set encoder.path (pretrained weights) or encoder.config (random init)")
 
 
 def _data(c: DictConfig, out: list[str]) -> None:
-    if c.on_bad_file not in ("error", "skip"):
-        out.append(f"data.on_bad_file must be one of error, skip; got {c.on_bad_file!r}")
+    from sota.data.manifest import on_bad_file_problem
+
+    problem = on_bad_file_problem(c.on_bad_file)
+    if problem:
+        out.append(problem)
     for key in ("batch_size", "eval_batch_size"):
         if c[key] < 1:
             out.append(f"data.{key} must be >= 1, got {c[key]}")

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 from sota.data.audio import SAMPLE_RATE, BadAudioFile, load_audio
 from sota.data.features import cache_key, cached_encode
 from sota.data import real_speech
-from sota.data.manifest import ON_BAD_FILE, Sample, read_manifest
+from sota.data.manifest import Sample, on_bad_file_problem, read_manifest
 from sota.data.featurizer import Featurizer
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,9 @@ class AudioDataModule(L.LightningDataModule):
         **_: Any,
     ) -> None:
         super().__init__()
-        if on_bad_file not in ON_BAD_FILE:
-            raise ValueError(f"data.on_bad_file must be one of {ON_BAD_FILE}, got {on_bad_file!r}")
+        problem = on_bad_file_problem(on_bad_file)
+        if problem:
+            raise ValueError(problem)
         self.source, self.root, self.tasks = source, Path(root), list(tasks)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.on_bad_file, self.num_workers = on_bad_file, num_workers

@@ -15,6 +15,11 @@ log = logging.getLogger(__name__)
 
 OnBadFile = Literal["error", "skip"]
 ON_BAD_FILE = ("error", "skip")
+
+
+def on_bad_file_problem(value: object, key: str = "data.on_bad_file") -> str | None:
+    """The one check of an `on_bad_file` setting: None when valid, else the message naming `key`."""
+    return None if value in ON_BAD_FILE else f"{key} must be one of {', '.join(ON_BAD_FILE)}; got {value!r}"
 TASKS = ("asr", "aac")  # the tasks a model is trained and scored on (data.tasks is a subset)
 
 
@@ -48,8 +53,9 @@ def read_manifest(path: str | Path, on_bad: OnBadFile = "error", tasks: list[str
     of rows, and each row is listed in `skipped`. Rows whose task is not in `tasks` are left out.
     """
     path = Path(path)
-    if on_bad not in ON_BAD_FILE:
-        raise ValueError(f"data.on_bad_file must be one of {ON_BAD_FILE}, got {on_bad!r}")
+    problem = on_bad_file_problem(on_bad)
+    if problem:
+        raise ValueError(problem)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     rows = annotation_rows(path)

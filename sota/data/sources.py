@@ -16,7 +16,7 @@ from typing import Any
 from sota.data import corpora
 from sota.data.audio import BadAudioFile
 from sota.data.corpora import Row
-from sota.data.manifest import ON_BAD_FILE, BadSample, annotation_rows
+from sota.data.manifest import BadSample, annotation_rows, on_bad_file_problem
 from sota.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -229,8 +229,9 @@ def _report_missing(missing: dict[str, list[str]], counts: dict[str, int], on_ba
 
 
 def _check_on_bad(on_bad_file: str, config_key: str) -> None:
-    if on_bad_file not in ON_BAD_FILE:
-        raise ValueError(f"{config_key}.on_bad_file must be one of {ON_BAD_FILE}, got {on_bad_file!r}")
+    problem = on_bad_file_problem(on_bad_file, f"{config_key}.on_bad_file")
+    if problem:
+        raise ValueError(problem)
 
 
 def _as_list(value: PathLike | Sequence[PathLike]) -> list[PathLike]:

@@ -24,6 +24,26 @@ WHISPER_FRAMES_PER_SECOND = 50
 MEL_FRAMES_PER_SECOND = 100
 
 
+def settings_problems(context_s: Any, dtype: Any = "float32", bucket_s: Any = None, second: Any = None) -> list[str]:
+    """Every problem of the encoder group's settings, in one place: config validation reports them all before
+    any work starts, and the encoder refuses to be built with any of them."""
+    out = []
+    number = isinstance(context_s, (int, float)) and not isinstance(context_s, bool)
+    frames = context_s * WHISPER_FRAMES_PER_SECOND if number else 0.5
+    if not number or context_s <= 0 or abs(frames - round(frames)) > 1e-6:
+        out.append(f"encoder.context_s must be a positive multiple of 0.02 s (one Whisper frame), got {context_s}")
+    if dtype not in DTYPES:
+        out.append(f"encoder.dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    if bucket_s is not None:
+        ok = isinstance(bucket_s, (int, float)) and not isinstance(bucket_s, bool) and number and 0 < bucket_s <= context_s
+        if not ok or abs(bucket_s * WHISPER_FRAMES_PER_SECOND - round(bucket_s * WHISPER_FRAMES_PER_SECOND)) > 1e-6:
+            out.append(f"encoder.bucket_s must be null or a multiple of 0.02 s in (0, encoder.context_s="
+                       f"{context_s}], got {bucket_s!r}")
+        elif second:
+            out.append("encoder.bucket_s needs encoder.second=null (the second encoder's frames follow the context)")
+    return out
+
+
 def trim_whisper_context(encoder: WhisperEncoder, context_s: float) -> WhisperEncoder:
     """Keep the first `context_s` seconds of positional embeddings so shorter inputs cost less.
 
@@ -109,16 +129,9 @@ class AudioEncoder(nn.Module):
         bucket_s: float | None = None,
     ) -> None:
         super().__init__()
-        if dtype not in DTYPES:
-            raise ValueError(f"encoder.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if bucket_s is not None:
-            frames = bucket_s * WHISPER_FRAMES_PER_SECOND
-            if not 0 < bucket_s <= context_s or abs(frames - round(frames)) > 1e-6:
-                raise ValueError(f"encoder.bucket_s must be null or a multiple of 0.02 s in (0, encoder.context_s="
-                                 f"{context_s}], got {bucket_s!r}")
-            if second:
-                raise ValueError("encoder.bucket_s needs encoder.second=null: the second encoder's frames follow "
-                                 "the full context")
+        problems = settings_problems(context_s, dtype, bucket_s, second)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.bucket_s = bucket_s
         whisper, self.extractor = load_whisper_encoder(path, config)
         self.whisper = trim_whisper_context(whisper, context_s).to(DTYPES[dtype])
