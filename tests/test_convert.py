@@ -1,4 +1,4 @@
-"""Tests for the converters (sota.convert, sota.formats.gguf), the bundled SmolLM2 and the offline `mini` preset."""
+"""Tests for the converters (sota.tools.convert, sota.formats.gguf), the bundled SmolLM2 and the offline `mini` preset."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from conftest import ROOT
 
 def _cli(*args: str | Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "sota.convert", *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "sota.tools.convert", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -1,11 +1,11 @@
-"""sota.drift on a tiny LLM: the before/after-recovery rows come out of the real compression functions."""
+"""sota.tools.drift on a tiny LLM: the before/after-recovery rows come out of the real compression functions."""
 
 import math
 
 import pytest
 import torch
 
-from sota import drift
+from sota.tools import drift
 from sota.models.llm import tiny_llama
 
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package of sota -> the packages of sota it must not import. Lower layers know nothing of higher ones:
 # errors/paths/utils < data, metrics, formats < models < compress < measure < config, lit_module, tasks, tools.
-TOOLS = ("tasks", "bench", "drift", "convert", "whisper_baseline", "sweep", "lit_module")
+TOOLS = ("tasks", "tools", "sweep", "lit_module", "checkpoint", "results")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "errors": ("*",),
     "paths": ("*",),
@@ -24,7 +24,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "compress": ("data", "metrics", "measure", "config", *TOOLS),
     "measure": ("data", "config", *TOOLS),
     "config": TOOLS,
-    "sweep": ("tasks", "lit_module", "bench", "drift", "convert", "whisper_baseline"),
+    "sweep": ("tasks", "lit_module", "tools", "checkpoint", "results"),
 }
 
 

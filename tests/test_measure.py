@@ -231,7 +231,7 @@ def test_validate_reports_every_problem_at_once():
 
 
 def test_measure_groups_compose():
-    from sota.bench import compose
+    from sota.tools.bench import compose
 
     strict = compose(["generate=beam"], "strict")
     assert strict.measure.mode == "strict" and strict.measure.max_new_tokens == 200
@@ -249,7 +249,7 @@ def test_measure_groups_compose():
 # ---------------------------------------------------------------------------------------------- bench CLI
 
 def test_bench_cli_measures_tiny_in_both_modes(tmp_path, capsys):
-    from sota import bench
+    from sota.tools import bench
 
     out_file = tmp_path / "bench.json"
     threads = torch.get_num_threads()
@@ -278,7 +278,7 @@ def test_bench_cli_measures_tiny_in_both_modes(tmp_path, capsys):
 
 
 def test_bench_profiles_a_static_decode_step_and_skips_transformers_generate(tmp_path, capsys):
-    from sota import bench
+    from sota.tools import bench
 
     out_file = tmp_path / "bench.json"
     assert bench.main(["model=tiny", "measure=strict", "measure.iterations=2", "measure.warmup=1",
@@ -292,7 +292,7 @@ def test_bench_profiles_a_static_decode_step_and_skips_transformers_generate(tmp
 
 
 def test_bench_summarizes_several_result_files_one_row_per_backend(tmp_path, capsys):
-    from sota import bench
+    from sota.tools import bench
 
     def result(ttft, tpot):
         return {"ttft_ms": ttft, "tpot_ms": tpot, "peak_memory_mb": 100.0}
@@ -319,7 +319,7 @@ def test_bench_summarizes_several_result_files_one_row_per_backend(tmp_path, cap
 
 
 def test_bench_refuses_to_profile_the_eager_backend_before_building(capsys):
-    from sota import bench
+    from sota.tools import bench
 
     with pytest.raises(SystemExit):
         bench.main(["model=tiny", "--profile", "eager"])
@@ -327,7 +327,7 @@ def test_bench_refuses_to_profile_the_eager_backend_before_building(capsys):
 
 
 def test_bench_refuses_cuda_without_cuda(monkeypatch):
-    from sota import bench
+    from sota.tools import bench
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no usable CUDA device"):

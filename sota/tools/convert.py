@@ -1,8 +1,8 @@
 """Command-line converters from the formats bundled models ship in (CTranslate2 Whisper, GGUF causal LMs) to
 transformers model directories that ``from_pretrained(dst)`` loads offline.
 
-    python -m sota.convert whisper-ct2 SRC_DIR DST_DIR
-    python -m sota.convert gguf SRC_FILE DST_DIR
+    python -m sota.tools.convert whisper-ct2 SRC_DIR DST_DIR
+    python -m sota.tools.convert gguf SRC_FILE DST_DIR
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ _COMMANDS = {"whisper-ct2": _whisper_ct2, "gguf": _gguf}
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sota.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sota.tools.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{whisper-ct2,gguf}")
     ct2 = sub.add_parser("whisper-ct2", help="CTranslate2 Whisper directory -> WhisperForConditionalGeneration",

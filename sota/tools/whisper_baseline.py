@@ -1,7 +1,7 @@
 """The bar the audio-LLM is measured against: Whisper tiny.en's own decoder (the encoder `mini` and `tiny` share),
 greedy, on any SALMONN-style speech manifest, scored like a run (WER/CER after Whisper's English normalizer).
 
-    python -m sota.whisper_baseline ../shared/realdev/asr/manifest.json [--out predictions.jsonl]
+    python -m sota.tools.whisper_baseline ../shared/realdev/asr/manifest.json [--out predictions.jsonl]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def transcribe(manifest: str | Path, model_ref: str = MODEL, batch_size: int = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sota.whisper_baseline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sota.tools.whisper_baseline", description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest", help="a SALMONN-style manifest with speech rows (task asr, text)")
     parser.add_argument("--model", default=MODEL, help="bundled name, local directory or cached hub id")
     parser.add_argument("--out", help="write the predictions here (JSON lines)")

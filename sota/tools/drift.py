@@ -1,6 +1,6 @@
 """Perplexity drift of the LLM under each compression, before and after a short LoRA recovery.
 
-    python -m sota.drift [--steps 60] [--configs depth_0.1,nf4,...] [--out FILE]
+    python -m sota.tools.drift [--steps 60] [--configs depth_0.1,nf4,...] [--out FILE]
 
 The LLM alone (default: the bundled SmolLM2-135M-Instruct) is compressed through the same functions and in the
 same order as a run (`sota.compress.pipeline`): prune (scored on text calibration batches) -> [nf4: quantize
@@ -201,7 +201,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sota.drift", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m sota.tools.drift", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     parser.add_argument("--steps", type=int, default=60, help="recovery steps (batches of 8 sentences)")

@@ -1,7 +1,7 @@
 """Benchmark one configuration's speed and memory, in the official protocol and in strict mode.
 
-    python -m sota.bench [hydra overrides ...] [--modes official,strict] [--backends eager,compiled] [--out FILE]
-    python -m sota.bench --summarize FILE.json [FILE.json ...]
+    python -m sota.tools.bench [hydra overrides ...] [--modes official,strict] [--backends eager,compiled] [--out FILE]
+    python -m sota.tools.bench --summarize FILE.json [FILE.json ...]
 
 Composes the config from the repo's conf/ (the same groups as run.py), builds the model with random or
 pretrained weights (speed does not depend on weight values, so no corpus and no training are needed),
@@ -13,7 +13,7 @@ is measured on the same model. Beside them: transformers' plain `generate` per t
 (the number users get without sota), and on CUDA the memory-bandwidth floor of a decode step (the LLM's weight
 bytes over a measured device-to-device copy bandwidth). Prints a markdown table and, with --out, writes JSON.
 
-Example (CPU, well under a minute): python -m sota.bench model=tiny measure.iterations=5
+Example (CPU, well under a minute): python -m sota.tools.bench model=tiny measure.iterations=5
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sota.bench", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m sota.tools.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("overrides", nargs="*", help="hydra overrides, e.g. model=tiny measure.iterations=5")
     parser.add_argument("--modes", default=None,
