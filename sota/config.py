@@ -11,13 +11,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sota import schema
 from sota.errors import ConfigError
 
 TASKS = ("train", "eval")
 COMPILE = ("none", "llm")  # what training runs through torch.compile
 SEED_RANGE = (0, 2**32 - 1)  # what Lightning's seed_everything accepts
 # Groups whose keys are checked against their option files (prune checks its own against prune.DEFAULTS).
-CHECKED_GROUPS = ("lora", "quant", "connector", "generate", "measure", "corpus", "data")
+CHECKED_GROUPS = ("lora", "quant", "connector", "encoder", "generate", "measure", "corpus", "data")
 ALWAYS_VALID = frozenset({"_target_", "_partial_"})
 
 
@@ -179,6 +180,10 @@ def validate(cfg: DictConfig) -> None:
         out.append(f"compile must be one of {', '.join(COMPILE)}; got {cfg.get('compile')!r}")
     if cfg.get("init_from") and cfg.task == "eval" and cfg.ckpt_path:
         out.append("task=eval takes ckpt_path or init_from, not both")
+    typed: list[str] = []
+    schema.bind(cfg, typed)
+    if typed:  # the checks below assume every value has its builder's type
+        raise ConfigError(out + typed)
     _connector(cfg.connector, out)
     _encoder(cfg.encoder, cfg.data, out)
     _data(cfg.data, out)

@@ -102,3 +102,23 @@ def test_the_gpu_experiment_composes_with_any_data_source(compose_cfg):
     assert cfg.encoder.context_s == cfg.data.max_clip_s == 10.0
     synthetic = compose_cfg("experiment=mini_gpu", "trainer=cpu")
     assert synthetic.data.source.spec.asr_train == 12000
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=abc", "data.batch_size must be int; got 'abc'"),
+    ("encoder.context_s=long", "encoder.context_s must be float; got 'long'"),
+    ("encoder.frozen=3", "encoder.frozen must be bool; got 3"),
+    ("+encoder.contxt_s=5", r"encoder.contxt_s is not a key of the encoder group \(did you mean encoder.context_s\?\)"),
+])
+def test_a_value_of_the_wrong_type_is_named_with_its_builders_type(compose_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg(override))
+
+
+def test_every_preset_binds_to_its_builders_types(compose_cfg):
+    from sota import schema
+
+    for overrides in ([], ["model=mini"], ["experiment=mini_gpu"], ["data=salmonn"], ["connector=projector"]):
+        out: list[str] = []
+        schema.bind(compose_cfg(*overrides), out)
+        assert out == [], overrides

@@ -15,6 +15,7 @@ TOOLS = ("tasks", "tools", "sweep", "lit_module", "checkpoint", "results")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "errors": ("*",),
     "paths": ("*",),
+    "schema": ("*",),
     "compose": ("utils", "data", "metrics", "formats", "models", "compress", "measure", "config", *TOOLS),
     "utils": ("data", "metrics", "formats", "models", "compress", "measure", "config", *TOOLS),
     "data": ("metrics", "models", "compress", "measure", "config", *TOOLS),
