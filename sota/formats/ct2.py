@@ -4,11 +4,12 @@ error that names the file and offset."""
 from __future__ import annotations
 
 import logging
-import struct
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from sota.formats.binary import BoundedReader
 
 logger = logging.getLogger(__name__)
 
@@ -25,29 +26,11 @@ class CT2FormatError(ValueError):
 
 
 
-class _Reader:
-    """Sequential little-endian reader that turns short reads into errors naming the file and offset."""
+class _Reader(BoundedReader):
+    """CTranslate2's strings (uint16 length including a trailing NUL, UTF-8) on top of the bounded reads."""
 
     def __init__(self, fh: BinaryIO, path: Path, size: int) -> None:
-        self.fh = fh
-        self.path = path
-        self.size = size
-
-    def read(self, n: int, what: str) -> bytes:
-        offset = self.fh.tell()
-        if n < 0 or offset + n > self.size:
-            raise CT2FormatError(
-                f"{self.path}: truncated or corrupt CTranslate2 model: {what} needs {n} bytes at offset {offset}, "
-                f"but the file has {self.size} bytes"
-            )
-        data = self.fh.read(n)
-        if len(data) != n:  # the file shrank while we were reading it
-            raise CT2FormatError(f"{self.path}: short read of {what} at offset {offset}")
-        return data
-
-    def unpack(self, fmt: str, what: str) -> int:
-        fmt = "<" + fmt
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt), what))[0]
+        super().__init__(fh, path, size, CT2FormatError, "CTranslate2 model")
 
     def string(self, what: str) -> str:
         # model_spec._write_string: uint16 length (including the trailing NUL), UTF-8 bytes, NUL.

@@ -3,11 +3,12 @@ the file is as long as its tensors need (a truncated download is named before an
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from sota.formats.binary import BoundedReader
 
 _GGUF_MAGIC = b"GGUF"
 # v1 used 32-bit counts and is long obsolete; v2 and v3 share the layout read here (v3 only adds big-endian files).
@@ -36,31 +37,11 @@ class GGUFHeader:
         return self.metadata.get("general.architecture")
 
 
-class _Reader:
-    """Little-endian reads bounded by the file size, so a truncated file fails with its name and the offset."""
+class _Reader(BoundedReader):
+    """GGUF's strings (uint64 length, UTF-8) and typed metadata values on top of the bounded reads."""
 
     def __init__(self, fh: BinaryIO, path: Path, size: int) -> None:
-        self.fh = fh
-        self.path = path
-        self.size = size
-
-    def read(self, n: int, what: str) -> bytes:
-        offset = self.fh.tell()
-        if n < 0 or offset + n > self.size:
-            raise GGUFFormatError(f"{self.path}: truncated or corrupt GGUF file: {what} needs {n} bytes at offset "
-                                  f"{offset}, but the file has {self.size} bytes")
-        return self.fh.read(n)
-
-    def skip(self, n: int, what: str) -> None:
-        offset = self.fh.tell()
-        if n < 0 or offset + n > self.size:
-            raise GGUFFormatError(f"{self.path}: truncated or corrupt GGUF file: {what} needs {n} bytes at offset "
-                                  f"{offset}, but the file has {self.size} bytes")
-        self.fh.seek(n, os.SEEK_CUR)
-
-    def unpack(self, fmt: str, what: str) -> Any:
-        fmt = "<" + fmt
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt), what))[0]
+        super().__init__(fh, path, size, GGUFFormatError, "GGUF file")
 
     def string(self, what: str) -> str:
         raw = self.read(self.unpack("Q", f"{what} length"), what)
