@@ -170,14 +170,15 @@ def _setup(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalStat
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=_callbacks(cfg, out_dir, signals, clock),
                                      default_root_dir=str(out_dir))
     device = _device(trainer)
-    if CompressionPlan.of(cfg).changes_encoder or checkpoint.changes_encoder(start):
+    plan = CompressionPlan.of(cfg)
+    if plan.changes_encoder or checkpoint.changes_encoder(start):
         dm.cache_features = False  # cached features would come from the encoder before compression
     dm.attach_encoder(model.encoder.to(device), encoder_fingerprint(cfg), device=device)
     splits = (("train", "val") if cfg.task == "train" else ()) + ("test",) + ((REAL,) if dm.has_real() else ())
     results.data["splits"] = dm.load_splits(splits)
     if cfg.task == "train" or not cfg.ckpt_path:
         # eval without ckpt_path starts from init_from: compressed as configured, evaluated untrained.
-        record = pipeline.before_training(model, cfg, _calibration(CompressionPlan.of(cfg), dm, device), device)
+        record = pipeline.before_training(model, cfg, _calibration(plan, dm, device), device)
     else:
         record = checkpoint.restore_evaluated(model, cfg, start, device)
     if init_record is not None:

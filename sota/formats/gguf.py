@@ -7,16 +7,14 @@ import hashlib
 import importlib.util
 import json
 import logging
-import shutil
 import struct
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from sota.formats.gguf_header import GGUFFormatError, GGUFHeader, read_gguf_header
 from sota.paths import cache_dir
-from sota.utils.io import replace_dir
+from sota.utils.io import build_dir, remove_stale_staging
 
 logger = logging.getLogger(__name__)
 
@@ -98,16 +96,8 @@ def convert_gguf(src_file: Path, dst_dir: Path) -> Path:
     src_file, dst_dir = Path(src_file), Path(dst_dir)
     header = read_gguf_header(src_file)
     ensure_replaceable(dst_dir)
-    dst_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst_dir.parent / f".{dst_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     start = time.perf_counter()
-    try:
-        _convert_into(src_file, header, tmp)
-        replace_dir(tmp, dst_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    build_dir(dst_dir, lambda tmp: _convert_into(src_file, header, tmp))
     logger.info("converted %s -> %s in %.1f s", src_file, dst_dir, time.perf_counter() - start)
     return dst_dir
 
@@ -246,17 +236,6 @@ def _complete(dst: Path) -> bool:
     return all((dst / name).is_file() for name in _REQUIRED_OUTPUTS)
 
 
-def _remove_stale_temp_dirs(dst: Path, max_age_s: float = 3600.0) -> None:
-    """Delete staging dirs left by killed conversions; young ones may belong to a conversion still running."""
-    now = time.time()
-    for stale in dst.parent.glob(f".{dst.name}.*-*"):
-        try:
-            if stale.is_dir() and now - stale.stat().st_mtime > max_age_s:
-                shutil.rmtree(stale, ignore_errors=True)
-        except OSError:  # raced with another process cleaning up
-            continue
-
-
 def cached_gguf(src_file: Path | None = None) -> Path:
     """Return a transformers copy of a GGUF causal LM (default: the bundled SmolLM2-135M-Instruct), converting once.
 
@@ -270,7 +249,7 @@ def cached_gguf(src_file: Path | None = None) -> Path:
     if _complete(dst):
         logger.debug("gguf cache hit: %s", dst)
         return dst
-    _remove_stale_temp_dirs(dst)
+    remove_stale_staging(dst)
     logger.info("converting GGUF %s into the cache at %s", src, dst)
     try:
         return convert_gguf(src, dst)

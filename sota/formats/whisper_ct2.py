@@ -8,9 +8,7 @@ import hashlib
 import importlib.util
 import json
 import logging
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from sota.formats.ct2 import CT2FormatError, read_ct2, read_ct2_with_spec
 from sota.formats.whisper_tokenizer import build_processor, complete_tokenizer_json, read_vocabulary, special_id
 from sota.formats.whisper_weights import Weights, check_decoder_flags, count_layers, map_weights
 from sota.paths import cache_dir
-from sota.utils.io import replace_dir
+from sota.utils.io import build_dir, remove_stale_staging
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +89,8 @@ def convert_whisper_ct2(src_dir: Path, dst_dir: Path) -> Path:
     for required in (model_bin, src_dir / "config.json", src_dir / "tokenizer.json"):
         if not required.is_file():
             raise FileNotFoundError(f"{required} not found: {src_dir} is not a CTranslate2 Whisper model directory")
-    dst_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst_dir.parent / f".{dst_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     start = time.perf_counter()
-    try:
-        _convert_into(src_dir, model_bin, tmp)
-        replace_dir(tmp, dst_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    build_dir(dst_dir, lambda tmp: _convert_into(src_dir, model_bin, tmp))
     logger.info("converted %s -> %s in %.1f s", src_dir, dst_dir, time.perf_counter() - start)
     return dst_dir
 
@@ -257,17 +247,6 @@ def _cache_key(src_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _remove_stale_temp_dirs(dst: Path, max_age_s: float = 3600.0) -> None:
-    """Delete staging dirs left by conversions that were killed; young ones may belong to a running conversion."""
-    now = time.time()
-    for stale in dst.parent.glob(f".{dst.name}.*-*"):
-        try:
-            if stale.is_dir() and now - stale.stat().st_mtime > max_age_s:
-                shutil.rmtree(stale, ignore_errors=True)
-        except OSError:  # raced with another process cleaning up
-            continue
-
-
 def cached_whisper_ct2(src_dir: Path | None = None) -> Path:
     """Return a transformers copy of a CT2 Whisper model (default: bundled tiny.en), converting it once.
 
@@ -281,7 +260,7 @@ def cached_whisper_ct2(src_dir: Path | None = None) -> Path:
     if all((dst / name).is_file() for name in _REQUIRED_OUTPUTS):
         logger.debug("whisper-ct2 cache hit: %s", dst)
         return dst
-    _remove_stale_temp_dirs(dst)
+    remove_stale_staging(dst)
     logger.info("converting CTranslate2 Whisper %s into the cache at %s", src_dir, dst)
     try:
         return convert_whisper_ct2(src_dir, dst)

@@ -254,10 +254,11 @@ def measure(model: AudioLLM, cfg_measure: Any, device: str,
         raise ValueError(f"measure on {device}, but the model is on {where}: move it first (model.to(device))")
     proto, conf, task = for_mode(mode), _Settings.of(cfg_measure, mode), _default_task(model, cfg_measure)
     clip = noise_clip(model, conf.clip_s, task, seed=conf.seed)
-    if model.encoder.chunks_for(len(clip.wave)) > 1:
+    chunks = model.encoder.chunks_for(len(clip.wave))
+    if chunks > 1:
         result["notes"].append(f"the {conf.clip_s:g} s protocol clip is longer than the encoder's "
                                f"{model.encoder.context_s:g} s context (encoder.context_s): it is encoded in "
-                               f"{model.encoder.chunks_for(len(clip.wave))} chunks")
+                               f"{chunks} chunks")
     real = _real(model, proto, conf, real_batches, result["notes"])
     timer, info, cpu_note = _timed(model, proto, conf, clip, real, device, backend, result)
     ttft, tpot = timer.stats("ttft"), timer.stats("decode")

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file and directory writes: a reader sees the old one or the new one, never half of one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +40,28 @@ def replace_dir(tmp: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, dst)
+
+
+def build_dir(dst: Path, build: Callable[[Path], None]) -> None:
+    """`build` fills a staging directory beside `dst`, which then replaces `dst` whole; on any failure the staging
+    directory is removed and an earlier `dst` is kept."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        build(tmp)
+        replace_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_staging(dst: Path, max_age_s: float = 3600.0) -> None:
+    """Delete staging directories of `dst` left by killed builds; young ones may belong to a build still running."""
+    now = time.time()
+    for stale in dst.parent.glob(f".{dst.name}.*-*"):
+        try:
+            if stale.is_dir() and now - stale.stat().st_mtime > max_age_s:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:  # raced with another process cleaning up
+            continue
