@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package of sota -> the packages of sota it must not import. Lower layers know nothing of higher ones:
 # errors/paths/utils < data, metrics, formats < models < compress < measure < config, lit_module, tasks, tools.
-TOOLS = ("tasks", "tools", "sweep", "lit_module", "checkpoint", "results")
+TOOLS = ("tasks", "tools", "sweep", "lit_module", "checkpoint", "results", "export")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "errors": ("*",),
     "paths": ("*",),

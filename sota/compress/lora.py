@@ -102,22 +102,29 @@ def attach(model: nn.Module, cfg: Any) -> dict[str, Any]:
     return record
 
 
+def _adapted(model: nn.Module) -> list[tuple[str, tuple[str, ...], nn.Module]]:
+    """(place, path, peft wrapper) of each place of `model` that carries adapters."""
+    from peft import PeftModel
+
+    out = []
+    for place, path in PLACES.items():
+        try:
+            wrapped = _get(model, path)
+        except AttributeError:
+            continue
+        if isinstance(wrapped, PeftModel):
+            out.append((place, path, wrapped))
+    return out
+
+
 def merge(model: nn.Module) -> dict[str, Any]:
     """Fold adapters into the base weights (peft merge_and_unload), leaving plain modules.
 
     A bitsandbytes base keeps its adapters unmerged: peft would dequantize, add and re-quantize, a second
     rounding step that changes the model that was trained and evaluated.
     """
-    from peft import PeftModel
-
     record: dict[str, Any] = {"merged": [], "notes": []}
-    for place, path in PLACES.items():
-        try:
-            wrapped = _get(model, path)
-        except AttributeError:
-            continue
-        if not isinstance(wrapped, PeftModel):
-            continue
+    for place, path, wrapped in _adapted(model):
         if _is_bnb(wrapped):
             record["notes"].append(f"{place}: base is bitsandbytes-quantized; adapters kept unmerged (merging "
                                    "would re-quantize base + update and add rounding error)")
@@ -126,4 +133,32 @@ def merge(model: nn.Module) -> dict[str, Any]:
         record["merged"].append(place)
     if not record["merged"] and not record["notes"]:
         record["notes"].append("no LoRA adapters attached; nothing to merge")
+    return record
+
+
+def merge_onto_float(model: nn.Module) -> dict[str, Any]:
+    """Fold adapters into float weights even where the base is quantized (QLoRA): each adapted layer becomes
+    an nn.Linear holding dequantized base + update, exactly, with no second rounding; other quantized layers
+    are dequantized too. The start of re-quantizing a QLoRA model in another format (export)."""
+    from sota.compress.quant import dequantize
+
+    record: dict[str, Any] = {"merged": [], "dequantized": 0}
+    for place, path, wrapped in _adapted(model):
+        if not _is_bnb(wrapped):
+            _set(model, path, wrapped.merge_and_unload())
+            record["merged"].append(place)
+            continue
+        base = wrapped.get_base_model()
+        for name, layer in list(base.named_modules()):
+            if not hasattr(layer, "get_delta_weight") or not hasattr(layer, "base_layer"):
+                continue
+            record["dequantized"] += dequantize(layer)  # the base layer -> nn.Linear of its float weight
+            linear = layer.get_base_layer()
+            delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
+            linear.weight = nn.Parameter((linear.weight.float() + delta.float()).to(linear.weight.dtype),
+                                         requires_grad=False)
+            _set(base, tuple(name.split(".")), linear)
+        record["dequantized"] += dequantize(base)  # quantized layers without adapters
+        _set(model, path, base)
+        record["merged"].append(place)
     return record

@@ -203,17 +203,22 @@ def _cast_half(root: nn.Module, dtype: torch.dtype, patterns: list[str]) -> int:
 
 
 # -- torchao -----------------------------------------------------------------------------------------------
-def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: list[str], where: str) -> int:
-    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+def torchao_config(mode: str, cfg: Any) -> Any:
+    """torchao's config object for a torchao `mode` (also what an exported model's quantization_config says)."""
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
 
     if mode == "int8_weight":
-        config, kinds = Int8WeightOnlyConfig(), (nn.Linear, nn.Embedding)
-    else:
-        gs = int(cfg.get("group_size", 128))
-        # tile_packed_to_4d runs on torch's own CUDA kernel (aten._weight_int4pack_mm, bf16 activations);
-        # torchao's default `plain` packing needs the separate mslk kernel package.
-        config = Int4WeightOnlyConfig(group_size=gs, int4_packing_format="tile_packed_to_4d")
-        kinds = (nn.Linear,)
+        return Int8WeightOnlyConfig()
+    # tile_packed_to_4d runs on torch's own CUDA kernel (aten._weight_int4pack_mm, bf16 activations);
+    # torchao's default `plain` packing needs the separate mslk kernel package.
+    return Int4WeightOnlyConfig(group_size=int(cfg.get("group_size", 128)), int4_packing_format="tile_packed_to_4d")
+
+
+def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: list[str], where: str) -> int:
+    from torchao.quantization import quantize_
+
+    config = torchao_config(mode, cfg)
+    kinds = (nn.Linear, nn.Embedding) if mode == "int8_weight" else (nn.Linear,)
     chosen = {id(m) for name, m in _candidates(root, patterns) if isinstance(m, kinds)}
     if mode == "int4_weight":
         misfit = [name for name, m in _candidates(root, patterns)
@@ -309,6 +314,58 @@ def _bnb(root: nn.Module, mode: str, patterns: list[str], notes: list[str], wher
     return n
 
 
+def half_dtype(cfg: Any, device: str) -> torch.dtype | None:
+    """The floating dtype the targets compute in after `quantize(model, cfg, device)`: the mode's own half
+    precision, else `cuda_dtype` on CUDA, else None (they keep theirs)."""
+    mode = cfg.get("mode", "none") if cfg is not None else "none"
+    if mode == "none":
+        return None
+    if mode in HALF:
+        return HALF[mode]
+    if cfg.get("cuda_dtype") and _device_type(device) == "cuda":
+        return getattr(torch, cfg.cuda_dtype)
+    return None
+
+
+def install_casts(root: nn.Module, dtype: torch.dtype, patterns: list[str]) -> None:
+    """The dtype boundaries of a half-precision region (see `_cast_half`) on a module whose weights were loaded
+    already cast, e.g. an exported model read back."""
+    _cast_half(root, dtype, patterns)
+
+
+def dequantize(root: nn.Module) -> int:
+    """Quantized weights under `root` back to float, in place: bitsandbytes layers become nn.Linear, torchao
+    tensors plain tensors. What a different quantization of the same model starts from; returns the count."""
+    n = 0
+    for name, mod in list(root.named_modules()):
+        if type(mod).__module__.startswith("bitsandbytes") and type(mod).__name__ in ("Linear4bit", "Linear8bitLt"):
+            new = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+            new.weight = nn.Parameter(bnb_weight(mod), requires_grad=False)
+            if mod.bias is not None:
+                new.bias = nn.Parameter(mod.bias.detach().clone(), requires_grad=False)
+            _set_module(root, name, new)
+            n += 1
+        elif type(getattr(mod, "weight", None)).__module__.startswith("torchao"):
+            mod.weight = nn.Parameter(mod.weight.dequantize(), requires_grad=False)
+            n += 1
+    for m in root.modules():
+        for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit"):
+            if getattr(m, flag, False):
+                setattr(m, flag, False)
+    return n
+
+
+def bnb_weight(layer: nn.Module) -> torch.Tensor:
+    """The float weight a bitsandbytes Linear4bit / Linear8bitLt layer computes with."""
+    import bitsandbytes as bnb
+
+    w = layer.weight
+    if type(layer).__name__ == "Linear4bit":
+        return bnb.functional.dequantize_4bit(w.data, w.quant_state).to(layer.compute_dtype or torch.float32)
+    scb = w.SCB if getattr(w, "SCB", None) is not None else layer.state.SCB
+    return (w.data.float() * scb.float()[:, None] / 127.0).to(torch.float32)
+
+
 # -- entry point -------------------------------------------------------------------------------------------
 def quantize(model: nn.Module, cfg: Any, device: str) -> dict[str, Any]:
     """Quantize `cfg.targets` of `model` in place and report what changed."""
@@ -333,9 +390,8 @@ def quantize(model: nn.Module, cfg: Any, device: str) -> dict[str, Any]:
         if any(_is_adapter(name) for name, _ in root.named_modules()):
             notes.append(f"{where}: unmerged LoRA adapters stay in float32; only base layers are quantized")
         _untie_skipped(root, patterns, notes, where)
-        half = HALF.get(mode)
-        if half is None and cfg.get("cuda_dtype") and _device_type(device) == "cuda":
-            half = getattr(torch, cfg.cuda_dtype)
+        half = half_dtype(cfg, device)
+        if half is not None and mode not in HALF:
             notes.append(f"{where}: cast to {cfg.cuda_dtype} before quantizing (quant.cuda_dtype)")
         if half is not None:
             n_cast = _cast_half(root, half, patterns)

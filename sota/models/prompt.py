@@ -28,6 +28,7 @@ class PromptBuilder:
             if AUDIO_SLOT not in text:
                 raise ValueError(f"prompts.{task} must contain {AUDIO_SLOT} where the audio goes, got {text!r}")
         self.tokenizer = tokenizer
+        self.prompts = dict(prompts)
         self.template = template
         self.tasks = {task: self._split(text) for task, text in prompts.items()}
         self.end_of_turn_id = self._end_of_turn()

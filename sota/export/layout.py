@@ -1,0 +1,13 @@
+"""The export directory's names and format version: one place, read by the writer and the loader."""
+
+from __future__ import annotations
+
+FORMAT = "sota-export"
+VERSION = 1
+SPEC = "sota.json"
+LLM = "llm"
+ENCODER = "encoder"
+CONNECTOR = "connector"
+WEIGHTS = "model.safetensors"
+CARD = "README.md"
+PARTS = ("encoder", "connector", "llm")

@@ -1,0 +1,111 @@
+"""Read an export directory back into an AudioLLM, in a fresh process, without the run, its corpus or its
+pretrained sources: every part is built on the meta device and takes the stored tensors as they are, so a
+quantized model never exists in float on the way (memory measured after loading is what a user sees)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sota.export import layout, tensors
+
+
+def spec(path: str | Path) -> dict[str, Any]:
+    """The export's sota.json, checked: format and version this code reads, every part present."""
+    root = Path(path)
+    file = root / layout.SPEC
+    if not file.is_file():
+        raise FileNotFoundError(f"{root}: no {layout.SPEC}; not a directory written by python -m sota.export")
+    doc = json.loads(file.read_text())
+    if doc.get("format") != layout.FORMAT or doc.get("version") != layout.VERSION:
+        raise ValueError(f"{file}: format {doc.get('format')!r} version {doc.get('version')!r}; this sota reads "
+                         f"{layout.FORMAT!r} version {layout.VERSION}")
+    missing = [p for p in layout.PARTS if not (root / p / layout.WEIGHTS).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root}: {', '.join(f'{p}/{layout.WEIGHTS}' for p in missing)} missing")
+    return doc
+
+
+def _device_fits(doc: dict[str, Any], device: str) -> None:
+    q = doc["quant"]
+    if q["mode"] == "int4_weight" and not str(device).startswith("cuda"):
+        raise ValueError(f"this export holds int4 weights packed for CUDA kernels (quant {q['mode']}); load it with "
+                         f"device='cuda', not {device!r}")
+
+
+def _casts(module: nn.Module, doc: dict[str, Any], part: str) -> None:
+    from sota.compress.quant import install_casts
+
+    q = doc["quant"]
+    if q.get("half") and part in q["targets"]:
+        install_casts(module, getattr(torch, q["half"]), q["skip"])
+
+
+def _encoder(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
+    from sota.models.encoder import AudioEncoder
+
+    e = doc["encoder"]
+    with torch.device("meta"):
+        encoder = AudioEncoder(path=None, config=e["config"], context_s=e["context_s"], frozen=True,
+                               second=e["second"], dtype=e["dtype"], bucket_s=e["bucket_s"])
+    file = root / layout.ENCODER / layout.WEIGHTS
+    tensors.load_into(encoder, tensors.read(file, device), e.get("shared", {}), file)
+    return encoder
+
+
+def _connector(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
+    from hydra.utils import instantiate
+
+    c = doc["connector"]
+    with torch.device("meta"):
+        connector = instantiate(c["build"])(in_dim=c["in_dim"], out_dim=c["out_dim"],
+                                            frames_per_second=c["frames_per_second"])
+    file = root / layout.CONNECTOR / layout.WEIGHTS
+    tensors.load_into(connector, tensors.read(file, device), c.get("shared", {}), file)
+    return connector
+
+
+def _llm(root: Path, doc: dict[str, Any], device: str) -> tuple[nn.Module, Any]:
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = root / layout.LLM
+    llm = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, doc["llm"]["dtype"]),
+                                               local_files_only=True)
+    kept = doc["llm"].get("kept_dtypes") or {}
+    if kept:  # from_pretrained cast these to the config's dtype: take them again as stored
+        with safe_open(str(where / layout.WEIGHTS), "pt") as f:
+            for key in kept:
+                owner, _, leaf = key.rpartition(".")
+                module = llm.get_submodule(owner)
+                old = getattr(module, leaf)
+                value = f.get_tensor(key)
+                if isinstance(old, nn.Parameter):
+                    setattr(module, leaf, nn.Parameter(value, requires_grad=False))
+                else:
+                    module.register_buffer(leaf, value)
+    tensors.tie(llm, doc["llm"].get("shared") or {})
+    tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    return llm.to(device).eval(), tokenizer
+
+
+def load(path: str | Path, device: str = "cpu") -> Any:
+    """The AudioLLM stored in export directory `path`, on `device`, in eval mode."""
+    from sota.models.audio_llm import AudioLLM
+
+    root = Path(path)
+    doc = spec(root)
+    _device_fits(doc, device)
+    encoder = _encoder(root, doc, device)
+    connector = _connector(root, doc, device)
+    llm, tokenizer = _llm(root, doc, device)
+    model = AudioLLM(encoder, connector, llm, tokenizer, prompts=doc["prompts"], prompt_template=doc["prompt_template"])
+    for part in layout.PARTS:
+        _casts(getattr(model, part), doc, part)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval()

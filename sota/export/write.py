@@ -1,0 +1,187 @@
+"""Write an in-memory AudioLLM as an export directory (layout.py), atomically: a failed export leaves nothing,
+and an existing export is never overwritten."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sota.compress import lora, quant
+from sota.export import layout, tensors
+from sota.models.audio_llm import AudioLLM
+from sota.models.footprint import footprint
+from sota.utils.io import build_dir, remove_stale_staging
+
+log = logging.getLogger(__name__)
+
+HEADLINE = ("asr/wer", "asr/cer", "aac/cider_d", "real/asr/wer", "real/asr/cer")
+
+
+def requantize(model: AudioLLM, cfg: DictConfig, mode: str, device: str) -> dict[str, Any]:
+    """Adapters folded into float weights (exactly, also over a QLoRA base), every quantized weight back to
+    float, then `quant=<mode>` applied to the targets the run quantized (the LLM if none): how a QLoRA point
+    ships as fast int4."""
+    from sota.compose import compose
+
+    merged = lora.merge_onto_float(model)
+    dequantized = sum(quant.dequantize(getattr(model, t)) for t in quant.TARGETS)
+    new = compose([f"quant={mode}"]).quant
+    old = cfg.get("quant")
+    if old is not None and old.get("mode", "none") != "none":
+        new.targets, new.skip = list(old.get("targets") or ["llm"]), list(old.get("skip") or [])
+    record = quant.quantize(model, new, device)
+    record["notes"] = [f"re-quantized at export from {old.get('mode') if old else 'none'}: adapters merged into "
+                       f"float weights ({', '.join(merged['merged']) or 'none'}), {dequantized} quantized layers "
+                       "dequantized first", *record.get("notes", [])]
+    OmegaConf.update(cfg, "quant", new, force_add=True)
+    return record
+
+
+def _main_dtype(module: torch.nn.Module) -> torch.dtype:
+    counts = Counter(p.dtype for p in module.parameters() if p.is_floating_point())
+    return counts.most_common(1)[0][0] if counts else torch.float32
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
+
+
+def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
+    q = cfg.get("quant")
+    mode = q.get("mode", "none") if q is not None else "none"
+    if mode == "none":
+        return {"mode": "none", "targets": [], "skip": [], "half": None}
+    return {"mode": mode, "targets": list(q.get("targets") or ["llm"]), "skip": [str(p) for p in q.get("skip") or []],
+            "half": _dtype_name(quant.half_dtype(q, device)), "group_size": q.get("group_size"),
+            "device": "cuda" if str(device).startswith("cuda") else "cpu"}
+
+
+def _write_llm(model: AudioLLM, where: Path, qspec: dict[str, Any]) -> dict[str, Any]:
+    llm = model.llm
+    where.mkdir()
+    shared = tensors.save(llm, where / layout.WEIGHTS)
+    main = _main_dtype(llm)
+    kept = {k: _dtype_name(v.dtype) for k, v in llm.state_dict().items()
+            if k not in shared and v.is_floating_point() and not tensors.is_torchao(v) and v.dtype != main}
+    quantized = [k for k, v in llm.state_dict().items() if k not in shared and tensors.is_torchao(v)]
+    config = llm.config
+    before = (getattr(config, "quantization_config", None), getattr(config, "dtype", None))
+    try:
+        if quantized:
+            from transformers import TorchAoConfig
+
+            embeds = any(".embed_tokens." in k or k.startswith("lm_head.") for k in quantized)
+            config.quantization_config = TorchAoConfig(quant.torchao_config(qspec["mode"], qspec),
+                                                       include_input_output_embeddings=embeds)
+        config.dtype = main
+        config.save_pretrained(where)
+    finally:
+        config.quantization_config, config.dtype = before
+        if before[0] is None:
+            del config.quantization_config
+    if getattr(llm, "generation_config", None) is not None:
+        llm.generation_config.save_pretrained(where)
+    model.tokenizer.save_pretrained(where)
+    return {"dir": layout.LLM, "dtype": _dtype_name(main), "kept_dtypes": kept, "shared": shared,
+            "quantized_tensors": len(quantized)}
+
+
+def _write_part(module: torch.nn.Module, where: Path) -> dict[str, str]:
+    where.mkdir()
+    return tensors.save(module, where / layout.WEIGHTS)
+
+
+def _encoder_spec(model: AudioLLM, cfg: DictConfig) -> dict[str, Any]:
+    enc = model.encoder
+    second = {"config": enc.second.model.config.to_dict()} if enc.second is not None else None
+    return {"config": enc.whisper.config.to_dict(), "context_s": float(enc.context_s), "frozen": True,
+            "dtype": str(cfg.encoder.get("dtype", "float32")), "second": second, "bucket_s": enc.bucket_s}
+
+
+def _card(spec: dict[str, Any], cfg: DictConfig) -> str:
+    groups = {g: OmegaConf.to_container(cfg.get(g), resolve=True) for g in ("encoder", "connector", "llm", "prune", "lora", "quant")
+              if cfg.get(g) is not None}
+    metrics = spec["results"]["metrics"]
+    shown = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float))) or "| – | – |"
+    sizes = "\n".join(f"| {k} | {v / 2**20:.2f} |" for k, v in spec["bytes"].items())
+    return f"""# sota export
+
+An audio-language model exported by `python -m sota.export` from {spec['source']}.
+
+```python
+import sota
+model = sota.load("{'{'}this directory{'}'}", device="cpu")   # the AudioLLM: model.generate(batch)
+```
+`llm/` alone is a transformers directory (`AutoModelForCausalLM.from_pretrained`); it expects the audio tokens
+that `encoder/` and `connector/` make from 16 kHz audio, between the prompts of `sota.json`.
+
+## Results of the run
+
+| metric | value |
+|---|---|
+{shown}
+
+## Files (MiB)
+
+| part | MiB |
+|---|---|
+{sizes}
+
+Quantization: `{spec['quant']['mode']}` on {', '.join(spec['quant']['targets']) or 'nothing'}; compute dtype
+{spec['quant']['half'] or 'as stored'}. transformers' `from_pretrained` loads every float tensor of `llm/` in its
+config's dtype; `sota.load` keeps tensors that were stored in another precision (`kept_dtypes` in `sota.json`) as
+they were evaluated.
+
+## Configuration
+
+```json
+{json.dumps(groups, indent=2, default=str)}
+```
+"""
+
+
+def export(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], out: Path, *, source: str,
+           device: str, results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `model` (already compressed as `cfg` and `record` say) to `out`; returns the spec written."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; an export is never overwritten: choose another "
+                              "directory or remove it")
+    for part in layout.PARTS:
+        tensors.check_storable(getattr(model, part), part)
+    if any(type(m).__name__ == "PeftModel" for m in model.modules()):
+        merged = lora.merge(model)  # an export holds one set of weights: adapters folded in
+        record.setdefault("notes", []).append(f"adapters merged at export: {', '.join(merged['merged'])}")
+    qspec = _quant_spec(cfg, device)
+    spec: dict[str, Any] = {
+        "format": layout.FORMAT, "version": layout.VERSION, "source": source,
+        "encoder": _encoder_spec(model, cfg),
+        "connector": {"build": OmegaConf.to_container(cfg.connector, resolve=True), "in_dim": model.encoder.out_dim,
+                      "out_dim": int(model.llm.config.hidden_size),
+                      "frames_per_second": model.encoder.frames_per_second},
+        "prompts": dict(model.prompt.prompts), "prompt_template": model.prompt.template,
+        "generate": OmegaConf.to_container(cfg.generate, resolve=True) if cfg.get("generate") is not None else {},
+        "quant": qspec, "compression": record,
+        "results": {"metrics": {k: (results or {}).get("metrics", {}).get(k) for k in HEADLINE},
+                    "git_sha": ((results or {}).get("provenance") or {}).get("git_sha")},
+        "footprint": {part: footprint(getattr(model, part)) for part in layout.PARTS},
+    }
+
+    def build(tmp: Path) -> None:
+        spec["llm"] = _write_llm(model, tmp / layout.LLM, qspec)
+        spec["encoder"]["shared"] = _write_part(model.encoder, tmp / layout.ENCODER)
+        spec["connector"]["shared"] = _write_part(model.connector, tmp / layout.CONNECTOR)
+        spec["bytes"] = {p: sum(f.stat().st_size for f in (tmp / p).rglob("*") if f.is_file()) for p in layout.PARTS}
+        (tmp / layout.SPEC).write_text(json.dumps(spec, indent=2, default=str) + "\n")
+        (tmp / layout.CARD).write_text(_card(spec, cfg))
+
+    remove_stale_staging(out)
+    build_dir(out, build)
+    log.info("exported to %s (%s MiB)", out, f"{sum(spec['bytes'].values()) / 2**20:.1f}")
+    return spec

@@ -1,0 +1,140 @@
+"""Export: a model written by `python -m sota.export` loads in a fresh process (sota.load) and computes what the
+model it came from computed; a QLoRA model re-quantizes from its exactly merged float weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sota
+from conftest import ROOT
+from test_run import FAST
+
+from sota.export import layout, read, rebuild, write
+from sota.tools.bench import _noise_batches, bench_words
+
+SMALL = ["model=tiny", "llm.hidden_size=64", "llm.intermediate_size=128", "data.max_clip_s=4.0"]
+
+
+def _logits(model, batches):
+    from sota.export.verify import first_logits
+
+    return torch.cat([first_logits(model, b, "cpu") for b in batches])
+
+
+def _answers(model, batches):
+    from sota.export.verify import answers
+
+    return answers(model, batches, "cpu", max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    model, cfg, _ = rebuild.configured_model(SMALL, "cpu")
+    return _noise_batches(model, 2, bench_words(cfg), "cpu")
+
+
+@pytest.mark.parametrize("mode", ["none", "bf16", "int8_weight"])
+def test_round_trip_computes_what_the_model_computed(tmp_path, batches, mode):
+    torch.manual_seed(0)
+    model, cfg, record = rebuild.configured_model([*SMALL, f"quant={mode}"], "cpu")
+    ref_logits, ref_answers = _logits(model, batches), _answers(model, batches)
+    spec = write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
+    loaded = sota.load(str(tmp_path / "out"))
+    assert torch.equal(_logits(loaded, batches), ref_logits)
+    assert _answers(loaded, batches) == ref_answers
+    # the loaded model holds the quantized tensors themselves: no float copy of an int8 model exists
+    kinds = {type(p).__name__ for p in loaded.llm.parameters()}
+    assert ("Int8Tensor" in kinds) == (mode == "int8_weight")
+    assert spec["quant"]["mode"] == mode and spec["bytes"]["llm"] > 0
+
+
+def test_bytes_on_disk_follow_the_quantization(tmp_path):
+    sizes = {}
+    for mode in ("none", "bf16", "int8_weight"):
+        model, cfg, record = rebuild.configured_model([*SMALL, f"quant={mode}", "quant.skip=[]"], "cpu")
+        sizes[mode] = write.export(model, cfg, record, tmp_path / mode, source="test", device="cpu")["bytes"]["llm"]
+    assert sizes["bf16"] < 0.6 * sizes["none"] and sizes["int8_weight"] < 0.7 * sizes["bf16"]
+
+
+def test_transformers_alone_loads_the_llm_directory(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, cfg, record = rebuild.configured_model([*SMALL, "quant=int8_weight"], "cpu")
+    write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / layout.LLM).eval()
+    ids = torch.tensor([[5, 9, 11, 3]])
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, model.llm(ids).logits)
+
+
+def test_qlora_merges_exactly_onto_float_weights(batches):
+    torch.manual_seed(0)
+    model, cfg, record = rebuild.configured_model([*SMALL, "quant=nf4", "lora=lora"], "cpu")
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # trained adapters are not zero
+            torch.nn.init.normal_(p, std=0.05)
+    before = _logits(model, batches)
+    record["quant"] = write.requantize(model, cfg, "none", "cpu")
+    assert not any(type(m).__module__.startswith(("bitsandbytes", "peft")) for m in model.modules())
+    assert torch.allclose(_logits(model, batches), before, atol=1e-4)
+    assert "re-quantized at export from nf4" in record["quant"]["notes"][0]
+
+
+def test_export_refuses_what_it_cannot_store_or_would_overwrite(tmp_path):
+    model, cfg, record = rebuild.configured_model([*SMALL, "quant=nf4"], "cpu")
+    with pytest.raises(ValueError, match="--quant"):
+        write.export(model, cfg, record, tmp_path / "a", source="test", device="cpu")
+    assert not (tmp_path / "a").exists()  # nothing half-written
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_text("keep")
+    model, cfg, record = rebuild.configured_model(SMALL, "cpu")
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        write.export(model, cfg, record, tmp_path / "b", source="test", device="cpu")
+    assert (tmp_path / "b" / "x").read_text() == "keep"
+
+
+def test_load_says_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory written by"):
+        read.load(tmp_path)
+    model, cfg, record = rebuild.configured_model(SMALL, "cpu")
+    write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
+    spec_file = tmp_path / "out" / layout.SPEC
+    doc = json.loads(spec_file.read_text())
+    spec_file.write_text(json.dumps({**doc, "quant": {**doc["quant"], "mode": "int4_weight"}}))
+    with pytest.raises(ValueError, match="device='cuda'"):
+        read.load(tmp_path / "out", "cpu")
+    spec_file.write_text(json.dumps({**doc, "version": 99}))
+    with pytest.raises(ValueError, match="version 99"):
+        read.load(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_finished_run_exports_and_answers_as_it_did(tmp_path):
+    """The command line end to end: train, export, and the export answers the run's own test clips as the run's
+    model does (verify rebuilds that model from the run's checkpoint)."""
+    run_dir, out = tmp_path / "run", tmp_path / "export"
+    proc = subprocess.run([sys.executable, "run.py", *FAST, "data.real_test=null", f"hydra.run.dir={run_dir}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cmd = [sys.executable, "-m", "sota.export"]
+    proc = subprocess.run([*cmd, str(run_dir), str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = (out / layout.CARD).read_text()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert f"{results['metrics']['asr/wer']:.4f}" in card
+    proc = subprocess.run([sys.executable, "-m", "sota.export.verify", str(run_dir), str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "10 of 10 answers identical" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "differ by at most 0\n" in proc.stdout
+    again = subprocess.run([*cmd, str(run_dir), str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "results.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    proc = subprocess.run([*cmd, str(unfinished), str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "only a finished run" in proc.stderr
