@@ -133,7 +133,7 @@ def _stages(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalSta
         return  # DDP: the other ranks leave after training; rank zero evaluates, measures and writes
     results.compression = pipeline.after_training(s.model, cfg, s.record, s.device)
     _evaluate(s, trainer, out_dir, results)
-    _measure(s, cfg, results)
+    _measure(s, cfg, results, out_dir)
     results.status = "ok"
 
 
@@ -234,7 +234,7 @@ def _evaluate(s: _Run, trainer: L.Trainer, out_dir: Path, results: Results) -> N
     s.model.to(s.device)
 
 
-def _measure(s: _Run, cfg: DictConfig, results: Results) -> None:
+def _measure(s: _Run, cfg: DictConfig, results: Results, out_dir: Path) -> None:
     """Size, memory and (measure.mode) latency of the model as evaluated; what the run's data was."""
     t3 = time.perf_counter()
     model, dm, test_set = s.model, s.dm, s.dm.datasets["test"]
@@ -248,8 +248,13 @@ def _measure(s: _Run, cfg: DictConfig, results: Results) -> None:
                           "peak_rss_mb": peak_rss_mb()}
     if cfg.get("measure") is not None and cfg.measure.mode != "none":
         model.eval()
-        clips = real_clips(test_set, int(cfg.measure.real_clips))
-        measured = latency.measure(model, cfg.measure, s.device, clips, backend=cfg.generate.backend)
+        if cfg.measure.get("from_export"):
+            from sota.export import measured as from_export
+
+            measured = from_export.measure(model, cfg, results.compression, results.to_dict(), out_dir, s.device)
+        else:
+            clips = real_clips(test_set, int(cfg.measure.real_clips))
+            measured = latency.measure(model, cfg.measure, s.device, clips, backend=cfg.generate.backend)
         results.efficiency = {**results.efficiency, **measured}
     results.efficiency["run_peak_memory_mb"] = run_peak
     results.timing["measure_s"] = time.perf_counter() - t3

@@ -38,7 +38,7 @@ def batches():
     return _noise_batches(model, 2, bench_words(cfg), "cpu")
 
 
-@pytest.mark.parametrize("mode", ["none", "bf16", "int8_weight"])
+@pytest.mark.parametrize("mode", ["none", "bf16", "int8_weight", "nf4"])
 def test_round_trip_computes_what_the_model_computed(tmp_path, batches, mode):
     torch.manual_seed(0)
     model, cfg, record = rebuild.configured_model([*SMALL, f"quant={mode}"], "cpu")
@@ -49,7 +49,7 @@ def test_round_trip_computes_what_the_model_computed(tmp_path, batches, mode):
     assert _answers(loaded, batches) == ref_answers
     # the loaded model holds the quantized tensors themselves: no float copy of an int8 model exists
     kinds = {type(p).__name__ for p in loaded.llm.parameters()}
-    assert ("Int8Tensor" in kinds) == (mode == "int8_weight")
+    assert ("Int8Tensor" in kinds) == (mode == "int8_weight") and ("Params4bit" in kinds) == (mode == "nf4")
     assert spec["quant"]["mode"] == mode and spec["bytes"]["llm"] > 0
 
 
@@ -86,10 +86,11 @@ def test_qlora_merges_exactly_onto_float_weights(batches):
 
 
 def test_export_refuses_what_it_cannot_store_or_would_overwrite(tmp_path):
-    model, cfg, record = rebuild.configured_model([*SMALL, "quant=nf4"], "cpu")
-    with pytest.raises(ValueError, match="--quant"):
-        write.export(model, cfg, record, tmp_path / "a", source="test", device="cpu")
-    assert not (tmp_path / "a").exists()  # nothing half-written
+    for bad in (["quant=nf4", "lora=lora"], ["quant=int8_bnb"]):  # adapters over a 4-bit base; LLM.int8() layers
+        model, cfg, record = rebuild.configured_model([*SMALL, *bad], "cpu")
+        with pytest.raises(ValueError, match="--quant"):
+            write.export(model, cfg, record, tmp_path / "a", source="test", device="cpu")
+        assert not (tmp_path / "a").exists()  # nothing half-written
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "x").write_text("keep")
     model, cfg, record = rebuild.configured_model(SMALL, "cpu")
@@ -115,12 +116,17 @@ def test_load_says_what_is_wrong(tmp_path):
 
 @pytest.mark.slow
 def test_a_finished_run_exports_and_answers_as_it_did(tmp_path):
-    """The command line end to end: train, export, and the export answers the run's own test clips as the run's
-    model does (verify rebuilds that model from the run's checkpoint)."""
+    """The command line end to end: a run measured from its own export, then exported again by the command, and
+    the export answers the run's own test clips as the run's model does (verify rebuilds that model from the
+    run's checkpoint)."""
     run_dir, out = tmp_path / "run", tmp_path / "export"
-    proc = subprocess.run([sys.executable, "run.py", *FAST, "data.real_test=null", f"hydra.run.dir={run_dir}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "run.py", *FAST, "data.real_test=null", "measure.from_export=true",
+                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # measure.from_export: the run exported itself and was measured from that export in a fresh process
+    eff = json.loads((run_dir / "results.json").read_text())["efficiency"]
+    assert eff["source"] == "export" and (run_dir / "export" / layout.SPEC).is_file()
+    assert eff["tpot_ms"] > 0 and eff["peak_memory_mb"] > 0 and eff["export_bytes"]["llm"] > 0
     cmd = [sys.executable, "-m", "sota.export"]
     proc = subprocess.run([*cmd, str(run_dir), str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -138,3 +144,54 @@ def test_a_finished_run_exports_and_answers_as_it_did(tmp_path):
     (unfinished / "results.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
     proc = subprocess.run([*cmd, str(unfinished), str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "only a finished run" in proc.stderr
+
+
+# On a GPU: int4 weights packed for CUDA, and a QLoRA (nf4) model shipped as int4. A random Whisper-shaped encoder:
+# the GPU machine need not carry the bundled weights. Widths are multiples of int4's group size (128).
+GPU = [*SMALL, "llm.hidden_size=256", "llm.intermediate_size=512", "llm.heads=4", "llm.kv_heads=2", "encoder.path=null",
+       "encoder.config={d_model:64,encoder_layers:1,encoder_attention_heads:4,encoder_ffn_dim:128,num_mel_bins:80,"
+       "max_source_positions:1500}"]
+
+
+def _cuda_batches(model, cfg):
+    return [{k: ({kk: vv.cuda() for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in b.items()}
+            for b in _noise_batches(model, 2, bench_words(cfg), "cuda")]
+
+
+def _gpu_logits(model, batches):
+    from sota.export.verify import first_logits
+
+    return torch.cat([first_logits(model, b, "cuda") for b in batches])
+
+
+@pytest.mark.gpu
+def test_int4_round_trip_on_cuda(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model, cfg, record = rebuild.configured_model([*GPU, "quant=int4_weight"], "cuda")
+    batches = _cuda_batches(model, cfg)
+    ref = _gpu_logits(model, batches)
+    write.export(model, cfg, record, tmp_path / "out", source="test", device="cuda")
+    loaded = sota.load(str(tmp_path / "out"), "cuda")
+    assert "Int4TilePackedTo4dTensor" in {type(p).__name__ for p in loaded.llm.parameters()}
+    assert torch.equal(_gpu_logits(loaded, batches), ref)
+
+
+@pytest.mark.gpu
+def test_qlora_ships_as_int4_on_cuda(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch.manual_seed(0)
+    model, cfg, record = rebuild.configured_model([*GPU, "quant=nf4", "lora=lora"], "cuda")
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    batches = _cuda_batches(model, cfg)
+    qlora = _gpu_logits(model, batches)
+    record["quant"] = write.requantize(model, cfg, "int4_weight", "cuda")
+    ref = _gpu_logits(model, batches)
+    assert (ref - qlora).abs().max() < 0.25 * qlora.abs().max()  # int4 of the merged weights stays close to QLoRA
+    write.export(model, cfg, record, tmp_path / "out", source="test", device="cuda")
+    loaded = sota.load(str(tmp_path / "out"), "cuda")
+    assert not any(type(m).__module__.startswith(("bitsandbytes", "peft")) for m in loaded.modules())
+    assert torch.equal(_gpu_logits(loaded, batches), ref)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="RUN_DIR (a finished run), or OUT with --config")
     parser.add_argument("rest", nargs="*", help="OUT (run export), or hydra overrides with --config")
     parser.add_argument("--config", action="store_true", help="export the configuration given by the overrides")
-    parser.add_argument("--quant", choices=[m for m in MODES if m not in ("nf4", "int8_bnb")], default=None,
+    parser.add_argument("--quant", choices=[m for m in MODES if m != "int8_bnb"], default=None,
                         help="re-quantize the merged float weights in this mode")
     parser.add_argument("--device", default=None, help="where to build and quantize (default: cuda if available)")
     args = parser.parse_intermixed_args(argv)

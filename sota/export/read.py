@@ -89,6 +89,9 @@ def _llm(root: Path, doc: dict[str, Any], device: str) -> tuple[nn.Module, Any]:
                 else:
                     module.register_buffer(leaf, value)
     tensors.tie(llm, doc["llm"].get("shared") or {})
+    for m in llm.modules():
+        if type(m).__module__.startswith("bitsandbytes"):
+            m.support_avx512bf16_for_cpu = False  # the layout sota quantizes with (compress/quant.py says why)
     tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
     return llm.to(device).eval(), tokenizer
 

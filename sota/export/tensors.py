@@ -28,12 +28,15 @@ def shared_keys(module: nn.Module) -> dict[str, str]:
 
 
 def check_storable(module: nn.Module, where: str) -> None:
-    """Refuse layers whose weights this format cannot hold (bitsandbytes' packed layers)."""
-    bnb = sorted({type(m).__name__ for m in module.modules() if type(m).__module__.startswith("bitsandbytes")})
-    if bnb:
-        raise ValueError(f"{where}: bitsandbytes layers ({', '.join(bnb)}) cannot be exported as they are; export "
-                         "with --quant MODE (e.g. --quant int4_weight on CUDA, --quant bf16) to re-quantize the "
-                         "merged float weights")
+    """Refuse what this format cannot hold: adapters left unmerged (over a bitsandbytes base), bitsandbytes
+    layers outside the LLM or other than nf4 (transformers serialises the LLM's 4-bit layers)."""
+    fix = ("export with --quant MODE (e.g. --quant int4_weight on CUDA, --quant nf4, --quant bf16): the adapters are "
+           "folded into float weights exactly, then quantized again")
+    if any(type(m).__name__ == "PeftModel" for m in module.modules()):
+        raise ValueError(f"{where}: LoRA adapters over a bitsandbytes base cannot be merged without re-quantizing; {fix}")
+    bnb = {type(m).__name__ for m in module.modules() if type(m).__module__.startswith("bitsandbytes")}
+    if bnb - ({"Linear4bit"} if where == "llm" else set()):
+        raise ValueError(f"{where}: bitsandbytes layers ({', '.join(sorted(bnb))}) cannot be exported as they are; {fix}")
 
 
 def save(module: nn.Module, path: Path) -> dict[str, str]:

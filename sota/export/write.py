@@ -67,9 +67,12 @@ def _write_llm(model: AudioLLM, where: Path, qspec: dict[str, Any]) -> dict[str,
     where.mkdir()
     shared = tensors.save(llm, where / layout.WEIGHTS)
     main = _main_dtype(llm)
-    kept = {k: _dtype_name(v.dtype) for k, v in llm.state_dict().items()
-            if k not in shared and v.is_floating_point() and not tensors.is_torchao(v) and v.dtype != main}
+    stored = set(llm.state_dict())  # persistent tensors only (rotary tables are rebuilt, not stored)
+    named = dict(llm.named_parameters(remove_duplicate=False)) | dict(llm.named_buffers(remove_duplicate=False))
+    kept = {k: _dtype_name(v.dtype) for k, v in named.items() if k in stored and k not in shared
+            and v.is_floating_point() and not tensors.is_torchao(v) and v.dtype != main}
     quantized = [k for k, v in llm.state_dict().items() if k not in shared and tensors.is_torchao(v)]
+    four_bit = {n: m for n, m in llm.named_modules() if type(m).__module__.startswith("bitsandbytes")}
     config = llm.config
     before = (getattr(config, "quantization_config", None), getattr(config, "dtype", None))
     try:
@@ -79,6 +82,14 @@ def _write_llm(model: AudioLLM, where: Path, qspec: dict[str, Any]) -> dict[str,
             embeds = any(".embed_tokens." in k or k.startswith("lm_head.") for k in quantized)
             config.quantization_config = TorchAoConfig(quant.torchao_config(qspec["mode"], qspec),
                                                        include_input_output_embeddings=embeds)
+        elif four_bit:
+            from transformers import BitsAndBytesConfig
+
+            # transformers turns every linear not named here into a 4-bit layer while loading
+            plain = [n for n, m in llm.named_modules() if isinstance(m, torch.nn.Linear) and n not in four_bit]
+            config.quantization_config = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=next(iter(four_bit.values())).compute_dtype, llm_int8_skip_modules=plain)
         config.dtype = main
         config.save_pretrained(where)
     finally:
@@ -153,11 +164,11 @@ def export(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], out: Path, 
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; an export is never overwritten: choose another "
                               "directory or remove it")
-    for part in layout.PARTS:
-        tensors.check_storable(getattr(model, part), part)
     if any(type(m).__name__ == "PeftModel" for m in model.modules()):
         merged = lora.merge(model)  # an export holds one set of weights: adapters folded in
         record.setdefault("notes", []).append(f"adapters merged at export: {', '.join(merged['merged'])}")
+    for part in layout.PARTS:
+        tensors.check_storable(getattr(model, part), part)
     qspec = _quant_spec(cfg, device)
     spec: dict[str, Any] = {
         "format": layout.FORMAT, "version": layout.VERSION, "source": source,

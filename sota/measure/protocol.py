@@ -141,6 +141,8 @@ def validate(cfg_measure: Any, device: str, out: list[str]) -> None:
             out.append(f"measure.{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
         elif value < low:
             out.append(f"measure.{name} must be {'> 0' if kind is float else f'>= {low}'}, got {value!r}")
+    if not isinstance(setting(cfg_measure, "from_export", False), bool):
+        out.append(f"measure.from_export must be true or false, got {setting(cfg_measure, 'from_export')!r}")
     if mode == "strict" and setting(cfg_measure, "e2e_repeats", 1) == 0:
         out.append("measure.e2e_repeats must be >= 1 in strict mode (it measures end-to-end answers)")
 

@@ -1,6 +1,7 @@
 """Benchmark one configuration's speed and memory, in the official protocol and in strict mode.
 
     python -m sota.tools.bench [hydra overrides ...] [--modes official,strict] [--backends eager,compiled] [--out FILE]
+    python -m sota.tools.bench --from EXPORT_DIR [--modes ...] [--out FILE]
     python -m sota.tools.bench --summarize FILE.json [FILE.json ...]
 
 Composes the config from the repo's conf/ (the same groups as run.py), builds the model with random or
@@ -9,9 +10,12 @@ applies the compression groups (prune / lora / quant; pruning scores structure o
 the same shapes), moves it to the device and measures it in each mode. Each mode uses its own preset
 (conf/measure/<mode>.yaml) with your `measure.*` overrides on top; `measure.device` picks the device
 (default: cuda when available, else cpu). Each decoding backend (generate.backend: eager, static, compiled)
-is measured on the same model. Beside them: transformers' plain `generate` per token on the same model
-(the number users get without sota), and on CUDA the memory-bandwidth floor of a decode step (the LLM's weight
-bytes over a measured device-to-device copy bandwidth). Prints a markdown table and, with --out, writes JSON.
+is measured on the same model. Beside them: transformers' plain `generate` per token on the same model (the
+number users get without sota), and on CUDA the memory-bandwidth floor of a decode step (the LLM's weight bytes
+over a measured device-to-device copy bandwidth). Prints a markdown table and, with --out, writes JSON.
+
+With --from, the model is an export directory (python -m sota.export) loaded in this fresh process, nothing
+built in float first: official mode's never-reset peak is what a user who loads the artifact sees.
 
 Example (CPU, well under a minute): python -m sota.tools.bench model=tiny measure.iterations=5
 """
@@ -170,6 +174,10 @@ def _label(overrides: list[str]) -> str:
     return values.get("llm.arch") or values.get("llm") or values.get("model") or "(defaults)"
 
 
+def _source(data: dict[str, Any]) -> str:
+    return f"export {Path(data['from']).name}" if data.get("from") else _label(data.get("overrides", []))
+
+
 def summarize(paths: list[Path]) -> str:
     """One markdown row per benchmark file and backend (strict mode where measured): the study table of
     several `--out` files, e.g. a model's shapes x quantization modes."""
@@ -186,7 +194,7 @@ def summarize(paths: list[Path]) -> str:
                 by_backend[backend] = r
         for backend, r in by_backend.items():
             ratio = r["tpot_ms"] / floor if floor and r.get("tpot_ms") else None
-            rows.append(f"| {_label(data.get('overrides', []))} | {quant} | {backend} | {_fmt(r.get('ttft_ms'), 2)} "
+            rows.append(f"| {_source(data)} | {quant} | {backend} | {_fmt(r.get('ttft_ms'), 2)} "
                         f"| {_fmt(r.get('tpot_ms'), 2)} | {_fmt(floor, 3)} | {_fmt(ratio, 2)} | {_fmt(hf, 2)} "
                         f"| {_fmt(r.get('peak_memory_mb'))} |")
     return "\n".join(rows)
@@ -284,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, metavar="BACKEND",
                         help="print the kernels of one decode step of this static backend (its step without "
                              "the CUDA graph, under torch.profiler), 20 steps after a 100-token prompt")
+    parser.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="EXPORT",
+                        help="measure the model of an export directory (python -m sota.export), loaded in this "
+                             "fresh process: the peak memory is what a user who loads it sees")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="JSON",
                         help="print one table of earlier --out files (one row per file and backend) and exit")
     args = parser.parse_intermixed_args(argv)
@@ -328,10 +339,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench +{time.perf_counter() - t0:.1f} s] {message}", file=sys.stderr, flush=True)
 
     torch.manual_seed(int(first.get("seed", 0)))
-    model, record = build(first, device)
+    if args.from_dir is not None:
+        from sota.export import read
+
+        model, record = read.load(args.from_dir, device), read.spec(args.from_dir)["compression"]
+    else:
+        model, record = build(first, device)
     build_s = time.perf_counter() - t0
     sizes = footprint(model)
-    progress(f"model built and compressed ({sizes['weight_bytes'] / 2**20:.1f} MiB of weights)")
+    progress(f"model {'loaded' if args.from_dir else 'built and compressed'} "
+             f"({sizes['weight_bytes'] / 2**20:.1f} MiB of weights)")
     results: dict[str, dict[str, Any]] = {}
     for backend in backends:
         for mode, cfg in configs.items():
@@ -344,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = copy_bandwidth_gbs(device)
     floor_ms = llm_bytes / (bandwidth * 1e9) * 1000 if bandwidth else None
 
-    print(f"# {device_name(device)}: {' '.join(args.overrides) or '(defaults)'}\n")
+    what = f"export {args.from_dir}" if args.from_dir else (" ".join(args.overrides) or "(defaults)")
+    print(f"# {device_name(device)}: {what}\n")
     print(table(results))
     print(f"\ntransformers generate: {_fmt(hf_ms, 2)} ms/token; LLM weights {llm_bytes / 2**20:.1f} MiB"
           + (f"; copy bandwidth {bandwidth:.0f} GB/s -> floor {floor_ms:.3f} ms/token" if bandwidth else ""))
@@ -356,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## decode step kernels ({args.profile}, without its graph, 20 steps)\n{profile}")
     if args.out:
         payload = {
-            "overrides": list(args.overrides), "device": device_name(device), "build_s": build_s,
+            "overrides": list(args.overrides), "from": str(args.from_dir) if args.from_dir else None,
+            "device": device_name(device), "build_s": build_s,
             "model": sizes, "llm_weight_bytes": llm_bytes, "compression": record,
             "hf_generate_ms_per_token": hf_ms, "copy_bandwidth_gbs": bandwidth, "floor_ms_per_token": floor_ms,
             "measure": {mode: as_dict(cfg.measure) for mode, cfg in configs.items()},
