@@ -38,10 +38,15 @@ def batches():
     return _noise_batches(model, 2, bench_words(cfg), "cpu")
 
 
-@pytest.mark.parametrize("mode", ["none", "bf16", "int8_weight", "nf4"])
+PARTS = ["quant.parts.embeddings=int8_weight", "quant.parts.encoder=int8_weight", "quant.parts.connector=int8_weight"]
+
+
+@pytest.mark.parametrize("mode", ["none", "bf16", "int8_weight", "nf4", "bf16+parts"])
 def test_round_trip_computes_what_the_model_computed(tmp_path, batches, mode):
     torch.manual_seed(0)
-    model, cfg, record = rebuild.configured_model([*SMALL, f"quant={mode}"], "cpu")
+    extra = PARTS if mode.endswith("+parts") else []
+    mode = mode.removesuffix("+parts")
+    model, cfg, record = rebuild.configured_model([*SMALL, f"quant={mode}", *extra], "cpu")
     ref_logits, ref_answers = _logits(model, batches), _answers(model, batches)
     spec = write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
     loaded = sota.load(str(tmp_path / "out"))
@@ -49,7 +54,7 @@ def test_round_trip_computes_what_the_model_computed(tmp_path, batches, mode):
     assert _answers(loaded, batches) == ref_answers
     # the loaded model holds the quantized tensors themselves: no float copy of an int8 model exists
     kinds = {type(p).__name__ for p in loaded.llm.parameters()}
-    assert ("Int8Tensor" in kinds) == (mode == "int8_weight") and ("Params4bit" in kinds) == (mode == "nf4")
+    assert ("Int8Tensor" in kinds) == (mode == "int8_weight" or bool(extra)) and ("Params4bit" in kinds) == (mode == "nf4")
     assert spec["quant"]["mode"] == mode and spec["bytes"]["llm"] > 0
 
 
@@ -70,6 +75,11 @@ def test_transformers_alone_loads_the_llm_directory(tmp_path):
     ids = torch.tensor([[5, 9, 11, 3]])
     with torch.no_grad():
         assert torch.equal(plain(ids).logits, model.llm(ids).logits)
+    # int8 tables under a bf16 LLM: transformers reads the torchao config the export wrote
+    model, cfg, record = rebuild.configured_model([*SMALL, "quant=bf16", "quant.skip=[]", PARTS[0]], "cpu")
+    write.export(model, cfg, record, tmp_path / "parts", source="test", device="cpu")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "parts" / layout.LLM, dtype=torch.bfloat16).eval()
+    assert type(plain.get_input_embeddings().weight).__name__ == "Int8Tensor"
 
 
 def test_qlora_merges_exactly_onto_float_weights(batches):

@@ -249,3 +249,57 @@ def test_modes_on_cuda(mode):
     assert len(model.generate(batch, max_new_tokens=3)) == 2
     if mode == "int4_weight":
         assert "Int4" in type(model.llm.model.layers[0].self_attn.q_proj.weight).__name__
+
+
+def test_parts_each_take_their_own_mode():
+    model = model_of(hidden=64)
+    batch = batch_for(model, [1.0, 1.5], ["asr", "aac"], ["a red dog barks", "a cat"])
+    ref = logits(model, batch)
+    before = footprint(model)["weight_bytes"]
+    cfg = qcfg("bf16", parts={"embeddings": "int8_weight", "encoder": "bf16", "connector": "int8_weight"})
+    rec = quant.quantize(model, cfg, "cpu")
+    llm = model.llm
+    assert type(llm.get_input_embeddings().weight).__name__ == "Int8Tensor"
+    assert llm.get_output_embeddings().weight is llm.get_input_embeddings().weight  # one int8 table, still tied
+    assert llm.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16  # the main mode: bf16
+    assert {p.dtype for p in model.encoder.parameters()} == {torch.bfloat16}
+    assert any(type(p).__name__ == "Int8Tensor" for p in model.connector.parameters())
+    assert rec["parts"] == {"embeddings": "int8_weight", "encoder": "bf16", "connector": "int8_weight"}
+    assert rec["weight_bytes_after"] < 0.5 * before  # float32 -> bf16 and int8 (plus scales) everywhere
+    out = logits(model, batch)
+    assert torch.isfinite(out).all() and (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_parts_are_checked_before_anything_runs():
+    out = []
+    quant.validate(qcfg("int8_weight", targets=["llm", "encoder"], parts={"encoder": "bf16", "embeddings": "int4_weight"}),
+                   "cpu", out)
+    quant.validate(OmegaConf.create({"mode": "none", "parts": {"decoder": "bf16"}}), "cpu", out)  # outside Hydra
+    text = "\n".join(out)
+    assert "unknown part(s) decoder" in text and "quant.parts.embeddings must be null or one of int8_weight" in text
+    assert "both quantize the encoder" in text
+    out = []
+    quant.validate(qcfg("none", parts={"connector": "int4_weight"}), "cpu", out)
+    assert out and "needs a CUDA device" in out[0]
+
+
+def test_an_encoder_part_makes_cached_features_stale():
+    from sota.compress.plan import CompressionPlan
+
+    cfg = OmegaConf.create({"quant": qcfg("none", parts={"encoder": "int8_weight"})})
+    plan = CompressionPlan.of(cfg)
+    assert plan.quant is not None and plan.ptq and plan.changes_encoder
+    assert not CompressionPlan.of(OmegaConf.create({"quant": qcfg("none")})).changes_encoder
+
+
+def test_qlora_quantizes_its_parts_after_training():
+    from sota.compress import pipeline
+
+    model = model_of(hidden=64)
+    cfg = OmegaConf.create({"quant": qcfg("nf4", parts={"connector": "int8_weight"}),
+                            "lora": compose(config_name="lora/lora").lora, "prune": {"method": "none"}})
+    record = pipeline.before_training(model, cfg, [], "cpu")
+    assert not any(type(p).__name__ == "Int8Tensor" for p in model.connector.parameters())  # it trains in float
+    pipeline.after_training(model, cfg, record, "cpu")
+    assert any(type(p).__name__ == "Int8Tensor" for p in model.connector.parameters())
+    assert record["quant"]["parts"] == {"connector": "int8_weight"}

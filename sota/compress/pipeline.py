@@ -74,7 +74,7 @@ def before_training(model: AudioLLM, cfg: DictConfig, calib: list[dict[str, Any]
     if plan.prune is not None:
         record["prune"] = prune.prune(model, plan.prune, calib)
     if plan.qlora:  # the frozen base is quantized first and adapters train on top of it
-        record["quant"] = quant.quantize(model, plan.quant, device)
+        record["quant"] = quant.quantize(model, plan.quant, device, with_parts=False)
     if plan.lora is not None:
         record["lora"] = lora.attach(model, plan.lora)
     return record
@@ -87,4 +87,8 @@ def after_training(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], dev
         record["lora"]["merge"] = lora.merge(model)
     if plan.ptq:
         record["quant"] = quant.quantize(model, plan.quant, device)
+    elif plan.qlora and quant.parts(plan.quant):  # the base was quantized before training; the parts follow now
+        notes = record["quant"].setdefault("notes", [])
+        record["quant"]["quantized_modules"] += quant.quantize_parts(model, plan.quant, device, notes)
+        record["quant"]["parts"] = quant.parts(plan.quant)
     return record

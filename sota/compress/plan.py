@@ -26,7 +26,8 @@ class CompressionPlan:
     @classmethod
     def of(cls, cfg: Any) -> CompressionPlan:
         prune, quant, lora = cfg.get("prune"), cfg.get("quant"), cfg.get("lora")
-        return cls(prune if enabled(prune) else None, quant if enabled(quant, "mode") else None,
+        parts = any(v not in (None, "none") for v in ((quant.get("parts") if quant is not None else None) or {}).values())
+        return cls(prune if enabled(prune) else None, quant if enabled(quant, "mode") or parts else None,
                    lora if enabled(lora) else None)
 
     @property
@@ -60,5 +61,7 @@ class CompressionPlan:
     def changes_encoder(self) -> bool:
         """Whether any group touches the encoder (then its cached features would be stale)."""
         return ("encoder" in self.prune_targets
-                or (self.quant is not None and "encoder" in self.quant.get("targets", []))
+                or (self.quant is not None and self.quant.get("mode", "none") != "none"
+                    and "encoder" in self.quant.get("targets", []))
+                or (self.quant is not None and (self.quant.get("parts") or {}).get("encoder") not in (None, "none"))
                 or (self.lora is not None and "encoder" in self.lora.get("on", [])))

@@ -33,6 +33,15 @@ MODES: dict[str, set[str]] = {
     "int8_bnb": {"cpu", "cuda"},
 }
 TARGETS = ("llm", "encoder", "connector")
+# quant.parts: a part quantized in its own mode, after training, beside the main `mode` of `targets`.
+# Embeddings (embed_tokens and the lm_head that may share its table) take int8 only: torchao's int4 layouts
+# are for linears.
+PARTS: dict[str, tuple[str, ...]] = {
+    "embeddings": ("int8_weight",),
+    "encoder": ("bf16", "fp16", "int8_weight", "int4_weight"),
+    "connector": ("bf16", "fp16", "int8_weight", "int4_weight"),
+}
+EMBEDDINGS = ["embed_tokens", "lm_head"]
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "int4_weight": torch.bfloat16}
 HALF_NAMES = ("bfloat16", "float16")
 WHY = {"int4_weight": "torchao int4 kernels"}
@@ -58,6 +67,7 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
     if mode not in MODES:
         out.append(f"quant.mode must be one of {', '.join(MODES)}; got {mode!r}")
         return
+    _validate_parts(cfg, device, out)
     if mode == "none":
         return
     try:
@@ -81,6 +91,31 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
         gs = cfg.get("group_size", 128)
         if gs not in (32, 64, 128, 256):
             out.append(f"quant.group_size must be one of 32, 64, 128, 256 (int4 kernels), got {gs}")
+
+
+def parts(cfg: Any) -> dict[str, str]:
+    """quant.parts that are set: part -> mode."""
+    given = (cfg.get("parts") if cfg is not None else None) or {}
+    return {str(k): str(v) for k, v in given.items() if v not in (None, "none")}
+
+
+def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
+    given = (cfg.get("parts") or {})
+    unknown = [k for k in given if k not in PARTS]
+    if unknown:
+        out.append(f"quant.parts: unknown part(s) {', '.join(map(str, unknown))}; parts are {', '.join(PARTS)}")
+    targets = list(cfg.get("targets") or ["llm"]) if cfg.get("mode", "none") != "none" else []
+    for part, mode in parts(cfg).items():
+        if part not in PARTS:
+            continue
+        if mode not in PARTS[part]:
+            out.append(f"quant.parts.{part} must be null or one of {', '.join(PARTS[part])}; got {mode!r}")
+        elif part in targets:
+            out.append(f"quant.parts.{part}={mode} and quant.targets={targets} both quantize the {part}: "
+                       f"drop it from one of them")
+        elif _device_type(device) not in MODES[mode]:
+            out.append(f"quant.parts.{part}={mode} needs a CUDA device ({WHY.get(mode, '')}); this run is on "
+                       f"{_device_type(device)}")
 
 
 def is_qlora_base(cfg: Any) -> bool:
@@ -218,7 +253,8 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
     from torchao.quantization import quantize_
 
     config = torchao_config(mode, cfg)
-    kinds = (nn.Linear, nn.Embedding) if mode == "int8_weight" else (nn.Linear,)
+    # Only an LLM's token tables are read as embeddings: Whisper's positional table is sliced as a weight.
+    kinds = (nn.Linear, nn.Embedding) if mode == "int8_weight" and where.startswith("llm") else (nn.Linear,)
     chosen = {id(m) for name, m in _candidates(root, patterns) if isinstance(m, kinds)}
     if mode == "int4_weight":
         misfit = [name for name, m in _candidates(root, patterns)
@@ -367,8 +403,39 @@ def bnb_weight(layer: nn.Module) -> torch.Tensor:
 
 
 # -- entry point -------------------------------------------------------------------------------------------
-def quantize(model: nn.Module, cfg: Any, device: str) -> dict[str, Any]:
-    """Quantize `cfg.targets` of `model` in place and report what changed."""
+def _quantize_root(root: nn.Module, mode: str, cfg: Any, patterns: list[str], device: str, notes: list[str],
+                   where: str) -> int:
+    """One part of the model (`root`) in one mode; returns the modules changed."""
+    if any(_is_adapter(name) for name, _ in root.named_modules()):
+        notes.append(f"{where}: unmerged LoRA adapters stay in float32; only base layers are quantized")
+    _untie_skipped(root, patterns, notes, where)
+    half = half_dtype({**_plain(cfg), "mode": mode}, device)
+    if half is not None and mode not in HALF:
+        notes.append(f"{where}: cast to {cfg.cuda_dtype} before quantizing (quant.cuda_dtype)")
+    n = 0
+    if half is not None:
+        n_cast = _cast_half(root, half, patterns)
+        n += n_cast if mode in ("bf16", "fp16") else 0
+    if mode in ("int8_weight", "int4_weight"):
+        n += _torchao(root, mode, cfg, patterns, notes, where)
+    elif mode in QLORA_BASE:
+        n += _bnb(root, mode, patterns, notes, where)
+    return n
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    return {k: cfg.get(k) for k in ("mode", "cuda_dtype", "group_size")}
+
+
+def _to_device_for_int4(model: nn.Module, device: str, notes: list[str]) -> None:
+    # Packed int4 layouts are device specific: quantize where the model will run.
+    model.to(_device_type(device) if str(device) in ("gpu", "auto") else device)
+    notes.append(f"model moved to {device} (int4 packing is device specific)")
+
+
+def quantize(model: nn.Module, cfg: Any, device: str, with_parts: bool = True) -> dict[str, Any]:
+    """Quantize `cfg.targets` of `model` in place in `cfg.mode`, then (`with_parts`) each of `cfg.parts` in its
+    own mode, and report what changed."""
     mode = cfg.get("mode", "none")
     problems: list[str] = []
     validate(cfg, device, problems)
@@ -378,31 +445,36 @@ def quantize(model: nn.Module, cfg: Any, device: str) -> dict[str, Any]:
     record: dict[str, Any] = {"mode": mode, "targets": targets, "quantized_modules": 0}
     before = footprint(model)["weight_bytes"]
     notes: list[str] = []
-    if mode == "none":
-        return {**record, "weight_bytes_before": before, "weight_bytes_after": before, "notes": notes}
+    chosen = parts(cfg) if with_parts else {}
     patterns = [str(p) for p in (cfg.get("skip") or [])]
-    if mode == "int4_weight":
-        # Packed int4 layouts are device specific: quantize where the model will run.
-        model.to(_device_type(device) if str(device) in ("gpu", "auto") else device)
-        notes.append(f"model moved to {device} (int4 packing is device specific)")
+    if "embeddings" in chosen:
+        patterns = [*patterns, *EMBEDDINGS]  # their own pass below
+    if "int4_weight" in (mode, *chosen.values()):
+        _to_device_for_int4(model, device, notes)
     n = 0
-    for where, root in _targets(model, cfg).items():
-        if any(_is_adapter(name) for name, _ in root.named_modules()):
-            notes.append(f"{where}: unmerged LoRA adapters stay in float32; only base layers are quantized")
-        _untie_skipped(root, patterns, notes, where)
-        half = half_dtype(cfg, device)
-        if half is not None and mode not in HALF:
-            notes.append(f"{where}: cast to {cfg.cuda_dtype} before quantizing (quant.cuda_dtype)")
-        if half is not None:
-            n_cast = _cast_half(root, half, patterns)
-            n += n_cast if mode in ("bf16", "fp16") else 0
-        if mode in ("int8_weight", "int4_weight"):
-            n += _torchao(root, mode, cfg, patterns, notes, where)
-        elif mode in QLORA_BASE:
-            n += _bnb(root, mode, patterns, notes, where)
+    for where in targets if mode != "none" else []:
+        n += _quantize_root(getattr(model, where), mode, cfg, patterns, device, notes, where)
+    if chosen:
+        n += quantize_parts(model, cfg, device, notes)
+        record["parts"] = chosen
     record.update(quantized_modules=n, weight_bytes_before=before,
                   weight_bytes_after=footprint(model)["weight_bytes"], notes=notes)
     return record
+
+
+def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str]) -> int:
+    """`cfg.parts`, each in its own mode (after training: the connector trains, a QLoRA base does not)."""
+    n = 0
+    for part, mode in parts(cfg).items():
+        if part == "embeddings":
+            llm = model.llm
+            # every other module is skipped by its full name, so only the tables (one, when tied) are chosen
+            others = [name for name, m in llm.named_modules()
+                      if isinstance(m, (nn.Linear, nn.Embedding)) and not _skipped(name, EMBEDDINGS)]
+            n += _torchao(llm, mode, cfg, others, notes, "llm.embeddings")
+        else:
+            n += _quantize_root(getattr(model, part), mode, cfg, [], device, notes, part)
+    return n
 
 
 def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

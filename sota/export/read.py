@@ -32,7 +32,8 @@ def spec(path: str | Path) -> dict[str, Any]:
 
 def _device_fits(doc: dict[str, Any], device: str) -> None:
     q = doc["quant"]
-    if q["mode"] == "int4_weight" and not str(device).startswith("cuda"):
+    if "int4_weight" in (q["mode"], *(p["mode"] for p in (q.get("parts") or {}).values())) \
+            and not str(device).startswith("cuda"):
         raise ValueError(f"this export holds int4 weights packed for CUDA kernels (quant {q['mode']}); load it with "
                          f"device='cuda', not {device!r}")
 
@@ -43,6 +44,9 @@ def _casts(module: nn.Module, doc: dict[str, Any], part: str) -> None:
     q = doc["quant"]
     if q.get("half") and part in q["targets"]:
         install_casts(module, getattr(torch, q["half"]), q["skip"])
+    own = (q.get("parts") or {}).get(part)
+    if own and own.get("half"):
+        install_casts(module, getattr(torch, own["half"]), [])
 
 
 def _encoder(root: Path, doc: dict[str, Any], device: str) -> nn.Module:

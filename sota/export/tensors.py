@@ -11,6 +11,9 @@ import torch
 from torch import nn
 
 
+PREFIX, PREFIX_KEY = "module.", "sota_key_prefix"
+
+
 def is_torchao(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and type(t).__module__.startswith("torchao")
 
@@ -49,7 +52,10 @@ def save(module: nn.Module, path: Path) -> dict[str, str]:
     if any(is_torchao(v) for v in state.values()):
         from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
-        state, metadata = flatten_tensor_state_dict(state)
+        # torchao's reader splits each name at its last dot: top-level names (a connector's queries) get a prefix
+        prefix = PREFIX if any("." not in k for k in state) else ""
+        state, metadata = flatten_tensor_state_dict({prefix + k: v for k, v in state.items()})
+        metadata[PREFIX_KEY] = prefix
     state = {k: v.contiguous() for k, v in state.items()}
     save_file(state, str(path), metadata=metadata)
     return shared
@@ -68,6 +74,8 @@ def read(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
         state, leftover = unflatten_tensor_state_dict(state, metadata)
         if leftover:
             raise ValueError(f"{path}: {len(leftover)} tensors belong to no quantized weight (e.g. {next(iter(leftover))})")
+        prefix = metadata.get(PREFIX_KEY, "")
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
     return state
 
 

@@ -53,13 +53,40 @@ def _dtype_name(dtype: torch.dtype | None) -> str | None:
 
 
 def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
+    """What the loader needs to restore the dtype boundaries quantization drew: the main mode's targets with
+    the patterns it skipped, and each part of quant.parts with its own compute dtype."""
     q = cfg.get("quant")
     mode = q.get("mode", "none") if q is not None else "none"
+    chosen = quant.parts(q) if q is not None else {}
+    parts = {part: {"mode": m, "half": _dtype_name(quant.half_dtype({"mode": m, "cuda_dtype": q.get("cuda_dtype")},
+                                                                     device))}
+             for part, m in chosen.items()}
     if mode == "none":
-        return {"mode": "none", "targets": [], "skip": [], "half": None}
-    return {"mode": mode, "targets": list(q.get("targets") or ["llm"]), "skip": [str(p) for p in q.get("skip") or []],
-            "half": _dtype_name(quant.half_dtype(q, device)), "group_size": q.get("group_size"),
+        return {"mode": "none", "targets": [], "skip": [], "half": None, "parts": parts}
+    skip = [str(p) for p in q.get("skip") or []] + (quant.EMBEDDINGS if "embeddings" in chosen else [])
+    return {"mode": mode, "targets": list(q.get("targets") or ["llm"]), "skip": skip,
+            "half": _dtype_name(quant.half_dtype(q, device)), "group_size": q.get("group_size"), "parts": parts,
             "device": "cuda" if str(device).startswith("cuda") else "cpu"}
+
+
+def _torchao_config(llm: torch.nn.Module, qspec: dict[str, Any], quantized: list[str]) -> Any:
+    """transformers' TorchAoConfig saying how the LLM's torchao weights were made: one torchao config when all
+    are of one kind, else one per module (int4 linears with int8 tables)."""
+    from transformers import TorchAoConfig
+
+    def config_of(tensor: torch.Tensor) -> Any:
+        kind = "int8_weight" if type(tensor).__name__ == "Int8Tensor" else "int4_weight"
+        return quant.torchao_config(kind, qspec)
+
+    state = llm.state_dict()
+    configs = {k.rsplit(".", 1)[0]: config_of(state[k]) for k in quantized}
+    embeds = any(".embed_tokens." in k or k.startswith("lm_head.") for k in quantized)
+    kinds = {type(c).__name__ for c in configs.values()}
+    if len(kinds) == 1:
+        return TorchAoConfig(next(iter(configs.values())), include_input_output_embeddings=embeds)
+    from torchao.quantization import ModuleFqnToConfig
+
+    return TorchAoConfig(ModuleFqnToConfig(configs), include_input_output_embeddings=embeds)
 
 
 def _write_llm(model: AudioLLM, where: Path, qspec: dict[str, Any]) -> dict[str, Any]:
@@ -77,11 +104,7 @@ def _write_llm(model: AudioLLM, where: Path, qspec: dict[str, Any]) -> dict[str,
     before = (getattr(config, "quantization_config", None), getattr(config, "dtype", None))
     try:
         if quantized:
-            from transformers import TorchAoConfig
-
-            embeds = any(".embed_tokens." in k or k.startswith("lm_head.") for k in quantized)
-            config.quantization_config = TorchAoConfig(quant.torchao_config(qspec["mode"], qspec),
-                                                       include_input_output_embeddings=embeds)
+            config.quantization_config = _torchao_config(llm, qspec, quantized)
         elif four_bit:
             from transformers import BitsAndBytesConfig
 
