@@ -205,3 +205,38 @@ def test_qlora_ships_as_int4_on_cuda(tmp_path):
     loaded = sota.load(str(tmp_path / "out"), "cuda")
     assert not any(type(m).__module__.startswith(("bitsandbytes", "peft")) for m in loaded.modules())
     assert torch.equal(_gpu_logits(loaded, batches), ref)
+
+
+def test_gguf_is_refused_where_llama_cpp_has_no_form(tmp_path):
+    from sota.formats.gguf_writer import GGUFUnsupported
+
+    model, cfg, record = rebuild.configured_model(SMALL, "cpu")  # the tiny LLM's corpus word tokenizer
+    with pytest.raises(GGUFUnsupported, match="BPE tokenizer"):
+        write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu", fmt="gguf")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_gguf_of_smollm2_reads_back_through_transformers(tmp_path):
+    """The written GGUF, read by transformers' own GGUF loader: float32 tensors give the same logits (names and
+    the rotary row order right), the tokenizer the same ids, Q8_0 the same greedy token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sota.formats import gguf_writer
+
+    model, cfg, record = rebuild.configured_model(["model=mini", "data.max_clip_s=4.0"], "cpu")
+    spec = write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu", fmt="gguf")
+    assert spec["gguf"]["tensors"].get("F32") and (tmp_path / "out" / layout.GGUF).is_file()
+    llm, tok = model.llm, model.tokenizer
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", gguf_file=layout.GGUF).eval()
+    with torch.no_grad():
+        ref = llm(ids).logits
+        assert torch.allclose(back(ids).logits, ref, atol=1e-3)
+    text = "Hello world, <|im_start|>user the quick brown fox"
+    assert AutoTokenizer.from_pretrained(tmp_path / "out", gguf_file=layout.GGUF)(text).input_ids == tok(text).input_ids
+    q8 = gguf_writer.write(llm, tok, tmp_path / "q8.gguf", "int8_weight")
+    assert q8["tensors"]["Q8_0"] > 0 and q8["bytes"] < 0.3 * spec["gguf"]["bytes"]
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q8.gguf").eval()
+    with torch.no_grad():
+        assert back(ids).logits[0, -1].argmax() == ref[0, -1].argmax()

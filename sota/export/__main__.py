@@ -1,4 +1,4 @@
-"""python -m sota.export RUN_DIR OUT [--quant MODE] | python -m sota.export --config OUT [overrides ...]"""
+"""python -m sota.export RUN_DIR OUT [--quant MODE] [--format hf|gguf] | python -m sota.export --config OUT [overrides ...]"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 USAGE = """Write a model that loads in a fresh process (sota.load(OUT)):
 
-    python -m sota.export RUN_DIR OUT [--quant MODE] [--device DEV]
+    python -m sota.export RUN_DIR OUT [--quant MODE] [--format hf|gguf] [--device DEV]
         the final model of a finished run: pruning applied, adapters merged, quantized as the run was
     python -m sota.export --config OUT [hydra overrides ...]
         the model a configuration builds, untrained (pretrained or random weights): speed and memory studies
@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", action="store_true", help="export the configuration given by the overrides")
     parser.add_argument("--quant", choices=[m for m in MODES if m != "int8_bnb"], default=None,
                         help="re-quantize the merged float weights in this mode")
+    parser.add_argument("--format", dest="fmt", choices=["hf", "gguf"], default="hf",
+                        help="gguf: also the LLM as llm.gguf for llama.cpp (Llama-family LLMs with a BPE tokenizer; "
+                             "F32/F16/BF16, int8_weight as Q8_0)")
     parser.add_argument("--device", default=None, help="where to build and quantize (default: cuda if available)")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             source = f"the run {run_dir}"
         if args.quant:
             record["quant"] = write.requantize(model, cfg, args.quant, device)
-        spec = write.export(model, cfg, record, out, source=source, device=device, results=results)
+        spec = write.export(model, cfg, record, out, source=source, device=device, results=results, fmt=args.fmt)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"sota.export: {err}", file=sys.stderr)
         return 2

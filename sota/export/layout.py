@@ -10,4 +10,5 @@ ENCODER = "encoder"
 CONNECTOR = "connector"
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
+GGUF = "llm.gguf"
 PARTS = ("encoder", "connector", "llm")

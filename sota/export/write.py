@@ -180,10 +180,39 @@ they were evaluated.
 """
 
 
+FORMATS = ("hf", "gguf")
+
+
+def _gguf_mode(model: AudioLLM, qspec: dict[str, Any]) -> str:
+    """The LLM's quantization as a GGUF writer mode, or a clear refusal before anything is written."""
+    from sota.formats import gguf_writer
+
+    mode = qspec["mode"] if "llm" in qspec["targets"] else "none"
+    if mode not in gguf_writer.TYPES:
+        raise gguf_writer.GGUFUnsupported(f"--format gguf: the LLM is quantized as {mode}, which has no GGUF type here "
+                                          f"({', '.join(gguf_writer.TYPES)} do)")
+    gguf_writer.check(model.llm, model.tokenizer)
+    return mode
+
+
+def _write_gguf(model: AudioLLM, path: Path, mode: str) -> dict[str, Any]:
+    """The LLM as one GGUF file: a float copy of its weights (quantized ones dequantized) in `mode`'s type."""
+    import copy
+
+    from sota.formats import gguf_writer
+
+    llm = copy.deepcopy(model.llm)
+    quant.dequantize(llm)
+    return gguf_writer.write(llm.float(), model.tokenizer, path, mode)
+
+
 def export(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], out: Path, *, source: str,
-           device: str, results: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write `model` (already compressed as `cfg` and `record` say) to `out`; returns the spec written."""
+           device: str, results: dict[str, Any] | None = None, fmt: str = "hf") -> dict[str, Any]:
+    """Write `model` (already compressed as `cfg` and `record` say) to `out`; returns the spec written. `fmt`
+    gguf also writes the LLM as `llm.gguf` for llama.cpp."""
     out = Path(out)
+    if fmt not in FORMATS:
+        raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; an export is never overwritten: choose another "
                               "directory or remove it")
@@ -193,6 +222,7 @@ def export(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], out: Path, 
     for part in layout.PARTS:
         tensors.check_storable(getattr(model, part), part)
     qspec = _quant_spec(cfg, device)
+    gguf_mode = _gguf_mode(model, qspec) if fmt == "gguf" else None
     spec: dict[str, Any] = {
         "format": layout.FORMAT, "version": layout.VERSION, "source": source,
         "encoder": _encoder_spec(model, cfg),
@@ -212,6 +242,8 @@ def export(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], out: Path, 
         spec["encoder"]["shared"] = _write_part(model.encoder, tmp / layout.ENCODER)
         spec["connector"]["shared"] = _write_part(model.connector, tmp / layout.CONNECTOR)
         spec["bytes"] = {p: sum(f.stat().st_size for f in (tmp / p).rglob("*") if f.is_file()) for p in layout.PARTS}
+        if gguf_mode is not None:
+            spec["gguf"] = _write_gguf(model, tmp / layout.GGUF, gguf_mode)
         (tmp / layout.SPEC).write_text(json.dumps(spec, indent=2, default=str) + "\n")
         (tmp / layout.CARD).write_text(_card(spec, cfg))
 
