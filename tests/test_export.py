@@ -240,3 +240,20 @@ def test_gguf_of_smollm2_reads_back_through_transformers(tmp_path):
     back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q8.gguf").eval()
     with torch.no_grad():
         assert back(ids).logits[0, -1].argmax() == ref[0, -1].argmax()
+
+
+def test_int8_embeddings_of_an_older_torchao_are_refused_with_the_reason(tmp_path, monkeypatch, batches):
+    from sota.compress import quant
+
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    try:
+        Int8WeightOnlyConfig(version=1)
+    except ValueError:
+        pytest.skip("this torchao has no AffineQuantizedTensor int8 form (removed in 0.18), so no fallback to refuse")
+    monkeypatch.setattr(quant, "int8_tensor_embeds", lambda: False)  # torchao 0.17: no Int8Tensor embedding kernel
+    model, cfg, record = rebuild.configured_model([*SMALL, "quant=int8_weight", "quant.skip=[]"], "cpu")
+    assert type(model.llm.get_input_embeddings().weight).__name__ == "AffineQuantizedTensor"
+    assert torch.isfinite(_logits(model, batches)).all()
+    with pytest.raises(ValueError, match="AffineQuantizedTensor"):
+        write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")

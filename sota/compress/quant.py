@@ -11,6 +11,7 @@ state_dict also round-trips: `torch.save(model.state_dict())` -> rebuild -> `qua
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -238,12 +239,28 @@ def _cast_half(root: nn.Module, dtype: torch.dtype, patterns: list[str]) -> int:
 
 
 # -- torchao -----------------------------------------------------------------------------------------------
+@functools.cache
+def int8_tensor_embeds() -> bool:
+    """Whether torchao's Int8Tensor can be read as an embedding table (torchao 0.18 can, 0.17 cannot)."""
+    from torchao.quantization import quantize_
+
+    table = nn.Embedding(4, 32)
+    quantize_(table, torchao_config("int8_weight", {}), filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+    try:
+        table(torch.tensor([1]))
+    except NotImplementedError:
+        return False
+    return True
+
+
 def torchao_config(mode: str, cfg: Any) -> Any:
     """torchao's config object for a torchao `mode` (also what an exported model's quantization_config says)."""
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
 
     if mode == "int8_weight":
-        return Int8WeightOnlyConfig()
+        # version 2: torchao's Int8Tensor, which safetensors export can hold (torchao 0.17 defaults to the older
+        # AffineQuantizedTensor, 0.18 to this)
+        return Int8WeightOnlyConfig(version=2)
     # tile_packed_to_4d runs on torch's own CUDA kernel (aten._weight_int4pack_mm, bf16 activations);
     # torchao's default `plain` packing needs the separate mslk kernel package.
     return Int4WeightOnlyConfig(group_size=int(cfg.get("group_size", 128)), int4_packing_format="tile_packed_to_4d")
@@ -281,6 +298,15 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
             if m not in owners[id(m.weight)]:
                 owners[id(m.weight)].append(m)
     first = {id(ms[0]) for ms in owners.values()}
+    tables = {id(m) for ms in owners.values() for m in ms[:1] if isinstance(m, nn.Embedding)}
+    if mode == "int8_weight" and tables and not int8_tensor_embeds():
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        # older torchao: its Int8Tensor has no embedding kernel, the AffineQuantizedTensor form does
+        quantize_(root, Int8WeightOnlyConfig(version=1), filter_fn=lambda m, fqn: id(m) in tables)
+        first -= tables
+        notes.append(f"{where}: int8 embeddings as torchao's AffineQuantizedTensor (this torchao's Int8Tensor has no "
+                     "embedding kernel); exports cannot hold that form")
     quantize_(root, config, filter_fn=lambda m, fqn: id(m) in first)
     for ms in owners.values():
         for m in ms[1:]:
@@ -359,7 +385,7 @@ def half_dtype(cfg: Any, device: str) -> torch.dtype | None:
     if mode in HALF:
         return HALF[mode]
     if cfg.get("cuda_dtype") and _device_type(device) == "cuda":
-        return getattr(torch, cfg.cuda_dtype)
+        return getattr(torch, cfg.get("cuda_dtype"))
     return None
 
 

@@ -37,6 +37,11 @@ def check_storable(module: nn.Module, where: str) -> None:
            "folded into float weights exactly, then quantized again")
     if any(type(m).__name__ == "PeftModel" for m in module.modules()):
         raise ValueError(f"{where}: LoRA adapters over a bitsandbytes base cannot be merged without re-quantizing; {fix}")
+    old = sorted({n for n, p in module.named_parameters() if type(p).__name__ == "AffineQuantizedTensor"})
+    if old:
+        raise ValueError(f"{where}: {old[0]} is a torchao AffineQuantizedTensor (int8 embeddings on torchao < 0.18), "
+                         "which safetensors cannot hold; upgrade torchao, or keep embeddings out of int8 "
+                         "(quant.skip, quant.parts.embeddings=null)")
     bnb = {type(m).__name__ for m in module.modules() if type(m).__module__.startswith("bitsandbytes")}
     if bnb - ({"Linear4bit"} if where == "llm" else set()):
         raise ValueError(f"{where}: bitsandbytes layers ({', '.join(sorted(bnb))}) cannot be exported as they are; {fix}")
