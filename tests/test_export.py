@@ -257,3 +257,14 @@ def test_int8_embeddings_of_an_older_torchao_are_refused_with_the_reason(tmp_pat
     assert torch.isfinite(_logits(model, batches)).all()
     with pytest.raises(ValueError, match="AffineQuantizedTensor"):
         write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
+
+
+def test_only_a_finished_run_is_rebuilt(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        rebuild.finished_run(tmp_path)
+    (tmp_path / "results.json").write_text('{"status": "ok", "conf')
+    with pytest.raises(ValueError, match="unreadable"):
+        rebuild.finished_run(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"status": "interrupted", "error": "Interrupted: SIGTERM"}))
+    with pytest.raises(ValueError, match="status 'interrupted'"):
+        rebuild.finished_run(tmp_path)

@@ -26,8 +26,12 @@ def finished_run(run_dir: Path) -> tuple[DictConfig, dict[str, Any]]:
     path = run_dir / RESULTS
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {RESULTS}; give the directory of a finished sota run")
-    results = json.loads(path.read_text())
-    if results.get("status") != "ok":
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(results, dict) or results.get("status") != "ok":
+        results = results if isinstance(results, dict) else {}
         raise ValueError(f"{path}: status {results.get('status')!r} ({results.get('error')}); only a finished run "
                          "(status ok) has a final model to export")
     return OmegaConf.create(results["config"]), results

@@ -138,7 +138,7 @@ def _encoder_spec(model: AudioLLM, cfg: DictConfig) -> dict[str, Any]:
             "dtype": str(cfg.encoder.get("dtype", "float32")), "second": second, "bucket_s": enc.bucket_s}
 
 
-def _card(spec: dict[str, Any], cfg: DictConfig) -> str:
+def _card(spec: dict[str, Any], cfg: DictConfig, out: Path) -> str:
     groups = {g: OmegaConf.to_container(cfg.get(g), resolve=True) for g in ("encoder", "connector", "llm", "prune", "lora", "quant")
               if cfg.get(g) is not None}
     metrics = spec["results"]["metrics"]
@@ -150,7 +150,7 @@ An audio-language model exported by `python -m sota.export` from {spec['source']
 
 ```python
 import sota
-model = sota.load("{'{'}this directory{'}'}", device="cpu")   # the AudioLLM: model.generate(batch)
+model = sota.load({str(out)!r}, device="cpu")   # the AudioLLM: model.generate(batch)
 ```
 `llm/` alone is a transformers directory (`AutoModelForCausalLM.from_pretrained`); it expects the audio tokens
 that `encoder/` and `connector/` make from 16 kHz audio, between the prompts of `sota.json`.
@@ -245,7 +245,7 @@ def export(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], out: Path, 
         if gguf_mode is not None:
             spec["gguf"] = _write_gguf(model, tmp / layout.GGUF, gguf_mode)
         (tmp / layout.SPEC).write_text(json.dumps(spec, indent=2, default=str) + "\n")
-        (tmp / layout.CARD).write_text(_card(spec, cfg))
+        (tmp / layout.CARD).write_text(_card(spec, cfg, out))
 
     remove_stale_staging(out)
     build_dir(out, build)
