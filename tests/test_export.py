@@ -237,9 +237,12 @@ def test_gguf_of_smollm2_reads_back_through_transformers(tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "out", gguf_file=layout.GGUF)(text).input_ids == tok(text).input_ids
     q8 = gguf_writer.write(llm, tok, tmp_path / "q8.gguf", "int8_weight")
     assert q8["tensors"]["Q8_0"] > 0 and q8["bytes"] < 0.3 * spec["gguf"]["bytes"]
-    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q8.gguf").eval()
-    with torch.no_grad():
-        assert back(ids).logits[0, -1].argmax() == ref[0, -1].argmax()
+    q4 = gguf_writer.write(llm, tok, tmp_path / "q4.gguf", "int4_weight")
+    assert q4["tensors"]["Q4_1"] > 0 and q4["bytes"] < 0.6 * q8["bytes"]
+    for name in ("q8.gguf", "q4.gguf"):
+        back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=name).eval()
+        with torch.no_grad():
+            assert back(ids).logits[0, -1].argmax() == ref[0, -1].argmax(), name
 
 
 def test_int8_embeddings_of_an_older_torchao_are_refused_with_the_reason(tmp_path, monkeypatch, batches):

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-quantize the merged float weights in this mode")
     parser.add_argument("--format", dest="fmt", choices=["hf", "gguf"], default="hf",
                         help="gguf: also the LLM as llm.gguf for llama.cpp (Llama-family LLMs with a BPE tokenizer; "
-                             "F32/F16/BF16, int8_weight as Q8_0)")
+                             "F32/F16/BF16, int8_weight as Q8_0, int4_weight as Q4_1)")
     parser.add_argument("--device", default=None, help="where to build and quantize (default: cuda if available)")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,6 +1,6 @@
 """Write a transformers Llama-family causal LM (with its byte-level BPE tokenizer) as a GGUF file llama.cpp reads,
 through the `gguf` package: llama.cpp's tensor names, its rotary layout for q/k (rows permuted as its own
-converter permutes them), and tensors stored as F32, F16, BF16 or Q8_0."""
+converter permutes them), and tensors stored as F32, F16, BF16, Q8_0 or Q4_1."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-# sota quantization of the LLM -> the GGUF tensor type it maps to (int8 weight-only -> Q8_0: blocks of 32 with
-# one scale each, re-quantized from the dequantized weights; llama.cpp has no per-row int8 type)
-TYPES = {"none": "F32", "fp16": "F16", "bf16": "BF16", "int8_weight": "Q8_0"}
+# sota quantization of the LLM -> the GGUF tensor type it maps to, re-quantized from the dequantized weights:
+# int8 weight-only -> Q8_0 (blocks of 32, one scale; llama.cpp has no per-row int8 type), int4 weight-only ->
+# Q4_1 (blocks of 32 with scale and minimum: the affine form of torchao's groups of 128, on smaller blocks)
+TYPES = {"none": "F32", "fp16": "F16", "bf16": "BF16", "int8_weight": "Q8_0", "int4_weight": "Q4_1"}
+BLOCKED = {"Q8_0", "Q4_1"}  # block-quantized types: rows must be a multiple of 32 long
+FILE_TYPES = {"F32": 0, "F16": 1, "Q4_1": 3, "Q8_0": 7, "BF16": 32}  # llama.cpp's general.file_type
 ARCHS = {"llama": "LLAMA"}
 
 
@@ -54,11 +57,11 @@ def _array(t: torch.Tensor, kind: str) -> tuple[np.ndarray, Any]:
     if kind == "BF16":
         raw = t.to(torch.bfloat16).view(torch.int16).numpy()
         return raw.view(np.uint16), gguf.GGMLQuantizationType.BF16
-    if kind == "F16" or (kind == "Q8_0" and (t.ndim < 2 or t.shape[-1] % 32)):
+    if kind == "F16" or (kind in BLOCKED and (t.ndim < 2 or t.shape[-1] % 32)):
         return t.to(torch.float16).numpy(), gguf.GGMLQuantizationType.F16
-    if kind == "Q8_0":
-        data = gguf.quants.quantize(t.float().numpy(), gguf.GGMLQuantizationType.Q8_0)
-        return data, gguf.GGMLQuantizationType.Q8_0
+    if kind in BLOCKED:
+        qtype = getattr(gguf.GGMLQuantizationType, kind)
+        return gguf.quants.quantize(t.float().numpy(), qtype), qtype
     return t.float().numpy(), gguf.GGMLQuantizationType.F32
 
 
@@ -120,7 +123,7 @@ def write(llm: Any, tokenizer: Any, path: Path, mode: str) -> dict[str, Any]:
         data, qtype = _array(tensor, TYPES[mode] if tensor.ndim == 2 else "F32")
         writer.add_tensor(name, data, raw_dtype=qtype)
         kinds[qtype.name] = kinds.get(qtype.name, 0) + 1
-    writer.add_file_type({"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32}[TYPES[mode]])
+    writer.add_file_type(FILE_TYPES[TYPES[mode]])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
