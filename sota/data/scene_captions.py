@@ -124,14 +124,22 @@ def _say_noise_burst(s: _Say) -> tuple[str, str]:
     return clause, noun
 
 
+Phrasings = tuple[tuple[str, ...], tuple[str, ...]]  # (clauses, noun phrases)
+
+
+def _by_loudness(s: _Say, plain: Phrasings, loud: Phrasings, soft: Phrasings) -> tuple[str, str]:
+    """A clause and a noun phrase for a sound whose loudness is said only when the caption mentions detail."""
+    clauses, nouns = plain if not s.mention() else loud if s.ev.loud else soft
+    return s.pick(*clauses), s.pick(*nouns)
+
+
 def _say_rain(s: _Say) -> tuple[str, str]:
-    if not s.mention():
-        return s.pick("rain falls", "it rains", "rain is falling"), s.pick("rain", "falling rain", "rainfall")
-    if s.ev.loud:
-        return (s.pick("heavy rain pours", "rain pours down", "rain falls heavily", "it is raining hard"),
-                s.pick("heavy rain", "a downpour", "pouring rain", "a heavy rainfall"))
-    return (s.pick("light rain falls", "rain patters softly", "it drizzles", "rain falls gently"),
-            s.pick("light rain", "a gentle drizzle", "soft rain", "light rainfall"))
+    return _by_loudness(
+        s, (("rain falls", "it rains", "rain is falling"), ("rain", "falling rain", "rainfall")),
+        (("heavy rain pours", "rain pours down", "rain falls heavily", "it is raining hard"),
+         ("heavy rain", "a downpour", "pouring rain", "a heavy rainfall")),
+        (("light rain falls", "rain patters softly", "it drizzles", "rain falls gently"),
+         ("light rain", "a gentle drizzle", "soft rain", "light rainfall")))
 
 
 def _say_engine(s: _Say) -> tuple[str, str]:
@@ -166,13 +174,12 @@ def _say_knocking(s: _Say) -> tuple[str, str]:
 
 
 def _say_wind(s: _Say) -> tuple[str, str]:
-    if not s.mention():
-        return s.pick("wind blows", "the wind blows"), s.pick("wind", "the sound of wind", "blowing wind")
-    if s.ev.loud:
-        return (s.pick("a strong wind blows", "wind howls", "the wind gusts strongly", "strong wind roars"),
-                s.pick("strong wind", "gusting wind", "a howling wind", "strong gusts of wind"))
-    return (s.pick("a gentle breeze blows", "wind blows softly", "a light wind rustles", "a soft wind blows"),
-            s.pick("a gentle breeze", "soft wind", "a light wind", "a faint breeze"))
+    return _by_loudness(
+        s, (("wind blows", "the wind blows"), ("wind", "the sound of wind", "blowing wind")),
+        (("a strong wind blows", "wind howls", "the wind gusts strongly", "strong wind roars"),
+         ("strong wind", "gusting wind", "a howling wind", "strong gusts of wind")),
+        (("a gentle breeze blows", "wind blows softly", "a light wind rustles", "a soft wind blows"),
+         ("a gentle breeze", "soft wind", "a light wind", "a faint breeze")))
 
 
 def _say_birds(s: _Say) -> tuple[str, str]:
