@@ -34,6 +34,7 @@ from sota.preemption import Interrupted, ResumableCheckpoint, SignalState, inter
 from sota.progress import progress_bars
 from sota.results import Results
 from sota.run_dir import LAST_CHECKPOINT, RESULTS, check_output_dir
+from sota.utils.batches import to_device
 from sota.utils.io import atomic_write_json, atomic_write_text
 from sota.utils.provenance import device_name
 
@@ -64,15 +65,7 @@ def _calibration(plan: CompressionPlan, dm: AudioDataModule, device: str) -> lis
     if not batches:
         raise ValueError(f"prune: no calibration batch: the training split has fewer than data.batch_size="
                          f"{dm.batch_size} clips")
-    return [{k: _to(v, device) for k, v in b.items()} for b in batches]
-
-
-def _to(value: Any, device: str) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
-    return value
+    return [to_device(b, device) for b in batches]
 
 
 def _evaluate_real(trainer: L.Trainer, module: AudioLLMModule, dm: AudioDataModule, out_dir: Path,

@@ -164,8 +164,7 @@ GPU = [*SMALL, "llm.hidden_size=256", "llm.intermediate_size=512", "llm.heads=4"
 
 
 def _cuda_batches(model, cfg):
-    return [{k: ({kk: vv.cuda() for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in b.items()}
-            for b in _noise_batches(model, 2, bench_words(cfg), "cuda")]
+    return _noise_batches(model, 2, bench_words(cfg), "cuda")  # on the device already
 
 
 def _gpu_logits(model, batches):

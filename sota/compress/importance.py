@@ -12,16 +12,7 @@ from torch import nn
 
 from sota.compress.surgery import Attn, Stack, attention_of, mlp_parts
 from sota.models.audio_llm import IGNORE, AudioLLM
-
-
-def to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
-        return type(x)(to_device(v, device) for v in x)
-    return x
+from sota.utils.batches import to_device
 
 
 def loss(model: AudioLLM, batch: dict[str, Any]) -> torch.Tensor:

@@ -102,7 +102,7 @@ def attach(model: nn.Module, cfg: Any) -> dict[str, Any]:
     return record
 
 
-def _adapted(model: nn.Module) -> list[tuple[str, tuple[str, ...], nn.Module]]:
+def adapter_places(model: nn.Module) -> list[tuple[str, tuple[str, ...], nn.Module]]:
     """(place, path, peft wrapper) of each place of `model` that carries adapters."""
     from peft import PeftModel
 
@@ -124,7 +124,7 @@ def merge(model: nn.Module) -> dict[str, Any]:
     rounding step that changes the model that was trained and evaluated.
     """
     record: dict[str, Any] = {"merged": [], "notes": []}
-    for place, path, wrapped in _adapted(model):
+    for place, path, wrapped in adapter_places(model):
         if _is_bnb(wrapped):
             record["notes"].append(f"{place}: base is bitsandbytes-quantized; adapters kept unmerged (merging "
                                    "would re-quantize base + update and add rounding error)")
@@ -143,7 +143,7 @@ def merge_onto_float(model: nn.Module) -> dict[str, Any]:
     from sota.compress.quant import dequantize
 
     record: dict[str, Any] = {"merged": [], "dequantized": 0}
-    for place, path, wrapped in _adapted(model):
+    for place, path, wrapped in adapter_places(model):
         if not _is_bnb(wrapped):
             _set(model, path, wrapped.merge_and_unload())
             record["merged"].append(place)

@@ -10,6 +10,12 @@ from typing import Any
 QLORA_BASE = ("nf4", "int8_bnb")  # bitsandbytes modes quantize the frozen base BEFORE the adapters train
 
 
+def quant_parts(quant: Any) -> dict[str, str]:
+    """quant.parts that are set: part -> mode."""
+    given = (quant.get("parts") if quant is not None else None) or {}
+    return {str(k): str(v) for k, v in given.items() if v not in (None, "none")}
+
+
 def enabled(node: Any, key: str = "method") -> bool:
     """Whether a compression group or its record does anything: prune/lora by `method`, quant by `mode`."""
     return node is not None and node.get(key, "none") != "none"
@@ -26,8 +32,7 @@ class CompressionPlan:
     @classmethod
     def of(cls, cfg: Any) -> CompressionPlan:
         prune, quant, lora = cfg.get("prune"), cfg.get("quant"), cfg.get("lora")
-        parts = any(v not in (None, "none") for v in ((quant.get("parts") if quant is not None else None) or {}).values())
-        return cls(prune if enabled(prune) else None, quant if enabled(quant, "mode") or parts else None,
+        return cls(prune if enabled(prune) else None, quant if enabled(quant, "mode") or quant_parts(quant) else None,
                    lora if enabled(lora) else None)
 
     @property
@@ -63,5 +68,5 @@ class CompressionPlan:
         return ("encoder" in self.prune_targets
                 or (self.quant is not None and self.quant.get("mode", "none") != "none"
                     and "encoder" in self.quant.get("targets", []))
-                or (self.quant is not None and (self.quant.get("parts") or {}).get("encoder") not in (None, "none"))
+                or "encoder" in quant_parts(self.quant)
                 or (self.lora is not None and "encoder" in self.lora.get("on", [])))

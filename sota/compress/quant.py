@@ -21,6 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from sota.compress.plan import QLORA_BASE
+from sota.compress.plan import quant_parts as parts
 from sota.models.footprint import footprint
 
 # mode -> device types its kernels run on (checked: torchao int4 weight-only has CUDA kernels only).
@@ -92,12 +93,6 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
         gs = cfg.get("group_size", 128)
         if gs not in (32, 64, 128, 256):
             out.append(f"quant.group_size must be one of 32, 64, 128, 256 (int4 kernels), got {gs}")
-
-
-def parts(cfg: Any) -> dict[str, str]:
-    """quant.parts that are set: part -> mode."""
-    given = (cfg.get("parts") if cfg is not None else None) or {}
-    return {str(k): str(v) for k, v in given.items() if v not in (None, "none")}
 
 
 def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
@@ -211,12 +206,13 @@ def _entry(target: nn.Module) -> nn.Module:
     return target
 
 
-def _cast_half(root: nn.Module, dtype: torch.dtype, patterns: list[str]) -> int:
+def cast_half(root: nn.Module, dtype: torch.dtype, patterns: list[str]) -> int:
     """Cast parameters outside skipped subtrees to `dtype`; skipped modules compute in their own precision.
 
     Buffers keep their dtype (rotary `inv_freq` is meant to stay float32). Dtype boundaries get hooks: the
     region's entry casts its float inputs to `dtype`; a skipped module casts its inputs to its own dtype and
     its output back to `dtype`, except the output head, whose float32 logits are the point of skipping it.
+    On weights already cast (an exported model read back) it only draws those boundaries.
     """
     n = 0
     for _, mod in _candidates(root, patterns):
@@ -320,6 +316,17 @@ def _drop_cast_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
 
 
+def plain_4bit_layout(root: nn.Module) -> None:
+    """bitsandbytes repacks 4-bit weights for its AVX512-BF16 CPU kernel on the first eval forward and converts
+    them back (re-quantizing the absmax statistics) on every state_dict() -- which Lightning calls at each
+    checkpoint. That round trip changed the in-memory model in our tests; the plain layout, set here on every
+    4-bit layer under `root`, keeps results identical between train/eval and across saves (about 1.4x slower
+    on CPU)."""
+    for m in root.modules():
+        if type(m).__module__.startswith("bitsandbytes") and type(m).__name__ == "Linear4bit":
+            m.support_avx512bf16_for_cpu = False
+
+
 def _bnb(root: nn.Module, mode: str, patterns: list[str], notes: list[str], where: str) -> int:
     import bitsandbytes as bnb
 
@@ -352,11 +359,7 @@ def _bnb(root: nn.Module, mode: str, patterns: list[str], notes: list[str], wher
                                     quant_type="nf4", device="meta")
             new.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, quant_type="nf4",
                                            compress_statistics=True, module=new)
-            # bitsandbytes repacks 4-bit weights for its AVX512-BF16 CPU kernel on the first eval forward and
-            # converts them back (re-quantizing the absmax statistics) on every state_dict() -- which Lightning
-            # calls at each checkpoint. That round trip changed the in-memory model in our tests; the plain
-            # layout keeps results identical between train/eval and across saves (about 1.4x slower on CPU).
-            new.support_avx512bf16_for_cpu = False
+            plain_4bit_layout(new)
         else:
             new = bnb.nn.Linear8bitLt(mod.in_features, mod.out_features, bias=bias, has_fp16_weights=False,
                                       threshold=INT8_THRESHOLD, device="meta")
@@ -387,12 +390,6 @@ def half_dtype(cfg: Any, device: str) -> torch.dtype | None:
     if cfg.get("cuda_dtype") and _device_type(device) == "cuda":
         return getattr(torch, cfg.get("cuda_dtype"))
     return None
-
-
-def install_casts(root: nn.Module, dtype: torch.dtype, patterns: list[str]) -> None:
-    """The dtype boundaries of a half-precision region (see `_cast_half`) on a module whose weights were loaded
-    already cast, e.g. an exported model read back."""
-    _cast_half(root, dtype, patterns)
 
 
 def dequantize(root: nn.Module) -> int:
@@ -440,7 +437,7 @@ def _quantize_root(root: nn.Module, mode: str, cfg: Any, patterns: list[str], de
         notes.append(f"{where}: cast to {cfg.cuda_dtype} before quantizing (quant.cuda_dtype)")
     n = 0
     if half is not None:
-        n_cast = _cast_half(root, half, patterns)
+        n_cast = cast_half(root, half, patterns)
         n += n_cast if mode in ("bf16", "fp16") else 0
     if mode in ("int8_weight", "int4_weight"):
         n += _torchao(root, mode, cfg, patterns, notes, where)

@@ -39,14 +39,21 @@ def _device_fits(doc: dict[str, Any], device: str) -> None:
 
 
 def _casts(module: nn.Module, doc: dict[str, Any], part: str) -> None:
-    from sota.compress.quant import install_casts
+    from sota.compress.quant import cast_half
 
     q = doc["quant"]
     if q.get("half") and part in q["targets"]:
-        install_casts(module, getattr(torch, q["half"]), q["skip"])
+        cast_half(module, getattr(torch, q["half"]), q["skip"])
     own = (q.get("parts") or {}).get(part)
     if own and own.get("half"):
-        install_casts(module, getattr(torch, own["half"]), [])
+        cast_half(module, getattr(torch, own["half"]), [])
+
+
+def _filled(module: nn.Module, root: Path, part: str, part_spec: dict[str, Any], device: str) -> nn.Module:
+    """A part built on the meta device, given its stored tensors (`_write_part`'s file)."""
+    file = root / part / layout.WEIGHTS
+    tensors.load_into(module, tensors.read(file, device), part_spec.get("shared", {}), file)
+    return module
 
 
 def _encoder(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
@@ -56,9 +63,7 @@ def _encoder(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
     with torch.device("meta"):
         encoder = AudioEncoder(path=None, config=e["config"], context_s=e["context_s"], frozen=True,
                                second=e["second"], dtype=e["dtype"], bucket_s=e["bucket_s"])
-    file = root / layout.ENCODER / layout.WEIGHTS
-    tensors.load_into(encoder, tensors.read(file, device), e.get("shared", {}), file)
-    return encoder
+    return _filled(encoder, root, layout.ENCODER, e, device)
 
 
 def _connector(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
@@ -68,14 +73,14 @@ def _connector(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
     with torch.device("meta"):
         connector = instantiate(c["build"])(in_dim=c["in_dim"], out_dim=c["out_dim"],
                                             frames_per_second=c["frames_per_second"])
-    file = root / layout.CONNECTOR / layout.WEIGHTS
-    tensors.load_into(connector, tensors.read(file, device), c.get("shared", {}), file)
-    return connector
+    return _filled(connector, root, layout.CONNECTOR, c, device)
 
 
 def _llm(root: Path, doc: dict[str, Any], device: str) -> tuple[nn.Module, Any]:
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sota.compress.quant import plain_4bit_layout
 
     where = root / layout.LLM
     llm = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, doc["llm"]["dtype"]),
@@ -93,9 +98,7 @@ def _llm(root: Path, doc: dict[str, Any], device: str) -> tuple[nn.Module, Any]:
                 else:
                     module.register_buffer(leaf, value)
     tensors.tie(llm, doc["llm"].get("shared") or {})
-    for m in llm.modules():
-        if type(m).__module__.startswith("bitsandbytes"):
-            m.support_avx512bf16_for_cpu = False  # the layout sota quantizes with (compress/quant.py says why)
+    plain_4bit_layout(llm)  # the layout sota quantizes with
     tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
     return llm.to(device).eval(), tokenizer
 

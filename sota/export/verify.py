@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from sota.utils.batches import to_device
+
 
 
 def test_batches(cfg: DictConfig, model: Any, device: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -35,23 +37,18 @@ def test_batches(cfg: DictConfig, model: Any, device: str, limit: int | None = N
     return out
 
 
-def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
-    return {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict)
-                else v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
 def answers(model: Any, batches: list[dict[str, Any]], device: str, max_new_tokens: int) -> list[str]:
     out: list[str] = []
     with torch.no_grad():
         for batch in batches:
-            out += model.generate(_to(batch, device), max_new_tokens=max_new_tokens)
+            out += model.generate(to_device(batch, device), max_new_tokens=max_new_tokens)
     return out
 
 
 def first_logits(model: Any, batch: dict[str, Any], device: str) -> torch.Tensor:
     """Each clip's logits of the first answer token (one uncached forward): the models' numbers, beyond argmax."""
     with torch.no_grad():
-        rows = model.next_token_logits(_to(batch, device), {i: [] for i in range(len(batch["tasks"]))})
+        rows = model.next_token_logits(to_device(batch, device), {i: [] for i in range(len(batch["tasks"]))})
     return torch.stack([rows[i].float() for i in sorted(rows)])
 
 

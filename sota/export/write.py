@@ -69,7 +69,7 @@ def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
             "device": "cuda" if str(device).startswith("cuda") else "cpu"}
 
 
-def _torchao_config(llm: torch.nn.Module, qspec: dict[str, Any], quantized: list[str]) -> Any:
+def _torchao_config(state: dict[str, torch.Tensor], qspec: dict[str, Any], quantized: list[str]) -> Any:
     """transformers' TorchAoConfig saying how the LLM's torchao weights were made: one torchao config when all
     are of one kind, else one per module (int4 linears with int8 tables)."""
     from transformers import TorchAoConfig
@@ -78,7 +78,6 @@ def _torchao_config(llm: torch.nn.Module, qspec: dict[str, Any], quantized: list
         kind = "int8_weight" if type(tensor).__name__ == "Int8Tensor" else "int4_weight"
         return quant.torchao_config(kind, qspec)
 
-    state = llm.state_dict()
     configs = {k.rsplit(".", 1)[0]: config_of(state[k]) for k in quantized}
     embeds = any(".embed_tokens." in k or k.startswith("lm_head.") for k in quantized)
     kinds = {type(c).__name__ for c in configs.values()}
@@ -94,17 +93,17 @@ def _write_llm(model: AudioLLM, where: Path, qspec: dict[str, Any]) -> dict[str,
     where.mkdir()
     shared = tensors.save(llm, where / layout.WEIGHTS)
     main = _main_dtype(llm)
-    stored = set(llm.state_dict())  # persistent tensors only (rotary tables are rebuilt, not stored)
+    state = llm.state_dict()  # persistent tensors only (rotary tables are rebuilt, not stored)
     named = dict(llm.named_parameters(remove_duplicate=False)) | dict(llm.named_buffers(remove_duplicate=False))
-    kept = {k: _dtype_name(v.dtype) for k, v in named.items() if k in stored and k not in shared
+    kept = {k: _dtype_name(v.dtype) for k, v in named.items() if k in state and k not in shared
             and v.is_floating_point() and not tensors.is_torchao(v) and v.dtype != main}
-    quantized = [k for k, v in llm.state_dict().items() if k not in shared and tensors.is_torchao(v)]
+    quantized = [k for k, v in state.items() if k not in shared and tensors.is_torchao(v)]
     four_bit = {n: m for n, m in llm.named_modules() if type(m).__module__.startswith("bitsandbytes")}
     config = llm.config
     before = (getattr(config, "quantization_config", None), getattr(config, "dtype", None))
     try:
         if quantized:
-            config.quantization_config = _torchao_config(llm, qspec, quantized)
+            config.quantization_config = _torchao_config(state, qspec, quantized)
         elif four_bit:
             from transformers import BitsAndBytesConfig
 
@@ -216,7 +215,7 @@ def export(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], out: Path, 
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; an export is never overwritten: choose another "
                               "directory or remove it")
-    if any(type(m).__name__ == "PeftModel" for m in model.modules()):
+    if lora.adapter_places(model):
         merged = lora.merge(model)  # an export holds one set of weights: adapters folded in
         record.setdefault("notes", []).append(f"adapters merged at export: {', '.join(merged['merged'])}")
     for part in layout.PARTS:
