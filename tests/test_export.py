@@ -238,6 +238,7 @@ def test_gguf_of_smollm2_reads_back_through_transformers(tmp_path):
     assert q8["tensors"]["Q8_0"] > 0 and q8["bytes"] < 0.3 * spec["gguf"]["bytes"]
     q4 = gguf_writer.write(llm, tok, tmp_path / "q4.gguf", "int4_weight")
     assert q4["tensors"]["Q4_1"] > 0 and q4["bytes"] < 0.6 * q8["bytes"]
+    assert q8["notes"] == [] and q4["notes"] == []  # SmolLM2's rows (576, 1536) fill whole 32-wide blocks
     for name in ("q8.gguf", "q4.gguf"):
         back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=name).eval()
         with torch.no_grad():

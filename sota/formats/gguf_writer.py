@@ -111,7 +111,8 @@ def write(llm: Any, tokenizer: Any, path: Path, mode: str) -> dict[str, Any]:
     state = {k: v.detach().cpu() for k, v in llm.state_dict().items()}
     if getattr(config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # llama.cpp ties a missing output table to token_embd
-    kinds = {}
+    kinds: dict[str, int] = {}
+    unblocked: list[str] = []  # 2-D weights a block type cannot hold (rows not a multiple of 32): stored F16
     for key, tensor in state.items():
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
@@ -123,9 +124,13 @@ def write(llm: Any, tokenizer: Any, path: Path, mode: str) -> dict[str, Any]:
         data, qtype = _array(tensor, TYPES[mode] if tensor.ndim == 2 else "F32")
         writer.add_tensor(name, data, raw_dtype=qtype)
         kinds[qtype.name] = kinds.get(qtype.name, 0) + 1
+        if tensor.ndim == 2 and TYPES[mode] in BLOCKED and qtype.name == "F16":
+            unblocked.append(key)
     writer.add_file_type(FILE_TYPES[TYPES[mode]])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"file": path.name, "tensors": kinds, "bytes": path.stat().st_size}
+    notes = [f"{len(unblocked)} weight(s) stored as F16, their rows not a multiple of {TYPES[mode]}'s 32-wide blocks "
+             f"(e.g. {unblocked[0]})"] if unblocked else []
+    return {"file": path.name, "tensors": kinds, "bytes": path.stat().st_size, "notes": notes}
