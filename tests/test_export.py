@@ -82,6 +82,22 @@ def test_transformers_alone_loads_the_llm_directory(tmp_path):
     assert type(plain.get_input_embeddings().weight).__name__ == "Int8Tensor"
 
 
+def test_a_model_fused_for_decoding_exports_in_transformers_layout(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sota.models import fuse
+    model, cfg, record = rebuild.configured_model([*SMALL, "quant=int8_weight"], "cpu")
+    ids = torch.tensor([[5, 9, 11, 3]])
+    with torch.no_grad():
+        ref = model.llm(ids).logits
+    assert sum(fuse.fuse(model.llm).values()) > 0      # what the compiled backend does before decoding
+    write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
+    assert not fuse.is_fused(model.llm)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / layout.LLM).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, ref)
+
+
 def test_qlora_merges_exactly_onto_float_weights(batches):
     torch.manual_seed(0)
     model, cfg, record = rebuild.configured_model([*SMALL, "quant=nf4", "lora=lora"], "cpu")

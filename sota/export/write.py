@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sota.compress import lora, quant
 from sota.export import layout, tensors
+from sota.models import fuse
 from sota.models.audio_llm import AudioLLM
 from sota.models.footprint import footprint
 from sota.utils.io import build_dir, remove_stale_staging
@@ -215,6 +216,8 @@ def export(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], out: Path, 
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; an export is never overwritten: choose another "
                               "directory or remove it")
+    if fuse.unfuse(model.llm):   # decoding fused projections; an export keeps transformers' layout
+        model.forget_compiled()
     if lora.adapter_places(model):
         merged = lora.merge(model)  # an export holds one set of weights: adapters folded in
         record.setdefault("notes", []).append(f"adapters merged at export: {', '.join(merged['merged'])}")

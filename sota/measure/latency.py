@@ -330,6 +330,8 @@ def _timed(model: AudioLLM, proto: Protocol, conf: _Settings, clip: Clip, real: 
     finally:
         if decoders is not None:
             notes.extend(sorted({d.note for d in decoders.all() if d.note}))
+            if decoders.fused:
+                notes.append(decoders.fused)
         if counter is not None:
             counter.close()
         model.train(was_training)

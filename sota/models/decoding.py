@@ -7,7 +7,8 @@
   graph launch instead of hundreds of kernel launches.
 - `compiled`: `static` with the decode step compiled by TorchInductor first (fused norms, rotary and
   elementwise kernels: fewer kernels inside the graph; at batch 1 tuned matrix-vector reductions, see
-  `BATCH1_INDUCTOR_OPTIONS`). The prefill is graphed but not compiled: every prompt-length bucket would
+  `BATCH1_INDUCTOR_OPTIONS`), and a frozen LLM's q/k/v and gate/up projections fused into one matrix
+  product each (`sota.models.fuse`; the model keeps the fused layout until it is exported). The prefill is graphed but not compiled: every prompt-length bucket would
   otherwise compile anew.
 
 The loop is owned here rather than driven through `generate(inputs_embeds=...)`: generate keeps references to
@@ -30,6 +31,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from sota.models import fuse
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +282,20 @@ class StaticDecoder:
         return cut_at_stop(torch.stack(tokens, 1).tolist(), stop_ids)
 
 
+def fuse_for_decoding(llm: nn.Module) -> str | None:
+    """Fuse the q/k/v and gate/up projections of a frozen LLM (sota.models.fuse), in place; what was fused, as
+    a line for the results' notes, or None. An LLM with trainable parameters (LoRA during training) is left as
+    it is: its modules are what the optimizer and the checkpoints know."""
+    if any(p.requires_grad for p in llm.parameters()):
+        return None
+    counts = fuse.fuse(_base(llm))
+    if not any(counts.values()):
+        return None
+    line = "compiled: " + ", ".join(f"{kind} projections fused in {n} layers" for kind, n in counts.items() if n)
+    log.info(line)
+    return line
+
+
 class Decoders:
     """Static decoders of one LLM, one per batch size, grown when a longer prompt arrives."""
 
@@ -288,6 +305,7 @@ class Decoders:
         self.llm, self.backend, self.max_new_tokens = llm, backend, max_new_tokens
         self._by_batch: dict[int, StaticDecoder] = {}
         self.last: StaticDecoder | None = None
+        self.fused = fuse_for_decoding(llm) if backend == "compiled" else None
 
     def all(self) -> list[StaticDecoder]:
         return list(self._by_batch.values())
