@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from sota.compress import lowrank
 from sota.metrics.scoring import score_predictions
 from sota.models.agreement import Agreement
 from sota.models.audio_llm import AudioLLM
@@ -118,8 +119,10 @@ class AudioLLMModule(L.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # Trainable tensors, and the frozen factors of a low-rank encoder: they come from calibration data, so
+        # the config alone cannot rebuild them.
+        kept = {n for n, p in self.named_parameters() if p.requires_grad} | lowrank.factor_names(self)
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in kept}
         checkpoint["sota_config"] = self.run_config
         # Word-level tokenizers are rebuilt from this, so a checkpoint evaluates without its training corpus.
         checkpoint["sota_vocabulary"] = self.vocabulary

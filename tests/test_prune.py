@@ -248,3 +248,62 @@ def test_structure_problems_of_the_model_are_reported():
     assert "prune.protected_layers: layer 7 does not exist (the llm has 4 decoder layers)" in out[2]
     assert "prunes no MLP channels (llm layers 1, 2, 3 have 256 channels; 256 x 0.99 rounds to 256" in out[3]
     assert len(out) == 4
+
+
+# -- low-rank encoder --------------------------------------------------------------------------------------
+LOWRANK = dict(method="lowrank", ratio=0.5, targets=["encoder"], importance="activation", round_to=8,
+               calib_batches=2)
+
+
+@torch.no_grad()
+def encoder_out(model, batches):
+    return torch.cat([model.encoder(**b["encoder_inputs"]).flatten() for b in batches])
+
+
+def test_lowrank_factorises_every_encoder_linear_to_the_ratio_and_activation_beats_svd_on_its_data():
+    from sota.compress.lowrank import LowRankLinear
+    errors = {}
+    for importance in ("activation", "magnitude"):
+        model = build(enc_layers=2)
+        batches = calib(model)
+        ref, before = encoder_out(model, batches), sum(p.numel() for p in model.encoder.whisper.parameters())
+        report = prune(model, cfg(**{**LOWRANK, "importance": importance}), batches)
+        sec = report["encoder"]
+        factorised = [m for m in model.encoder.whisper.modules() if isinstance(m, LowRankLinear)]
+        assert len(factorised) == len(sec["ranks"]) == 2 * 6 and not sec["kept_full_rank"]   # q k v out fc1 fc2
+        assert all(m.rank % 8 == 0 and m.rank * (m.in_features + m.out_features) <= 0.5 * m.in_features *
+                   m.out_features for m in factorised)
+        assert 0.45 <= sec["factorised_weights_ratio"] <= 0.6
+        assert sec["params_before"] == before and sec["achieved_ratio"] == round(1 - sec["params_after"] / before, 6)
+        assert sum(p.numel() for p in model.encoder.whisper.parameters()) == sec["params_after"] < before
+        errors[importance] = ((encoder_out(model, batches) - ref).norm() / ref.norm()).item()
+        runs(model)
+    assert 0 < errors["activation"] < errors["magnitude"], errors
+
+
+def test_lowrank_replays_on_a_fresh_model_and_checkpoints_keep_its_factors():
+    from sota.compress.lowrank import factor_names
+    model = build(enc_layers=2)
+    batches = calib(model)
+    report = json.loads(json.dumps(prune(model, cfg(**LOWRANK), batches)))
+    fresh = build(enc_layers=2)
+    replay(fresh, report)
+    names = factor_names(fresh)
+    assert names == factor_names(model) and all(".down." in n or ".up." in n for n in names)
+    state = {k: v for k, v in model.state_dict().items() if k in names}
+    fresh.load_state_dict(state, strict=False)
+    assert torch.equal(encoder_out(fresh, batches), encoder_out(model, batches))
+
+
+def test_lowrank_settings_are_checked():
+    out = []
+    validate(cfg(**{**LOWRANK, "targets": ["llm"]}), out)
+    validate(cfg(**{**LOWRANK, "importance": "taylor"}), out)
+    validate(cfg(**{**LOWRANK, "calib_batches": 0}), out)
+    assert len(out) == 3
+    assert "prune.targets must be [encoder]" in out[0]
+    assert "activation, magnitude" in out[1] and "taylor" in out[1]
+    assert "calib_batches must be >= 1" in out[2]
+    model = build(enc_layers=1)
+    with pytest.raises(ValueError, match="no encoder linear shrinks"):
+        prune(model, cfg(**{**LOWRANK, "ratio": 0.01, "round_to": 64}), calib(model))

@@ -187,6 +187,21 @@ def test_compressed_run_records_compression_and_evaluates_identically(tmp_path):
     assert preds == preds2
 
 
+@pytest.mark.slow  # two runs of run.py
+def test_a_low_rank_encoder_trains_and_its_checkpoint_evaluates_identically(tmp_path):
+    """prune=lowrank factorises the encoder from calibration audio; the factors are frozen, so the checkpoint
+    must carry them for task=eval to rebuild the same model."""
+    combo = ["prune=lowrank", "prune.ratio=0.5", "prune.calib_batches=1", "lora=lora", "lora.rank=4"]
+    run(tmp_path / "train", *combo)
+    res = json.loads((tmp_path / "train" / "results.json").read_text())
+    enc = res["compression"]["prune"]["encoder"]
+    assert res["compression"]["prune"]["method"] == "lowrank" and enc["ranks"] and enc["params_after"] < enc["params_before"]
+    run(tmp_path / "eval", *combo, "task=eval", f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'last.ckpt'}")
+    preds = [json.loads(x)["prediction"] for x in (tmp_path / "train" / "predictions.jsonl").read_text().splitlines()]
+    preds2 = [json.loads(x)["prediction"] for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert preds == preds2
+
+
 @pytest.mark.slow  # four runs of run.py, about a minute
 def test_init_from_compresses_a_trained_model_before_and_after_recovery(trained, tmp_path):
     """init_from: the trained model is the start; eval compresses it untrained, train recovers it, and a

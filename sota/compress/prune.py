@@ -1,6 +1,7 @@
 """Structured pruning of an AudioLLM: width (LLM MLP channels and query heads per KV group, Whisper MLP
-channels) or depth (whole layers ranked by block influence), reported as JSON from which `replay` rebuilds the
-pruned shapes on a freshly built model so that a saved state_dict loads into it."""
+channels), depth (whole layers ranked by block influence) or lowrank (the Whisper encoder's linears factorised,
+sota.compress.lowrank), reported as JSON from which `replay` rebuilds the pruned shapes on a freshly built model
+so that a saved state_dict loads into it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sota.compress import lowrank
 from sota.compress.importance import Stats, calibrate, head_scores, mlp_scores, select_heads, top
 from sota.compress.plan import enabled
 from sota.compress.surgery import (Attn, Stack, attention_of, drop_layers, is_int, layer_shapes, mlp_parts, n_params,
@@ -20,7 +22,7 @@ from sota.models.audio_llm import AudioLLM
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "width", "depth")
+METHODS = ("none", "width", "depth", "lowrank")
 IMPORTANCES = ("activation", "taylor", "magnitude")
 TARGETS = ("llm", "encoder")
 DEFAULTS: dict[str, Any] = {
@@ -38,7 +40,7 @@ def _settings(cfg: DictConfig | dict | None) -> dict[str, Any]:
 
 
 def _needs_data(s: dict[str, Any]) -> bool:
-    return s["method"] == "depth" or (s["method"] == "width" and s["importance"] != "magnitude")
+    return s["method"] == "depth" or (s["method"] in ("width", "lowrank") and s["importance"] != "magnitude")
 
 
 def validate(cfg: DictConfig | None, out: list[str]) -> None:
@@ -65,6 +67,12 @@ def validate(cfg: DictConfig | None, out: list[str]) -> None:
                    f"got {targets!r}")
     if s["importance"] not in IMPORTANCES:
         out.append(f"prune.importance must be one of {', '.join(IMPORTANCES)}; got {s['importance']!r}")
+    elif s["method"] == "lowrank" and s["importance"] not in lowrank.IMPORTANCES:
+        out.append(f"prune.method=lowrank chooses its subspace by prune.importance in "
+                   f"{', '.join(lowrank.IMPORTANCES)}; got {s['importance']!r}")
+    if s["method"] == "lowrank" and targets != ["encoder"] and isinstance(targets, list):
+        out.append(f"prune.method=lowrank factorises the Whisper encoder's linears: prune.targets must be "
+                   f"[encoder], got {targets!r}")
     prot = s["protected_layers"]
     if not isinstance(prot, list) or not all(is_int(i) for i in prot):
         out.append(f"prune.protected_layers must be a list of decoder layer indices, got {prot!r}")
@@ -198,7 +206,7 @@ def check_model(model: AudioLLM, cfg: DictConfig | None, out: list[str]) -> None
             stack = stack_of(model, name, s)
             if s["method"] == "depth":
                 _plan_depth(stack, float(s["ratio"]), out)
-            else:
+            elif s["method"] == "width":
                 _plan_width(stack, s, out)
         except ValueError as err:
             out.append(str(err))
@@ -277,6 +285,9 @@ def prune(model: AudioLLM, cfg: DictConfig, calib: list[dict]) -> dict:
         if any(st.name == "encoder" for st in stacks) and not all("encoder_inputs" in b for b in batches):
             raise ValueError("prune.targets includes encoder, but the calibration batches carry no "
                              "`encoder_inputs` (cached features or text skip the encoder); calibrate on audio")
+    if s["method"] == "lowrank":
+        report["encoder"] = lowrank.factorise(model, s, batches)
+        return report
     want = "influence" if s["method"] == "depth" else s["importance"]
     stats = calibrate(model, stacks, batches, want) if want != "magnitude" else Stats({}, {}, {})
     if s["method"] == "width":
@@ -312,6 +323,9 @@ def prune(model: AudioLLM, cfg: DictConfig, calib: list[dict]) -> dict:
 def replay(model: AudioLLM, report: dict) -> None:
     """Re-apply the structure recorded in `report` to a freshly built model, so the pruned state_dict loads."""
     if not enabled(report):
+        return
+    if report.get("method") == "lowrank":
+        lowrank.replay(model, report["encoder"])
         return
     s = {**DEFAULTS, "prune_heads": True, "protected_layers": []}
     for name in TARGETS:
