@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from sota.compress import lowrank
+from sota.compress.distill import Distiller
 from sota.metrics.scoring import score_predictions
 from sota.models.agreement import Agreement
 from sota.models.audio_llm import AudioLLM
@@ -22,9 +23,12 @@ class AudioLLMModule(L.LightningModule):
     def __init__(self, model: AudioLLM, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, generate: dict[str, Any] | None = None,
                  run_config: dict[str, Any] | None = None, vocabulary: list[str] | None = None,
-                 compression: dict[str, Any] | None = None, audio: dict[str, Any] | None = None) -> None:
+                 compression: dict[str, Any] | None = None, audio: dict[str, Any] | None = None,
+                 distiller: Distiller | None = None) -> None:
         super().__init__()
         self.model = model
+        # recover=distill: the frozen teacher and the loss weights (not a submodule: no state_dict, no optimizer).
+        self.distiller = distiller
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.generate_kwargs = dict(generate or {})
@@ -46,10 +50,16 @@ class AudioLLMModule(L.LightningModule):
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.model(batch)
+        n = len(batch["tasks"])
+        if self.distiller is None:
+            loss = self.model(batch)
+        else:
+            loss, terms = self.distiller.loss(self.model, batch)
+            for name, value in terms.items():
+                self.log(f"train/{name}", value, batch_size=n)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["tasks"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
         return loss
 
     def configure_optimizers(self) -> Any:

@@ -3,6 +3,7 @@ results.json, predictions and logs into the run directory and returns the object
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -19,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from sota import checkpoint
-from sota.compress import pipeline, prune
+from sota.compress import distill, pipeline, prune
+from sota.compress.distill import Distiller
 from sota.compress.plan import CompressionPlan
 from sota.config import as_dict, validate
 from sota.data.datamodule import REAL, AudioDataModule
@@ -169,17 +171,21 @@ def _setup(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalStat
     dm.attach_encoder(model.encoder.to(device), encoder_fingerprint(cfg), device=device)
     splits = (("train", "val") if cfg.task == "train" else ()) + ("test",) + ((REAL,) if dm.has_real() else ())
     results.data["splits"] = dm.load_splits(splits)
+    distiller = None
     if cfg.task == "train" or not cfg.ckpt_path:
+        # The teacher of recover=distill is the model before this run's compression.
+        distiller = Distiller.of(model, cfg.get("recover")) if cfg.task == "train" else None
         # eval without ckpt_path starts from init_from: compressed as configured, evaluated untrained.
         record = pipeline.before_training(model, cfg, _calibration(plan, dm, device), device)
     else:
         record = checkpoint.restore_evaluated(model, cfg, start, device)
     if init_record is not None:
         record["init_from"] = init_record
+    record["recover"] = distiller.record() if distiller is not None else {"method": distill.settings(cfg.get("recover"))["method"]}
     model.to(device)
     module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                             generate=as_dict(cfg.generate), run_config=results.config, vocabulary=words,
-                            compression=record, audio=audio)
+                            compression=record, audio=audio, distiller=distiller)
     results.timing["setup_s"] = time.perf_counter() - t0
     return _Run(dm, model, module, trainer, logger, clock, start, record, device)
 
@@ -203,6 +209,11 @@ def _train(s: _Run, cfg: DictConfig, out_dir: Path, results: Results) -> None:
         t1 = time.perf_counter()
         s.trainer.fit(s.module, datamodule=s.dm, ckpt_path=checkpoint.resume_from(cfg, out_dir, results))
         results.timing["train_s"] = time.perf_counter() - t1
+        if s.module.distiller is not None:   # the teacher is not part of the model evaluated and measured
+            s.module.distiller = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         results.timing["train_steps"] = int(s.trainer.global_step)
         results.timing.update(s.clock.summary())
         s.model.to(s.device)  # Lightning's teardown left it on the CPU; compression and evaluation run here

@@ -1,7 +1,8 @@
 """The one place that fixes the order of compression steps:
 
-    load [init_from: a trained checkpoint, adapters merged] -> prune (calibration) -> [QLoRA: quantize base]
-         -> LoRA -> train/recover -> merge -> post-training quantization -> evaluate -> measure
+    load [init_from: a trained checkpoint, adapters merged] -> [recover=distill: the teacher copied]
+         -> prune (calibration) -> [QLoRA: quantize base] -> LoRA -> train/recover -> merge
+         -> post-training quantization -> evaluate -> measure
 
 `load_trained` is the load step for a model an earlier run fine-tuned; `before_training` runs the steps up to
 LoRA, `after_training` merges and quantizes; each returns the part of results.json's `compression` record it
@@ -13,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sota.compress import lora, prune, quant
+from sota.compress import distill, lora, prune, quant
 from sota.compress.plan import CompressionPlan, enabled
 from sota.models.audio_llm import AudioLLM
 
@@ -23,6 +24,7 @@ def validate(cfg: DictConfig, device: str, out: list[str]) -> None:
     prune.validate(cfg.get("prune"), out)
     lora.validate(cfg.get("lora"), out)
     quant.validate(cfg.get("quant"), device, out)
+    distill.validate(cfg.get("recover"), str(cfg.get("task", "train")), out)
 
 
 def trained_changes_encoder(ckpt: dict[str, Any]) -> bool:

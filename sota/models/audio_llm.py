@@ -119,10 +119,15 @@ class AudioLLM(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over answer tokens."""
+        return self.outputs(batch)[0].loss
+
+    def outputs(self, batch: dict[str, Any], hidden: bool = False) -> tuple[Any, torch.Tensor]:
+        """The LLM's outputs on a batch with answers (loss, logits, and the hidden states with `hidden`) and the
+        labels it was scored on (IGNORE outside the answers)."""
         embeds, mask = self.audio_embeds(batch)
         inputs = self.assemble(embeds, mask, batch["tasks"], batch["answers"])
         llm = self.__dict__.get("_compiled_llm", self.llm)
-        return llm(**inputs, use_cache=False).loss
+        return llm(**inputs, use_cache=False, output_hidden_states=hidden), inputs["labels"]
 
     def compile_training(self) -> None:
         """Train through `torch.compile(llm)`: Inductor fuses the step's elementwise work into few kernels. A
