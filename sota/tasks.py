@@ -60,13 +60,13 @@ def _device(trainer: L.Trainer) -> str:
 
 
 def _calibration(plan: CompressionPlan, dm: AudioDataModule, device: str) -> list[dict[str, Any]]:
-    """A few training batches for pruning's importance scores (only when pruning)."""
+    """A few training batches for pruning's importance scores and quant=mixed's sensitivities (only then)."""
     if not plan.needs_calibration:
         return []
     batches = list(itertools.islice(dm.train_dataloader(), plan.calib_batches))
     if not batches:
-        raise ValueError(f"prune: no calibration batch: the training split has fewer than data.batch_size="
-                         f"{dm.batch_size} clips")
+        raise ValueError(f"{'prune' if plan.prune is not None else 'quant=mixed'}: no calibration batch: the training "
+                         f"split has fewer than data.batch_size={dm.batch_size} clips")
     return [to_device(b, device) for b in batches]
 
 
@@ -126,7 +126,9 @@ def _stages(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalSta
     trainer = _one_device(s.trainer, cfg, s.logger, out_dir)
     if trainer is None:
         return  # DDP: the other ranks leave after training; rank zero evaluates, measures and writes
-    results.compression = pipeline.after_training(s.model, cfg, s.record, s.device)
+    plan = CompressionPlan.of(cfg)
+    results.compression = pipeline.after_training(s.model, cfg, s.record, s.device,
+                                                  calib=_calibration(plan, s.dm, s.device) if plan.mixed else None)
     _evaluate(s, trainer, out_dir, results)
     _measure(s, cfg, results, out_dir)
     results.status = "ok"

@@ -82,13 +82,17 @@ def before_training(model: AudioLLM, cfg: DictConfig, calib: list[dict[str, Any]
     return record
 
 
-def after_training(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], device: str) -> dict[str, Any]:
+def after_training(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], device: str,
+                   calib: list[dict[str, Any]] | None = None, recorded_quant: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Merge and post-training quantization. `calib`: batches that quant=mixed scores its linears on;
+    `recorded_quant`: an earlier run's quant record, whose mixed-precision map is applied as it was."""
     model.forget_compiled()  # validation's decoders and the compiled LLM were built on weights about to change
     plan = CompressionPlan.of(cfg)
     if plan.merge:
         record["lora"]["merge"] = lora.merge(model)
     if plan.ptq:
-        record["quant"] = quant.quantize(model, plan.quant, device)
+        record["quant"] = quant.quantize(model, plan.quant, device, calib=calib, recorded=recorded_quant)
     elif plan.qlora and quant.parts(plan.quant):  # the base was quantized before training; the parts follow now
         notes = record["quant"].setdefault("notes", [])
         record["quant"]["quantized_modules"] += quant.quantize_parts(model, plan.quant, device, notes)

@@ -54,13 +54,19 @@ class CompressionPlan:
         return list(self.prune.get("targets", [])) if self.prune is not None else []
 
     @property
+    def mixed(self) -> bool:
+        """quant=mixed: per-linear modes chosen on calibration batches after training."""
+        return self.quant is not None and self.quant.get("mode") == "mixed"
+
+    @property
     def needs_calibration(self) -> bool:
-        """Pruning scores importance on a few training batches."""
-        return bool(self.prune_targets)
+        """Pruning scores importance on a few training batches; quant=mixed scores its linears on them."""
+        return bool(self.prune_targets) or self.mixed
 
     @property
     def calib_batches(self) -> int:
-        return int(self.prune.get("calib_batches", 4)) if self.prune is not None else 0
+        return max(int(self.prune.get("calib_batches", 4)) if self.prune is not None else 0,
+                   int(self.quant.get("calib_batches", 4)) if self.mixed else 0)
 
     @property
     def changes_encoder(self) -> bool:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from sota.compress import mixed
 from sota.compress.plan import QLORA_BASE
 from sota.compress.plan import quant_parts as parts
 from sota.models.footprint import footprint
@@ -33,6 +34,7 @@ MODES: dict[str, set[str]] = {
     "int4_weight": {"cuda"},
     "nf4": {"cpu", "cuda"},
     "int8_bnb": {"cpu", "cuda"},
+    "mixed": {"cpu", "cuda"},   # per linear, one of quant.modes (sota.compress.mixed); each checked below
 }
 TARGETS = ("llm", "encoder", "connector")
 # quant.parts: a part quantized in its own mode, after training, beside the main `mode` of `targets`.
@@ -89,7 +91,11 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
         out.append(f"quant.targets must be a non-empty subset of [{', '.join(TARGETS)}], got {targets}")
     if cfg.get("cuda_dtype") not in (None, *HALF_NAMES):
         out.append(f"quant.cuda_dtype must be null or one of {', '.join(HALF_NAMES)}, got {cfg.get('cuda_dtype')!r}")
-    if mode == "int4_weight":
+    if mode == "mixed":
+        mixed.validate(cfg, out)
+        if "int4_weight" in (cfg.get("modes") or []) and kind != "cuda":
+            out.append(f"quant.modes includes int4_weight, which needs a CUDA device; this run is on {kind}")
+    if mode == "int4_weight" or (mode == "mixed" and "int4_weight" in (cfg.get("modes") or [])):
         gs = cfg.get("group_size", 128)
         if gs not in (32, 64, 128, 256):
             out.append(f"quant.group_size must be one of 32, 64, 128, 256 (int4 kernels), got {gs}")
@@ -456,9 +462,11 @@ def _to_device_for_int4(model: nn.Module, device: str, notes: list[str]) -> None
     notes.append(f"model moved to {device} (int4 packing is device specific)")
 
 
-def quantize(model: nn.Module, cfg: Any, device: str, with_parts: bool = True) -> dict[str, Any]:
+def quantize(model: nn.Module, cfg: Any, device: str, with_parts: bool = True, calib: list[dict] | None = None,
+             recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quantize `cfg.targets` of `model` in place in `cfg.mode`, then (`with_parts`) each of `cfg.parts` in its
-    own mode, and report what changed."""
+    own mode, and report what changed. `quant=mixed` scores its linears on `calib` batches, or applies the map
+    of an earlier run's `recorded` quant record."""
     mode = cfg.get("mode", "none")
     problems: list[str] = []
     validate(cfg, device, problems)
@@ -475,7 +483,9 @@ def quantize(model: nn.Module, cfg: Any, device: str, with_parts: bool = True) -
     if "int4_weight" in (mode, *chosen.values()):
         _to_device_for_int4(model, device, notes)
     n = 0
-    for where in targets if mode != "none" else []:
+    if mode == "mixed":
+        n += _mixed(model, cfg, device, targets, patterns, notes, calib, recorded, record)
+    for where in targets if mode not in ("none", "mixed") else []:
         n += _quantize_root(getattr(model, where), mode, cfg, patterns, device, notes, where)
     if chosen:
         n += quantize_parts(model, cfg, device, notes)
@@ -483,6 +493,24 @@ def quantize(model: nn.Module, cfg: Any, device: str, with_parts: bool = True) -
     record.update(quantized_modules=n, weight_bytes_before=before,
                   weight_bytes_after=footprint(model)["weight_bytes"], notes=notes)
     return record
+
+
+def _mixed(model: nn.Module, cfg: Any, device: str, targets: list[str], patterns: list[str], notes: list[str],
+           calib: list[dict] | None, recorded: dict[str, Any] | None, record: dict[str, Any]) -> int:
+    half = half_dtype({**_plain(cfg), "mode": "int8_weight"}, device)   # cuda_dtype on CUDA, else None
+    if half is not None:   # the base precision every unquantized linear keeps, and what int4 computes in
+        for where in targets:
+            cast_half(getattr(model, where), half, patterns)
+        notes.append(f"targets cast to {cfg.cuda_dtype} first (quant.cuda_dtype): quant.modes' `none` is that dtype")
+    if recorded and recorded.get("map"):
+        mixed.apply(model, dict(recorded["map"]), cfg, device, _quantize_root)
+        record.update({k: recorded[k] for k in ("avg_bits_target", "avg_bits", "modes", "counts", "map") if k in recorded})
+        notes.append("quant=mixed: the recorded map applied (no new sensitivity scores)")
+        return len(recorded["map"])
+    candidates = {where: {name: m for name, m in _candidates(getattr(model, where), patterns)
+                          if type(m) is nn.Linear} for where in targets}
+    record.update(mixed.quantize(model, cfg, device, list(calib or []), candidates, _quantize_root))
+    return len(record["map"])
 
 
 def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str]) -> int:

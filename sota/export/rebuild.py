@@ -77,7 +77,9 @@ def trained_model(run_dir: Path, device: str) -> tuple[AudioLLM, DictConfig, dic
                              "batches that the export does not rebuild. Export a run that trained it instead")
         record = pipeline.before_training(model, cfg, [], device)
     model.to(device)
-    record = pipeline.after_training(model, cfg, record, device)
+    # quant=mixed: the map the run chose on its training batches, applied as it was
+    record = pipeline.after_training(model, cfg, record, device,
+                                     recorded_quant=(results.get("compression") or {}).get("quant"))
     return model.eval(), cfg, results, record
 
 

@@ -64,6 +64,10 @@ def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
              for part, m in chosen.items()}
     if mode == "none":
         return {"mode": "none", "targets": [], "skip": [], "half": None, "parts": parts}
+    if mode == "mixed":
+        # transformers' quantization configs describe one method per model; a map of several is not loadable
+        raise ValueError("export of quant=mixed is not supported: transformers' quantization configs hold one "
+                         "method per model. Export with --quant MODE (one mode), or export a single-mode run")
     skip = [str(p) for p in q.get("skip") or []] + (quant.EMBEDDINGS if "embeddings" in chosen else [])
     return {"mode": mode, "targets": list(q.get("targets") or ["llm"]), "skip": skip,
             "half": _dtype_name(quant.half_dtype(q, device)), "group_size": q.get("group_size"), "parts": parts,

@@ -135,11 +135,15 @@ def build(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any]]:
     model.to(device)
     calib: list[dict[str, Any]] = []
     plan = CompressionPlan.of(cfg)
-    if plan.prune is not None:
+    if plan.needs_calibration:
         calib = _noise_batches(model, plan.calib_batches, words, device)
-    record = pipeline.before_training(model, cfg, calib, device)
+    record = pipeline.before_training(model, cfg, calib if plan.prune is not None else [], device)
     model.to(device)
-    record = pipeline.after_training(model, cfg, record, device)
+    record = pipeline.after_training(model, cfg, record, device, calib=calib)
+    if plan.mixed:
+        record["quant"].setdefault("notes", []).append(
+            "quant=mixed chose its map on noise calibration batches here: its speed and memory are measured, "
+            "not the accuracy a run's map would keep")
     model.eval()
     return model, record
 
