@@ -131,6 +131,8 @@ def _stages(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalSta
                                                   calib=_calibration(plan, s.dm, s.device) if plan.mixed else None)
     _evaluate(s, trainer, out_dir, results)
     _measure(s, cfg, results, out_dir)
+    if s.merger is not None:   # every generation prefill of the run: validation, test, real speech, measurement
+        results.compression["tokens"] = s.merger.record()
     results.status = "ok"
 
 
@@ -147,6 +149,7 @@ class _Run:
     start: checkpoint.Starts
     record: dict[str, Any]
     device: str
+    merger: Any = None        # tokens=merge: its hooks count what they merged
 
 
 def _setup(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalState) -> _Run:
@@ -183,13 +186,14 @@ def _setup(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalStat
         record = checkpoint.restore_evaluated(model, cfg, start, device)
     if init_record is not None:
         record["init_from"] = init_record
+    merger = pipeline.merge_tokens(model, cfg)   # on the layers compression left
     record["recover"] = distiller.record() if distiller is not None else {"method": distill.settings(cfg.get("recover"))["method"]}
     model.to(device)
     module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                             generate=as_dict(cfg.generate), run_config=results.config, vocabulary=words,
                             compression=record, audio=audio, distiller=distiller)
     results.timing["setup_s"] = time.perf_counter() - t0
-    return _Run(dm, model, module, trainer, logger, clock, start, record, device)
+    return _Run(dm, model, module, trainer, logger, clock, start, record, device, merger)
 
 
 def _callbacks(cfg: DictConfig, out_dir: Path, signals: SignalState, clock: TrainThroughput) -> list[Any]:

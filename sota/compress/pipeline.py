@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sota.compress import distill, lora, prune, quant
 from sota.compress.plan import CompressionPlan, enabled
+from sota.models import token_merge
 from sota.models.audio_llm import AudioLLM
 
 
@@ -25,6 +26,7 @@ def validate(cfg: DictConfig, device: str, out: list[str]) -> None:
     lora.validate(cfg.get("lora"), out)
     quant.validate(cfg.get("quant"), device, out)
     distill.validate(cfg.get("recover"), str(cfg.get("task", "train")), out)
+    token_merge.validate(cfg.get("tokens"), cfg.get("generate"), out)
 
 
 def trained_changes_encoder(ckpt: dict[str, Any]) -> bool:
@@ -68,6 +70,14 @@ def load_trained(model: AudioLLM, path: str, ckpt: dict[str, Any]) -> dict[str, 
     return {"path": str(path), "tensors": len(state), "global_step": ckpt.get("global_step"),
             "prune": (record.get("prune") or {}).get("method", "none"),
             "lora_merged": (merged or {}).get("merged", [])}
+
+
+def merge_tokens(model: AudioLLM, cfg: DictConfig) -> token_merge.TokenMerger | None:
+    """tokens=merge: the hooks that merge audio tokens inside the (compressed) LLM at generation, or None."""
+    tokens = cfg.get("tokens")
+    if tokens is None or tokens.get("method", "none") == "none":
+        return None
+    return model.merge_tokens(float(tokens.keep), int(tokens.layer))
 
 
 def before_training(model: AudioLLM, cfg: DictConfig, calib: list[dict[str, Any]], device: str) -> dict[str, Any]:

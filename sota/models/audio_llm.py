@@ -13,6 +13,7 @@ from sota.models.connector import WindowConnector
 from sota.models.decoding import Decoders, cut_at_stop, fallback_reason, llm_call_keywords
 from sota.models.encoder import AudioEncoder
 from sota.models.prompt import PromptBuilder
+from sota.models.token_merge import TokenMerger
 
 IGNORE = -100
 
@@ -115,6 +116,9 @@ class AudioLLM(nn.Module):
         # Real audio tokens in row-major order land on the audio slots in row-major order.
         inputs = text.masked_scatter(is_audio[..., None], embeds[mask].to(text.dtype))
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+        merger = self.__dict__.get("token_merger")
+        if merger is not None and not answers:   # prompts of generation: merged inside the LLM (tokens=merge)
+            merger.audio_at = is_audio
         return {"inputs_embeds": inputs, "attention_mask": attn, "labels": lab, "position_ids": position_ids}
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -146,6 +150,14 @@ class AudioLLM(nn.Module):
             cached = Decoders(self.llm, backend, max_new_tokens)
             self.__dict__["_decoders"] = cached  # not a submodule: no parameters, not in state_dict
         return cached
+
+    def merge_tokens(self, keep: float, layer: int) -> TokenMerger:
+        """Merge audio tokens inside the LLM from decoder layer `layer` on, at generation (tokens=merge)."""
+        old = self.__dict__.pop("token_merger", None)
+        if old is not None:
+            old.remove()
+        merger = self.__dict__["token_merger"] = TokenMerger(self.llm, keep, layer)  # hooks, not a submodule
+        return merger
 
     def forget_compiled(self) -> None:
         """Forget the static decoders and the compiled training LLM: their caches, graphs and guards hold the

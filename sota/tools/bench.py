@@ -140,6 +140,8 @@ def build(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any]]:
     record = pipeline.before_training(model, cfg, calib if plan.prune is not None else [], device)
     model.to(device)
     record = pipeline.after_training(model, cfg, record, device, calib=calib)
+    if pipeline.merge_tokens(model, cfg) is not None:
+        record["tokens"] = {k: cfg.tokens[k] for k in ("method", "keep", "layer")}
     if plan.mixed:
         record["quant"].setdefault("notes", []).append(
             "quant=mixed chose its map on noise calibration batches here: its speed and memory are measured, "

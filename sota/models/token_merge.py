@@ -1,0 +1,162 @@
+"""Audio-token merging inside the LLM (`tokens=merge`), training-free: after decoder layer `layer`, the most
+similar pairs of neighbouring audio tokens are averaged into one, so every later layer, its KV cache and its
+attention see fewer audio tokens.
+
+Pairs are (audio token 2i, audio token 2i + 1) of each clip, scored by the cosine similarity of their hidden
+states at that layer (bipartite merging as in ToMe, Bolya et al. 2023; FastAdaSP merges neighbouring speech
+tokens the same way). The `1 - keep` share of a clip's audio tokens goes, at most half of them (one merge per
+pair). Text tokens are never touched. In a batch every row loses the same number of tokens (the fewest any
+row may lose), so the batch stays rectangular; the record counts what was removed.
+
+Mechanics: forward pre-hooks on the decoder layers from `layer` on. At the prefill of a prompt the hook of
+`layer` merges and remembers which positions stayed; the later layers' hooks cut their attention mask, rotary
+tables and position ids to those positions. Keys and values of layers before `layer` keep every position, so
+each layer's cache has its own length; on a decode step the hooks keep the mask's columns of the positions
+their own cache holds. This needs a cache whose layers grow independently (transformers' dynamic cache:
+`generate.backend=eager`) and one beam.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+METHODS = ("none", "merge")
+
+
+def validate(cfg: Any, generate: Any, out: list[str]) -> None:
+    if cfg is None:
+        return
+    method = cfg.get("method", "none")
+    if method not in METHODS:
+        out.append(f"tokens.method must be one of {', '.join(METHODS)}; got {method!r}")
+        return
+    if method == "none":
+        return
+    keep, layer = cfg.get("keep"), cfg.get("layer")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.5 <= keep < 1:
+        out.append(f"tokens.keep must be in [0.5, 1) (the share of audio tokens kept; one merge per pair), got {keep!r}")
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        out.append(f"tokens.layer must be a decoder layer index >= 0 (merging happens before it), got {layer!r}")
+    if generate is not None:
+        backend, beams = generate.get("backend", "eager"), generate.get("num_beams", 1)
+        if backend != "eager" or beams != 1:
+            out.append(f"tokens=merge gives each layer's KV cache its own length: it needs generate.backend=eager "
+                       f"and generate.num_beams=1 (got backend={backend}, num_beams={beams})")
+
+
+def _gather(t: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """`t` at positions `index` [B, K] along `dim` (t's batch dim 0 is broadcast to B when it is 1)."""
+    b = index.shape[0]
+    if t.shape[0] != b:
+        t = t.expand(b, *t.shape[1:])
+    shape = [b] + [1] * (t.dim() - 1)
+    shape[dim] = index.shape[1]
+    idx = index.reshape(shape).expand(*[t.shape[i] if i not in (0, dim) else shape[i] for i in range(t.dim())])
+    return t.gather(dim, idx)
+
+
+class TokenMerger:
+    """The hooks of one LLM, and what they merged."""
+
+    def __init__(self, llm: nn.Module, keep: float, layer: int) -> None:
+        decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm.model
+        layers = decoder.layers
+        if layer >= len(layers):
+            raise ValueError(f"tokens.layer={layer}: the LLM has {len(layers)} decoder layers (0..{len(layers) - 1})")
+        self.keep, self.layer = float(keep), int(layer)
+        self.audio_at: torch.Tensor | None = None    # [B, L] of the prompt about to be prefilled
+        self.kept: torch.Tensor | None = None        # [B, L - r] positions that stayed, after a prefill
+        self.prompt_len = 0
+        self.stats = {"prefills": 0, "audio_tokens": 0, "merged": 0}
+        # Layer 0 sees every forward first: a new sequence (more than one query) forgets the last prefill's cut.
+        self.handles = [layers[0].register_forward_pre_hook(self._start, with_kwargs=True)]
+        self.handles += [layers[i].register_forward_pre_hook(self._hook(i), with_kwargs=True)
+                         for i in range(self.layer, len(layers))]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def record(self) -> dict[str, Any]:
+        seen = self.stats["audio_tokens"]
+        return {"method": "merge", "keep": self.keep, "layer": self.layer, **self.stats,
+                "kept_ratio": round(1 - self.stats["merged"] / seen, 4) if seen else None}
+
+    # -- merging -----------------------------------------------------------------------------------------
+    def _merge(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reduced hidden states, kept positions [B, L - r])."""
+        audio = self.audio_at.to(hidden.device)
+        b, length = audio.shape
+        counts = audio.sum(1)
+        r = int(min(torch.floor((1 - self.keep) * counts.float()).min().item(), (counts // 2).min().item()))
+        self.stats["prefills"] += 1
+        self.stats["audio_tokens"] += int(counts.sum())
+        if r <= 0:
+            return hidden, torch.arange(length, device=hidden.device).expand(b, length)
+        # Audio positions of each row, in order (every row has at least 2r of them).
+        order = torch.where(audio, torch.arange(length, device=audio.device), length).sort(1).values
+        pairs = int((counts // 2).min())
+        left, right = order[:, 0:2 * pairs:2], order[:, 1:2 * pairs:2]               # [B, pairs]
+        h_left, h_right = _gather(hidden, left, 1), _gather(hidden, right, 1)
+        sim = F.cosine_similarity(h_left.float(), h_right.float(), dim=-1)           # [B, pairs]
+        chosen = sim.topk(r, dim=1).indices                                           # [B, r]
+        drop, into = left.gather(1, chosen), right.gather(1, chosen)
+        merged = (_gather(hidden, drop, 1) + _gather(hidden, into, 1)) / 2
+        hidden = hidden.scatter(1, into[..., None].expand(-1, -1, hidden.shape[-1]), merged)
+        keep = torch.ones(b, length, dtype=torch.bool, device=hidden.device)
+        keep[torch.arange(b, device=hidden.device)[:, None], drop] = False
+        kept = torch.where(keep, torch.arange(length, device=hidden.device), length).sort(1).values[:, :length - r]
+        self.stats["merged"] += r * b
+        return _gather(hidden, kept, 1), kept
+
+    def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] > 1:
+            self.kept = None
+            if self.audio_at is not None and self.audio_at.shape[1] != hidden.shape[1]:
+                self.audio_at = None    # not the prompt it was set for
+
+    def _hook(self, i: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if i == self.layer and hidden.shape[1] > 1 and self.audio_at is not None:
+                self.prompt_len = hidden.shape[1]
+                hidden, self.kept = self._merge(hidden)
+                self.audio_at = None
+                args, kwargs = self._with_hidden(args, kwargs, hidden)
+            if self.kept is None or self.kept.shape[1] == self.prompt_len:
+                return args, kwargs
+            return args, self._cut(kwargs, hidden.shape[1])
+        return hook
+
+    @staticmethod
+    def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def _cut(self, kwargs: dict, q_len: int) -> dict:
+        """kwargs of a layer whose cache holds only the kept prompt positions."""
+        kept, out = self.kept, dict(kwargs)
+        prefill = q_len == kept.shape[1]
+        if prefill:
+            cos, sin = kwargs["position_embeddings"]
+            out["position_embeddings"] = (_gather(cos, kept, 1), _gather(sin, kept, 1))
+            if kwargs.get("position_ids") is not None:
+                out["position_ids"] = _gather(kwargs["position_ids"], kept, 1)
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            total = mask.shape[-1]
+            cols = torch.cat([kept, torch.arange(self.prompt_len, total, device=kept.device).expand(kept.shape[0], -1)], 1)
+            mask = _gather(mask, cols, 3)
+            if prefill:
+                mask = _gather(mask, kept, 2)
+            out["attention_mask"] = mask
+        return out
