@@ -65,7 +65,7 @@ def _calibration(plan: CompressionPlan, dm: AudioDataModule, device: str) -> lis
         return []
     batches = list(itertools.islice(dm.train_dataloader(), plan.calib_batches))
     if not batches:
-        raise ValueError(f"{'prune' if plan.prune is not None else 'quant=mixed'}: no calibration batch: the training "
+        raise ValueError(f"{'prune' if plan.prune is not None else 'quant'}: no calibration batch: the training "
                          f"split has fewer than data.batch_size={dm.batch_size} clips")
     return [to_device(b, device) for b in batches]
 
@@ -128,7 +128,7 @@ def _stages(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalSta
         return  # DDP: the other ranks leave after training; rank zero evaluates, measures and writes
     plan = CompressionPlan.of(cfg)
     results.compression = pipeline.after_training(s.model, cfg, s.record, s.device,
-                                                  calib=_calibration(plan, s.dm, s.device) if plan.mixed else None)
+                                                  calib=_calibration(plan, s.dm, s.device) if plan.quant_calibration else None)
     _evaluate(s, trainer, out_dir, results)
     _measure(s, cfg, results, out_dir)
     if s.merger is not None:   # every generation prefill of the run: validation, test, real speech, measurement

@@ -304,3 +304,50 @@ def test_qlora_quantizes_its_parts_after_training():
     pipeline.after_training(model, cfg, record, "cpu")
     assert any(type(p).__name__ == "Int8Tensor" for p in model.connector.parameters())
     assert record["quant"]["parts"] == {"connector": "int8_weight"}
+
+
+def test_int4_algorithms_are_checked_and_awq_asks_for_calibration():
+    from sota.compress.plan import CompressionPlan
+
+    out = []
+    quant.validate(qcfg("int4_weight", algorithm="gptq"), "cuda", out)
+    quant.validate(qcfg("int8_weight", algorithm="hqq"), "cpu", out)
+    quant.validate(qcfg("int4_weight", algorithm="awq", calib_batches=0), "cuda", out)
+    assert len(out) == 3, out
+    assert "quant.algorithm must be one of rtn, hqq, awq" in out[0]
+    assert "needs quant.mode=int4_weight (got int8_weight)" in out[1] and "calib_batches" in out[2]
+    awq = CompressionPlan.of(OmegaConf.create({"quant": qcfg("int4_weight", algorithm="awq", calib_batches=3)}))
+    hqq = CompressionPlan.of(OmegaConf.create({"quant": qcfg("int4_weight", algorithm="hqq")}))
+    assert awq.needs_calibration and awq.calib_batches == 3 and not hqq.needs_calibration
+    assert str(quant.torchao_config("int4_weight", qcfg("int4_weight", algorithm="hqq"))
+               .int4_choose_qparams_algorithm).endswith("hqq")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["hqq", "awq"])
+def test_int4_algorithms_on_cuda_beat_round_to_nearest_on_their_data(algorithm):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    batches = []
+
+    def error(alg):
+        model = model_of(hidden=256, seed=3).cuda()
+        for p in model.llm.parameters():   # heavy-tailed weights, where the choice of grid matters
+            p.data = p.data * (1 + 4 * torch.rand_like(p.data) ** 8)
+        if not batches:
+            for seconds in ([1.0, 1.5], [0.8, 2.0]):
+                b = batch_for(model, seconds, ["asr", "aac"], ["a red dog barks", "a cat"])
+                b["encoder_inputs"] = {k: v.cuda() for k, v in b["encoder_inputs"].items()}
+                batches.append(b)
+        with torch.no_grad():
+            ref = [model.outputs(b)[0].logits.float() for b in batches]
+        rec = quant.quantize(model, qcfg("int4_weight", algorithm=alg, group_size=64), "cuda", calib=batches)
+        with torch.no_grad():
+            got = [model.outputs(b)[0].logits.float() for b in batches]
+        return rec, sum((g - r).norm() for g, r in zip(got, ref)).item()
+
+    _, rtn = error("rtn")
+    rec, better = error(algorithm)
+    assert better < rtn, (better, rtn)
+    if algorithm == "awq":
+        assert any("AWQ" in n for n in rec["notes"])

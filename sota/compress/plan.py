@@ -59,14 +59,19 @@ class CompressionPlan:
         return self.quant is not None and self.quant.get("mode") == "mixed"
 
     @property
+    def quant_calibration(self) -> bool:
+        """Post-training quantization that reads calibration batches: quant=mixed's sensitivities, AWQ's scales."""
+        return self.ptq and (self.mixed or self.quant.get("algorithm", "rtn") == "awq")
+
+    @property
     def needs_calibration(self) -> bool:
-        """Pruning scores importance on a few training batches; quant=mixed scores its linears on them."""
-        return bool(self.prune_targets) or self.mixed
+        """Pruning scores importance on a few training batches; quant=mixed and AWQ read them too."""
+        return bool(self.prune_targets) or self.quant_calibration
 
     @property
     def calib_batches(self) -> int:
         return max(int(self.prune.get("calib_batches", 4)) if self.prune is not None else 0,
-                   int(self.quant.get("calib_batches", 4)) if self.mixed else 0)
+                   int(self.quant.get("calib_batches", 4)) if self.quant_calibration else 0)
 
     @property
     def changes_encoder(self) -> bool:

@@ -46,6 +46,10 @@ PARTS: dict[str, tuple[str, ...]] = {
     "connector": ("bf16", "fp16", "int8_weight", "int4_weight"),
 }
 EMBEDDINGS = ["embed_tokens", "lm_head"]
+# How int4 weights are chosen (torchao): rtn rounds each group to its min-max grid (tinygemm's own qparams);
+# hqq fits scale and zero point by half-quadratic optimisation of the weight error, without data; awq scales
+# input channels by activation statistics of calibration batches before rounding (activation-aware).
+ALGORITHMS = ("rtn", "hqq", "awq")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "int4_weight": torch.bfloat16}
 HALF_NAMES = ("bfloat16", "float16")
 WHY = {"int4_weight": "torchao int4 kernels"}
@@ -99,6 +103,14 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
         gs = cfg.get("group_size", 128)
         if gs not in (32, 64, 128, 256):
             out.append(f"quant.group_size must be one of 32, 64, 128, 256 (int4 kernels), got {gs}")
+    algorithm = cfg.get("algorithm", "rtn")
+    if algorithm not in ALGORITHMS:
+        out.append(f"quant.algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}")
+    elif algorithm != "rtn" and mode != "int4_weight":
+        out.append(f"quant.algorithm={algorithm} chooses int4 weights: it needs quant.mode=int4_weight (got {mode})")
+    calib = cfg.get("calib_batches", 4)
+    if algorithm == "awq" and (isinstance(calib, bool) or not isinstance(calib, int) or calib < 1):
+        out.append(f"quant.calib_batches must be an integer >= 1 for quant.algorithm=awq, got {calib!r}")
 
 
 def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
@@ -265,10 +277,28 @@ def torchao_config(mode: str, cfg: Any) -> Any:
         return Int8WeightOnlyConfig(version=2)
     # tile_packed_to_4d runs on torch's own CUDA kernel (aten._weight_int4pack_mm, bf16 activations);
     # torchao's default `plain` packing needs the separate mslk kernel package.
-    return Int4WeightOnlyConfig(group_size=int(cfg.get("group_size", 128)), int4_packing_format="tile_packed_to_4d")
+    qparams = "hqq" if cfg.get("algorithm", "rtn") == "hqq" else "tinygemm"
+    return Int4WeightOnlyConfig(group_size=int(cfg.get("group_size", 128)), int4_packing_format="tile_packed_to_4d",
+                                int4_choose_qparams_algorithm=qparams)
 
 
-def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: list[str], where: str) -> int:
+def _awq(root: nn.Module, config: Any, chosen: set[int], calibrate: Any, notes: list[str], where: str) -> None:
+    """torchao's AWQ over `config`: observers on the chosen linears, the calibration batches through the model,
+    then each linear converted with its activation-aware channel scales."""
+    from torchao.prototype.awq import AWQConfig
+    from torchao.quantization import quantize_
+
+    if calibrate is None:
+        raise ValueError("quant.algorithm=awq scales channels by activations of calibration batches; none were given")
+    quantize_(root, AWQConfig(config, step="prepare"), filter_fn=lambda m, fqn: id(m) in chosen)
+    batches = calibrate()
+    observed = {id(m) for m in root.modules() if type(m).__name__ == "AWQObservedLinear"}
+    quantize_(root, AWQConfig(config, step="convert"), filter_fn=lambda m, fqn: id(m) in observed)
+    notes.append(f"{where}: int4 weights by AWQ (torchao), activation statistics of {batches} calibration batches")
+
+
+def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: list[str], where: str,
+             calibrate: Any = None) -> int:
     from torchao.quantization import quantize_
 
     config = torchao_config(mode, cfg)
@@ -309,7 +339,10 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
         first -= tables
         notes.append(f"{where}: int8 embeddings as torchao's AffineQuantizedTensor (this torchao's Int8Tensor has no "
                      "embedding kernel); exports cannot hold that form")
-    quantize_(root, config, filter_fn=lambda m, fqn: id(m) in first)
+    if mode == "int4_weight" and cfg.get("algorithm", "rtn") == "awq":
+        _awq(root, config, first, calibrate, notes, where)
+    else:
+        quantize_(root, config, filter_fn=lambda m, fqn: id(m) in first)
     for ms in owners.values():
         for m in ms[1:]:
             m.weight = ms[0].weight
@@ -433,7 +466,7 @@ def bnb_weight(layer: nn.Module) -> torch.Tensor:
 
 # -- entry point -------------------------------------------------------------------------------------------
 def _quantize_root(root: nn.Module, mode: str, cfg: Any, patterns: list[str], device: str, notes: list[str],
-                   where: str) -> int:
+                   where: str, calibrate: Any = None) -> int:
     """One part of the model (`root`) in one mode; returns the modules changed."""
     if any(_is_adapter(name) for name, _ in root.named_modules()):
         notes.append(f"{where}: unmerged LoRA adapters stay in float32; only base layers are quantized")
@@ -446,7 +479,7 @@ def _quantize_root(root: nn.Module, mode: str, cfg: Any, patterns: list[str], de
         n_cast = cast_half(root, half, patterns)
         n += n_cast if mode in ("bf16", "fp16") else 0
     if mode in ("int8_weight", "int4_weight"):
-        n += _torchao(root, mode, cfg, patterns, notes, where)
+        n += _torchao(root, mode, cfg, patterns, notes, where, calibrate)
     elif mode in QLORA_BASE:
         n += _bnb(root, mode, patterns, notes, where)
     return n
@@ -485,14 +518,25 @@ def quantize(model: nn.Module, cfg: Any, device: str, with_parts: bool = True, c
     n = 0
     if mode == "mixed":
         n += _mixed(model, cfg, device, targets, patterns, notes, calib, recorded, record)
+    calibrate = _calibrator(model, calib) if calib else None
     for where in targets if mode not in ("none", "mixed") else []:
-        n += _quantize_root(getattr(model, where), mode, cfg, patterns, device, notes, where)
+        n += _quantize_root(getattr(model, where), mode, cfg, patterns, device, notes, where, calibrate)
     if chosen:
         n += quantize_parts(model, cfg, device, notes)
         record["parts"] = chosen
     record.update(quantized_modules=n, weight_bytes_before=before,
                   weight_bytes_after=footprint(model)["weight_bytes"], notes=notes)
     return record
+
+
+def _calibrator(model: nn.Module, batches: list[dict]) -> Any:
+    """A call that runs `batches` through the model (what AWQ's observers watch); returns how many ran."""
+    def run() -> int:
+        with torch.no_grad():
+            for b in batches:
+                model.outputs(b)
+        return len(batches)
+    return run
 
 
 def _mixed(model: nn.Module, cfg: Any, device: str, targets: list[str], patterns: list[str], notes: list[str],
