@@ -752,3 +752,15 @@ def test_paired_cli_names_a_point_without_answers(tmp_path):
     proc = subprocess.run([sys.executable, "sweep.py", "paired", str(tmp_path), "--reference", "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "| 0_ref |" in proc.stdout and "within noise" in proc.stdout
+
+
+def test_the_methods_study_composes_every_point_with_run_py():
+    from sota.sweep.driver import check_overrides
+
+    spec = OmegaConf.to_container(_compose_sweep("sweep=mini_methods").sweep)
+    pts = points.expand(spec)
+    assert len(pts) == 18
+    check_overrides(pts)
+    flat = [" ".join(p.overrides) for p in pts]
+    for method in ("recover=distill", "quant.algorithm=awq", "quant=mixed", "tokens=merge", "prune=lowrank"):
+        assert any(method in f for f in flat), method
