@@ -108,6 +108,10 @@ def test_the_compiled_backend_fuses_a_frozen_llm_and_decodes_the_static_answers(
     static = answers(model, seconds, tasks, "static")
     compiled = answers(model, seconds, tasks, "compiled")   # on a CPU: the static loop, over fused projections
     assert fuse.is_fused(model.llm) and model.static_decoders("compiled", 12).fused.startswith("compiled: qkv")
+    model.forget_compiled()   # strict measurement does this: the next decoders still say what is fused
+    n = model.llm.config.num_hidden_layers
+    assert model.static_decoders("compiled", 12).fused == f"compiled: qkv projections fused in {n} layers, " \
+        f"gate_up projections fused in {n} layers"
     assert compiled == static
     assert answers(model, seconds, tasks, "eager") == static
 

@@ -288,13 +288,13 @@ def fuse_for_decoding(llm: nn.Module) -> str | None:
     it is: its modules are what the optimizer and the checkpoints know."""
     if any(p.requires_grad for p in llm.parameters()):
         return None
-    counts = fuse.fuse(_base(llm))
-    if not any(counts.values()):
-        return None
-    if torch.cuda.is_available():
+    if any(fuse.fuse(_base(llm)).values()) and torch.cuda.is_available():
         # The separate weights were freed group by group; their cached blocks are smaller than any fused
         # weight, so they would only stay reserved.
         torch.cuda.empty_cache()
+    counts = fuse.fused_groups(_base(llm))   # also when an earlier decoder of this model fused them
+    if not any(counts.values()):
+        return None
     line = "compiled: " + ", ".join(f"{kind} projections fused in {n} layers" for kind, n in counts.items() if n)
     log.info(line)
     return line

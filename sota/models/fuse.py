@@ -178,3 +178,9 @@ def unfuse(llm: nn.Module) -> int:
 
 def is_fused(llm: nn.Module) -> bool:
     return any(isinstance(m, FusedLinear) for m in llm.modules())
+
+
+def fused_groups(llm: nn.Module) -> dict[str, int]:
+    """The fused groups `llm` holds now, per kind (whoever fused them)."""
+    return {kind: sum(1 for name, m in llm.named_modules() if isinstance(m, FusedLinear)
+                      and name.endswith(f"{kind}_fused")) for kind in GROUPS}
