@@ -142,10 +142,15 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
     ref = _answer_logprobs(model, batches)
     params: dict[str, int] = {}
     options: dict[str, dict[str, tuple[int, float]]] = {}
+    total = sum(len(linears) for linears in candidates.values())
+    # Each linear costs one pass over the calibration batches per mode: say how far the scoring is.
+    log.info("quant=mixed: scoring %d linears x %d modes on %d batches", total, len(modes), len(batches))
     for where, linears in candidates.items():
         root = getattr(model, where)
         for name, lin in linears.items():
             key = f"{where}.{name}"
+            if len(options) % max(1, total // 10) == 0:
+                log.info("quant=mixed: %d of %d linears scored", len(options), total)
             params[key] = lin.weight.numel()
             options[key] = {}
             for mode in modes:
