@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sota.compress.surgery import n_params
+from sota.compress.surgery import n_params, set_module
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,6 @@ def _factors(lin: nn.Linear, rank: int, outputs: _Outputs | None) -> tuple[torch
     return basis.T @ w, basis, bias
 
 
-def _set(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, new)
-
 
 def factorise(model: Any, s: dict[str, Any], batches: list[dict]) -> dict[str, Any]:
     """Factorise the encoder's linears in place as the `prune` settings `s` say; the report's encoder section."""
@@ -142,7 +138,7 @@ def factorise(model: Any, s: dict[str, Any], batches: list[dict]) -> dict[str, A
             if bias is not None:
                 new.up.bias.copy_(bias)
         new.requires_grad_(lin.weight.requires_grad)
-        _set(whisper, name, new)
+        set_module(whisper, name, new)
     after = n_params(whisper)
     targeted = sum(linears[n].weight.numel() for n in ranks)
     log.info("prune: encoder lowrank ratio=%s (%s): %d -> %d params, %d linears factorised, %d kept whole",
@@ -168,7 +164,7 @@ def replay(model: Any, section: dict[str, Any]) -> None:
     for name, rank in section["ranks"].items():
         lin = linears[name]
         bias = lin.bias is not None or name in section.get("bias_added", [])
-        _set(whisper, name, LowRankLinear(lin.in_features, lin.out_features, int(rank), bias,
+        set_module(whisper, name, LowRankLinear(lin.in_features, lin.out_features, int(rank), bias,
                                           device=lin.weight.device, dtype=lin.weight.dtype))
     if n_params(whisper) != section["params_after"]:
         raise RuntimeError(f"prune.replay: the encoder has {n_params(whisper)} parameters after replay, the report "

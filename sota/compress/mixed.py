@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sota.compress.surgery import set_module
 from sota.models.audio_llm import IGNORE
 from sota.models.footprint import tensor_bytes
 
@@ -82,10 +83,6 @@ def quantized_copy(lin: nn.Linear, mode: str, cfg: Any, device: str, quantize_ro
     return holder.lin
 
 
-def _set(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, new)
-
 
 def _bytes(mod: nn.Module) -> int:
     return sum(tensor_bytes(p) for p in mod.parameters())
@@ -128,7 +125,7 @@ def apply(model: Any, chosen: dict[str, str], cfg: Any, device: str, quantize_ro
     for key, mode in chosen.items():
         where, _, name = key.partition(".")
         root = getattr(model, where)
-        _set(root, name, quantized_copy(root.get_submodule(name), mode, cfg, device, quantize_root))
+        set_module(root, name, quantized_copy(root.get_submodule(name), mode, cfg, device, quantize_root))
 
 
 def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates: dict[str, dict[str, nn.Module]],
@@ -155,11 +152,11 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
             options[key] = {}
             for mode in modes:
                 q = quantized_copy(lin, mode, cfg, device, quantize_root)
-                _set(root, name, q)
+                set_module(root, name, q)
                 try:
                     kl = 0.0 if mode == "none" else _kl(ref, _answer_logprobs(model, batches))
                 finally:
-                    _set(root, name, lin)
+                    set_module(root, name, lin)
                 options[key][mode] = (_bytes(q), kl)
     chosen = choose(params, options, modes, avg_bits)
     apply(model, chosen, cfg, device, quantize_root)

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 
 from sota.compress import mixed
 from sota.compress.plan import QLORA_BASE
+from sota.compress.surgery import set_module
 from sota.compress.plan import quant_parts as parts
 from sota.models.footprint import footprint
 
@@ -160,10 +161,6 @@ def _candidates(root: nn.Module, patterns: list[str]) -> Iterator[tuple[str, nn.
             continue
         yield name, mod
 
-
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
 def _targets(model: nn.Module, cfg: Any) -> dict[str, nn.Module]:
@@ -407,7 +404,7 @@ def _bnb(root: nn.Module, mode: str, patterns: list[str], notes: list[str], wher
             new.bias = nn.Parameter(mod.bias.detach().cpu().clone(), requires_grad=False)
         new = new.to(device)  # bitsandbytes quantizes on the move to a device
         new.train(mod.training)
-        _set_module(root, name, new)
+        set_module(root, name, new)
         n += 1
     flag = "is_loaded_in_4bit" if mode == "nf4" else "is_loaded_in_8bit"
     for m in root.modules():
@@ -441,7 +438,7 @@ def dequantize(root: nn.Module) -> int:
             new.weight = nn.Parameter(bnb_weight(mod), requires_grad=False)
             if mod.bias is not None:
                 new.bias = nn.Parameter(mod.bias.detach().clone(), requires_grad=False)
-            _set_module(root, name, new)
+            set_module(root, name, new)
             n += 1
         elif type(getattr(mod, "weight", None)).__module__.startswith("torchao"):
             mod.weight = nn.Parameter(mod.weight.dequantize(), requires_grad=False)

@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     from sota.models.audio_llm import AudioLLM
 
 
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` in place of the submodule of `root` at qualified `name`."""
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
 def is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
