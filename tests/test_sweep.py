@@ -712,16 +712,22 @@ def test_remeasure_runs_the_reference_of_a_real_sweep_in_the_official_protocol(t
     assert (d / "remeasure" / "official" / "remeasure.csv").is_file()
 
 
-def _answers(run_dir: Path, wrong: set[int], clips: int = 40) -> None:
-    """A finished run whose ASR answers get one word of five wrong on the `wrong` clips."""
+def _answers(run_dir: Path, wrong: set[int], clips: int = 40, real_wrong: set[int] | None = None) -> None:
+    """A finished run whose ASR answers get one word of five wrong on the `wrong` clips (and, with
+    `real_wrong`, on those clips of a real-speech set)."""
     run_dir.mkdir(parents=True)
-    rows = [{"id": f"asr-{i}", "task": "asr", "references": ["the cook must enter now"],
-             "prediction": "the cook could enter now" if i in wrong else "the cook must enter now"}
-            for i in range(clips)]
-    rows.append({"id": "aac-0", "task": "aac", "references": ["rain"], "prediction": "wind"})
-    (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    wer = len(wrong) / (5 * clips)
-    (run_dir / "results.json").write_text(json.dumps({"status": "ok", "metrics": {"asr/wer": wer}}))
+    metrics = {}
+    for name, metric, bad in (("predictions.jsonl", "asr/wer", wrong), ("predictions_real.jsonl", "real/asr/wer",
+                                                                          real_wrong)):
+        if bad is None:
+            continue
+        rows = [{"id": f"asr-{i}", "task": "asr", "references": ["the cook must enter now"],
+                 "prediction": "the cook could enter now" if i in bad else "the cook must enter now"}
+                for i in range(clips)]
+        rows.append({"id": "aac-0", "task": "aac", "references": ["rain"], "prediction": "wind"})
+        (run_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        metrics[metric] = len(bad) / (5 * clips)
+    (run_dir / "results.json").write_text(json.dumps({"status": "ok", "metrics": metrics}))
 
 
 def test_paired_bootstrap_separates_a_real_gain_from_noise(tmp_path):
@@ -738,6 +744,24 @@ def test_paired_bootstrap_separates_a_real_gain_from_noise(tmp_path):
     assert rows["3_one_fewer"]["wer_delta"] == pytest.approx(-1 / 200)
     assert rows["3_one_fewer"]["verdict"] == "within noise"  # one clip of 40: the interval straddles zero
     assert (tmp_path / "paired.csv").read_text().startswith("id,point,reference,clips,wer,wer_delta")
+    assert "real_clips" not in rows["1_better"]  # no real-speech answers, no real-speech columns
+
+
+def test_paired_pairs_the_real_speech_set_on_its_own_clips(tmp_path):
+    from sota.sweep.paired import paired
+
+    _answers(tmp_path / "0_ref", wrong=set(), real_wrong=set(range(20)))
+    _answers(tmp_path / "1_real_gain", wrong=set(), real_wrong=set())
+    _answers(tmp_path / "2_no_real", wrong={0})
+    rows = {r["id"]: r for r in paired(tmp_path, reference="0_")["rows"]}
+    gain = rows["1_real_gain"]
+    assert gain["verdict"] == "within noise" and gain["wer_delta"] == 0
+    assert gain["real_wer_delta"] == pytest.approx(-20 / 200) and gain["real_verdict"] == "better"
+    assert gain["real_clips"] == 40 and gain["real_wer"] == 0
+    assert rows["2_no_real"]["real_clips"] == 0 and rows["2_no_real"]["real_verdict"] == "no common clips"
+    proc = subprocess.run([sys.executable, "sweep.py", "paired", str(tmp_path), "--reference", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "real-speech WER" in proc.stdout and "| better |" in proc.stdout
 
 
 def test_paired_cli_names_a_point_without_answers(tmp_path):

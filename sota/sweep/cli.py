@@ -155,11 +155,17 @@ def _paired(parser: argparse.ArgumentParser, args: argparse.Namespace, dirs: lis
     if len(dirs) != 1 or overrides:
         parser.error(f"paired takes one DIR and no key=value, got {[*dirs, *overrides]}")
     result = paired(Path(dirs[0]), args.reference, args.draws, args.seed)
-    print("| id | point | WER | WER - reference [95 % interval] | verdict |\n|---|---|---|---|---|")
+    real = any("real_clips" in r for r in result["rows"])
+    head = "| id | point | WER | WER - reference [95 % interval] | verdict |"
+    print(head + (" real-speech WER | WER - reference [95 % interval] | verdict |" if real else ""))
+    print("|---" * (8 if real else 5) + "|")
     for r in result["rows"]:
-        delta = "–" if r["wer_delta"] is None else \
-            f"{r['wer_delta']:+.4f} [{r['wer_delta_lo']:+.4f}, {r['wer_delta_hi']:+.4f}]"
-        wer = "–" if r["wer"] is None else f"{r['wer']:.4f}"
-        print(f"| {r['id']} | {r['point']} | {wer} | {delta} | {r['verdict']} |")
+        cells = [r["id"], r["point"]]
+        for prefix in ("", "real_") if real else ("",):
+            delta = "–" if r.get(f"{prefix}wer_delta") is None else (f"{r[f'{prefix}wer_delta']:+.4f} "
+                    f"[{r[f'{prefix}wer_delta_lo']:+.4f}, {r[f'{prefix}wer_delta_hi']:+.4f}]")
+            wer = "–" if r.get(f"{prefix}wer") is None else f"{r[f'{prefix}wer']:.4f}"
+            cells += [wer, delta, r.get(f"{prefix}verdict", "–")]
+        print("| " + " | ".join(cells) + " |")
     print(result["csv"])
     return 0

@@ -5,8 +5,10 @@
 A sweep's points are scored on the same test split, so the honest question about "point X beats the
 reference" is paired: resample the clips (a paired bootstrap) and read the 95 % interval of the WER
 difference. Word errors per clip are counted again from each point's predictions.jsonl with the platform's
-own normalization (sota.metrics.asr), so the differences add up to the points' corpus WERs. Writes
-DIR/paired.csv; the reference is the sweep's first point unless `--reference` names an id or id prefix.
+own normalization (sota.metrics.asr), so the differences add up to the points' corpus WERs. Where the
+reference also answered the real-speech set (data.real_test, predictions_real.jsonl), the same is done there
+in columns prefixed `real_`. Writes DIR/paired.csv; the reference is the sweep's first point unless
+`--reference` names an id or id prefix.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from sota.sweep.report import write_csv
 from sota.sweep.sweepdir import SWEEP_JSON, SweepDirError, load_rows, point_dir
 
 PREDICTIONS = "predictions.jsonl"
+# (column prefix, answers file, results.json metric): the test split, then the real-speech set
+SETS = (("", PREDICTIONS, "asr/wer"), ("real_", "predictions_real.jsonl", "real/asr/wer"))
 
 
-def clip_errors(run_dir: Path) -> dict[str, tuple[int, int]]:
+def clip_errors(run_dir: Path, answers: str = PREDICTIONS) -> dict[str, tuple[int, int]]:
     """{clip id: (word errors, reference words)} of a run's scored ASR answers."""
     from sota.metrics.asr import asr_scores
 
-    path = run_dir / PREDICTIONS
+    path = run_dir / answers
     if not path.is_file():
         raise SweepDirError(f"{path} is missing: a paired comparison needs each point's answers")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -78,18 +82,28 @@ def paired(directory: Path, reference: str | None = None, draws: int = 10000, se
     everything = load_rows(directory)
     ref_row = _pick(everything, reference)
     rows = [r for r in everything if is_ok(r)]
-    ref = clip_errors(_run_dir(directory, ref_row))
-    if not ref:
+    ref_dir = _run_dir(directory, ref_row)
+    refs = {prefix: clip_errors(ref_dir, answers) for prefix, answers, _ in SETS
+            if prefix == "" or (ref_dir / answers).is_file()}
+    if not refs[""]:
         raise SweepDirError(f"the reference point {ref_row['id']} has no scored ASR answers")
     table = []
     for row in rows:
-        errors = clip_errors(_run_dir(directory, row))
         line: dict[str, Any] = {"id": row["id"], "point": describe(row.get("params") or {}),
-                                "reference": ref_row["id"], "clips": len(set(ref) & set(errors)),
-                                "wer": (row.get("metrics") or {}).get("asr/wer")}
-        delta = paired_delta(ref, errors, draws, seed) if line["clips"] else (None, None, None)
-        line.update(zip(("wer_delta", "wer_delta_lo", "wer_delta_hi"), delta))
-        line["verdict"] = _verdict(*delta)
+                                "reference": ref_row["id"]}
+        for prefix, answers, metric in SETS:
+            if prefix not in refs:
+                continue
+            run_dir = _run_dir(directory, row)
+            if prefix and not (run_dir / answers).is_file():  # a point run without the real-speech set
+                errors: dict[str, tuple[int, int]] = {}
+            else:
+                errors = clip_errors(run_dir, answers)
+            line[f"{prefix}clips"] = len(set(refs[prefix]) & set(errors))
+            line[f"{prefix}wer"] = (row.get("metrics") or {}).get(metric)
+            delta = paired_delta(refs[prefix], errors, draws, seed) if line[f"{prefix}clips"] else (None,) * 3
+            line.update(zip((f"{prefix}wer_delta", f"{prefix}wer_delta_lo", f"{prefix}wer_delta_hi"), delta))
+            line[f"{prefix}verdict"] = _verdict(*delta)
         table.append(line)
     csv_path = directory / "paired.csv"
     write_csv(csv_path, table)
