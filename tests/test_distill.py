@@ -85,6 +85,22 @@ def test_a_qlora_student_distils_from_its_float_teacher():
     assert terms["kd"].item() > 0 and terms["hidden"].item() > 0
 
 
+def test_the_whole_teacher_follows_the_batch_device_even_when_its_first_parameter_is_already_there():
+    """The teacher lives outside the LightningModule, so Lightning never moves it; tasks.py moves the encoder
+    to the GPU before the copy is taken, leaving a teacher whose first parameter (the encoder's) is already on
+    the batch's device while its LLM is not. The first use must move all of it, once (no CUDA here: spy `.to`)."""
+    model = build()
+    d = Distiller.of(model, DISTILL)
+    moved, to = [], d.teacher.to
+    d.teacher.to = lambda *a, **k: (moved.append(a[0] if a else k.get("device")), to(*a, **k))[1]
+    b = batch(model)
+    d.loss(model, b)
+    d.loss(model, b)
+    device = next(model.parameters()).device
+    assert [torch.device(m) for m in moved] == [device]   # moved on first use only, to the student's device
+    assert not d.teacher.training and all(not p.requires_grad for p in d.teacher.parameters())
+
+
 @pytest.mark.slow  # one run of run.py
 def test_a_run_recovers_by_distillation_and_records_it(tmp_path):
     run(tmp_path, "prune=depth", "prune.ratio=0.5", "lora=lora", "lora.rank=4", "recover=distill")

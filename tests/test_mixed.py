@@ -109,3 +109,12 @@ def test_the_bench_path_measures_a_mixed_model_and_export_refuses_it(tmp_path):
     with pytest.raises(ValueError, match="quant=mixed is not supported"):
         write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_unreachable_budget_is_refused_before_any_scoring_pass(monkeypatch):
+    model = model_of(hidden=64)
+    passes = []
+    monkeypatch.setattr(mixed, "_answer_logprobs", lambda *a: passes.append(1) or [])
+    with pytest.raises(ValueError, match="smallest mode averages .* raise avg_bits or add a smaller mode"):
+        quant.quantize(model, mcfg(avg_bits=4.0, modes=["int8_weight", "none"]), "cpu", calib=calib(model))
+    assert passes == []

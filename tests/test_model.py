@@ -143,3 +143,17 @@ def test_char_tokenizer_spells_and_round_trips():
 def test_unknown_tokenizer_kind_lists_the_valid_ones():
     with pytest.raises(ValueError, match="llm.tokenizer must be one of word, char"):
         corpus_tokenizer(WORDS, "bpe")
+
+
+def test_a_bf16_encoder_keeps_its_dtype_when_its_final_norm_answers_in_float32():
+    # bf16-mixed training of a compressed encoder (features not cached): CUDA's autocast runs layer_norm in
+    # float32, and the encoder's bf16 output buffers must still take what it answers
+    model = small_model(context_s=2.0)
+    model.encoder.to(torch.bfloat16)
+    norm = model.encoder.whisper.layer_norm
+    norm.forward = lambda x, f=norm.forward: f(x).float()   # what autocast on CUDA does
+    for seconds in ([1.0, 0.5], [1.0, 3.0]):   # buckets alone, then buckets beside a clip of two chunks
+        b = batch_for(model, seconds, ["asr", "aac"])
+        with torch.no_grad():
+            hidden = model.encoder(**b["encoder_inputs"])
+        assert hidden.dtype == torch.bfloat16 and hidden.shape[0] == 2

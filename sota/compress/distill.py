@@ -17,7 +17,7 @@ does).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -71,6 +71,11 @@ class Distiller:
     temperature: float
     alpha: float
     hidden_weight: float
+    # The device the whole teacher was last moved to (None: not yet). Lightning moves the student, not the
+    # teacher (kept outside the module on purpose), and the teacher can start out split across devices (the
+    # encoder is moved to the GPU before the copy is taken, the LLM is not), so the first parameter's device
+    # says nothing about the rest: the first use moves all of it to the batch's device.
+    _device: torch.device | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def of(cls, model: nn.Module, cfg: Any) -> Distiller | None:
@@ -95,8 +100,9 @@ class Distiller:
         hidden = self.hidden_weight > 0
         s_out, labels = student.outputs(batch, hidden=hidden)
         device = labels.device
-        if next(self.teacher.parameters()).device != device:
+        if self._device != device:
             self.teacher.to(device)
+            self._device = device
         with torch.no_grad():
             t_out, t_labels = self.teacher.outputs(batch, hidden=hidden)
         if t_labels.shape != labels.shape or not torch.equal(t_labels, labels):

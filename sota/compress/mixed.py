@@ -88,18 +88,28 @@ def _bytes(mod: nn.Module) -> int:
     return sum(tensor_bytes(p) for p in mod.parameters())
 
 
+def check_budget(params: dict[str, int], sizes: dict[str, dict[str, int]], modes: list[str], avg_bits: float) -> float:
+    """The budget in bytes; ValueError when even every linear in its smallest mode is over it (the bytes are
+    those of the real layouts: an int4 kernel's padding counts)."""
+    budget = avg_bits * sum(params.values()) / 8
+    least = sum(min(per_mode.values()) for per_mode in sizes.values())
+    if least > budget:
+        smallest = {m: sum(1 for per_mode in sizes.values() if min(per_mode, key=per_mode.get) == m) for m in modes}
+        raise ValueError(f"quant.avg_bits={avg_bits}: even every linear in its smallest mode averages "
+                         f"{8 * least / sum(params.values()):.2f} bits per weight (quant.modes={modes}; linears "
+                         f"smallest in each mode: {smallest}); raise avg_bits or add a smaller mode such as nf4")
+    return budget
+
+
 def choose(params: dict[str, int], options: dict[str, dict[str, tuple[int, float]]], modes: list[str],
            avg_bits: float) -> dict[str, str]:
     """module -> mode, from each module's (bytes, KL) per mode: the greedy least-KL-per-byte descent from the
     most bits until `avg_bits` holds. Raises ValueError when even the fewest bits exceed the budget."""
     order = {name: sorted(opts, key=lambda m: -opts[m][0]) for name, opts in options.items()}  # most bytes first
     at = {name: 0 for name in options}
-    budget = avg_bits * sum(params.values()) / 8
+    budget = check_budget(params, {n: {m: v[0] for m, v in opts.items()} for n, opts in options.items()}, modes,
+                          avg_bits)
     size = sum(options[n][order[n][0]][0] for n in options)
-    least = sum(options[n][order[n][-1]][0] for n in options)
-    if least > budget:
-        raise ValueError(f"quant.avg_bits={avg_bits}: even every linear in its smallest mode averages "
-                         f"{8 * least / sum(params.values()):.2f} bits per weight (quant.modes={modes})")
     while size > budget:
         best, best_rate = None, None
         for n in options:
@@ -136,8 +146,14 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
     if not batches:
         raise ValueError("quant=mixed scores each linear on calibration batches (a run's training data) or applies "
                          "the map a run recorded; got neither")
+    # Every linear's bytes in every mode first (quantizing is cheap, scoring is not): an unreachable budget is
+    # refused before the first scoring pass.
+    params = {f"{where}.{name}": lin.weight.numel() for where, linears in candidates.items()
+              for name, lin in linears.items()}
+    sizes = {f"{where}.{name}": {mode: _bytes(quantized_copy(lin, mode, cfg, device, quantize_root)) for mode in modes}
+             for where, linears in candidates.items() for name, lin in linears.items()}
+    check_budget(params, sizes, modes, avg_bits)
     ref = _answer_logprobs(model, batches)
-    params: dict[str, int] = {}
     options: dict[str, dict[str, tuple[int, float]]] = {}
     total = sum(len(linears) for linears in candidates.values())
     # Each linear costs one pass over the calibration batches per mode: say how far the scoring is.
@@ -148,7 +164,6 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
             key = f"{where}.{name}"
             if len(options) % max(1, total // 10) == 0:
                 log.info("quant=mixed: %d of %d linears scored", len(options), total)
-            params[key] = lin.weight.numel()
             options[key] = {}
             for mode in modes:
                 q = quantized_copy(lin, mode, cfg, device, quantize_root)
@@ -157,7 +172,7 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
                     kl = 0.0 if mode == "none" else _kl(ref, _answer_logprobs(model, batches))
                 finally:
                     set_module(root, name, lin)
-                options[key][mode] = (_bytes(q), kl)
+                options[key][mode] = (sizes[key][mode], kl)
     chosen = choose(params, options, modes, avg_bits)
     apply(model, chosen, cfg, device, quantize_root)
     after = sum(options[k][m][0] for k, m in chosen.items())

@@ -84,6 +84,9 @@ def before_training(model: AudioLLM, cfg: DictConfig, calib: list[dict[str, Any]
     plan = CompressionPlan.of(cfg)
     record: dict[str, Any] = {"prune": {"method": "none"}, "lora": {"method": "none"}, "quant": {"mode": "none"}}
     if plan.prune is not None:
+        # Calibration runs where the model will train: the encoder is already there (attached to the data), and
+        # a model split across devices cannot run a batch.
+        model.to(device)
         record["prune"] = prune.prune(model, plan.prune, calib)
     if plan.qlora:  # the frozen base is quantized first and adapters train on top of it
         record["quant"] = quant.quantize(model, plan.quant, device, with_parts=False)

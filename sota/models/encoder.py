@@ -225,7 +225,8 @@ class AudioEncoder(nn.Module):
             frames = mel.new_zeros(b * k, self.total_frames, self.out_dim, dtype=next(self.parameters()).dtype)
             frames[own] = self(mel.flatten(0, 1)[own][:, None],
                                second.flatten(0, 1)[own][:, None] if second is not None else None,
-                               mel_frames.repeat_interleave(k)[own] if mel_frames is not None else None)
+                               mel_frames.repeat_interleave(k)[own] if mel_frames is not None else None
+                               ).to(frames.dtype)
             return frames.reshape(b, k * self.total_frames, self.out_dim)
         if mel_frames is not None:  # clips within one chunk in their buckets, longer clips in whole chunks
             full = self.total_frames * 2
@@ -236,10 +237,10 @@ class AudioEncoder(nn.Module):
                 out = torch.zeros(b, k * self.total_frames, self.out_dim, dtype=next(self.parameters()).dtype,
                                   device=mel.device)
                 out[short, :self.total_frames] = self._bucketed(mel[short, 0], mel_frames[short])
-                out[~short] = self(mel[~short], second)
+                out[~short] = self(mel[~short], second).to(out.dtype)
                 return out
         dtype = next(self.whisper.parameters()).dtype
-        hidden = self.whisper(mel.flatten(0, 1).to(dtype)).last_hidden_state
+        hidden = self.whisper(mel.flatten(0, 1).to(dtype)).last_hidden_state.to(dtype)
         if self.second is not None:
             extra = self.second(second.flatten(0, 1), hidden.shape[1]).to(hidden.dtype)
             hidden = torch.cat([hidden, extra], dim=-1)
@@ -258,5 +259,6 @@ class AudioEncoder(nn.Module):
             x = x + w.embed_positions.weight[: x.shape[1]]
             for layer in w.layers:
                 x = layer(x, None)
-            out[rows, : x.shape[1]] = w.layer_norm(x)
+            # under autocast (bf16-mixed training of a compressed encoder) layer_norm answers in float32
+            out[rows, : x.shape[1]] = w.layer_norm(x).to(dtype)
         return out
