@@ -14,9 +14,10 @@ from conftest import SMALL_WHISPER
 from test_model import PROMPTS, WORDS, batch_for
 
 
-def build(seed=0, layers=4, heads=4, kv_heads=2, inter=256, enc_layers=2, hidden=64):
+def build(seed=0, layers=4, heads=4, kv_heads=2, inter=256, enc_layers=2, hidden=64, bucket_s=None):
     torch.manual_seed(seed)
-    enc = AudioEncoder(path=None, config=dict(SMALL_WHISPER, encoder_layers=enc_layers), context_s=2.0)
+    enc = AudioEncoder(path=None, config=dict(SMALL_WHISPER, encoder_layers=enc_layers), context_s=2.0,
+                       bucket_s=bucket_s)
     llm, tok = tiny_llama(WORDS, hidden_size=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
                           intermediate_size=inter)
     con = WindowQFormer(enc.out_dim, hidden, frames_per_second=50, hidden_size=32, heads=4, intermediate_size=64,
@@ -136,6 +137,21 @@ def test_replay_on_a_fresh_model_loads_the_pruned_weights(settings):
     b = calib(model)[0]
     assert torch.equal(logits(model, b), logits(fresh, b))
     runs(fresh)
+
+
+@pytest.mark.parametrize("importance", ["activation", "taylor"])
+def test_encoder_scores_count_each_clips_own_frames_whatever_path_the_encoder_takes(importance):
+    # bucketed clips and a clip longer than the context (two chunks, beside clips with a silent second one):
+    # the scores, hence the channels kept, are those of the same model without buckets
+    kept = []
+    for bucket_s in (None, 0.5):
+        model = build(enc_layers=2, bucket_s=bucket_s)
+        batches = [batch_for(model, [1.0, 0.5, 3.0], ["asr", "aac", "asr"], ["a red dog barks", "a cat", "the dog"])]
+        prune(model, cfg(method="width", ratio=0.5, targets=["encoder"], importance=importance, round_to=1), batches)
+        kept.append([layer.fc1.weight.detach().clone() for layer in model.encoder.whisper.layers])
+        runs(model)
+    for a, b in zip(*kept):
+        torch.testing.assert_close(a, b)
 
 
 def test_encoder_target_prunes_whisper_mlp_and_layers_and_keeps_it_frozen():

@@ -25,6 +25,16 @@ def loss(model: AudioLLM, batch: dict[str, Any]) -> torch.Tensor:
     return model(batch)
 
 
+def _plain(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with the encoder on its plain path: every chunk of every clip through Whisper's whole context,
+    in clip order. Bucketing (mel_frames) and skipping silent chunks (num_chunks) run sub-batches whose rows the
+    calibration hooks could not match to clips."""
+    if "encoder_inputs" not in batch:
+        return batch
+    plain = {k: v for k, v in batch["encoder_inputs"].items() if k not in ("mel_frames", "num_chunks")}
+    return {**batch, "encoder_inputs": plain}
+
+
 @dataclass
 class Stats:
     sq: dict[tuple[str, int, str], torch.Tensor]        # "mlp": per-channel sum of squared down_proj/fc2 inputs;
@@ -60,7 +70,12 @@ def calibrate(model: AudioLLM, stacks: list[Stack], batches: list[dict[str, Any]
         if stack == "llm" and state["llm_mask"] is not None and state["llm_mask"].shape == x.shape[:2]:
             mask = state["llm_mask"].bool()
         elif stack == "encoder" and state["frames"] is not None:
-            mask = torch.arange(x.shape[1], device=x.device)[None] < state["frames"].to(x.device)[:, None]
+            # rows are every clip's chunks in order (see `_plain`): chunk j of a clip holds its frames j*T..(j+1)*T
+            frames, (n, t) = state["frames"].to(x.device), x.shape[:2]
+            if n % len(frames):
+                raise RuntimeError(f"prune: the encoder ran {n} rows for {len(frames)} clips; cannot tell their frames")
+            chunk = torch.arange(n // len(frames), device=x.device)[None] * t
+            mask = torch.arange(t, device=x.device)[None] < (frames[:, None] - chunk).clamp(0, t).flatten()[:, None]
         return x[mask] if mask is not None else x.reshape(-1, x.shape[-1])
 
     def grab_mask(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -112,7 +127,7 @@ def calibrate(model: AudioLLM, stacks: list[Stack], batches: list[dict[str, Any]
         for p in params:
             p.requires_grad_(True)  # frozen weights still need gradients for Taylor scores
         for batch in batches:
-            batch = to_device(batch, device)
+            batch = to_device(_plain(batch) if any(st.name == "encoder" for st in stacks) else batch, device)
             state["frames"] = batch.get("num_frames")
             if want == "taylor":
                 with torch.enable_grad():
