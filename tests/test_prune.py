@@ -146,7 +146,8 @@ def test_encoder_scores_count_each_clips_own_frames_whatever_path_the_encoder_ta
     kept = []
     for bucket_s in (None, 0.5):
         model = build(enc_layers=2, bucket_s=bucket_s)
-        batches = [batch_for(model, [1.0, 0.5, 3.0], ["asr", "aac", "asr"], ["a red dog barks", "a cat", "the dog"])]
+        batches = [batch_for(model, [1.0, 0.5, 3.0], ["asr", "aac", "asr"], ["a red dog barks", "a cat", "the dog"]),
+                   batch_for(model, [1.0, 0.5], ["asr", "aac"], ["a red dog barks", "a cat"])]   # buckets alone
         prune(model, cfg(method="width", ratio=0.5, targets=["encoder"], importance=importance, round_to=1), batches)
         kept.append([layer.fc1.weight.detach().clone() for layer in model.encoder.whisper.layers])
         runs(model)

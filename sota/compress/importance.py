@@ -25,13 +25,19 @@ def loss(model: AudioLLM, batch: dict[str, Any]) -> torch.Tensor:
     return model(batch)
 
 
-def _plain(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch with the encoder on its plain path: every chunk of every clip through Whisper's whole context,
-    in clip order. Bucketing (mel_frames) and skipping silent chunks (num_chunks) run sub-batches whose rows the
-    calibration hooks could not match to clips."""
+def _plain(batch: dict[str, Any], mel_frames: int) -> dict[str, Any]:
+    """The batch with the encoder on its plain path: every chunk of every clip through Whisper's whole context
+    (`mel_frames` long), in clip order. Bucketing (mel_frames) and skipping silent chunks (num_chunks) run
+    sub-batches whose rows the calibration hooks could not match to clips. A bucketed batch's mel is padded
+    with silence as Whisper's log-mel has it: its floor, 8 decades (2.0 once scaled) below the chunk's loudest."""
     if "encoder_inputs" not in batch:
         return batch
     plain = {k: v for k, v in batch["encoder_inputs"].items() if k not in ("mel_frames", "num_chunks")}
+    mel = plain["mel"]
+    if mel.shape[-1] < mel_frames:
+        floor = mel.amax(dim=(-2, -1), keepdim=True) - 2.0
+        pad = floor.expand(*mel.shape[:-1], mel_frames - mel.shape[-1])
+        plain["mel"] = torch.cat([mel, pad], dim=-1)
     return {**batch, "encoder_inputs": plain}
 
 
@@ -127,7 +133,9 @@ def calibrate(model: AudioLLM, stacks: list[Stack], batches: list[dict[str, Any]
         for p in params:
             p.requires_grad_(True)  # frozen weights still need gradients for Taylor scores
         for batch in batches:
-            batch = to_device(_plain(batch) if any(st.name == "encoder" for st in stacks) else batch, device)
+            if any(st.name == "encoder" for st in stacks):
+                batch = _plain(batch, 2 * model.encoder.total_frames)   # Whisper's convolutions halve the mel frames
+            batch = to_device(batch, device)
             state["frames"] = batch.get("num_frames")
             if want == "taylor":
                 with torch.enable_grad():
