@@ -345,6 +345,9 @@ def test_wandb_offline_logs_each_point_and_a_summary(fake, tmp_path):
     assert len(runs) == 7 + 1  # 7 points and the summary
     logged = json.loads((tmp_path / "sweep" / "wandb.json").read_text())
     assert len(logged) == 7 and sorted(set(logged.values())) == ["failed", "ok"]
+    # the summary run carries the hypervolume and its history (W&B's offline record is binary; the key is in it)
+    assert any(b"hypervolume" in f.read_bytes() and b"points_finished" in f.read_bytes()
+               for r in runs for f in r.glob("*.wandb"))
     sweep({**GRID, "points": [{"fail": "exit"}]}, **{"wandb.mode": "offline"})  # resumed: only a new summary
     assert len(list((tmp_path / "sweep" / "wandb").glob("offline-run-*"))) == 9
 

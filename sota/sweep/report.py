@@ -30,8 +30,9 @@ from sota.sweep.frontier import (
     pareto_front,
     parse_objective,
 )
+from sota.sweep import hypervolume
 from sota.sweep.points import describe
-from sota.utils.io import atomic_write_text
+from sota.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ReportSettings:
     objectives: list[Objective]
     accuracy: list[Objective] = field(default_factory=list)
     cost: list[Objective] = field(default_factory=list)
+    hypervolume_reference: dict[str, Any] = field(default_factory=dict)   # see sota/sweep/hypervolume.py
 
     @classmethod
     def from_config(cls, objectives: Sequence[Any], report: Mapping[str, Any] | None = None) -> ReportSettings:
@@ -57,12 +59,16 @@ class ReportSettings:
         objs = [parse_objective(o) for o in objectives]
         if len(objs) < 2:
             raise ObjectiveError(f"objectives needs at least two entries (accuracy, then cost), got {list(objectives)}")
-        return cls(objs, [parse_objective(o) for o in report.get("accuracy") or []],
-                   [parse_objective(o) for o in report.get("cost") or []])
+        settings = cls(objs, [parse_objective(o) for o in report.get("accuracy") or []],
+                       [parse_objective(o) for o in report.get("cost") or []],
+                       dict(report.get("hypervolume_reference") or {}))
+        hypervolume.reference_point([], objs, settings.hypervolume_reference)  # names checked before any run
+        return settings
 
     def record(self) -> dict[str, Any]:
         return {"objectives": [str(o) for o in self.objectives],
-                "report": {"accuracy": [str(o) for o in self.accuracy], "cost": [str(o) for o in self.cost]}}
+                "report": {"accuracy": [str(o) for o in self.accuracy], "cost": [str(o) for o in self.cost],
+                           "hypervolume_reference": self.hypervolume_reference}}
 
 
 def numeric_keys(rows: Sequence[Row]) -> list[str]:
@@ -253,19 +259,35 @@ def render_html(data: Mapping[str, Any]) -> str:
 
 def write_report(directory: Path, rows: Sequence[Row], settings: ReportSettings, title: str,
                  stem: str = "frontier", group_field: str | None = None) -> dict[str, Path]:
-    """Write <stem>.csv, <stem>.png and <stem>.html into `directory`; returns their paths."""
+    """Write <stem>.csv, <stem>.png, <stem>.html and <stem>_hypervolume.json into `directory`; returns their
+    paths."""
     check_objectives(rows, settings.objectives)
     pairs = frontier_pairs(rows, settings.objectives, settings.accuracy, settings.cost)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {ext: directory / f"{stem}.{ext}" for ext in ("csv", "png", "html")}
+    paths["hypervolume"] = directory / f"{stem}_hypervolume.json"
     write_csv(paths["csv"], table(rows, settings, group_field))
     write_png(paths["png"], plot_frontiers(rows, pairs, title, group_field))
     atomic_write_text(paths["html"], render_html(html_data(rows, pairs, title, group_field)))
+    groups = {str(g): [r for r in rows if _group(r, group_field) == g] for g in _groups(rows, group_field)} \
+        if group_field else None
+    hv = hypervolume.summary(rows, settings.objectives, settings.hypervolume_reference, groups)
+    atomic_write_json(paths["hypervolume"], hv)
     front = pareto_front(rows, settings.objectives) if not group_field else []
-    log.info("report: %d points (%d failed)%s -> %s", len(rows), sum(not is_ok(r) for r in rows),
+    volumes = {g: v["hypervolume"] for g, v in hv["groups"].items()} if groups else hv["hypervolume"]
+    log.info("report: %d points (%d failed)%s, hypervolume %s (reference %s%s) -> %s", len(rows),
+             sum(not is_ok(r) for r in rows),
              f", {len(front)} on the {' vs '.join(o.label for o in settings.objectives)} frontier"
-             if not group_field else "", directory)
+             if not group_field else "", _fmt(volumes), hv["reference"],
+             f"; from the data: {', '.join(hv['reference_from_data'])}" if hv["reference_from_data"] else "",
+             directory)
     return paths
+
+
+def _fmt(volumes: float | Mapping[str, float]) -> str:
+    if isinstance(volumes, Mapping):
+        return ", ".join(f"{g} {v:.4g}" for g, v in volumes.items())
+    return f"{volumes:.4g}"
 
 
 def compare(directories: Sequence[str | Path], out: Path, settings: ReportSettings) -> dict[str, Path]:

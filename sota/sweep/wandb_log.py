@@ -96,6 +96,11 @@ def _log(sweep_dir: Path, group: str, rows: Sequence[Row], objectives: Sequence[
     if files.get("html") and Path(files["html"]).is_file():
         payload["frontier_html"] = wandb.Html(Path(files["html"]).read_text())
     run.log(payload)
+    hv = read_json(Path(files["hypervolume"])) if files.get("hypervolume") else None
+    for step in (hv or {}).get("history", []):   # the frontier's growth as the points finished
+        run.log({"hypervolume": step["hypervolume"], "points_finished": step["points"]})
+    if hv is not None:
+        run.summary.update({"hypervolume": hv.get("hypervolume"), "hypervolume_reference": json.dumps(hv["reference"])})
     run.summary.update({"points": len(rows), "failed": sum(not is_ok(r) for r in rows),
                         "frontier_ids": json.dumps(sorted(str(d[0]) for d in frontier_rows))})
     run.finish()
