@@ -41,14 +41,32 @@ def test_later_layers_see_fewer_positions_and_generation_runs():
     prefill = {i: v[0] for i, v in seen.items()}
     rec = merger.record()
     assert rec["prefills"] == 1 and rec["merged"] > 0
-    removed = rec["merged"] // 2                 # per row: the same count in every row
+    # half of each clip's audio tokens went; the batch lost the smaller clip's count of positions in every row
+    b = batch_for(model, seconds, tasks)
+    embeds, mask = model.audio_embeds(b)
+    counts = mask.sum(1).tolist()
+    removed = min(counts) // 2
+    assert rec["merged"] == sum(c // 2 for c in counts) and rec["hidden"] == rec["merged"] - 2 * removed
     assert all(prefill[i] == prefill[0] for i in range(1))
     assert all(prefill[i] == prefill[0] - removed for i in range(1, layers))
     assert all(n == 1 for i in seen for n in seen[i][1:])     # decode steps: one position each
-    # about half of the smaller clip's audio tokens went (the larger clip loses the same number)
-    b = batch_for(model, seconds, tasks)
-    embeds, mask = model.audio_embeds(b)
-    assert removed == int(min(mask.sum(1).tolist()) * 0.5)
+
+
+def test_each_clip_merges_its_own_share_whatever_its_batch():
+    """Clips of three lengths in one batch: each row merges its own share (the surplus over the batch's
+    fewest hidden as masked columns), so every answer is the one the clip gets alone."""
+    model = decisive_model(8)
+    seconds, tasks = [2.0, 0.8, 1.4], ["asr", "aac", "asr"]
+    merger = model.merge_tokens(keep=0.6, layer=1)
+    together = answers(model, seconds, tasks, "eager")
+    rec = merger.record()
+    _, mask = model.audio_embeds(batch_for(model, seconds, tasks))
+    counts = mask.sum(1)
+    shares = torch.minimum(torch.floor((1 - 0.6) * counts.float()).long(), counts // 2).tolist()
+    assert len(set(shares)) > 1 and rec["merged"] == sum(shares)
+    assert rec["hidden"] == sum(shares) - len(shares) * min(shares) and rec["uniform_prefills"] == 0
+    alone = [answers(model, [s], [t], "eager")[0] for s, t in zip(seconds, tasks)]
+    assert together == alone and any(together)
 
 
 def test_merged_generation_stays_close_to_the_full_one():

@@ -5,8 +5,11 @@ attention see fewer audio tokens.
 Pairs are (audio token 2i, audio token 2i + 1) of each clip, scored by the cosine similarity of their hidden
 states at that layer (bipartite merging as in ToMe, Bolya et al. 2023; FastAdaSP merges neighbouring speech
 tokens the same way). The `1 - keep` share of a clip's audio tokens goes, at most half of them (one merge per
-pair). Text tokens are never touched. In a batch every row loses the same number of tokens (the fewest any
-row may lose), so the batch stays rectangular; the record counts what was removed.
+pair). Text tokens are never touched. Each row of a batch merges its own share: the batch stays rectangular by
+removing, in every row, as many positions as the row that merges fewest, and the rest of a row's merged-away
+tokens stay in place masked out like padding, so a clip's answer does not depend on its batch. (Where a layer
+gets no 4D mask to hide them in, every row merges the fewest; the record says how often.) The record counts
+the merged tokens per clip and, apart, the positions hidden rather than removed.
 
 Mechanics: forward pre-hooks on the decoder layers from `layer` on. At the prefill of a prompt the hook of
 `layer` merges and remembers which positions stayed; the later layers' hooks cut their attention mask, rotary
@@ -73,8 +76,9 @@ class TokenMerger:
         self.keep, self.layer = float(keep), int(layer)
         self.audio_at: torch.Tensor | None = None    # [B, L] of the prompt about to be prefilled
         self.kept: torch.Tensor | None = None        # [B, L - r] positions that stayed, after a prefill
+        self.hide: torch.Tensor | None = None        # [B, L - r] of those, merged away but kept as masked columns
         self.prompt_len = 0
-        self.stats = {"prefills": 0, "audio_tokens": 0, "merged": 0}
+        self.stats = {"prefills": 0, "audio_tokens": 0, "merged": 0, "hidden": 0, "uniform_prefills": 0}
         # Layer 0 sees every forward first: a new sequence (more than one query) forgets the last prefill's cut.
         self.handles = [layers[0].register_forward_pre_hook(self._start, with_kwargs=True)]
         self.handles += [layers[i].register_forward_pre_hook(self._hook(i), with_kwargs=True)
@@ -90,36 +94,51 @@ class TokenMerger:
                 "kept_ratio": round(1 - self.stats["merged"] / seen, 4) if seen else None}
 
     # -- merging -----------------------------------------------------------------------------------------
-    def _merge(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reduced hidden states, kept positions [B, L - r])."""
+    def _merge(self, hidden: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(reduced hidden states, kept positions [B, L - r], of those the merged-away ones to mask or None).
+        `per_row`: each row merges its own share (needs a 4D mask to hide the surplus); else the fewest."""
         audio = self.audio_at.to(hidden.device)
         b, length = audio.shape
         counts = audio.sum(1)
-        r = int(min(torch.floor((1 - self.keep) * counts.float()).min().item(), (counts // 2).min().item()))
+        share = torch.minimum(torch.floor((1 - self.keep) * counts.float()).long(), counts // 2)   # [B]
+        if not per_row:
+            share = share.min().expand(b)
+        r, r_max = int(share.min().item()), int(share.max().item())
         self.stats["prefills"] += 1
         self.stats["audio_tokens"] += int(counts.sum())
-        if r <= 0:
-            return hidden, torch.arange(length, device=hidden.device).expand(b, length)
-        # Audio positions of each row, in order (every row has at least 2r of them).
+        self.stats["uniform_prefills"] += int(not per_row and b > 1)
+        every = torch.arange(length, device=hidden.device).expand(b, length)
+        if r_max <= 0:
+            return hidden, every, None
+        # Audio positions of each row, in order, paired (2i, 2i + 1); a row's missing pairs never win.
         order = torch.where(audio, torch.arange(length, device=audio.device), length).sort(1).values
-        pairs = int((counts // 2).min())
+        pairs = int((counts // 2).max())
         left, right = order[:, 0:2 * pairs:2], order[:, 1:2 * pairs:2]               # [B, pairs]
+        real = right < length
+        left, right = left.clamp(max=length - 1), right.clamp(max=length - 1)
         h_left, h_right = _gather(hidden, left, 1), _gather(hidden, right, 1)
-        sim = F.cosine_similarity(h_left.float(), h_right.float(), dim=-1)           # [B, pairs]
-        chosen = sim.topk(r, dim=1).indices                                           # [B, r]
+        sim = F.cosine_similarity(h_left.float(), h_right.float(), dim=-1).masked_fill(~real, float("-inf"))
+        chosen = sim.topk(r_max, dim=1).indices                                       # [B, r_max], best first
         drop, into = left.gather(1, chosen), right.gather(1, chosen)
+        valid = torch.arange(r_max, device=hidden.device)[None] < share[:, None]    # a row's own share
+        into = torch.where(valid, into, drop)   # surplus picks write a token back onto itself: no change
         merged = (_gather(hidden, drop, 1) + _gather(hidden, into, 1)) / 2
         hidden = hidden.scatter(1, into[..., None].expand(-1, -1, hidden.shape[-1]), merged)
+        rows = torch.arange(b, device=hidden.device)[:, None]
         keep = torch.ones(b, length, dtype=torch.bool, device=hidden.device)
-        keep[torch.arange(b, device=hidden.device)[:, None], drop] = False
-        kept = torch.where(keep, torch.arange(length, device=hidden.device), length).sort(1).values[:, :length - r]
-        self.stats["merged"] += r * b
-        return _gather(hidden, kept, 1), kept
+        keep[rows, drop[:, :r]] = False                                               # removed in every row
+        kept = torch.where(keep, every, length).sort(1).values[:, :length - r]
+        surplus = torch.zeros(b, length, dtype=torch.bool, device=hidden.device)
+        surplus[rows, drop[:, r:]] = valid[:, r:]
+        hide = surplus.gather(1, kept) if r_max > r else None
+        self.stats["merged"] += int(share.sum())
+        self.stats["hidden"] += int(share.sum()) - r * b
+        return _gather(hidden, kept, 1), kept, hide
 
     def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
         if hidden.shape[1] > 1:
-            self.kept = None
+            self.kept, self.hide = None, None
             if self.audio_at is not None and self.audio_at.shape[1] != hidden.shape[1]:
                 self.audio_at = None    # not the prompt it was set for
 
@@ -128,10 +147,11 @@ class TokenMerger:
             hidden = args[0] if args else kwargs["hidden_states"]
             if i == self.layer and hidden.shape[1] > 1 and self.audio_at is not None:
                 self.prompt_len = hidden.shape[1]
-                hidden, self.kept = self._merge(hidden)
+                mask = kwargs.get("attention_mask")
+                hidden, self.kept, self.hide = self._merge(hidden, isinstance(mask, torch.Tensor) and mask.dim() == 4)
                 self.audio_at = None
                 args, kwargs = self._with_hidden(args, kwargs, hidden)
-            if self.kept is None or self.kept.shape[1] == self.prompt_len:
+            if self.kept is None or (self.kept.shape[1] == self.prompt_len and self.hide is None):
                 return args, kwargs
             return args, self._cut(kwargs, hidden.shape[1])
         return hook
@@ -158,5 +178,9 @@ class TokenMerger:
             mask = _gather(mask, cols, 3)
             if prefill:
                 mask = _gather(mask, kept, 2)
+            if self.hide is not None:   # a row's surplus merged-away tokens: nobody attends to them
+                hide = F.pad(self.hide, (0, mask.shape[-1] - self.hide.shape[1]))[:, None, None, :]
+                mask = mask.masked_fill(hide, False) if mask.dtype == torch.bool else \
+                    mask.masked_fill(hide, torch.finfo(mask.dtype).min)
             out["attention_mask"] = mask
         return out
