@@ -318,3 +318,50 @@ def test_a_failed_run_is_not_checked_and_a_missing_one_is_none(tmp_path):
     assert read_results(path) is None
     path.write_text(json.dumps({"status": "failed", "error": "nan loss"}))
     assert read_results(path) == {"status": "failed", "error": "nan loss"}
+
+
+def test_an_optuna_study_survives_a_killed_driver_and_recomputes_nothing_finished(fake, tmp_path, reap, caplog):
+    """Two trials finish, the driver is SIGKILLed while a third runs; the rerun settles the interrupted trial
+    (asked again with its parameters), runs nothing that had finished, and ends with every trial told."""
+    optuna = pytest.importorskip("optuna")
+    sweep, launches, script = fake
+    sweep_dir = tmp_path / "sweep"
+    spec = {"name": "opt", "method": "optuna", "params": {"size": "range(1,9)"},
+            "optuna": {"n_trials": 2, "population_size": 2, "seed": 0}}
+    assert sweep(spec)["launched"] == 2
+    finished = launches()
+    spec["optuna"]["n_trials"] = 3
+    driver, pids = start_driver(script, sweep_dir, spec, reap)
+    driver.kill()
+    driver.communicate()
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    states = [t.state.name for t in optuna.load_study(study_name="opt", storage=storage).trials]
+    assert states.count("COMPLETE") == 2 and states.count("RUNNING") == 1, states
+
+    with caplog.at_level(logging.INFO):
+        result = sweep(spec)
+    assert any("was interrupted; asking its parameters again" in r.getMessage() for r in caplog.records)
+    assert not any(alive(p) for p in pids)
+    again = launches()[len(finished):]
+    assert len(again) == 1 and again[0] not in finished      # only the interrupted trial ran, once
+    trials = optuna.load_study(study_name="opt", storage=storage).trials
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) == 3 and result["counts"]["ok"] == 3
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+
+
+def test_an_optuna_trial_whose_worker_was_killed_is_failed_then_asked_again(fake, tmp_path, reap):
+    optuna = pytest.importorskip("optuna")
+    sweep, launches, script = fake
+    sweep_dir = tmp_path / "sweep"
+    spec = {"name": "opt", "method": "optuna", "params": {"size": "range(1,9)"},
+            "optuna": {"n_trials": 1, "population_size": 2, "seed": 0}}
+    driver, pids = start_driver(script, sweep_dir, spec, reap)
+    os.kill(pids[0], signal.SIGKILL)   # the point's run.py, not the driver
+    driver.communicate(timeout=60)
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    assert [t.state.name for t in optuna.load_study(study_name="opt", storage=storage).trials] == ["FAIL"]
+    result = sweep(spec, rerun_failed="true")
+    trials = optuna.load_study(study_name="opt", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and result["counts"]["ok"] == 1
+    assert trials[1].params == trials[0].params and len(launches()) == 1   # the same parameters, run again
