@@ -312,12 +312,31 @@ def test_lowrank_replays_on_a_fresh_model_and_checkpoints_keep_its_factors():
     assert torch.equal(encoder_out(fresh, batches), encoder_out(model, batches))
 
 
+@pytest.mark.parametrize("factors", ["frozen", "trained"])
+def test_lowrank_factors_train_in_recovery_only_when_asked(factors):
+    from sota.compress.lowrank import factor_names
+    model = build(enc_layers=2)
+    report = prune(model, cfg(**LOWRANK, factors=factors), calib(model))
+    assert report["encoder"]["factors"] == factors
+    params = dict(model.encoder.whisper.named_parameters())
+    factor_params = [params[n] for n in factor_names(model.encoder.whisper)]
+    model(batch_for(model, [1.0], ["asr"], ["a red dog barks"])).backward()
+    if factors == "trained":
+        assert all(p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0 for p in factor_params)
+    else:
+        assert not any(p.requires_grad for p in factor_params)
+    # the rest of the encoder stays frozen either way
+    assert not any(p.requires_grad for n, p in params.items() if n not in factor_names(model.encoder.whisper))
+
+
 def test_lowrank_settings_are_checked():
     out = []
     validate(cfg(**{**LOWRANK, "targets": ["llm"]}), out)
     validate(cfg(**{**LOWRANK, "importance": "taylor"}), out)
     validate(cfg(**{**LOWRANK, "calib_batches": 0}), out)
-    assert len(out) == 3
+    validate(cfg(**{**LOWRANK, "factors": "thawed"}), out)
+    validate(cfg(method="width", ratio=0.3, factors="trained"), out)
+    assert len(out) == 5 and "frozen, trained" in out[3] and "prune.method=lowrank only" in out[4]
     assert "prune.targets must be [encoder]" in out[0]
     assert "activation, magnitude" in out[1] and "taylor" in out[1]
     assert "calib_batches must be >= 1" in out[2]

@@ -27,6 +27,9 @@ from sota.compress.surgery import n_params, set_module
 log = logging.getLogger(__name__)
 
 IMPORTANCES = ("activation", "magnitude")
+# Whether recovery trains the factors: `frozen` keeps them as the frozen encoder they replace (training then
+# adapts the LLM around them); `trained` lets recovery move them, the encoder's only trainable tensors.
+FACTORS = ("frozen", "trained")
 
 
 class LowRankLinear(nn.Module):
@@ -137,7 +140,7 @@ def factorise(model: Any, s: dict[str, Any], batches: list[dict]) -> dict[str, A
             new.up.weight.copy_(up)
             if bias is not None:
                 new.up.bias.copy_(bias)
-        new.requires_grad_(lin.weight.requires_grad)
+        new.requires_grad_(lin.weight.requires_grad or s.get("factors") == "trained")
         set_module(whisper, name, new)
     after = n_params(whisper)
     targeted = sum(linears[n].weight.numel() for n in ranks)
@@ -145,7 +148,8 @@ def factorise(model: Any, s: dict[str, Any], batches: list[dict]) -> dict[str, A
              ratio, s["importance"], before, after, len(ranks), len(kept_full))
     return {"params_before": before, "params_after": after, "achieved_ratio": round(1 - after / before, 6),
             "factorised_weights_ratio": round((before - after) / targeted, 6), "importance": s["importance"],
-            "ranks": ranks, "bias_added": bias_added, "kept_full_rank": kept_full}
+            "ranks": ranks, "bias_added": bias_added, "kept_full_rank": kept_full,
+            "factors": s.get("factors", "frozen")}
 
 
 def factor_names(root: nn.Module) -> set[str]:

@@ -27,7 +27,7 @@ IMPORTANCES = ("activation", "taylor", "magnitude")
 TARGETS = ("llm", "encoder")
 DEFAULTS: dict[str, Any] = {
     "method": "none", "ratio": 0.0, "targets": ["llm"], "importance": "activation", "protected_layers": [0],
-    "round_to": 8, "prune_heads": True, "calib_batches": 4,
+    "round_to": 8, "prune_heads": True, "calib_batches": 4, "factors": "frozen",
 }
 
 
@@ -73,6 +73,11 @@ def validate(cfg: DictConfig | None, out: list[str]) -> None:
     if s["method"] == "lowrank" and targets != ["encoder"] and isinstance(targets, list):
         out.append(f"prune.method=lowrank factorises the Whisper encoder's linears: prune.targets must be "
                    f"[encoder], got {targets!r}")
+    if s["factors"] not in lowrank.FACTORS:
+        out.append(f"prune.factors must be one of {', '.join(lowrank.FACTORS)} (whether recovery trains a low-rank "
+                   f"encoder's factors); got {s['factors']!r}")
+    elif s["factors"] != "frozen" and s["method"] != "lowrank":
+        out.append(f"prune.factors={s['factors']} applies to prune.method=lowrank only (got {s['method']})")
     prot = s["protected_layers"]
     if not isinstance(prot, list) or not all(is_int(i) for i in prot):
         out.append(f"prune.protected_layers must be a list of decoder layer indices, got {prot!r}")
