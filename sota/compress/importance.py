@@ -128,12 +128,13 @@ def calibrate(model: AudioLLM, stacks: list[Stack], batches: list[dict[str, Any]
     flags = [p.requires_grad for p in params]
     was_training = model.training
     device = next(model.llm.parameters()).device
+    encoder = any(st.name == "encoder" for st in stacks)
     model.eval()  # no dropout: importance must describe the model as it is used
     try:
         for p in params:
             p.requires_grad_(True)  # frozen weights still need gradients for Taylor scores
         for batch in batches:
-            if any(st.name == "encoder" for st in stacks):
+            if encoder:
                 batch = _plain(batch, 2 * model.encoder.total_frames)   # Whisper's convolutions halve the mel frames
             batch = to_device(batch, device)
             state["frames"] = batch.get("num_frames")

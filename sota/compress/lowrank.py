@@ -112,7 +112,6 @@ def _factors(lin: nn.Linear, rank: int, outputs: _Outputs | None) -> tuple[torch
     return basis.T @ w, basis, bias
 
 
-
 def factorise(model: Any, s: dict[str, Any], batches: list[dict]) -> dict[str, Any]:
     """Factorise the encoder's linears in place as the `prune` settings `s` say; the report's encoder section."""
     whisper = model.encoder.whisper
@@ -169,7 +168,7 @@ def replay(model: Any, section: dict[str, Any]) -> None:
         lin = linears[name]
         bias = lin.bias is not None or name in section.get("bias_added", [])
         set_module(whisper, name, LowRankLinear(lin.in_features, lin.out_features, int(rank), bias,
-                                          device=lin.weight.device, dtype=lin.weight.dtype))
+                                                device=lin.weight.device, dtype=lin.weight.dtype))
     if n_params(whisper) != section["params_after"]:
         raise RuntimeError(f"prune.replay: the encoder has {n_params(whisper)} parameters after replay, the report "
                            f"says {section['params_after']}")

@@ -83,7 +83,6 @@ def quantized_copy(lin: nn.Linear, mode: str, cfg: Any, device: str, quantize_ro
     return holder.lin
 
 
-
 def _bytes(mod: nn.Module) -> int:
     return sum(tensor_bytes(p) for p in mod.parameters())
 

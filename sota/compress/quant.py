@@ -22,8 +22,8 @@ from transformers import PreTrainedModel
 
 from sota.compress import mixed
 from sota.compress.plan import QLORA_BASE
-from sota.compress.surgery import set_module
 from sota.compress.plan import quant_parts as parts
+from sota.compress.surgery import set_module
 from sota.models.footprint import footprint
 
 # mode -> device types its kernels run on (checked: torchao int4 weight-only has CUDA kernels only).
@@ -160,7 +160,6 @@ def _candidates(root: nn.Module, patterns: list[str]) -> Iterator[tuple[str, nn.
             blocked.append(name)
             continue
         yield name, mod
-
 
 
 def _targets(model: nn.Module, cfg: Any) -> dict[str, nn.Module]:

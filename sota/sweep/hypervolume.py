@@ -22,8 +22,8 @@ from sota.sweep.frontier import Objective, Row, canonical_key, is_ok, number
 def _losses(rows: Sequence[Row], objectives: Sequence[Objective]) -> np.ndarray:
     """Each ok row's objective values as losses (maximised objectives negated); rows missing one are left out."""
     out = []
-    for r in rows:
-        values = [number(r, o.key) for o in objectives] if is_ok(r) else [None]
+    for r in filter(is_ok, rows):
+        values = [number(r, o.key) for o in objectives]
         if all(v is not None for v in values):
             out.append([v if o.direction == "min" else -v for o, v in zip(objectives, values)])
     return np.array(out, dtype=float).reshape(-1, len(objectives))
