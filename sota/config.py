@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sota import schema
+from sota import param_groups, schema
 from sota.errors import ConfigError
 
 TASKS = ("train", "eval")
@@ -189,6 +189,9 @@ def validate(cfg: DictConfig) -> None:
     _data(cfg.data, out)
     _generate(cfg.generate, out)
     _trainer(cfg.trainer, out)
+    param_groups.validate(as_dict(cfg.param_groups) if cfg.get("param_groups") else None, out)
+    if cfg.get("param_groups") and cfg.optimizer.get("lr") is None:
+        out.append("param_groups scale optimizer.lr, which is not set")
     from sota.compress import pipeline
 
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))

@@ -17,6 +17,7 @@ from sota.metrics.scoring import score_predictions
 from sota.models.agreement import Agreement
 from sota.models.audio_llm import AudioLLM
 from sota.models.encoder import SAMPLE_RATE
+from sota.param_groups import split as split_param_groups
 
 
 class AudioLLMModule(L.LightningModule):
@@ -24,13 +25,16 @@ class AudioLLMModule(L.LightningModule):
                  scheduler: Callable[..., Any] | None = None, generate: dict[str, Any] | None = None,
                  run_config: dict[str, Any] | None = None, vocabulary: list[str] | None = None,
                  compression: dict[str, Any] | None = None, audio: dict[str, Any] | None = None,
-                 distiller: Distiller | None = None) -> None:
+                 distiller: Distiller | None = None, param_groups: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.model = model
         # recover=distill: the frozen teacher and the loss weights (not a submodule: no state_dict, no optimizer).
         self.distiller = distiller
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.param_groups = list(param_groups or [])
+        # The learning rate each parameter group trains at (sota.param_groups), set by configure_optimizers.
+        self.param_group_record: list[dict[str, Any]] = []
         self.generate_kwargs = dict(generate or {})
         # A second backend that decodes the test split too, for the agreement record (sota.models.agreement).
         self.compare_with: str | None = self.generate_kwargs.pop("compare_with", None)
@@ -63,10 +67,11 @@ class AudioLLMModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
+        if not any(p.requires_grad for p in self.parameters()):
             raise ValueError("nothing to train: every parameter is frozen")
-        opt = self.optimizer_factory(params=params)
+        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        groups, self.param_group_record = split_param_groups(self.named_parameters(), self.param_groups, base_lr)
+        opt = self.optimizer_factory(params=groups)
         if self.scheduler_factory is None:
             return opt
         steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches

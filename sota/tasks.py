@@ -191,7 +191,8 @@ def _setup(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalStat
     model.to(device)
     module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),
                             generate=as_dict(cfg.generate), run_config=results.config, vocabulary=words,
-                            compression=record, audio=audio, distiller=distiller)
+                            compression=record, audio=audio, distiller=distiller,
+                            param_groups=as_dict(cfg.get("param_groups")) if cfg.get("param_groups") else None)
     results.timing["setup_s"] = time.perf_counter() - t0
     return _Run(dm, model, module, trainer, logger, clock, start, record, device, merger)
 
@@ -215,6 +216,7 @@ def _train(s: _Run, cfg: DictConfig, out_dir: Path, results: Results) -> None:
         t1 = time.perf_counter()
         s.trainer.fit(s.module, datamodule=s.dm, ckpt_path=checkpoint.resume_from(cfg, out_dir, results))
         results.timing["train_s"] = time.perf_counter() - t1
+        s.record["recover"]["param_groups"] = s.module.param_group_record  # the rate each group trained at
         if s.module.distiller is not None:   # the teacher is not part of the model evaluated and measured
             s.module.distiller = None
             gc.collect()

@@ -53,6 +53,10 @@ def test_results_json_contract(trained):
     assert eff["device"].startswith("cpu") and eff["peak_memory_mb"] > 0 and eff["run_peak_memory_mb"] > 0
     assert eff["mode"] == "strict" and eff["ttft_ms"] > 0 and eff["tpot_ms"] > 0 and eff["backend"] == "eager"
     assert res["timing"]["train_steps"] == 4 and res["timing"]["train_s"] > 0
+    # every trainable tensor at optimizer.lr (no param_groups given)
+    groups = res["compression"]["recover"]["param_groups"]
+    assert groups == [{"match": None, "lr": res["config"]["optimizer"]["lr"], "tensors": groups[0]["tensors"],
+                       "parameters": model["params_trainable"]}]
     # steady-state throughput: steps 2-4 (the first step is warm-up), global samples per second
     assert res["timing"]["throughput_steps"] == 3 and res["timing"]["train_samples_per_s"] > 0
     assert res["provenance"]["seed"] == 0 and "torch" in res["provenance"]["versions"]
