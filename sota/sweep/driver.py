@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from sota.compose import compose, conf_dir
 from sota.run_dir import LAST_CHECKPOINT
 from sota.sweep import launch, points, sweepdir
+from sota.sweep.budget import Budget, skipped_results, write_skipped
 from sota.sweep.children import Children
 from sota.sweep.frontier import Objective
 from sota.sweep.points import Point, SweepSpecError
@@ -239,7 +240,8 @@ def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[s
             index.entries[p.id] = {**entry, "status": "pending"}
     index.save()
     rerun = ("failed", INVALID) if s.rerun_failed else ()
-    todo = [p for p in planned if states[p.id] == "pending" or states[p.id] in rerun]
+    todo = [p for p in planned if states[p.id] in ("pending", "skipped") or states[p.id] in rerun]
+    todo = _within_budget(s, todo, index, states)
     n_ok = sum(v == "ok" for v in states.values())
     n_failed = sum(v in ("failed", INVALID) for v in states.values())
     n_invalid = sum(v == INVALID for v in states.values())
@@ -273,10 +275,36 @@ def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[s
     return launch.run_pool(next_point, rec.start, runner, s.workers, on_done)
 
 
+def _within_budget(s: SweepSettings, todo: list[Point], index: Index, states: dict[str, str]) -> list[Point]:
+    """The points of `todo` the planner puts within `sweep.budget`; the others are recorded as skipped (a
+    results.json with the predicted figures) and never launched. Skipped points are planned again on every
+    run, so a raised budget runs them."""
+    budget = Budget.from_spec(s.spec)
+    if budget is None or not budget.predictable:
+        return todo
+    keep = []
+    for p in todo:
+        try:
+            predicted = budget.predict(p.overrides)
+        except Exception as err:  # a configuration the planner cannot size still runs, and says so
+            log.warning("point %s: the planner could not size it (%s); it runs", p.id, str(err).splitlines()[0])
+            keep.append(p)
+            continue
+        reason = budget.over(predicted)
+        if reason is None:
+            keep.append(p)
+            continue
+        write_skipped(point_dir(s.sweep_dir, p.id), skipped_results(reason, predicted, p.overrides))
+        index.update({**p.record(), "status": "skipped", "error": reason, "values": {}})
+        states[p.id] = "skipped"
+        log.info("point %s %s", p.id, reason)
+    return keep
+
+
 def _run_optuna(s: SweepSettings, index: Index, keys: list[str], runner: launch.Runner) -> int:
     from sota.sweep.optuna_search import Search
 
-    search = Search(s.spec, s.objectives, s.sweep_dir, rerun_failed=s.rerun_failed)
+    search = Search(s.spec, s.objectives, s.sweep_dir, rerun_failed=s.rerun_failed, budget=Budget.from_spec(s.spec))
     left = max(0, search.n_trials - search.finished())
     log.info("sweep %s: optuna NSGA-II, %d of %d trials finished, %d to run with %d worker(s)", s.name,
              search.finished(), search.n_trials, left, s.workers)
@@ -290,6 +318,7 @@ def _run_optuna(s: SweepSettings, index: Index, keys: list[str], runner: launch.
 
 def summary_line(result: Mapping[str, Any]) -> str:
     c = result["counts"]
-    return (f"sweep dir {result['sweep_dir']}: {c['ok']} ok, {c['failed']} failed{_invalid(c)}, "
+    skipped = f", {c['skipped']} skipped (over budget)" if c.get("skipped") else ""
+    return (f"sweep dir {result['sweep_dir']}: {c['ok']} ok, {c['failed']} failed{_invalid(c)}{skipped}, "
             f"{c['pending']} pending; "
             f"{result['launched']} launched in {result['wall_s']:.0f} s; report {result['files']['html']}")

@@ -48,11 +48,15 @@ def _num(text: str) -> float | None:
         return None
 
 
+def _constraints(trial: Any) -> list[float]:
+    return list(trial.user_attrs["constraints"])
+
+
 class Search:
     """The ask side (`next_point`) and the tell side (`tell`) of one sweep's study."""
 
     def __init__(self, spec: Mapping[str, Any], objectives: Sequence[Objective], sweep_dir: Path,
-                 rerun_failed: bool = False) -> None:
+                 rerun_failed: bool = False, budget: Any = None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -76,9 +80,13 @@ class Search:
         seed = opts.get("seed")
         # A resumed study must not replay the sampler's first draws: offset the seed by the trials it has.
         offset = len(self.study.get_trials(deepcopy=False))
+        # sweep.budget reaches the sampler as constraints of measured points: each trial's user attr
+        # "constraints" (value - limit per budget, <= 0 feasible) is set before it is told.
+        self.budget = budget
         self.study.sampler = optuna.samplers.NSGAIISampler(
             population_size=int(opts.get("population_size", 8)),
-            seed=None if seed is None else int(seed) + offset)
+            seed=None if seed is None else int(seed) + offset,
+            constraints_func=_constraints if budget is not None else None)
         self.active: dict[str, Any] = {}
         self._settle_stale(rerun_failed)
 
@@ -159,6 +167,8 @@ class Search:
         from optuna.trial import TrialState
 
         trial = self.active.pop(point.id)
+        if self.budget is not None:  # a failed trial violates every limit: it has no measured value
+            trial.set_user_attr("constraints", self.budget.constraints(results))
         values = self._values(results)
         if values is None:
             if results is not None and results.get("status") == "ok":

@@ -40,6 +40,7 @@ POINTS = "points"
 ATTEMPTS = "attempts"
 CHILDREN = "children"
 STATUSES = ("pending", "ok", "failed")
+SKIPPED = "skipped"   # over the sweep's budget by the planner's prediction: never launched (sota/sweep/budget.py)
 INVALID = "invalid"   # results.json says ok but breaks the schema: counted apart, rerun like a failed point
 # Sections of results.json (sota/tasks.py writes them all); `metrics` is the one a result cannot lack.
 SECTIONS = ("config", "metrics", "model", "efficiency", "compression", "timing", "data", "provenance")
@@ -254,7 +255,7 @@ def state(sweep_dir: Path, pid: str, entry: Mapping[str, Any] | None) -> str:
     if the index recorded it so (an interrupted sweep leaves it pending, to run again)."""
     results = read_results(point_dir(sweep_dir, pid) / RESULTS)
     if results is not None:
-        return results["status"] if results.get("status") in ("ok", INVALID) else "failed"
+        return results["status"] if results.get("status") in ("ok", INVALID, SKIPPED) else "failed"
     return "failed" if entry and entry.get("status") == "failed" else "pending"
 
 
@@ -306,7 +307,8 @@ def _row(pid: str, results: dict[str, Any] | None, overrides: list[str], fallbac
          extra: Mapping[str, Any] | None = None) -> Row:
     row: Row = dict(results or {})
     ok = results is not None and results.get("status") == "ok"
-    status = "ok" if ok else INVALID if results is not None and results.get("status") == INVALID else "failed"
+    kept = results.get("status") if results is not None and results.get("status") in (INVALID, SKIPPED) else None
+    status = "ok" if ok else kept or "failed"
     row.update({"id": pid, "status": status, "overrides": overrides,
                 "error": row.get("error") if results is not None else fallback_error, **(extra or {})})
     if not ok and not row["error"]:
