@@ -5,6 +5,7 @@
     python sweep.py compare DIR1 DIR2 ... [out=DIR]   several sweeps' frontiers in one picture and table
     python sweep.py remeasure DIR [--points reference,best] [--measure official]   chosen points again, alone
     python sweep.py paired DIR [--reference ID]       each point's WER minus the reference's, paired bootstrap
+    python sweep.py plan [sweep=NAME] [key=value ...] [--json]   predicted peak memory, nothing run
 """
 
 import sys
@@ -35,6 +36,10 @@ if __name__ == "__main__":
 
         print(usage())
         sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "plan":
+        from sota.plan.cli import main as plan
+
+        sys.exit(plan(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
         from sota.sweep.cli import main as tools
 
