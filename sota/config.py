@@ -152,10 +152,16 @@ def _trainer(c: DictConfig, out: list[str]) -> None:
             wanted = list(devices) if not isinstance(devices, (int, str)) else []
             if isinstance(devices, int) and devices > count or any(int(i) >= count for i in wanted):
                 out.append(f"trainer.devices is {devices} but this machine has {count} CUDA device(s)")
-    if any(name in strategy.lower() for name in ("fsdp", "deepspeed")):
-        out.append(f"trainer.strategy is {strategy}, which shards the weights across processes; run.py evaluates "
-                   "the trained weights on one device of global rank zero, which needs all of them there, so "
-                   "sharded training is not supported yet: use trainer=ddp (every GPU holds the whole model)")
+    if strategy in ("FSDPStrategy", "fsdp") or "deepspeed" in strategy.lower():
+        out.append(f"trainer.strategy is {strategy}; sota shards with FSDP2 through Lightning's "
+                   "ModelParallelStrategy: use trainer=fsdp (GPUs) or trainer=fsdp_cpu")
+    if strategy == "ModelParallelStrategy":
+        if isinstance(devices, bool) or not isinstance(devices, int):
+            out.append(f"trainer=fsdp shards over trainer.devices processes, which must be an integer; got {devices!r}")
+        tp = (c.get("strategy") or {}).get("tensor_parallel_size", "auto")
+        if tp != 1:
+            out.append(f"trainer.strategy.tensor_parallel_size must be 1 (sota shards data-parallel only, "
+                       f"sota/models/sharding.py); got {tp!r}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -189,6 +195,15 @@ def validate(cfg: DictConfig) -> None:
     _data(cfg.data, out)
     _generate(cfg.generate, out)
     _trainer(cfg.trainer, out)
+    if _strategy_name(cfg.trainer.get("strategy")) == "ModelParallelStrategy":
+        from sota.compress.quant import is_qlora_base
+
+        if cfg.task == "eval":
+            out.append("task=eval evaluates on one device; trainer=fsdp shards training only: use trainer=gpu or "
+                       "trainer=cpu")
+        if is_qlora_base(cfg.get("quant")):
+            out.append(f"trainer=fsdp cannot shard bitsandbytes' 4-/8-bit weights (quant.mode="
+                       f"{cfg.quant.mode}); use trainer=ddp for QLoRA, or quant.mode=none|bf16 with trainer=fsdp")
     param_groups.validate(as_dict(cfg.param_groups) if cfg.get("param_groups") else None, out)
     if cfg.get("param_groups") and cfg.optimizer.get("lr") is None:
         out.append("param_groups scale optimizer.lr, which is not set")

@@ -14,6 +14,7 @@ import torch
 from sota.compress import lowrank
 from sota.compress.distill import Distiller
 from sota.metrics.scoring import score_predictions
+from sota.models import sharding
 from sota.models.agreement import Agreement
 from sota.models.audio_llm import AudioLLM
 from sota.models.encoder import SAMPLE_RATE
@@ -35,6 +36,8 @@ class AudioLLMModule(L.LightningModule):
         self.param_groups = list(param_groups or [])
         # The learning rate each parameter group trains at (sota.param_groups), set by configure_optimizers.
         self.param_group_record: list[dict[str, Any]] = []
+        # trainer=fsdp: what configure_model sharded (sota.models.sharding)
+        self.sharding: dict[str, Any] = {}
         self.generate_kwargs = dict(generate or {})
         # A second backend that decodes the test split too, for the agreement record (sota.models.agreement).
         self.compare_with: str | None = self.generate_kwargs.pop("compare_with", None)
@@ -53,6 +56,14 @@ class AudioLLMModule(L.LightningModule):
         self.metrics: dict[str, dict[str, Any]] = {}
 
     # -- training ---------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        # trainer=fsdp (Lightning's ModelParallelStrategy): FSDP2 units over the data-parallel ranks
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy) \
+                and not self.sharding:
+            self.sharding = sharding.shard(self.model, self.device_mesh["data_parallel"])
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         n = len(batch["tasks"])
         if self.distiller is None:

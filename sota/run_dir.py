@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# trainer=fsdp: the trained tensors gathered from every rank's shard, which rank zero evaluates
+SHARDED_TRAINED = Path("checkpoints") / "trained.ckpt"
 
 
 class RunExists(RuntimeError):

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sota import checkpoint
 from sota.compress import distill, pipeline, prune
@@ -35,7 +35,7 @@ from sota.models.footprint import footprint, peak_rss_mb
 from sota.preemption import Interrupted, ResumableCheckpoint, SignalState, interruptible
 from sota.progress import progress_bars
 from sota.results import Results
-from sota.run_dir import LAST_CHECKPOINT, RESULTS, check_output_dir
+from sota.run_dir import LAST_CHECKPOINT, RESULTS, SHARDED_TRAINED, check_output_dir
 from sota.utils.batches import to_device
 from sota.utils.io import atomic_write_json, atomic_write_text
 from sota.utils.provenance import device_name
@@ -123,6 +123,10 @@ def _stages(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalSta
     s = _setup(cfg, out_dir, results, signals)
     session["logger"] = s.logger
     _train(s, cfg, out_dir, results)
+    if s.module.sharding:
+        s = _whole(s, cfg, out_dir, results, signals)
+        if s is None:
+            return  # FSDP: the other ranks leave after writing their shards
     trainer = _one_device(s.trainer, cfg, s.logger, out_dir)
     if trainer is None:
         return  # DDP: the other ranks leave after training; rank zero evaluates, measures and writes
@@ -152,7 +156,7 @@ class _Run:
     merger: Any = None        # tokens=merge: its hooks count what they merged
 
 
-def _setup(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalState) -> _Run:
+def _setup(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalState, logger: Any = None) -> _Run:
     """Data, the checkpoints the run starts from, the model (compressed as configured), the trainer; every clip
     the run will use is read here, before any training: a bad test file costs seconds, not a run."""
     t0 = time.perf_counter()
@@ -166,7 +170,7 @@ def _setup(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalStat
     prune.check_model(model, cfg.get("prune"), problems)  # head counts exist only once the model does
     if problems:
         raise ConfigError(problems)
-    logger, clock = _make_logger(cfg), TrainThroughput()
+    logger, clock = logger or _make_logger(cfg), TrainThroughput()
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=_callbacks(cfg, out_dir, signals, clock),
                                      default_root_dir=str(out_dir))
     device = _device(trainer)
@@ -286,6 +290,32 @@ def _write(results: Results, out_dir: Path, logger: Any, total_s: float) -> None
     if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
         _close_wandb(logger, doc)
     log.info("%s", results.summary_line(out_dir))
+
+
+def _whole(s: _Run, cfg: DictConfig, out_dir: Path, results: Results, signals: SignalState) -> _Run | None:
+    """trainer=fsdp: each rank holds a shard of the trained model. Every rank takes part in writing the trained
+    tensors into one checkpoint (gathered on rank zero); rank zero then rebuilds the model whole from it on its
+    own device, as task=eval of that checkpoint would, and the other ranks return None."""
+    path = out_dir / SHARDED_TRAINED
+    s.trainer.save_checkpoint(path)
+    sharded = s.module.sharding
+    results.provenance["sharding"] = sharded
+    if torch.distributed.is_initialized():  # training is over: no collective follows
+        torch.distributed.destroy_process_group()
+    if not s.trainer.is_global_zero:
+        return None
+    root = s.trainer.strategy.root_device
+    whole_cfg = OmegaConf.merge(cfg, {"task": "eval", "ckpt_path": str(path)})
+    OmegaConf.update(whole_cfg, "trainer.strategy", "auto", merge=False)
+    OmegaConf.update(whole_cfg, "trainer.devices", [root.index] if root.type == "cuda" else 1, merge=False)
+    kept = {"timing": dict(results.timing), "data": dict(results.data)}
+    whole = _setup(whole_cfg, out_dir, results, signals, logger=s.logger)
+    checkpoint.load_evaluated(whole.module, whole_cfg, whole.start)
+    results.timing, results.data = {**results.timing, **kept["timing"]}, {**results.data, **kept["data"]}
+    whole.record["recover"] = s.record["recover"]
+    whole.module.sharding = sharded
+    log.info("fsdp: rank zero rebuilt the trained model whole from %s for evaluation", path)
+    return whole
 
 
 def _one_device(trainer: L.Trainer, cfg: DictConfig, logger: Any, out_dir: Path) -> L.Trainer | None:

@@ -1,7 +1,9 @@
 """Several processes with Lightning's own strategies: run.py under DDP on the CPU (trainer=ddp_cpu, two processes
 over gloo) writes one results.json from rank zero, with a one-process run's schema, and scores the whole test
 split exactly once with the metrics of a one-process evaluation of the same weights; the GPU presets
-(trainer=ddp, trainer=fsdp) compose and are refused up front where they cannot run."""
+(trainer=ddp, trainer=fsdp) compose and are refused up front where they cannot run. trainer=fsdp_cpu (FSDP2 over
+gloo) trains sharded, and rank zero evaluates the model rebuilt whole exactly as a one-process evaluation of
+the gathered checkpoint does."""
 
 import json
 import subprocess
@@ -9,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from conftest import ROOT, SMALL_CORPUS
 from sota.config import validate
@@ -81,10 +83,11 @@ def test_multi_gpu_presets_compose(compose_cfg):
     ddp = compose_cfg("trainer=ddp")
     assert (ddp.trainer.accelerator, ddp.trainer.strategy, ddp.trainer.devices) == ("gpu", "ddp", 2)
     assert ddp.trainer.precision == "bf16-mixed" and ddp.trainer.max_steps == 800  # inherits trainer=gpu
-    fsdp = compose_cfg("trainer=fsdp", "trainer.devices=auto")
-    assert fsdp.trainer.accelerator == "gpu" and fsdp.trainer.devices == "auto"
+    fsdp = compose_cfg("trainer=fsdp", "trainer.devices=4")
+    assert fsdp.trainer.accelerator == "gpu" and fsdp.trainer.limit_val_batches == 0
     strategy = instantiate(fsdp.trainer.strategy)
-    assert isinstance(strategy, FSDPStrategy) and strategy.kwargs["use_orig_params"]
+    assert isinstance(strategy, ModelParallelStrategy) and strategy._data_parallel_size == 4
+    assert strategy._tensor_parallel_size == 1 and not strategy._save_distributed_checkpoint
     cpu = instantiate(compose_cfg("trainer=ddp_cpu").trainer, logger=False)
     assert isinstance(cpu.strategy, DDPStrategy) and cpu.num_devices == 2
     assert cpu.strategy.process_group_backend == "gloo"
@@ -108,11 +111,17 @@ def test_gpu_counts_and_sharding_are_checked_on_a_cuda_machine(compose_cfg, monk
     validate(compose_cfg("trainer=ddp"))
     with pytest.raises(ConfigError, match=r"trainer.devices is \[0, 3\]"):
         validate(compose_cfg("trainer=ddp", "trainer.devices=[0,3]"))
-    with pytest.raises(ConfigError) as err:
-        validate(compose_cfg("trainer=fsdp"))
-    assert len(err.value.problems) == 1 and "trainer.strategy is FSDPStrategy" in err.value.problems[0]
-    with pytest.raises(ConfigError, match="trainer.strategy is fsdp"):
+    validate(compose_cfg("trainer=fsdp"))
+    with pytest.raises(ConfigError, match="trainer.strategy is fsdp; sota shards with FSDP2"):
         validate(compose_cfg("trainer=ddp", "trainer.strategy=fsdp"))
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg("trainer=fsdp", "trainer.devices=auto", "trainer.strategy.tensor_parallel_size=2",
+                             "task=eval", "ckpt_path=" + __file__))
+    assert len(err.value.problems) == 3, err.value.problems
+    assert "must be an integer; got 'auto'" in err.value.problems[0]
+    assert "tensor_parallel_size must be 1" in err.value.problems[1] and "task=eval evaluates on one device" in err.value.problems[2]
+    with pytest.raises(ConfigError, match="cannot shard bitsandbytes"):
+        validate(compose_cfg("trainer=fsdp", "model=mini", "quant=nf4"))
 
 
 def test_run_refuses_ddp_without_cuda_before_any_work(tmp_path):
@@ -121,3 +130,30 @@ def test_run_refuses_ddp_without_cuda_before_any_work(tmp_path):
     proc = run(tmp_path, "trainer=ddp", "logger=csv", check=False)
     assert proc.returncode != 0 and "trainer.accelerator is 'gpu'" in proc.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory):
+    """An FSDP2 training run on two CPU processes, and a one-process evaluation of the checkpoint it gathered."""
+    root = tmp_path_factory.mktemp("fsdp")
+    base = [o for o in BASE if "limit_val_batches" not in o]   # trainer=fsdp does not validate while sharded
+    for out, overrides in ((root / "fsdp", ["trainer=fsdp_cpu"]), (root / "single", [
+            "trainer=cpu", "task=eval", f"ckpt_path={root / 'fsdp' / 'checkpoints' / 'trained.ckpt'}"])):
+        proc = subprocess.run([sys.executable, "run.py", *base, *overrides, "logger=csv", f"hydra.run.dir={out}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "fsdp", root / "single"
+
+
+@pytest.mark.slow  # two processes training sharded, then an evaluation: about 40 s
+def test_fsdp_trains_sharded_and_rank_zero_evaluates_the_gathered_model_as_one_process_would(fsdp_runs):
+    fsdp, single = fsdp_runs
+    res, one = (json.loads((d / "results.json").read_text()) for d in fsdp_runs)
+    assert res["status"] == "ok" and res["provenance"]["world_size"] == 2 and res["timing"]["train_steps"] == 4
+    shards = res["provenance"]["sharding"]
+    # each rank held half of every sharded tensor: the local count falls by half the sharded share
+    sharded = shards["sharded_fraction"] * shards["params_total"]
+    assert shards["world_size"] == 2 and sharded > 0
+    assert shards["params_local"] == pytest.approx(shards["params_total"] - sharded / 2, rel=1e-3)
+    assert [r["prediction"] for r in rows(fsdp)] == [r["prediction"] for r in rows(single)]
+    assert len(rows(fsdp)) == 9 and res["metrics"] == one["metrics"]
