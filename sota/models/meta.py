@@ -158,5 +158,6 @@ def build_on_meta(cfg: DictConfig) -> MetaAudioLLM:
         connector = instantiate(cfg.connector)(in_dim=in_dim, out_dim=llm.config.hidden_size,
                                                frames_per_second=WHISPER_FRAMES_PER_SECOND)
     c = cfg.connector
-    tokens = max_audio_tokens(cfg.encoder.context_s, WHISPER_FRAMES_PER_SECOND, c.window_s, c.stride_s, c.num_queries)
+    tokens = max_audio_tokens(cfg.encoder.context_s, WHISPER_FRAMES_PER_SECOND, c.window_s, c.stride_s,
+                              connector.num_queries)  # the connector's: a projector's config has none
     return MetaAudioLLM(encoder=encoder, second=second, connector=connector, llm=llm, audio_tokens=tokens)

@@ -120,7 +120,9 @@ def stages(parts: dict[str, nn.Module | None], cfg: Any, clip_s: float, new_toke
     hidden = int(c.get("hidden_size") or in_dim)
     out.append(connector(chunks * int(round(context * WHISPER_FRAMES_PER_SECOND)), in_dim, hidden,
                          _dtype(parts["connector"])))
-    audio = int(max_audio_tokens(heard, WHISPER_FRAMES_PER_SECOND, c.window_s, c.stride_s, c.num_queries))
+    # tokens per window are the connector's (a projector's is one, and its config has no num_queries)
+    audio = int(max_audio_tokens(heard, WHISPER_FRAMES_PER_SECOND, c.window_s, c.stride_s,
+                                 parts["connector"].num_queries))
     tokens = audio + PROMPT_TEXT_TOKENS
     out.append(prefill(parts["llm"], tokens))
     out.append(kv_cache(parts["llm"], tokens + new_tokens))
