@@ -5,6 +5,7 @@
     python sweep.py compare DIR1 DIR2 ... [out=DIR]   several sweeps' frontiers in one picture and table
     python sweep.py remeasure DIR [--points reference,best] [--measure official]   chosen points again, alone
     python sweep.py paired DIR [--reference ID]       each point's WER minus the reference's, paired bootstrap
+    python sweep.py review DIR [--reference ID]       review.html: frontier, a point's config diff, metrics, clips
     python sweep.py plan [sweep=NAME] [key=value ...] [--json]   predicted peak memory, nothing run
 """
 
@@ -17,7 +18,7 @@ quiet.install()  # before torch, torchao and Lightning are imported: some of the
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-TOOLS = ("report", "compare", "remeasure", "paired")
+TOOLS = ("report", "compare", "remeasure", "paired", "review")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sweep_config")

@@ -157,13 +157,15 @@ class AudioDataModule(L.LightningDataModule):
     def load_splits(self, splits: Sequence[str]) -> dict[str, Any]:
         """Read every clip of these splits now (missing, unreadable, truncated, silent or non-finite audio is an
         error or a counted skip per `on_bad_file`), so a bad test file stops a run before training, not after
-        it. Returns clips and seconds per split, also logged."""
+        it. Returns clips, seconds and the manifest per split, also logged (the manifest lets a review page
+        find each answered clip's audio: `sweep.py review`)."""
         for split in splits:
             if split not in self.datasets:
                 self.datasets[split] = self._load(split)
         summary: dict[str, Any] = {
             split: {"clips": len(self.datasets[split]),
-                    "seconds": round(sum(len(w) for w in self.datasets[split].waves) / SAMPLE_RATE, 1)}
+                    "seconds": round(sum(len(w) for w in self.datasets[split].waves) / SAMPLE_RATE, 1),
+                    "manifest": str(self.manifests()[split])}
             for split in splits}
         summary["skipped"] = len(self.skipped)
         log.info("inputs checked: %s; %d skipped%s", ", ".join(

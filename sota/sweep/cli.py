@@ -2,9 +2,11 @@
 files from finished runs, without running anything; `python sweep.py remeasure DIR ...`: chosen points
 evaluated and measured again, alone, in another measurement mode (sota/sweep/remeasure.py); `python sweep.py
 paired DIR`: each point's WER against the reference's on the same clips, with a paired bootstrap interval
-(sota/sweep/paired.py). DIR is a sweep dir or any dir of Hydra runs
-(`multirun/<date>/<time>`). Objectives and report axes come from conf/sweep_config.yaml; a sweep dir's own
-settings (recorded in sweep.json) win over those defaults, and `key=value` overrides win over both."""
+(sota/sweep/paired.py); `python sweep.py review DIR`: one self-contained HTML page with the frontier, each
+point's config diff, metrics, latency and per-clip answers with audio (sota/sweep/review.py). DIR is a sweep dir
+or any dir of Hydra runs (`multirun/<date>/<time>`). Objectives and report axes come from conf/sweep_config.yaml;
+a sweep dir's own settings (recorded in sweep.json) win over those defaults, and `key=value` overrides win over
+both."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 from sota.compose import compose
 from sota.paths import CONF
 from sota.sweep.report import ObjectiveError, ReportSettings, compare, write_report
+from sota.sweep.review import AUDIO_MB
 from sota.sweep.sweepdir import SWEEP_JSON, SweepDirError, load_rows, read_json, sweep_name
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--reference", default=None, help="id or id prefix (default: the sweep's first point)")
     pair.add_argument("--draws", type=int, default=10000, help="bootstrap resamples (default: 10000)")
     pair.add_argument("--seed", type=int, default=0)
+    rev = sub.add_parser("review", help="review.html: frontier, click a point for its config diff, metrics, latency, "
+                                        "clips with audio")
+    rev.add_argument("items", nargs="+", metavar="DIR|key=value")
+    rev.add_argument("--reference", default=None, help="id or id prefix (default: the sweep's first point)")
+    rev.add_argument("--out", default=None, help="the page to write (default: DIR/review.html)")
+    rev.add_argument("--audio-mb", type=float, default=AUDIO_MB,
+                     help=f"most MB of clip audio embedded in the page (default: {AUDIO_MB:g}; 0: none)")
     return parser
 
 
@@ -105,11 +115,15 @@ def main(argv: Sequence[str]) -> int:
     dirs, overrides = _split([*args.items, *rest])
     out_override = [o for o in overrides if o.startswith("out=")]
     overrides = [o for o in overrides if not o.startswith("out=")]
+    if out_override and args.command == "review":  # out=FILE, as compare takes it
+        args.out = out_override[-1].split("=", 1)[1]
     try:
         if args.command == "remeasure":
             return _remeasure(parser, args, dirs, overrides)
         if args.command == "paired":
             return _paired(parser, args, dirs, overrides)
+        if args.command == "review":
+            return _review(parser, args, dirs, overrides)
         if args.command == "report":
             if len(dirs) != 1:
                 parser.error(f"report takes one DIR, got {len(dirs)}: {dirs}")
@@ -168,4 +182,15 @@ def _paired(parser: argparse.ArgumentParser, args: argparse.Namespace, dirs: lis
             cells += [wer, delta, r.get(f"{prefix}verdict", "–")]
         print("| " + " | ".join(cells) + " |")
     print(result["csv"])
+    return 0
+
+
+def _review(parser: argparse.ArgumentParser, args: argparse.Namespace, dirs: list[str], overrides: list[str]) -> int:
+    from sota.sweep.review import write_review
+
+    if len(dirs) != 1:
+        parser.error(f"review takes one DIR, got {len(dirs)}: {dirs}")
+    directory = Path(dirs[0])
+    print(write_review(directory, settings_for(directory, overrides), Path(args.out) if args.out else None,
+                       args.reference, args.audio_mb))
     return 0

@@ -62,11 +62,12 @@ def paired_delta(ref: dict[str, tuple[int, int]], other: dict[str, tuple[int, in
     return float((e_other.sum() - e_ref.sum()) / words.sum()), float(lo), float(hi)
 
 
-def _run_dir(root: Path, row: Row) -> Path:
+def run_dir_of(root: Path, row: Row) -> Path:
     return point_dir(root, row["id"]) if (root / SWEEP_JSON).is_file() else root / row["id"]
 
 
-def _pick(rows: Sequence[Row], prefix: str | None) -> Row:
+def pick_reference(rows: Sequence[Row], prefix: str | None) -> Row:
+    """The finished row `prefix` names (an id or a unique id prefix), or the sweep's first point when None."""
     if prefix is None:
         return reference_row(rows)
     picked = [r for r in rows if is_ok(r) and (r["id"] == prefix or r["id"].startswith(prefix))]
@@ -80,34 +81,46 @@ def paired(directory: Path, reference: str | None = None, draws: int = 10000, se
     if draws < 100:
         raise ValueError(f"--draws must be at least 100, got {draws}")
     everything = load_rows(directory)
-    ref_row = _pick(everything, reference)
-    rows = [r for r in everything if is_ok(r)]
-    ref_dir = _run_dir(directory, ref_row)
-    refs = {prefix: clip_errors(ref_dir, answers) for prefix, answers, _ in SETS
-            if prefix == "" or (ref_dir / answers).is_file()}
+    ref_row = pick_reference(everything, reference)
+    refs = set_errors(run_dir_of(directory, ref_row))
     if not refs[""]:
         raise SweepDirError(f"the reference point {ref_row['id']} has no scored ASR answers")
-    table = []
-    for row in rows:
-        line: dict[str, Any] = {"id": row["id"], "point": describe(row.get("params") or {}),
-                                "reference": ref_row["id"]}
-        for prefix, answers, metric in SETS:
-            if prefix not in refs:
-                continue
-            run_dir = _run_dir(directory, row)
-            if prefix and not (run_dir / answers).is_file():  # a point run without the real-speech set
-                errors: dict[str, tuple[int, int]] = {}
-            else:
-                errors = clip_errors(run_dir, answers)
-            line[f"{prefix}clips"] = len(set(refs[prefix]) & set(errors))
-            line[f"{prefix}wer"] = (row.get("metrics") or {}).get(metric)
-            delta = paired_delta(refs[prefix], errors, draws, seed) if line[f"{prefix}clips"] else (None,) * 3
-            line.update(zip((f"{prefix}wer_delta", f"{prefix}wer_delta_lo", f"{prefix}wer_delta_hi"), delta))
-            line[f"{prefix}verdict"] = _verdict(*delta)
-        table.append(line)
+    table = [point_line(row, ref_row, refs, set_errors(run_dir_of(directory, row), refs), draws, seed)
+             for row in everything if is_ok(row)]
     csv_path = directory / "paired.csv"
     write_csv(csv_path, table)
     return {"rows": table, "csv": csv_path}
+
+
+def set_errors(run_dir: Path, like: dict[str, Any] | None = None) -> dict[str, dict[str, tuple[int, int]]]:
+    """{column prefix: clip_errors} of each answer set the run has (the test split always; the real-speech set
+    where answered). With `like` (the reference's), exactly its sets: a point run without the real-speech set
+    has no clips there."""
+    out = {}
+    for prefix, answers, _ in SETS:
+        if like is not None and prefix not in like:
+            continue
+        if prefix == "" or (run_dir / answers).is_file():
+            out[prefix] = clip_errors(run_dir, answers)
+        elif like is not None:
+            out[prefix] = {}
+    return out
+
+
+def point_line(row: Row, ref_row: Row, refs: dict[str, dict[str, tuple[int, int]]],
+               errors: dict[str, dict[str, tuple[int, int]]], draws: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """One row of paired.csv: the point's WER per answer set and its paired interval against the reference's."""
+    line: dict[str, Any] = {"id": row["id"], "point": describe(row.get("params") or {}), "reference": ref_row["id"]}
+    for prefix, _, metric in SETS:
+        if prefix not in refs:
+            continue
+        mine = errors.get(prefix, {})
+        line[f"{prefix}clips"] = len(set(refs[prefix]) & set(mine))
+        line[f"{prefix}wer"] = (row.get("metrics") or {}).get(metric)
+        delta = paired_delta(refs[prefix], mine, draws, seed) if line[f"{prefix}clips"] else (None,) * 3
+        line.update(zip((f"{prefix}wer_delta", f"{prefix}wer_delta_lo", f"{prefix}wer_delta_hi"), delta))
+        line[f"{prefix}verdict"] = _verdict(*delta)
+    return line
 
 
 def _verdict(delta: float | None, lo: float | None, hi: float | None) -> str:

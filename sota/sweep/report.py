@@ -250,8 +250,13 @@ def _axis(o: Objective) -> dict[str, str]:
     return {"key": o.key, "label": o.label, "direction": o.direction}
 
 
+def script_json(data: Any) -> str:
+    """`data` as JSON to inline in a <script>: `</` escaped so no string can close the script."""
+    return json.dumps(data, default=str).replace("</", "<\\/")
+
+
 def render_html(data: Mapping[str, Any]) -> str:
-    payload = json.dumps(data, default=str).replace("</", "<\\/")  # inline JSON must not close the script
+    payload = script_json(data)
     return _HTML.replace("__TITLE__", html.escape(str(data.get("title") or "frontier"))).replace("__DATA__", payload)
 
 

@@ -1,4 +1,5 @@
-"""W&B for a sweep: each point a run in one group named after the sweep (config, overrides, results summary),
+"""W&B for a sweep: each point a run in one group named after the sweep (config, overrides, results summary,
+and its per-clip table: reference text, its answer, the reference point's answer, per-clip WER, the audio),
 plus a summary run with a table of all points, a scatter of them, the frontier as a line, and the frontier
 PNG and HTML. Offline by default (`<sweep_dir>/wandb/offline-run-*`, uploaded later by `wandb sync`).
 
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 
 LOGGED = "wandb.json"
 SUMMARY_SECTIONS = ("metrics", "model", "efficiency", "timing")
+# Clips per point logged with their audio: W&B copies each file into the run, and a sweep of 20 points over a
+# 300-clip test set would copy 6,000 files. Every clip still gets its row; the cut is logged.
+CLIP_AUDIO = 100
+CLIP_COLUMNS = ("split", "id", "task", "reference", "answer", "reference_answer", "wer", "audio")
 
 
 def _flat_numbers(row: Row) -> dict[str, Any]:
@@ -56,6 +61,41 @@ def _init(settings: Mapping[str, Any], mode: str, sweep_dir: Path, **kwargs: Any
                       settings=wandb.Settings(silent=True, console="off"), **kwargs)
 
 
+def _reference(rows: Sequence[Row]) -> Row | None:
+    """The point every clip table compares with (the sweep's first, as `sweep.py paired`), None if it failed."""
+    from sota.sweep.remeasure import reference_row
+    from sota.sweep.sweepdir import SweepDirError
+
+    try:
+        return reference_row(rows)
+    except SweepDirError as err:
+        log.warning("W&B clip tables without the reference point's answers: %s", err)
+        return None
+
+
+def _clip_table(sweep_dir: Path, row: Row, reference: Row | None) -> Any:
+    """The point's clips as a wandb.Table (review.clip_rows, with wandb.Audio), or None when it has no answers."""
+    import wandb
+
+    from sota.sweep.review import clip_rows
+    from sota.sweep.sweepdir import SweepDirError
+
+    try:
+        clips = clip_rows(sweep_dir, row, reference)
+    except (SweepDirError, OSError, ValueError) as err:  # the point's run and the rest of the sweep still log
+        log.warning("W&B: no clip table for point %s: %s", row["id"], err)
+        return None
+    data, playable = [], [c for c in clips if c["audio"] is not None and Path(c["audio"]).is_file()]
+    with_audio = {id(c) for c in playable[:CLIP_AUDIO]}
+    for c in clips:
+        audio = wandb.Audio(str(c["audio"]), caption=f"{c['split']}:{c['id']}") if id(c) in with_audio else None
+        data.append([*(c[k] for k in CLIP_COLUMNS[:-1]), audio])
+    if len(clips) > len(with_audio):
+        log.info("W&B: point %s: %d clips, %d with audio (%d have no audio file found; at most %d are copied)",
+                 row["id"], len(clips), len(with_audio), len(clips) - len(playable), CLIP_AUDIO)
+    return wandb.Table(columns=list(CLIP_COLUMNS), data=data)
+
+
 def _log(sweep_dir: Path, group: str, rows: Sequence[Row], objectives: Sequence[Objective],
          files: Mapping[str, Path], settings: Mapping[str, Any], mode: str) -> None:
     import wandb
@@ -64,11 +104,16 @@ def _log(sweep_dir: Path, group: str, rows: Sequence[Row], objectives: Sequence[
     logged_path = sweep_dir / LOGGED
     logged: dict[str, str] = (read_json(logged_path) or {}) if logged_path.exists() else {}
     new = [r for r in rows if logged.get(str(r["id"])) != r.get("status")]
+    reference = _reference(rows) if new else None
     for row in new:
         config = {"overrides": list(row.get("overrides") or []), "params": row.get("params") or {},
                   "sweep": group, **(row.get("config") or {})}
         run = _init(settings, mode, sweep_dir, group=group, job_type="point", name=str(row["id"]), config=config)
         run.summary.update({**_flat_numbers(row), "status": row.get("status"), "error": row.get("error")})
+        if is_ok(row):
+            clips = _clip_table(sweep_dir, row, reference)
+            if clips is not None:
+                run.log({"clips": clips})
         run.finish(exit_code=0 if is_ok(row) else 1)
         logged[str(row["id"])] = str(row.get("status"))
         atomic_write_json(logged_path, logged)
