@@ -1,7 +1,7 @@
 """sweep.py: the pure Pareto frontier, spec expansion, the sweep dir (ownership, index, resume, failures),
 the launcher (one process per point, killed and timed-out points), Optuna ask/tell with resume, reports of
-sweep and multirun dirs, compare, W&B offline, the HTML in headless Chromium, the review notebook, and the
-toy sweep end to end, and the smoke sweep (one trained model, compressed three ways) on a small corpus.
+sweep and multirun dirs, compare, W&B offline, the HTML in headless Chromium, the review notebook, the review
+page's clips and audio of the toy sweep, and the toy sweep end to end, and the smoke sweep (one trained model, compressed three ways) on a small corpus.
 
 Fast tests drive the real sweep machinery with a stand-in for run.py (FAKE_RUN below) that writes a
 results.json in milliseconds; the slow tier runs the real toy and smoke sweeps through `python sweep.py`."""
@@ -555,6 +555,22 @@ def test_frontier_html_renders_in_headless_chromium(toy, tmp_path):
     # the frontier's red (#d62728) only appears if the script ran and drew the frontier points
     red = (np.abs(img[..., 0] - 0xD6 / 255) < 0.06) & (np.abs(img[..., 1] - 0x27 / 255) < 0.06)
     assert red.sum() > 50
+
+
+@pytest.mark.slow
+def test_the_review_of_a_real_sweep_finds_every_answered_clips_audio(toy):
+    from sota.sweep.cli import settings_for
+    from sota.sweep.review import review_data
+
+    d, _ = toy
+    data = review_data(d, settings_for(d, []), draws=200)
+    ref = json.loads((d / "points" / data["reference"] / "results.json").read_text())
+    answered = sum(len((d / "points" / data["reference"] / f).read_text().splitlines())
+                   for f in ("predictions.jsonl", "predictions_real.jsonl"))
+    assert {c["split"] for c in data["clips"]} == {"test", "real"} and len(data["clips"]) == answered
+    assert len(data["audio"]) == answered and not data["no_audio"]  # through data.splits.<split>.manifest
+    assert ref["data"]["splits"]["test"]["manifest"].endswith("test.json")
+    assert len(data["points"]) == 4 and all(p["latency"]["breakdown"]["encoder"] > 0 for p in data["points"].values())
 
 
 def test_nested_base_keys_from_the_command_line_are_dotted_overrides():
