@@ -1,7 +1,8 @@
 """sweep.py: the pure Pareto frontier, spec expansion, the sweep dir (ownership, index, resume, failures),
 the launcher (one process per point, killed and timed-out points), Optuna ask/tell with resume, reports of
 sweep and multirun dirs, compare, W&B offline, the HTML in headless Chromium, the review notebook, the review
-page's clips and audio of the toy sweep, and the toy sweep end to end, and the smoke sweep (one trained model, compressed three ways) on a small corpus.
+page's clips and audio of the toy sweep, the toy sweep end to end, and the smoke sweep (one trained model,
+compressed three ways) on a small corpus.
 
 Fast tests drive the real sweep machinery with a stand-in for run.py (FAKE_RUN below) that writes a
 results.json in milliseconds; the slow tier runs the real toy and smoke sweeps through `python sweep.py`."""
