@@ -46,8 +46,10 @@ def reference_row(rows: Sequence[Row]) -> Row:
     """The sweep's first point, which every other is compared with; it must have finished."""
     first = min(rows, key=lambda r: (r.get("index", 10 ** 9), r["id"]))
     if not is_ok(first):
+        done = [r["id"] for r in rows if is_ok(r)][:6]
         raise SweepDirError(f"the reference point {first['id']} (the sweep's first) did not finish: "
-                            f"{first.get('error')}")
+                            f"{first.get('error')}; name a finished one with --reference ID"
+                            + (f" (finished: {', '.join(done)})" if done else ""))
     return first
 
 
