@@ -226,3 +226,15 @@ def test_a_run_records_each_splits_manifest_and_the_review_finds_its_audio(tmp_p
     assert paths[("test", "asr-2")] == tmp_path / "corpus" / "asr-2.wav" and len(paths) == CLIPS + 1 and not notes
     _, notes = audio_paths({"data": {"splits": {"test": {"clips": 5}}}})  # a run from before the record
     assert notes and "data.splits.test.manifest" in notes[0]
+
+
+def test_a_sweep_whose_first_point_did_not_finish_names_the_finished_ones_to_compare_with():
+    from sota.sweep.paired import pick_reference
+    from sota.sweep.sweepdir import SweepDirError
+
+    rows = [{"id": "000-a", "index": 0, "status": "skipped", "error": "skipped: over budget (predicted 6e8 bytes)"},
+            {"id": "001-b", "index": 1, "status": "ok"}, {"id": "002-c", "index": 2, "status": "failed"}]
+    with pytest.raises(SweepDirError, match=r"000-a .*did not finish: skipped: over budget.*--reference ID "
+                                            r"\(finished: 001-b\)$"):
+        pick_reference(rows, None)
+    assert pick_reference(rows, "001")["id"] == "001-b"
