@@ -43,6 +43,10 @@ def _points(overrides: list[str]) -> list[tuple[str, list[str]]]:
     return [(p.id, list(p.overrides)) for p in points.expand(spec)]
 
 
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="sweep.py plan", description=__doc__)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -55,12 +59,13 @@ def main(argv: Sequence[str]) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"expected key=value overrides, got {bad}")
-    sweep = [o for o in args.overrides if o.split("=", 1)[0] == "sweep"]
+    sweep = [o for o in args.overrides if _key(o) == "sweep"]
     try:
         if sweep:
-            rest = [o for o in args.overrides if not o.startswith("sweep.") and o not in sweep]
-            targets = [(pid, [*ov, *rest]) for pid, ov in _points([*sweep, *(o for o in args.overrides
-                                                                            if o.startswith("sweep."))])]
+            # `sweep.*` keys, added (+) or removed (~) ones too, shape the sweep; the rest go to every point
+            spec = [o for o in args.overrides if _key(o).startswith("sweep.")]
+            rest = [o for o in args.overrides if o not in spec and o not in sweep]
+            targets = [(pid, [*ov, *rest]) for pid, ov in _points([*sweep, *spec])]
         else:
             targets = [("config", list(args.overrides))]
         plans = [(pid, ov, plan(compose(ov), args.device)) for pid, ov in targets]

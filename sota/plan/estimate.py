@@ -4,6 +4,7 @@ widest stage of a batch-1 measurement, the KV cache, the CUDA workspace, and, un
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,11 +77,12 @@ def device_of(cfg: DictConfig) -> str:
     return str(setting(cfg.get("measure"), "device", "cuda" if accelerator in ("gpu", "cuda") else "cpu"))
 
 
-def plan(cfg: DictConfig, device: str | None = None) -> Plan:
-    """Predict the peak memory `cfg`'s measurement reports, without loading any weights."""
+def plan(cfg: DictConfig, device: str | None = None, words: Sequence[str] | None = None) -> Plan:
+    """Predict the peak memory `cfg`'s measurement reports, without loading any weights; `words` as in
+    `sota.plan.model.build`."""
     device = device or device_of(cfg)
     cuda = device.startswith("cuda")
-    m = model.build(cfg)
+    m = model.build(cfg, words)
     rows, notes = weights.weights(m.parts, cfg, "cuda" if cuda else "cpu")
     measure_cfg = cfg.get("measure")
     mode = setting(measure_cfg, "mode", "strict")

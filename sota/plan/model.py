@@ -4,6 +4,7 @@ any machine."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -48,7 +49,7 @@ def _corpus_words() -> list[str]:
     return sorted(words)
 
 
-def _llm(cfg: DictConfig, notes: list[str]) -> nn.Module:
+def _llm(cfg: DictConfig, notes: list[str], words: Sequence[str] | None) -> nn.Module:
     llm = cfg.llm
     if llm.get("path") is not None:
         return meta._llm(llm)
@@ -57,20 +58,22 @@ def _llm(cfg: DictConfig, notes: list[str]) -> nn.Module:
         return model.to(getattr(torch, llm.get("dtype", "bfloat16")))
     spec = OmegaConf.to_container(llm, resolve=True)
     spec.pop("prompt_template", None)
-    words = _corpus_words()
-    notes.append(f"llm: built from the corpus vocabulary; sized for at most {len(words)} words (every word the "
-                 "synthetic corpus can say), so its embedding table is an upper bound")
-    model, _ = instantiate(spec)(words=words)
+    if words is None:
+        words = _corpus_words()
+        notes.append(f"llm: built from the corpus vocabulary; sized for at most {len(words)} words (every word the "
+                     "synthetic corpus can say), so its embedding table is an upper bound")
+    model, _ = instantiate(spec)(words=sorted(words))
     return model
 
 
-def build(cfg: DictConfig) -> MetaModel:
-    """The parts of `cfg` on the meta device, pruned and given LoRA adapters as the run would."""
+def build(cfg: DictConfig, words: Sequence[str] | None = None) -> MetaModel:
+    """The parts of `cfg` on the meta device, pruned and given LoRA adapters as the run would. `words`: the
+    vocabulary of a corpus-built LLM where it is known (a checkpoint's `sota_vocabulary`); else an upper bound."""
     notes: list[str] = []
     with torch.device("meta"):
         encoder = meta._whisper(cfg.encoder)
         second = meta._second(cfg.encoder.get("second"))
-        llm = _llm(cfg, notes)
+        llm = _llm(cfg, notes, words)
         in_dim = encoder.config.d_model + (second.config.hidden_size if second is not None else 0)
         connector = instantiate(cfg.connector)(in_dim=in_dim, out_dim=llm.config.hidden_size,
                                                frames_per_second=meta.WHISPER_FRAMES_PER_SECOND)
