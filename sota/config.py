@@ -15,7 +15,7 @@ from sota import param_groups, schema
 from sota.errors import ConfigError
 
 TASKS = ("train", "eval")
-COMPILE = ("none", "llm")  # what training runs through torch.compile
+COMPILE = ("none", "llm", "layers")  # what training runs through torch.compile
 SEED_RANGE = (0, 2**32 - 1)  # what Lightning's seed_everything accepts
 # Groups whose keys are checked against their option files (prune checks its own against prune.DEFAULTS).
 CHECKED_GROUPS = ("lora", "quant", "connector", "encoder", "generate", "measure", "corpus", "data")

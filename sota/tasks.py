@@ -215,8 +215,8 @@ def _callbacks(cfg: DictConfig, out_dir: Path, signals: SignalState, clock: Trai
 def _train(s: _Run, cfg: DictConfig, out_dir: Path, results: Results) -> None:
     """task=train: fit (resuming an interrupted run of this directory); task=eval: load the evaluated tensors."""
     if cfg.task == "train":
-        if cfg.get("compile", "none") == "llm":
-            s.model.compile_training()
+        if cfg.get("compile", "none") != "none":
+            s.model.compile_training(cfg.compile)
         t1 = time.perf_counter()
         s.trainer.fit(s.module, datamodule=s.dm, ckpt_path=checkpoint.resume_from(cfg, out_dir, results))
         results.timing["train_s"] = time.perf_counter() - t1

@@ -157,3 +157,23 @@ def test_a_bf16_encoder_keeps_its_dtype_when_its_final_norm_answers_in_float32()
         with torch.no_grad():
             hidden = model.encoder(**b["encoder_inputs"])
         assert hidden.dtype == torch.bfloat16 and hidden.shape[0] == 2
+
+
+@pytest.mark.slow  # Inductor compiles a layer: 10-25 s on 2 cores
+@pytest.mark.skipif(not (__import__("shutil").which("cc") or __import__("shutil").which("gcc")),
+                    reason="Inductor on a CPU needs a C compiler")
+def test_layer_compilation_trains_the_same_loss_decodes_eagerly_and_is_forgotten():
+    model = small_model()
+    b = batch_for(model, [1.0, 0.5], ["asr", "aac"], ["a red dog barks", "a cat"])
+    plain_loss = model(b)
+    plain_answers = model.generate_ids(b, max_new_tokens=4)
+    model.compile_training("layers")
+    layers = model.__dict__["_compiled_layers"]
+    assert len(layers) == model.llm.config.num_hidden_layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    loss = model(b)
+    loss.backward()
+    assert loss.item() == pytest.approx(plain_loss.item(), rel=1e-3)  # Inductor fuses, so sums reassociate
+    assert model.generate_ids(b, max_new_tokens=4) == plain_answers
+    model.forget_compiled()
+    assert "_compiled_layers" not in model.__dict__ and all(layer._compiled_call_impl is None for layer in layers)

@@ -328,13 +328,15 @@ def _losses(run_dir):
                     reason="Inductor on a CPU needs a C compiler")
 def test_compiled_training_gives_the_same_losses(tmp_path):
     run(tmp_path / "plain", "logger=csv", "measure=none")
-    run(tmp_path / "compiled", "logger=csv", "measure=none", "compile=llm")
-    plain, compiled = _losses(tmp_path / "plain"), _losses(tmp_path / "compiled")
-    assert len(plain) == len(compiled) == 4
-    assert compiled == pytest.approx(plain, rel=1e-4)
+    plain = _losses(tmp_path / "plain")
+    for scope in ("llm", "layers"):
+        run(tmp_path / scope, "logger=csv", "measure=none", f"compile={scope}")
+        compiled = _losses(tmp_path / scope)
+        assert len(plain) == len(compiled) == 4
+        assert compiled == pytest.approx(plain, rel=1e-4), scope
 
 
 def test_an_unknown_compile_choice_is_refused(tmp_path):
     proc = run(tmp_path, "compile=all", check=False)
-    assert proc.returncode != 0 and "compile must be one of none, llm; got 'all'" in proc.stderr
+    assert proc.returncode != 0 and "compile must be one of none, llm, layers; got 'all'" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()

@@ -16,11 +16,7 @@ from typing import Any
 
 from torch import nn
 
-
-def _layers(root: nn.Module) -> list[nn.Module]:
-    """The transformer layers under `root`: the members of every ModuleList named `layers`."""
-    return [child for name, mod in root.named_modules() if isinstance(mod, nn.ModuleList)
-            and name.rsplit(".", 1)[-1] == "layers" for child in mod]
+from sota.models.blocks import transformer_layers
 
 
 def _trains(mod: nn.Module) -> bool:
@@ -32,9 +28,9 @@ def shard(model: nn.Module, mesh: Any) -> dict[str, Any]:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    units: list[nn.Module] = list(_layers(model.llm))
+    units: list[nn.Module] = list(transformer_layers(model.llm))
     if _trains(model.encoder):
-        units += _layers(model.encoder)
+        units += transformer_layers(model.encoder)
     if _trains(model.connector):
         units.append(model.connector)
     if not units:
