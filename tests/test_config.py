@@ -27,10 +27,6 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
         with pytest.raises(ConfigError, match="int4_weight needs a CUDA device"):
             validate(cfg)
         return
-    if (group, option) == ("trainer", "fsdp"):  # sharded weights: refused until evaluation can gather them
-        with pytest.raises(ConfigError, match="trainer.strategy is FSDPStrategy"):
-            validate(cfg)
-        return
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no usable CUDA device"):  # refused before any work
             validate(cfg)
