@@ -4,6 +4,7 @@ fit together on a machine that could never load them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,12 +149,13 @@ def _llm(llm: DictConfig) -> PreTrainedModel:
     return model.to(getattr(torch, llm.get("dtype", "float32")))
 
 
-def build_on_meta(cfg: DictConfig) -> MetaAudioLLM:
-    """Encoder (+ second encoder), connector and LLM of `cfg` on the meta device; reads no weights."""
+def build_on_meta(cfg: DictConfig, make_llm: Callable[[], nn.Module] | None = None) -> MetaAudioLLM:
+    """Encoder (+ second encoder), connector and LLM of `cfg` on the meta device; reads no weights. `make_llm`
+    builds the LLM instead of `llm.path`'s architecture (the planner's, for shape-only and corpus-built LLMs)."""
     with torch.device("meta"):
         encoder = _whisper(cfg.encoder)
         second = _second(cfg.encoder.get("second"))
-        llm = _llm(cfg.llm)
+        llm = make_llm() if make_llm is not None else _llm(cfg.llm)
         in_dim = encoder.config.d_model + (second.config.hidden_size if second is not None else 0)
         connector = instantiate(cfg.connector)(in_dim=in_dim, out_dim=llm.config.hidden_size,
                                                frames_per_second=WHISPER_FRAMES_PER_SECOND)

@@ -70,14 +70,10 @@ def build(cfg: DictConfig, words: Sequence[str] | None = None) -> MetaModel:
     """The parts of `cfg` on the meta device, pruned and given LoRA adapters as the run would. `words`: the
     vocabulary of a corpus-built LLM where it is known (a checkpoint's `sota_vocabulary`); else an upper bound."""
     notes: list[str] = []
-    with torch.device("meta"):
-        encoder = meta._whisper(cfg.encoder)
-        second = meta._second(cfg.encoder.get("second"))
-        llm = _llm(cfg, notes, words)
-        in_dim = encoder.config.d_model + (second.config.hidden_size if second is not None else 0)
-        connector = instantiate(cfg.connector)(in_dim=in_dim, out_dim=llm.config.hidden_size,
-                                               frames_per_second=meta.WHISPER_FRAMES_PER_SECOND)
-        model = MetaModel({"encoder": encoder, "second": second, "connector": connector, "llm": llm}, notes)
+    parts = meta.build_on_meta(cfg, make_llm=lambda: _llm(cfg, notes, words))
+    model = MetaModel({"encoder": parts.encoder, "second": parts.second, "connector": parts.connector,
+                       "llm": parts.llm}, notes)
+    with torch.device("meta"):  # modules pruning builds stay on the meta device
         _prune(model, cfg.get("prune"))
     return model
 
