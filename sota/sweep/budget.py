@@ -10,7 +10,6 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sota.sweep.frontier import number
@@ -82,9 +81,3 @@ def skipped_results(reason: str, predicted: Mapping[str, float], overrides: Sequ
             "plan": dict(predicted), "model": {"weight_bytes": predicted.get("weight_bytes")},
             "efficiency": {"peak_memory_mb": None}}
 
-
-def write_skipped(run_dir: Path, results: Mapping[str, Any]) -> None:
-    from sota.utils.io import atomic_write_json
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "results.json", dict(results))

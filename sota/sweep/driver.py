@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from sota.compose import compose, conf_dir
 from sota.run_dir import LAST_CHECKPOINT
 from sota.sweep import launch, points, sweepdir
-from sota.sweep.budget import Budget, skipped_results, write_skipped
+from sota.sweep.budget import Budget, skipped_results
 from sota.sweep.children import Children
 from sota.sweep.frontier import Objective
 from sota.sweep.points import Point, SweepSpecError
@@ -31,6 +31,7 @@ from sota.sweep.sweepdir import (
     read_results,
     set_aside_unreadable,
 )
+from sota.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +295,7 @@ def _within_budget(s: SweepSettings, todo: list[Point], index: Index, states: di
         if reason is None:
             keep.append(p)
             continue
-        write_skipped(point_dir(s.sweep_dir, p.id), skipped_results(reason, predicted, p.overrides))
+        atomic_write_json(point_dir(s.sweep_dir, p.id) / RESULTS, skipped_results(reason, predicted, p.overrides))
         index.update({**p.record(), "status": "skipped", "error": reason, "values": {}})
         states[p.id] = "skipped"
         log.info("point %s %s", p.id, reason)

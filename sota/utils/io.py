@@ -13,6 +13,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    # os.umask only reads by setting: done once at import, since the umask is process-wide and writes may come
+    # from several threads (a sweep's launcher), which must never see it at 0
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -22,17 +33,11 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates the file private (0600); the result gets the permissions a plain open() would give
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
