@@ -310,21 +310,25 @@ def test_int4_algorithms_are_checked_and_awq_asks_for_calibration():
     from sota.compress.plan import CompressionPlan
 
     out = []
-    quant.validate(qcfg("int4_weight", algorithm="gptq"), "cuda", out)
+    quant.validate(qcfg("int4_weight", algorithm="gptx"), "cuda", out)
     quant.validate(qcfg("int8_weight", algorithm="hqq"), "cpu", out)
     quant.validate(qcfg("int4_weight", algorithm="awq", calib_batches=0), "cuda", out)
-    assert len(out) == 3, out
-    assert "quant.algorithm must be one of rtn, hqq, awq" in out[0]
+    quant.validate(qcfg("int4_weight", algorithm="gptq", calib_batches=True), "cuda", out)
+    assert len(out) == 4, out
+    assert "quant.algorithm must be one of rtn, hqq, awq, gptq" in out[0]
     assert "needs quant.mode=int4_weight (got int8_weight)" in out[1] and "calib_batches" in out[2]
+    assert "quant.algorithm=gptq" in out[3]
     awq = CompressionPlan.of(OmegaConf.create({"quant": qcfg("int4_weight", algorithm="awq", calib_batches=3)}))
+    gptq = CompressionPlan.of(OmegaConf.create({"quant": qcfg("int4_weight", algorithm="gptq", calib_batches=2)}))
     hqq = CompressionPlan.of(OmegaConf.create({"quant": qcfg("int4_weight", algorithm="hqq")}))
     assert awq.needs_calibration and awq.calib_batches == 3 and not hqq.needs_calibration
+    assert gptq.needs_calibration and gptq.calib_batches == 2
     assert str(quant.torchao_config("int4_weight", qcfg("int4_weight", algorithm="hqq"))
                .int4_choose_qparams_algorithm).endswith("hqq")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("algorithm", ["hqq", "awq"])
+@pytest.mark.parametrize("algorithm", ["hqq", "awq", "gptq"])
 def test_int4_algorithms_on_cuda_choose_their_own_grid_and_stay_near_round_to_nearest(algorithm):
     # Neither beats round-to-nearest on these random heavy-tailed weights (H200, torchao 0.17: AWQ's logit
     # error 10.61 against RTN's 10.15): what is checked is that each is applied (its answers differ from
@@ -352,5 +356,5 @@ def test_int4_algorithms_on_cuda_choose_their_own_grid_and_stay_near_round_to_ne
     _, rtn = error("rtn")
     rec, other = error(algorithm)
     assert other != rtn and other < 1.5 * rtn, (other, rtn)
-    if algorithm == "awq":
-        assert any("AWQ" in n for n in rec["notes"])
+    if algorithm in ("awq", "gptq"):
+        assert any(algorithm.upper() in n for n in rec["notes"])

@@ -60,12 +60,13 @@ class CompressionPlan:
 
     @property
     def quant_calibration(self) -> bool:
-        """Post-training quantization that reads calibration batches: quant=mixed's sensitivities, AWQ's scales."""
-        return self.ptq and (self.mixed or self.quant.get("algorithm", "rtn") == "awq")
+        """Post-training quantization that reads calibration batches: quant=mixed's sensitivities, AWQ's scales,
+        GPTQ's Hessians."""
+        return self.ptq and (self.mixed or self.quant.get("algorithm", "rtn") in ("awq", "gptq"))
 
     @property
     def needs_calibration(self) -> bool:
-        """Pruning scores importance on a few training batches; quant=mixed and AWQ read them too."""
+        """Pruning scores importance on a few training batches; quant=mixed, AWQ and GPTQ read them too."""
         return bool(self.prune_targets) or self.quant_calibration
 
     @property

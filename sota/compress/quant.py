@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from sota.compress import mixed
+from sota.compress import gptq, mixed
 from sota.compress.plan import QLORA_BASE
 from sota.compress.plan import quant_parts as parts
 from sota.compress.surgery import set_module
@@ -49,8 +49,11 @@ PARTS: dict[str, tuple[str, ...]] = {
 EMBEDDINGS = ["embed_tokens", "lm_head"]
 # How int4 weights are chosen (torchao): rtn rounds each group to its min-max grid (tinygemm's own qparams);
 # hqq fits scale and zero point by half-quadratic optimisation of the weight error, without data; awq scales
-# input channels by activation statistics of calibration batches before rounding (activation-aware).
-ALGORITHMS = ("rtn", "hqq", "awq")
+# input channels by activation statistics of calibration batches before rounding (activation-aware); gptq
+# rounds column by column and spreads each column's error over the rest by the inputs' Hessian
+# (sota.compress.gptq, in the same tinygemm layout).
+ALGORITHMS = ("rtn", "hqq", "awq", "gptq")
+CALIBRATED = ("awq", "gptq")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "int4_weight": torch.bfloat16}
 HALF_NAMES = ("bfloat16", "float16")
 WHY = {"int4_weight": "torchao int4 kernels"}
@@ -110,8 +113,8 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
     elif algorithm != "rtn" and mode != "int4_weight":
         out.append(f"quant.algorithm={algorithm} chooses int4 weights: it needs quant.mode=int4_weight (got {mode})")
     calib = cfg.get("calib_batches", 4)
-    if algorithm == "awq" and (isinstance(calib, bool) or not isinstance(calib, int) or calib < 1):
-        out.append(f"quant.calib_batches must be an integer >= 1 for quant.algorithm=awq, got {calib!r}")
+    if algorithm in CALIBRATED and (isinstance(calib, bool) or not isinstance(calib, int) or calib < 1):
+        out.append(f"quant.calib_batches must be an integer >= 1 for quant.algorithm={algorithm}, got {calib!r}")
 
 
 def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
@@ -337,6 +340,11 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
                      "embedding kernel); exports cannot hold that form")
     if mode == "int4_weight" and cfg.get("algorithm", "rtn") == "awq":
         _awq(root, config, first, calibrate, notes, where)
+    elif mode == "int4_weight" and cfg.get("algorithm", "rtn") == "gptq":
+        linears = [m for m in root.modules() if id(m) in first]
+        done, batches = gptq.quantize(linears, int(cfg.get("group_size", 128)), calibrate)
+        notes.append(f"{where}: int4 weights of {done} linear(s) by GPTQ (tinygemm layout), Hessians of "
+                     f"{batches} calibration batches")
     else:
         quantize_(root, config, filter_fn=lambda m, fqn: id(m) in first)
     for ms in owners.values():

@@ -1,0 +1,94 @@
+"""GPTQ's rounding (CPU) and its tinygemm packing (CUDA)."""
+import pytest
+import torch
+from torch import nn
+
+from sota.compress import gptq
+
+
+def _rtn(w, group_size):
+    """torchao's own tinygemm round-to-nearest of `w`, as integers, scales and zeros per group."""
+    from torchao.quantization.quant_primitives import _quantize_affine_tinygemm
+
+    groups = [gptq.tinygemm_qparams(w[:, i:i + group_size]) for i in range(0, w.shape[1], group_size)]
+    scales = torch.stack([s for s, _ in groups], 1)
+    zeros = torch.stack([z for _, z in groups], 1)
+    q = _quantize_affine_tinygemm(w.to(torch.bfloat16), (1, group_size), scales, zeros, torch.int32,
+                                  quant_min=0, quant_max=15)
+    return q, scales, zeros
+
+
+def _correlated_inputs(n, k, seed=0):
+    """Inputs of one fixed correlated distribution (unequal scales, mixed channels); `seed` draws the samples."""
+    mix = torch.randn(k, k, generator=torch.Generator().manual_seed(0)) / k ** 0.5 + torch.eye(k)
+    g = torch.Generator().manual_seed(seed + 1)
+    return (torch.randn(n, k, generator=g) * torch.linspace(0.2, 3.0, k)) @ mix
+
+
+def test_without_input_correlation_gptq_is_round_to_nearest():
+    # With H = I no column's error reaches another: GPTQ must pick torchao's RTN integers and grid.
+    w = torch.randn(16, 128, generator=torch.Generator().manual_seed(1))
+    q, scales, zeros = gptq.gptq_round(w, torch.eye(128), 32)
+    rq, rs, rz = _rtn(w, 32)
+    assert torch.equal(scales, rs) and torch.equal(zeros, rz)
+    assert (q.to(torch.int32) == rq).float().mean() > 0.999
+
+
+def test_gptq_lowers_the_output_error_on_correlated_inputs():
+    k, group_size = 256, 64
+    w = torch.randn(48, k, generator=torch.Generator().manual_seed(2))
+    x = _correlated_inputs(2048, k)
+    held_out = _correlated_inputs(1024, k, seed=5)
+    q, scales, zeros = gptq.gptq_round(w, x.t() @ x, group_size)
+    rq, rs, rz = _rtn(w, group_size)
+    assert q.dtype == torch.uint8 and int(q.max()) <= 15 and scales.shape == (48, k // group_size)
+
+    def err(deq):
+        return (held_out @ (w - deq).t()).norm().item()
+
+    ours, rtn = err(gptq.dequantize(q, scales, zeros, group_size)), err(gptq.dequantize(rq, rs, rz, group_size))
+    assert ours < 0.8 * rtn, (ours, rtn)
+    # ...while the weights themselves move further from w than RTN's: GPTQ trades weight error for output error
+    assert (w - gptq.dequantize(q, scales, zeros, group_size)).norm() > (w - gptq.dequantize(rq, rs, rz, group_size)).norm()
+
+
+def test_hessians_sum_every_input_row_and_a_linear_never_reached_is_named():
+    a, b = nn.Linear(8, 4), nn.Linear(8, 4)
+    xs = [torch.randn(3, 5, 8) for _ in range(2)]
+
+    def run():
+        for x in xs:
+            a(x)
+        return len(xs)
+
+    sums, batches = gptq.hessians([a, b], run)
+    flat = torch.cat([x.reshape(-1, 8) for x in xs])
+    assert batches == 2 and id(b) not in sums
+    assert torch.allclose(sums[id(a)], flat.t() @ flat, atol=1e-4)
+    assert not a._forward_pre_hooks and not b._forward_pre_hooks
+    with pytest.raises(ValueError, match="saw no calibration input"):
+        gptq.quantize([a, b], 8, run)
+    with pytest.raises(ValueError, match="none were given"):
+        gptq.quantize([a], 8, None)
+
+
+def test_in_features_must_split_into_groups():
+    with pytest.raises(ValueError, match="multiple of quant.group_size=64"):
+        gptq.gptq_round(torch.randn(4, 96), torch.eye(96), 64)
+
+
+@pytest.mark.gpu
+def test_packed_weights_hold_exactly_the_rounded_integers_and_multiply_like_them():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    k, n, group_size = 576, 200, 64     # SmolLM2's width: in_features padded to 1024, out_features to 8
+    w = torch.randn(n, k, device="cuda")
+    x = _correlated_inputs(512, k).cuda()
+    q, scales, zeros = gptq.gptq_round(w, x.t() @ x, group_size)
+    packed = gptq.pack(q, scales, zeros, group_size)
+    want = gptq.dequantize(q, scales, zeros, group_size)
+    assert torch.allclose(packed.dequantize().float(), want, atol=1e-2, rtol=1e-2)
+    lin = nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
+    lin.weight = nn.Parameter(packed, requires_grad=False)
+    y = lin(x[:4].to(torch.bfloat16)).float()
+    assert torch.allclose(y, x[:4] @ want.t(), atol=0.5, rtol=0.05)
