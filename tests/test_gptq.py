@@ -66,6 +66,19 @@ def test_hessians_sum_every_input_row_and_a_linear_never_reached_is_named():
     assert batches == 2 and id(b) not in sums
     assert torch.allclose(sums[id(a)], flat.t() @ flat, atol=1e-4)
     assert not a._forward_pre_hooks and not b._forward_pre_hooks
+    # linears fed one tensor (q/k/v) share a single Hessian object with the same sum
+    q, k, v, o = (nn.Linear(8, 8) for _ in range(4))
+
+    def attention_like():
+        for x in xs:
+            q(x), k(x), v(x)
+            o(x * 2)
+        return len(xs)
+
+    shared, _ = gptq.hessians([q, k, v, o], attention_like)
+    assert shared[id(q)] is shared[id(k)] is shared[id(v)] and shared[id(o)] is not shared[id(q)]
+    assert torch.allclose(shared[id(q)], flat.t() @ flat, atol=1e-4)
+    assert torch.allclose(shared[id(o)], 4 * flat.t() @ flat, atol=1e-3)
     with pytest.raises(ValueError, match="saw no calibration input"):
         gptq.quantize([a, b], 8, run)
     with pytest.raises(ValueError, match="none were given"):

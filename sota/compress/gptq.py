@@ -108,13 +108,21 @@ def pack(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size:
 
 def hessians(modules: Iterable[nn.Linear], calibrate: Callable[[], int]) -> tuple[dict[int, torch.Tensor], int]:
     """``sum x x^T`` of every input row each of ``modules`` sees while ``calibrate()`` runs the calibration
-    batches through the model (float32, on the module's device), keyed by ``id(module)``; and the batch count."""
+    batches through the model (float32, on the module's device), keyed by ``id(module)``; and the batch count.
+    Linears fed the same tensor one after another (q/k/v, gate/up) share one Hessian object: it is the same
+    matrix, and a [K, K] float32 per linear is what bounds GPTQ's memory on large models."""
     sums: dict[int, torch.Tensor] = {}
+    last: dict[str, torch.Tensor | None] = {"x": None, "h": None}
 
     def hook(module: nn.Module, args: tuple) -> None:
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        h = sums.setdefault(id(module), torch.zeros(x.shape[1], x.shape[1], device=x.device))
-        h.addmm_(x.t(), x)
+        x = args[0]
+        if last["x"] is x and sums.get(id(module), last["h"]) is last["h"]:
+            sums[id(module)] = last["h"]
+            return
+        flat = x.detach().reshape(-1, x.shape[-1]).float()
+        h = sums.setdefault(id(module), torch.zeros(flat.shape[1], flat.shape[1], device=flat.device))
+        h.addmm_(flat.t(), flat)
+        last.update(x=x, h=h)
 
     handles = [m.register_forward_pre_hook(hook) for m in modules]
     try:
@@ -122,6 +130,7 @@ def hessians(modules: Iterable[nn.Linear], calibrate: Callable[[], int]) -> tupl
     finally:
         for handle in handles:
             handle.remove()
+        last.update(x=None, h=None)
     return sums, batches
 
 
