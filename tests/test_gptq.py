@@ -3,19 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from sota.compress import gptq
+from sota.compress import gptq, int4
 
 
 def _rtn(w, group_size):
-    """torchao's own tinygemm round-to-nearest of `w`, as integers, scales and zeros per group."""
-    from torchao.quantization.quant_primitives import _quantize_affine_tinygemm
-
-    groups = [gptq.tinygemm_qparams(w[:, i:i + group_size]) for i in range(0, w.shape[1], group_size)]
-    scales = torch.stack([s for s, _ in groups], 1)
-    zeros = torch.stack([z for _, z in groups], 1)
-    q = _quantize_affine_tinygemm(w.to(torch.bfloat16), (1, group_size), scales, zeros, torch.int32,
-                                  quant_min=0, quant_max=15)
-    return q, scales, zeros
+    """Round-to-nearest of `w` (torchao's tinygemm grid: tests/test_int4.py), as integers, scales and zeros."""
+    return int4.rtn(w, group_size)
 
 
 def _correlated_inputs(n, k, seed=0):
@@ -31,7 +24,7 @@ def test_without_input_correlation_gptq_is_round_to_nearest():
     q, scales, zeros = gptq.gptq_round(w, torch.eye(128), 32)
     rq, rs, rz = _rtn(w, 32)
     assert torch.equal(scales, rs) and torch.equal(zeros, rz)
-    assert (q.to(torch.int32) == rq).float().mean() > 0.999
+    assert (q == rq).float().mean() > 0.999
 
 
 def test_gptq_lowers_the_output_error_on_correlated_inputs():
@@ -46,10 +39,10 @@ def test_gptq_lowers_the_output_error_on_correlated_inputs():
     def err(deq):
         return (held_out @ (w - deq).t()).norm().item()
 
-    ours, rtn = err(gptq.dequantize(q, scales, zeros, group_size)), err(gptq.dequantize(rq, rs, rz, group_size))
+    ours, rtn = err(int4.dequantize(q, scales, zeros, group_size)), err(int4.dequantize(rq, rs, rz, group_size))
     assert ours < 0.8 * rtn, (ours, rtn)
     # ...while the weights themselves move further from w than RTN's: GPTQ trades weight error for output error
-    assert (w - gptq.dequantize(q, scales, zeros, group_size)).norm() > (w - gptq.dequantize(rq, rs, rz, group_size)).norm()
+    assert (w - int4.dequantize(q, scales, zeros, group_size)).norm() > (w - int4.dequantize(rq, rs, rz, group_size)).norm()
 
 
 def test_hessians_sum_every_input_row_and_a_linear_never_reached_is_named():
@@ -79,10 +72,14 @@ def test_hessians_sum_every_input_row_and_a_linear_never_reached_is_named():
     assert shared[id(q)] is shared[id(k)] is shared[id(v)] and shared[id(o)] is not shared[id(q)]
     assert torch.allclose(shared[id(q)], flat.t() @ flat, atol=1e-4)
     assert torch.allclose(shared[id(o)], 4 * flat.t() @ flat, atol=1e-3)
-    with pytest.raises(ValueError, match="saw no calibration input"):
-        gptq.quantize([a, b], 8, run)
+    stored = {}
+    with pytest.raises(ValueError, match=r"saw no calibration input \(e.g. b\)"):
+        gptq.quantize({"a": a, "b": b}, 8, run, lambda *args: stored.update({args[0]: args[2:]}))
     with pytest.raises(ValueError, match="none were given"):
-        gptq.quantize([a], 8, None)
+        gptq.quantize({"a": a}, 8, None, lambda *args: None)
+    assert gptq.quantize({"a": a}, 8, run, lambda *args: stored.update({args[0]: args[2:]})) == (1, 2)
+    codes, scales, zeros = stored["a"]
+    assert codes.shape == (4, 8) and scales.shape == zeros.shape == (4, 1)
 
 
 def test_in_features_must_split_into_groups():
@@ -98,8 +95,8 @@ def test_packed_weights_hold_exactly_the_rounded_integers_and_multiply_like_them
     w = torch.randn(n, k, device="cuda")
     x = _correlated_inputs(512, k).cuda()
     q, scales, zeros = gptq.gptq_round(w, x.t() @ x, group_size)
-    packed = gptq.pack(q, scales, zeros, group_size)
-    want = gptq.dequantize(q, scales, zeros, group_size)
+    packed = int4.pack_torchao(q, scales, zeros, group_size)
+    want = int4.dequantize(q, scales, zeros, group_size)
     assert packed.shape == (n, k) and packed.qdata.shape[1] == 1024 // (8 * 16)   # K padded to 1024, 8 inner tiles
     # the identity through the packed weight reads the weight back: the kernel sees exactly the rounded integers
     eye = torch.eye(k, device="cuda", dtype=torch.bfloat16)

@@ -72,9 +72,9 @@ def test_mixed_meets_its_budget_in_real_bytes_and_a_recorded_map_rebuilds_the_mo
 def test_mixed_settings_are_checked():
     out = []
     quant.validate(mcfg(modes=["int8_weight"], avg_bits=0), "cpu", out)
-    quant.validate(mcfg(modes=["int4_weight", "none"]), "cpu", out)
+    quant.validate(mcfg(modes=["int4_weight", "none"], int4_layout="torchao"), "cpu", out)
     assert any("two or more distinct modes" in o for o in out) and any("avg_bits" in o for o in out)
-    assert any("int4_weight, which needs a CUDA device" in o for o in out)
+    assert any("quant.int4_layout=torchao needs a CUDA device" in o for o in out)
     with pytest.raises(ValueError, match="calibration batches"):
         quant.quantize(model_of(hidden=64), mcfg(), "cpu")
 

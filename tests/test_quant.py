@@ -18,7 +18,8 @@ from conftest import SMALL_WHISPER
 from test_model import PROMPTS, WORDS, batch_for
 
 # quant=mixed scores its linears on calibration batches: tests/test_mixed.py
-CPU_MODES = [m for m, devices in quant.MODES.items() if "cpu" in devices and m not in ("none", "mixed")]
+# int4 on the CPU (the compact layout) has its own tests: tests/test_int4.py
+CPU_MODES = [m for m, devices in quant.MODES.items() if "cpu" in devices and m not in ("none", "mixed", "int4_weight")]
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -72,8 +73,9 @@ def test_every_mode_has_a_config_file_that_names_its_devices():
 
 def test_validate_names_the_problem():
     out = []
-    quant.validate(qcfg("int4_weight"), "cpu", out)
-    assert out == ["quant.mode=int4_weight needs a CUDA device (torchao int4 kernels); this run is on cpu"]
+    quant.validate(qcfg("int4_weight", int4_layout="torchao"), "cpu", out)
+    assert out == ["quant.int4_layout=torchao needs a CUDA device (torchao's int4 kernels); this run is on cpu: "
+                   "use quant.int4_layout=compact (or auto)"]
     out = []
     quant.validate(qcfg("none", mode="int3"), "cpu", out)
     assert out and "quant.mode must be one of none, bf16, fp16, int8_weight, int4_weight, nf4, int8_bnb" in out[0]
@@ -85,11 +87,16 @@ def test_validate_names_the_problem():
     assert out == ["quant.cuda_dtype must be null or one of bfloat16, float16, got 'float64'"]
     out = []
     quant.validate(qcfg("int4_weight"), "cuda", out)
+    quant.validate(qcfg("int4_weight"), "cpu", out)   # auto: the compact layout on the CPU
     quant.validate(qcfg("nf4"), "cpu", out)
     quant.validate(None, "cpu", out)
     assert out == []
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        quant.quantize(model_of(), qcfg("int4_weight"), "cpu")
+        quant.quantize(model_of(), qcfg("int4_weight", int4_layout="torchao"), "cpu")
+    quant.validate(qcfg("int4_weight", int4_layout="tiles"), "cpu", out)
+    quant.validate(qcfg("int4_weight", int4_layout="compact", algorithm="hqq"), "cuda", out)
+    assert "quant.int4_layout must be one of auto, torchao, compact; got 'tiles'" in out[0]
+    assert "quant.algorithm=hqq runs through torchao's int4 layout" in out[1]
 
 
 def test_only_bitsandbytes_modes_quantize_the_qlora_base():
@@ -280,7 +287,7 @@ def test_parts_are_checked_before_anything_runs():
     assert "unknown part(s) decoder" in text and "quant.parts.embeddings must be null or one of int8_weight" in text
     assert "both quantize the encoder" in text
     out = []
-    quant.validate(qcfg("none", parts={"connector": "int4_weight"}), "cpu", out)
+    quant.validate(qcfg("none", parts={"connector": "int4_weight"}, int4_layout="torchao"), "cpu", out)
     assert out and "needs a CUDA device" in out[0]
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from sota.compress.surgery import set_module
 from sota.models.audio_llm import IGNORE
-from sota.models.footprint import tensor_bytes
+from sota.models.footprint import footprint
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def quantized_copy(lin: nn.Linear, mode: str, cfg: Any, device: str, quantize_ro
 
 
 def _bytes(mod: nn.Module) -> int:
-    return sum(tensor_bytes(p) for p in mod.parameters())
+    return footprint(mod)["weight_bytes"]   # parameters and buffers (a compact int4 layer's codes are buffers)
 
 
 def check_budget(params: dict[str, int], sizes: dict[str, dict[str, int]], modes: list[str], avg_bits: float) -> float:

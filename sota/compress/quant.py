@@ -20,19 +20,20 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from sota.compress import gptq, mixed
+from sota.compress import gptq, int4, mixed
 from sota.compress.plan import QLORA_BASE
 from sota.compress.plan import quant_parts as parts
 from sota.compress.surgery import set_module
 from sota.models.footprint import footprint
 
-# mode -> device types its kernels run on (checked: torchao int4 weight-only has CUDA kernels only).
+# mode -> device types its kernels run on (int4 on the CPU through the compact layout only: torchao's int4
+# weight-only layout has CUDA kernels only; sota.compress.int4).
 MODES: dict[str, set[str]] = {
     "none": {"cpu", "cuda"},
     "bf16": {"cpu", "cuda"},
     "fp16": {"cpu", "cuda"},
     "int8_weight": {"cpu", "cuda"},
-    "int4_weight": {"cuda"},
+    "int4_weight": {"cpu", "cuda"},
     "nf4": {"cpu", "cuda"},
     "int8_bnb": {"cpu", "cuda"},
     "mixed": {"cpu", "cuda"},   # per linear, one of quant.modes (sota.compress.mixed); each checked below
@@ -56,7 +57,7 @@ ALGORITHMS = ("rtn", "hqq", "awq", "gptq")
 CALIBRATED = ("awq", "gptq")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "int4_weight": torch.bfloat16}
 HALF_NAMES = ("bfloat16", "float16")
-WHY = {"int4_weight": "torchao int4 kernels"}
+WHY: dict[str, str] = {}
 # Outlier threshold of LLM.int8() (bitsandbytes' and transformers' default): activation columns above it
 # are multiplied in float.
 INT8_THRESHOLD = 6.0
@@ -80,12 +81,13 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
         out.append(f"quant.mode must be one of {', '.join(MODES)}; got {mode!r}")
         return
     _validate_parts(cfg, device, out)
-    if mode == "none":
-        return
     try:
         kind = _device_type(device)
     except RuntimeError:
         out.append(f"quant: unknown device {device!r}")
+        return
+    _validate_int4_layout(cfg, kind, cfg.get("algorithm", "rtn"), out)
+    if mode == "none":
         return
     if kind not in MODES[mode]:
         why = f" ({WHY[mode]})" if mode in WHY else ""
@@ -101,8 +103,6 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
         out.append(f"quant.cuda_dtype must be null or one of {', '.join(HALF_NAMES)}, got {cfg.get('cuda_dtype')!r}")
     if mode == "mixed":
         mixed.validate(cfg, out)
-        if "int4_weight" in (cfg.get("modes") or []) and kind != "cuda":
-            out.append(f"quant.modes includes int4_weight, which needs a CUDA device; this run is on {kind}")
     if mode == "int4_weight" or (mode == "mixed" and "int4_weight" in (cfg.get("modes") or [])):
         gs = cfg.get("group_size", 128)
         if gs not in (32, 64, 128, 256):
@@ -115,6 +115,27 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
     calib = cfg.get("calib_batches", 4)
     if algorithm in CALIBRATED and (isinstance(calib, bool) or not isinstance(calib, int) or calib < 1):
         out.append(f"quant.calib_batches must be an integer >= 1 for quant.algorithm={algorithm}, got {calib!r}")
+
+
+def uses_int4(cfg: Any) -> bool:
+    mode = cfg.get("mode", "none")
+    return "int4_weight" in (mode, *parts(cfg).values()) or (mode == "mixed" and "int4_weight" in (cfg.get("modes") or []))
+
+
+def _validate_int4_layout(cfg: Any, kind: str, algorithm: str, out: list[str]) -> None:
+    layout = cfg.get("int4_layout", "auto")
+    if layout not in int4.LAYOUTS:
+        out.append(f"quant.int4_layout must be one of {', '.join(int4.LAYOUTS)}; got {layout!r}")
+        return
+    if not uses_int4(cfg):
+        return
+    resolved = int4.resolve_layout(layout, kind)
+    if resolved == "torchao" and kind != "cuda":
+        out.append(f"quant.int4_layout=torchao needs a CUDA device (torchao's int4 kernels); this run is on {kind}: "
+                   f"use quant.int4_layout=compact (or auto)")
+    if resolved == "compact" and algorithm in ("hqq", "awq"):
+        out.append(f"quant.algorithm={algorithm} runs through torchao's int4 layout: it needs "
+                   f"quant.int4_layout=torchao (CUDA), got {layout} ({resolved} on {kind})")
 
 
 def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
@@ -281,6 +302,31 @@ def torchao_config(mode: str, cfg: Any) -> Any:
                                 int4_choose_qparams_algorithm=qparams)
 
 
+def _device_of(root: nn.Module) -> str:
+    t = next(iter(root.parameters()), None)
+    return t.device.type if t is not None else "cpu"
+
+
+def _compact_int4(root: nn.Module, cfg: Any, chosen: set[int], calibrate: Any, notes: list[str], where: str) -> int:
+    """The chosen linears as sota's unpadded Int4Linear (quant.int4_layout=compact), by RTN or GPTQ codes."""
+    gs = int(cfg.get("group_size", 128))
+    named = {name: m for name, m in root.named_modules() if id(m) in chosen}
+
+    def store(name: str, m: nn.Module, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> None:
+        set_module(root, name, int4.Int4Linear.from_codes(q, scales, zeros, gs, m.bias))
+
+    if cfg.get("algorithm", "rtn") == "gptq":
+        done, batches = gptq.quantize(named, gs, calibrate, store)
+        how = f"GPTQ, Hessians of {batches} calibration batches"
+    else:
+        for name, m in named.items():
+            store(name, m, *int4.rtn(m.weight.detach(), gs))
+        done, how = len(named), "round-to-nearest"
+    notes.append(f"{where}: int4 weights of {done} linear(s) in the compact layout (no padding; "
+                 f"{_device_of(root)} kernels), {how}")
+    return done
+
+
 def _awq(root: nn.Module, config: Any, chosen: set[int], calibrate: Any, notes: list[str], where: str) -> None:
     """torchao's AWQ over `config`: observers on the chosen linears, the calibration batches through the model,
     then each linear converted with its activation-aware channel scales."""
@@ -311,6 +357,8 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
         if misfit:
             notes.append(f"{where}: {len(misfit)} linear(s) kept in bf16, in_features not a multiple of "
                          f"quant.group_size={cfg.get('group_size', 128)} (e.g. {misfit[0]})")
+        if int4.resolve_layout(cfg.get("int4_layout", "auto"), _device_of(root)) == "compact":
+            return _compact_int4(root, cfg, chosen, calibrate, notes, where)
         padded = [(name, m.in_features) for name, m in _candidates(root, patterns)
                   if id(m) in chosen and m.in_features % 1024]
         if padded:
@@ -341,9 +389,14 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
     if mode == "int4_weight" and cfg.get("algorithm", "rtn") == "awq":
         _awq(root, config, first, calibrate, notes, where)
     elif mode == "int4_weight" and cfg.get("algorithm", "rtn") == "gptq":
-        linears = [m for m in root.modules() if id(m) in first]
-        done, batches = gptq.quantize(linears, int(cfg.get("group_size", 128)), calibrate)
-        notes.append(f"{where}: int4 weights of {done} linear(s) by GPTQ (tinygemm layout), Hessians of "
+        named = {name: m for name, m in root.named_modules() if id(m) in first}
+
+        def store(name: str, m: nn.Module, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> None:
+            m.weight = nn.Parameter(int4.pack_torchao(q, scales, zeros, int(cfg.get("group_size", 128))),
+                                    requires_grad=False)
+
+        done, batches = gptq.quantize(named, int(cfg.get("group_size", 128)), calibrate, store)
+        notes.append(f"{where}: int4 weights of {done} linear(s) by GPTQ (torchao's tinygemm layout), Hessians of "
                      f"{batches} calibration batches")
     else:
         quantize_(root, config, filter_fn=lambda m, fqn: id(m) in first)
@@ -436,8 +489,8 @@ def half_dtype(cfg: Any, device: str) -> torch.dtype | None:
 
 
 def dequantize(root: nn.Module) -> int:
-    """Quantized weights under `root` back to float, in place: bitsandbytes layers become nn.Linear, torchao
-    tensors plain tensors. What a different quantization of the same model starts from; returns the count."""
+    """Quantized weights under `root` back to float, in place: bitsandbytes and compact int4 layers become
+    nn.Linear, torchao tensors plain tensors. What a different quantization of the same model starts from; returns the count."""
     n = 0
     for name, mod in list(root.named_modules()):
         if type(mod).__module__.startswith("bitsandbytes") and type(mod).__name__ in ("Linear4bit", "Linear8bitLt"):
@@ -446,6 +499,9 @@ def dequantize(root: nn.Module) -> int:
             if mod.bias is not None:
                 new.bias = nn.Parameter(mod.bias.detach().clone(), requires_grad=False)
             set_module(root, name, new)
+            n += 1
+        elif isinstance(mod, int4.Int4Linear):
+            set_module(root, name, mod.to_linear())
             n += 1
         elif type(getattr(mod, "weight", None)).__module__.startswith("torchao"):
             mod.weight = nn.Parameter(mod.weight.dequantize(), requires_grad=False)

@@ -42,6 +42,11 @@ def check_storable(module: nn.Module, where: str) -> None:
         raise ValueError(f"{where}: {old[0]} is a torchao AffineQuantizedTensor (int8 embeddings on torchao < 0.18), "
                          "which safetensors cannot hold; upgrade torchao, or keep embeddings out of int8 "
                          "(quant.skip, quant.parts.embeddings=null)")
+    compact = sorted(n for n, m in module.named_modules() if type(m).__name__ == "Int4Linear")
+    if compact:
+        raise ValueError(f"{where}: {compact[0]} holds int4 in sota's compact layout (quant.int4_layout=compact), which "
+                         "no reader outside sota knows; export with --quant int4_weight on CUDA (torchao's layout) or "
+                         "--quant int8_weight")
     bnb = {type(m).__name__ for m in module.modules() if type(m).__module__.startswith("bitsandbytes")}
     if bnb - ({"Linear4bit"} if where == "llm" else set()):
         raise ValueError(f"{where}: bitsandbytes layers ({', '.join(sorted(bnb))}) cannot be exported as they are; {fix}")

@@ -15,14 +15,15 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from sota.compress import quant
+from sota.compress import int4, quant
 from sota.compress.plan import QLORA_BASE, CompressionPlan, quant_parts
 from sota.models.footprint import footprint
 
 PROBE_ROWS = (64, 128)   # two probe heights: a layer's bytes are an intercept (shared tables) plus a cost per row
 # torchao's Int4TilePackedTo4dTensor.from_hp pads in_features to a multiple of 1024 and out_features to a multiple
 # of 8 (its n-tile), packs two 4-bit values per byte and keeps one bf16 scale and one bf16 zero per group and
-# output row (pack_tinygemm_scales_and_zeros); quant.py's note about the padding reads the same layout.
+# output row (pack_tinygemm_scales_and_zeros); quant.py's note about the padding reads the same layout. The compact
+# layout (sota.compress.int4) pads nothing but output rows to 8 on CUDA.
 INT4_K_MULTIPLE, INT4_N_MULTIPLE = 1024, 8
 
 
@@ -53,10 +54,12 @@ def _probe(mode: str, in_features: int, dtype: torch.dtype, embedding: bool, gro
 
 
 def layer_bytes(mode: str, out_features: int, in_features: int, dtype: torch.dtype, group_size: int = 128,
-                embedding: bool = False) -> int:
-    """Storage of one [out, in] weight (bias excluded) quantized in `mode`."""
+                embedding: bool = False, int4_layout: str = "torchao", device_type: str = "cuda") -> int:
+    """Storage of one [out, in] weight (bias excluded) quantized in `mode` (int4: in `int4_layout`, resolved)."""
     if mode == "int4_weight":
-        n, k = _ceil(out_features, INT4_N_MULTIPLE), _ceil(in_features, INT4_K_MULTIPLE)
+        compact = int4_layout == "compact"
+        n = _ceil(out_features, INT4_N_MULTIPLE) if not compact or device_type == "cuda" else out_features
+        k = in_features if compact else _ceil(in_features, INT4_K_MULTIPLE)
         return n * k // 2 + (k // group_size) * n * 2 * 2
     intercept, per_row = _probe(mode, in_features, dtype, embedding, group_size)
     return int(round(intercept + per_row * out_features))
@@ -108,6 +111,8 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
     patterns = [str(p) for p in (q.get("skip") or [])] if q is not None else []
     if q is not None and "embeddings" in quant_parts(q):
         patterns += quant.EMBEDDINGS
+    kind_dev = quant._device_type(device)
+    layout = int4.resolve_layout(q.get("int4_layout", "auto"), kind_dev) if q is not None else "torchao"
     acc: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for part, root in parts.items():
         if root is None:
@@ -132,7 +137,7 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
                     dtype = half or p.dtype
                     n_out, n_in = p.shape[0], p.shape[1]
                     b = layer_bytes(kind, n_out, n_in, dtype, int(q.get("group_size", 128)),
-                                    embedding=isinstance(m, nn.Embedding))
+                                    embedding=isinstance(m, nn.Embedding), int4_layout=layout, device_type=kind_dev)
                     acc[(part, kind)][0] += p.numel()
                     acc[(part, kind)][1] += b
                     continue

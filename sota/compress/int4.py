@@ -1,0 +1,164 @@
+"""int4 weights: integer codes with a scale and a zero per group of input features (tinygemm's convention,
+dequantized as ``(q - 8) * scale + zero``), and the two layouts that hold them (``quant.int4_layout``).
+
+- ``torchao``: torchao's ``Int4TilePackedTo4dTensor`` (CUDA). Its packing pads in_features to a multiple of 1024,
+  so a 576-wide linear stores 1.78x its codes; transformers and ``sota.export`` read it.
+- ``compact``: ``Int4Linear`` below, torch's own int4 kernels without that padding. On CUDA the same tinygemm
+  kernel (``aten._weight_int4pack_mm``) with the largest inner k-tile count that divides in_features (8, 4 or 2
+  tiles of 16); on the CPU ``aten._weight_int4pack_mm_for_cpu``. Output rows are padded to 8 on CUDA only.
+  Not exportable: no reader outside sota knows the layout.
+- ``auto``: ``torchao`` on CUDA, ``compact`` on the CPU (where torchao's layout has no kernel).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LAYOUTS = ("auto", "torchao", "compact")
+QMIN, QMAX, MID = 0, 15, 8
+
+
+def resolve_layout(layout: str, device_type: str) -> str:
+    return ("torchao" if device_type == "cuda" else "compact") if layout == "auto" else layout
+
+
+def qparams(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero [N, K // group_size] (bf16) of ``w`` [N, K], exactly as torchao's tinygemm RTN picks them."""
+    from torchao.quantization.quant_primitives import MappingType, _choose_qparams_affine_tinygemm
+
+    scale, zero = _choose_qparams_affine_tinygemm(w.to(torch.bfloat16), MappingType.ASYMMETRIC, (1, group_size),
+                                                  torch.int32, quant_min=QMIN, quant_max=QMAX,
+                                                  scale_dtype=torch.bfloat16, zero_point_dtype=torch.bfloat16)
+    return scale.reshape(w.shape[0], -1), zero.reshape(w.shape[0], -1)
+
+
+def round_to(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Codes of ``w`` on the grid of ``scale``/``zero`` (same shape, or broadcastable), computed in bf16 as
+    torchao's ``_quantize_affine_tinygemm`` computes them."""
+    low = zero - scale * MID
+    return torch.clamp(torch.round((w.to(torch.bfloat16) - low) / scale), QMIN, QMAX)
+
+
+def rtn(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest codes (uint8 [N, K]) with their scales and zeros."""
+    n, k = w.shape
+    scale, zero = qparams(w, group_size)
+    grouped = w.reshape(n, k // group_size, group_size)
+    q = round_to(grouped, scale.unsqueeze(-1), zero.unsqueeze(-1)).reshape(n, k)
+    return q.to(torch.uint8), scale, zero
+
+
+def dequantize(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The float weight [N, K] that ``(q, scales, zeros)`` stand for."""
+    expand = lambda t: t.float().repeat_interleave(group_size, dim=1)  # noqa: E731
+    return (q.float() - MID) * expand(scales) + expand(zeros)
+
+
+def _scales_and_zeros(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    from torchao.quantization.utils import pack_tinygemm_scales_and_zeros
+
+    return pack_tinygemm_scales_and_zeros(scales.to(torch.bfloat16), zeros.to(torch.bfloat16))
+
+
+def _nibbles(q: torch.Tensor) -> torch.Tensor:
+    q = q.to(torch.int32)
+    return (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8).contiguous()
+
+
+def pack_torchao(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """torchao's ``Int4TilePackedTo4dTensor`` holding exactly ``(q, scales, zeros)`` (CUDA), padded as its
+    ``from_hp`` pads (in_features to a multiple of 1024, out_features to 8; padding dequantizes to 0)."""
+    from torchao.quantization.quantize_.workflows import Int4TilePackedTo4dTensor
+    from torchao.utils import find_multiple
+
+    n, k = q.shape
+    n_pad, k_pad = find_multiple(n, 8) - n, find_multiple(k, 1024) - k
+    g_pad = k_pad // group_size
+    q = nn.functional.pad(q.to(torch.int32), (0, k_pad, 0, n_pad), value=MID)
+    scales = nn.functional.pad(scales, (0, g_pad, 0, n_pad), value=1.0)
+    zeros = nn.functional.pad(zeros, (0, g_pad, 0, n_pad), value=0.0)
+    packed = torch.ops.aten._convert_weight_to_int4pack(_nibbles(q), 8)
+    return Int4TilePackedTo4dTensor(qdata=packed, scale_and_zero=_scales_and_zeros(scales, zeros),
+                                    block_size=[1, group_size], shape=torch.Size((n, k)))
+
+
+def inner_k_tiles(in_features: int) -> int:
+    """tinygemm's inner k-tiles (16 input features each) for ``in_features``: the most that divide it."""
+    for tiles in (8, 4, 2):
+        if in_features % (tiles * 16) == 0:
+            return tiles
+    raise ValueError(f"int4 compact layout: in_features {in_features} is not a multiple of 32")
+
+
+class Int4Linear(nn.Module):
+    """A linear layer whose weight is int4 codes packed for one device type (the ``compact`` layout)."""
+
+    def __init__(self, qdata: torch.Tensor, scale_and_zero: torch.Tensor, in_features: int, out_features: int,
+                 group_size: int, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("qdata", qdata)
+        self.register_buffer("scale_and_zero", scale_and_zero)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_codes(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                   bias: torch.Tensor | None = None) -> Int4Linear:
+        """Pack ``(q, scales, zeros)`` for the device they are on."""
+        n, k = q.shape
+        if q.device.type == "cuda":
+            rows = -(-n // 8) * 8   # tinygemm reads output rows in tiles of 8
+            pad = (0, 0, 0, rows - n)
+            q = nn.functional.pad(q.to(torch.int32), pad, value=MID)
+            scales = nn.functional.pad(scales, pad, value=1.0)
+            zeros = nn.functional.pad(zeros, pad, value=0.0)
+            packed = torch.ops.aten._convert_weight_to_int4pack(_nibbles(q), inner_k_tiles(k))
+        else:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(),
+                                                                         inner_k_tiles(k))
+        return cls(packed, _scales_and_zeros(scales, zeros), k, n, group_size, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.qdata.device.type == "cuda":
+            y = torch.ops.aten._weight_int4pack_mm(flat, self.qdata, self.group_size, self.scale_and_zero)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qdata, self.group_size, self.scale_and_zero)
+        y = y[:, :self.out_features].reshape(*x.shape[:-1], self.out_features)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype)
+
+    @torch.no_grad()
+    def dequantized_weight(self) -> torch.Tensor:
+        """The bf16 weight [out, in] the kernel multiplies by: the identity read back through it."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.qdata.device)
+        bias, self.bias = self.bias, None
+        try:
+            return self.forward(eye).t().contiguous()
+        finally:
+            self.bias = bias
+
+    def to_linear(self) -> nn.Linear:
+        """A float (bf16) nn.Linear of the same weight and bias."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        lin.weight = nn.Parameter(self.dequantized_weight(), requires_grad=False)
+        if self.bias is not None:
+            lin.bias = nn.Parameter(self.bias.detach().to(torch.bfloat16), requires_grad=False)
+        return lin
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001
+        # Codes are packed for one device type, and the kernels read bf16 scales: a move elsewhere is refused,
+        # a cast of the model (.float(), .half()) leaves the scales as they are.
+        device = self.qdata.device.type
+        super()._apply(fn, recurse)
+        if self.qdata.device.type != device:
+            raise RuntimeError(f"Int4Linear: its int4 codes are packed for {device}; quantize on the device that "
+                               f"runs the model (got a move to {self.qdata.device.type})")
+        if self.scale_and_zero.dtype != torch.bfloat16:   # bf16 -> wider -> bf16 is exact
+            self.scale_and_zero = self.scale_and_zero.to(torch.bfloat16)
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"bias={self.bias is not None}, device={self.qdata.device.type}")

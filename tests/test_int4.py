@@ -1,0 +1,144 @@
+"""int4 weights in the compact layout (sota.compress.int4): unpadded codes on torch's own int4 kernels, here on
+the CPU; the CUDA branch has its GPU test at the end."""
+import pytest
+import torch
+from torch import nn
+
+from sota.compress import int4, quant
+from sota.models.footprint import footprint
+from sota.plan.weights import layer_bytes
+
+from test_mixed import calib
+from test_quant import LINEARS, logits, model_of, qcfg
+
+
+def _codes(n=192, k=576, group_size=64, seed=0):
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    return w, *int4.rtn(w, group_size)
+
+
+def test_rtn_codes_are_torchaos_round_to_nearest():
+    from torchao.quantization.quant_primitives import _quantize_affine_tinygemm
+
+    w, q, scales, zeros = _codes()
+    ref = _quantize_affine_tinygemm(w.to(torch.bfloat16), (1, 64), scales, zeros, torch.int32, quant_min=0, quant_max=15)
+    assert q.dtype == torch.uint8 and torch.equal(q.to(torch.int32), ref)
+    assert (int4.dequantize(q, scales, zeros, 64) - w).abs().max() < 0.6 * scales.float().max()   # half a step + bf16
+
+
+def test_an_int4_linear_multiplies_by_its_codes_and_stores_no_padding():
+    w, q, scales, zeros = _codes()
+    bias = torch.randn(192)
+    layer = int4.Int4Linear.from_codes(q, scales, zeros, 64, bias)
+    x = torch.randn(3, 5, 576)
+    want = x @ int4.dequantize(q, scales, zeros, 64).t() + bias
+    y = layer(x)
+    assert y.shape == (3, 5, 192) and y.dtype == torch.float32
+    assert (y - want).abs().max() < 0.02 * want.abs().max()
+    # 576 x 192 codes at two per byte, plus a bf16 scale and zero per group of 64 and row: nothing padded
+    assert footprint(layer)["weight_bytes"] == 576 * 192 // 2 + 9 * 192 * 2 * 2 + 192 * 4
+    assert layer_bytes("int4_weight", 192, 576, torch.bfloat16, 64, int4_layout="compact", device_type="cpu") == \
+        576 * 192 // 2 + 9 * 192 * 2 * 2
+    assert layer_bytes("int4_weight", 192, 576, torch.bfloat16, 64) == 1024 * 192 // 2 + 16 * 192 * 2 * 2  # torchao
+    assert torch.allclose(layer.dequantized_weight().float(), int4.dequantize(q, scales, zeros, 64), atol=1e-2, rtol=1e-2)
+    back = layer.to_linear()
+    assert type(back) is nn.Linear and back.weight.dtype == torch.bfloat16
+    assert (back(x.bfloat16()).float() - layer(x)).abs().max() < 0.02 * layer(x).abs().max()
+
+
+def test_an_int4_linear_keeps_its_scales_in_bf16_and_refuses_to_change_device():
+    _, q, scales, zeros = _codes(n=64, k=128)
+    layer = int4.Int4Linear.from_codes(q, scales, zeros, 64)
+    x = torch.randn(2, 128)
+    before = layer(x)
+    layer.float()
+    assert layer.scale_and_zero.dtype == torch.bfloat16 and torch.equal(layer(x), before)
+    with pytest.raises(RuntimeError, match="packed for cpu"):
+        layer.to("meta")
+
+
+def test_int4_on_the_cpu_quantizes_every_linear_in_the_compact_layout(batch):
+    model = model_of(hidden=64)
+    ref = logits(model, batch)
+    rec = quant.quantize(model, qcfg("int4_weight", group_size=32), "cpu")
+    layers = [m for m in model.llm.modules() if isinstance(m, int4.Int4Linear)]
+    assert len(layers) == len(LINEARS) == rec["quantized_modules"]
+    assert any("compact layout" in n and "round-to-nearest" in n for n in rec["notes"])
+    assert type(model.llm.lm_head) is nn.Linear   # skipped by default, as in every mode
+    out = logits(model, batch)
+    assert torch.isfinite(out).all() and (out - ref).abs().max() < 0.25 * ref.abs().max()
+    assert rec["weight_bytes_after"] < rec["weight_bytes_before"]
+    assert len(model.generate(batch, max_new_tokens=3)) == 2
+    # what a checkpoint reload does: quantize a fresh float model the same way, then load the state
+    fresh = model_of(hidden=64, seed=1)
+    quant.quantize(fresh, qcfg("int4_weight", group_size=32), "cpu")
+    quant.load_state_dict(fresh, model.state_dict())
+    assert torch.equal(logits(fresh, batch), out)
+    # and back to float for another quantization (export --quant)
+    assert quant.dequantize(model.llm) == len(LINEARS)
+    assert not any(isinstance(m, int4.Int4Linear) for m in model.modules())
+    assert torch.allclose(logits(model, batch), out, atol=1e-2 * out.abs().max())
+
+
+def test_gptq_in_the_compact_layout_on_the_cpu(batch):
+    model = model_of(hidden=64)
+    batches = calib(model)
+    rtn = model_of(hidden=64)
+    quant.quantize(rtn, qcfg("int4_weight", group_size=32), "cpu")
+    rec = quant.quantize(model, qcfg("int4_weight", group_size=32, algorithm="gptq"), "cpu", calib=batches)
+    assert any("compact layout" in n and "GPTQ, Hessians of 2 calibration batches" in n for n in rec["notes"])
+    q_gptq = model.llm.model.layers[0].mlp.down_proj
+    q_rtn = rtn.llm.model.layers[0].mlp.down_proj
+    assert isinstance(q_gptq, int4.Int4Linear) and not torch.equal(q_gptq.qdata, q_rtn.qdata)
+    assert torch.isfinite(logits(model, batch)).all()
+
+
+def test_mixed_precision_can_choose_compact_int4_on_the_cpu():
+    from test_mixed import mcfg
+
+    model = model_of(hidden=64)
+    cfg = mcfg(modes=["int4_weight", "none"], avg_bits=10.0, group_size=32)
+    problems = []
+    quant.validate(cfg, "cpu", problems)
+    assert problems == []
+    rec = quant.quantize(model, cfg, "cpu", calib=calib(model))
+    assert rec["avg_bits"] <= 10.0 and rec["counts"].get("int4_weight", 0) >= 1
+    # the compact layout's bits are its codes plus group scales: 4 + 2 * 16 / 32 = 5 per weight here
+    assert all(abs(b["int4_weight"] - 5.0) < 0.05 for b in rec["bits"].values())
+
+
+@pytest.fixture()
+def batch():
+    from test_model import batch_for
+
+    return batch_for(model_of(hidden=64), [1.0, 1.5], ["asr", "aac"], ["a red dog barks", "a cat"])
+
+
+@pytest.mark.gpu
+def test_compact_int4_on_cuda_matches_its_codes_for_unpadded_widths():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    for n, k, tiles in ((192, 576, 4), (576, 1536, 8), (100, 96, 2)):   # SmolLM2's widths; rows not a multiple of 8
+        w = torch.randn(n, k, device="cuda")
+        q, scales, zeros = int4.rtn(w, 32)
+        layer = int4.Int4Linear.from_codes(q, scales, zeros, 32)
+        assert int4.inner_k_tiles(k) == tiles
+        x = torch.randn(4, k, device="cuda")
+        want = x @ int4.dequantize(q, scales, zeros, 32).t()
+        assert (layer(x) - want).abs().max() < 0.02 * want.abs().max(), (n, k)
+        assert footprint(layer)["weight_bytes"] == -(-n // 8) * 8 * (k // 2 + k // 32 * 4)
+
+
+def test_a_compact_int4_model_is_refused_by_export_and_by_from_export_measurement(compose_cfg):
+    from sota.config import validate
+    from sota.errors import ConfigError
+    from sota.export import tensors
+
+    cfg = compose_cfg("quant=int4_weight", "measure.from_export=true")
+    with pytest.raises(ConfigError, match="measure.from_export=true cannot export int4 in the compact layout"):
+        validate(cfg)
+    validate(compose_cfg("quant=int4_weight"))   # measured in-process, it runs on the CPU
+    model = model_of(hidden=64)
+    quant.quantize(model, qcfg("int4_weight", group_size=32), "cpu")
+    with pytest.raises(ValueError, match="compact layout"):
+        tensors.check_storable(model.llm, "llm")
