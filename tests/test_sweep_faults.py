@@ -22,11 +22,12 @@ from omegaconf import open_dict
 
 from sota.compose import compose
 from sota.sweep import children as on_record
+from sota.sweep.points import SweepSpecError
 from sota.sweep.sweepdir import INVALID, load_rows, read_results, results_problems
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process records read /proc (Linux)")
 
-# Overrides: size (the metric values), bad=banana|nometrics|exit. Each launch is appended to $RECORD_LAUNCHES.
+# Overrides: size (the metric values), bad=banana|nometrics|exit|oom_once. Each launch is appended to $RECORD_LAUNCHES.
 FAKE_RUN = r'''
 import json, os, subprocess, sys, time
 from pathlib import Path
@@ -44,6 +45,11 @@ if sleep:
 size, bad = float(args.get("size", 1)), args.get("bad", "none")
 if bad == "exit":
     sys.exit(3)
+if bad == "oom_once" and not (out.parent.parent / "oom_seen").exists():   # the GPU full on its first try
+    (out.parent.parent / "oom_seen").write_text("")
+    (out / "results.json").write_text(json.dumps({"status": "failed", "error": "OutOfMemoryError: CUDA out of "
+                                                  "memory. Tried to allocate 1.70 GiB."}))
+    sys.exit(1)
 res = {"status": "ok", "error": None, "config": {"size": size},
        "metrics": {"asr/wer": size / 10, "aac/spider_note": "SPICE jar missing", "real/manifest": "/m.json"},
        "model": {"weight_bytes": 1000}, "efficiency": {"device": "cpu", "peak_memory_mb": size * 100},
@@ -365,3 +371,33 @@ def test_an_optuna_trial_whose_worker_was_killed_is_failed_then_asked_again(fake
     trials = optuna.load_study(study_name="opt", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and result["counts"]["ok"] == 1
     assert trials[1].params == trials[0].params and len(launches()) == 1   # the same parameters, run again
+
+
+def test_a_point_out_of_gpu_memory_beside_others_runs_again_alone_at_the_end(fake, tmp_path, caplog, monkeypatch):
+    sweep, launches, _ = fake
+    monkeypatch.setenv("FAKE_SLEEP", "0.5")   # the points overlap
+    spec = {"name": "oom", "points": [{"size": 1}, {"size": 2, "bad": "oom_once"}, {"size": 3}, {"size": 4}]}
+    with caplog.at_level(logging.INFO):
+        sweep(spec, workers=3)
+    rows = {r["id"]: r for r in load_rows(tmp_path / "sweep")}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    oom = next(i for i in rows if i.startswith("001"))                    # the second point of the spec
+    assert launches().count(oom) == 2 and launches()[-1] == oom   # again, last
+    assert (tmp_path / "sweep" / "attempts").is_dir()             # the failed attempt kept aside
+    assert "runs again alone after the others" in caplog.text
+
+
+def test_out_of_memory_alone_is_not_retried_and_fail_keeps_it_failed(fake, tmp_path, monkeypatch):
+    from sota.sweep.driver import run_sweep
+
+    sweep, launches, script = fake
+    sweep({"name": "oom1", "points": [{"size": 2, "bad": "oom_once"}]}, workers=2)
+    rows = load_rows(tmp_path / "sweep")
+    assert [r["status"] for r in rows] == ["failed"] and len(launches()) == 1   # it ran alone: nothing to retry
+    monkeypatch.setenv("FAKE_SLEEP", "0.5")
+    (tmp_path / "sweep" / "oom_seen").unlink()
+    spec = {"name": "oom2", "points": [{"size": 1}, {"size": 2, "bad": "oom_once"}, {"size": 3}]}
+    run_sweep(compose_sweep(script, tmp_path / "fail", spec, workers=3, on_out_of_memory="fail"))
+    assert sorted(r["status"] for r in load_rows(tmp_path / "fail")) == ["failed", "ok", "ok"]
+    with pytest.raises(SweepSpecError, match="on_out_of_memory must be one of alone, fail; got 'retry'"):
+        run_sweep(compose_sweep(script, tmp_path / "bad", spec, on_out_of_memory="retry"))

@@ -40,6 +40,9 @@ SWEEP_ERRORS = (SweepSpecError, SweepDirError, ObjectiveError)
 LEAD = "@lead"  # an override value: the first point's checkpoint (see resolve_lead)
 
 
+OUT_OF_MEMORY = ("alone", "fail")
+
+
 @dataclass
 class SweepSettings:
     spec: dict[str, Any]
@@ -49,6 +52,7 @@ class SweepSettings:
     gpus: list[int] | None
     timeout_s: float | None
     rerun_failed: bool
+    on_out_of_memory: str
     launcher: str
     run_py: Path
     report: ReportSettings
@@ -68,6 +72,9 @@ class SweepSettings:
         timeout = c.get("timeout_s")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             problems.append(f"timeout_s must be null or a number of seconds > 0, got {timeout!r}")
+        if c.get("on_out_of_memory", "alone") not in OUT_OF_MEMORY:
+            problems.append(f"on_out_of_memory must be one of {', '.join(OUT_OF_MEMORY)}; got "
+                            f"{c.get('on_out_of_memory')!r}")
         try:
             threads = launch.threads_per_point(c.get("threads_per_point", "auto"), workers)
         except ValueError as err:
@@ -92,7 +99,7 @@ class SweepSettings:
             raise SweepSpecError("invalid sweep settings:\n  - " + "\n  - ".join(problems))
         return cls(spec=dict(c["sweep"]), sweep_dir=Path(str(c["sweep_dir"])).expanduser().resolve(),
                    workers=workers, threads=threads, gpus=gpus, timeout_s=timeout, rerun_failed=bool(c.get("rerun_failed")),
-                   launcher=c.get("launcher", "local"), run_py=run_py, report=report,
+                   on_out_of_memory=c.get("on_out_of_memory", "alone"), launcher=c.get("launcher", "local"), run_py=run_py, report=report,
                    wandb=dict(c.get("wandb") or {}), slurm=dict(c.get("slurm") or {}))
 
     @property
@@ -257,8 +264,12 @@ def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[s
     # Points that start from the first point's checkpoint (@lead) wait for it the same way.
     first_pending = bool(todo) and todo[0] is planned[0]
     lead = todo[0] if s.workers > 1 and todo and (n_ok == 0 or (first_pending and needs_lead)) else None
-    queue = iter(todo[1:] if lead is not None else todo)
+    queue = list(todo[1:] if lead is not None else todo)
     state = {"lead_sent": lead is None, "open": lead is None}
+    # Points that ran out of GPU memory beside others (on_out_of_memory=alone) run again once, alone, at the end.
+    running: dict[str, int] = {}          # point id -> the most other points seen running beside it
+    retry: list[Point] = []
+    retried: set[str] = set()
 
     def next_point() -> Point | None:
         if not state["lead_sent"]:
@@ -266,14 +277,46 @@ def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[s
             log.info("sweep %s: point %s runs alone first (it builds the shared corpus and feature caches)",
                      s.name, lead.id)
             return lead
-        return next(queue, None) if state["open"] else None
+        if not state["open"]:
+            return None
+        if queue:
+            return queue.pop(0)
+        if retry and not running:
+            point = retry.pop(0)
+            log.info("sweep %s: point %s runs again, alone, after running out of GPU memory beside others",
+                     s.name, point.id)
+            return point
+        return None
+
+    def start(point: Point) -> Path:
+        for other in running:
+            running[other] += 1
+        running[point.id] = len(running)
+        return rec.start(point)
 
     def on_done(point: Point, end: launch.ProcessEnd) -> None:
-        rec.finish(point, end)
+        beside = running.pop(point.id, 0)
+        results = rec.finish(point, end)
         if point is lead:
             state["open"] = True
+        if (s.on_out_of_memory == "alone" and beside and point.id not in retried
+                and out_of_memory(results, end)):
+            retried.add(point.id)
+            retry.append(point)
+            rec.total += 1
+            log.warning("point %s ran out of GPU memory beside %d other point(s): it runs again alone after the "
+                        "others (on_out_of_memory=alone)", point.id, beside)
 
-    return launch.run_pool(next_point, rec.start, runner, s.workers, on_done)
+    return launch.run_pool(next_point, start, runner, s.workers, on_done)
+
+
+def out_of_memory(results: Mapping[str, Any] | None, end: launch.ProcessEnd) -> bool:
+    """Whether a point failed because the GPU ran out of memory (torch's OutOfMemoryError, in its results.json
+    or, when it died before writing one, its stderr)."""
+    if results is not None and results.get("status") == "ok":
+        return False
+    text = f"{(results or {}).get('error') or ''}\n{end.stderr_tail or ''}"
+    return "OutOfMemoryError" in text or "CUDA out of memory" in text
 
 
 def _within_budget(s: SweepSettings, todo: list[Point], index: Index, states: dict[str, str]) -> list[Point]:
