@@ -164,12 +164,6 @@ def _trainer(c: DictConfig, out: list[str]) -> None:
                        f"sota/models/sharding.py); got {tp!r}")
 
 
-def quant_uses_compact_int4(q: Any, device: str) -> bool:
-    from sota.compress import int4, quant
-
-    return quant.uses_int4(q) and int4.resolve_layout(q.get("int4_layout", "auto"), device) == "compact"
-
-
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem in `cfg`."""
     out: list[str] = []
@@ -222,8 +216,10 @@ def validate(cfg: DictConfig) -> None:
         from sota.measure import protocol
 
         protocol.validate(cfg.measure, device, out)
+        from sota.compress import quant
+
         q = cfg.get("quant")
-        if cfg.measure.get("from_export") is True and q is not None and quant_uses_compact_int4(q, device):
+        if cfg.measure.get("from_export") is True and q is not None and quant.uses_compact_int4(q, device):
             out.append("measure.from_export=true cannot export int4 in the compact layout (quant.int4_layout="
                        f"{q.get('int4_layout', 'auto')} on {device}): use quant.int4_layout=torchao (CUDA) or "
                        "measure.from_export=false")

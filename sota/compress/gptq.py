@@ -48,11 +48,10 @@ def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, group_size: int,
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
+            g = col // group_size
             if col % group_size == 0:
-                g = col // group_size
                 s, z = int4.qparams(w1[:, i:i + group_size], group_size)
                 scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
-            g = col // group_size
             qi = int4.round_to(w1[:, i], scales[:, g], zeros[:, g])
             q[:, col] = qi.to(torch.uint8)
             err = (w1[:, i] - ((qi - int4.MID) * scales[:, g] + zeros[:, g]).float()) / hinv1[i, i]

@@ -52,12 +52,11 @@ EMBEDDINGS = ["embed_tokens", "lm_head"]
 # hqq fits scale and zero point by half-quadratic optimisation of the weight error, without data; awq scales
 # input channels by activation statistics of calibration batches before rounding (activation-aware); gptq
 # rounds column by column and spreads each column's error over the rest by the inputs' Hessian
-# (sota.compress.gptq, in the same tinygemm layout).
+# (sota.compress.gptq; either int4 layout, sota.compress.int4).
 ALGORITHMS = ("rtn", "hqq", "awq", "gptq")
 CALIBRATED = ("awq", "gptq")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "int4_weight": torch.bfloat16}
 HALF_NAMES = ("bfloat16", "float16")
-WHY: dict[str, str] = {}
 # Outlier threshold of LLM.int8() (bitsandbytes' and transformers' default): activation columns above it
 # are multiplied in float.
 INT8_THRESHOLD = 6.0
@@ -90,9 +89,7 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
     if mode == "none":
         return
     if kind not in MODES[mode]:
-        why = f" ({WHY[mode]})" if mode in WHY else ""
-        need = " or ".join(sorted(d.upper() if d == "cuda" else d for d in MODES[mode]))
-        out.append(f"quant.mode={mode} needs a {need} device{why}; this run is on {kind}")
+        out.append(f"quant.mode={mode} needs a {_need(mode)} device; this run is on {kind}")
     elif kind not in set(cfg.get("devices") or MODES[mode]):
         out.append(f"quant.devices={list(cfg.devices)} does not include {kind}, where this run is")
     targets = list(cfg.get("targets") or [])
@@ -117,9 +114,18 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
         out.append(f"quant.calib_batches must be an integer >= 1 for quant.algorithm={algorithm}, got {calib!r}")
 
 
+def _need(mode: str) -> str:
+    return " or ".join(sorted(d.upper() if d == "cuda" else d for d in MODES[mode]))
+
+
 def uses_int4(cfg: Any) -> bool:
     mode = cfg.get("mode", "none")
     return "int4_weight" in (mode, *parts(cfg).values()) or (mode == "mixed" and "int4_weight" in (cfg.get("modes") or []))
+
+
+def uses_compact_int4(cfg: Any, device: str) -> bool:
+    """Whether some part is int4 in the compact layout when the run is on `device`."""
+    return uses_int4(cfg) and int4.resolve_layout(cfg.get("int4_layout", "auto"), _device_type(device)) == "compact"
 
 
 def _validate_int4_layout(cfg: Any, kind: str, algorithm: str, out: list[str]) -> None:
@@ -153,8 +159,7 @@ def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
             out.append(f"quant.parts.{part}={mode} and quant.targets={targets} both quantize the {part}: "
                        f"drop it from one of them")
         elif _device_type(device) not in MODES[mode]:
-            out.append(f"quant.parts.{part}={mode} needs a CUDA device ({WHY.get(mode, '')}); this run is on "
-                       f"{_device_type(device)}")
+            out.append(f"quant.parts.{part}={mode} needs a {_need(mode)} device; this run is on {_device_type(device)}")
 
 
 def is_qlora_base(cfg: Any) -> bool:
@@ -357,6 +362,9 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
         if misfit:
             notes.append(f"{where}: {len(misfit)} linear(s) kept in bf16, in_features not a multiple of "
                          f"quant.group_size={cfg.get('group_size', 128)} (e.g. {misfit[0]})")
+        embeds = [n for n, m in _candidates(root, patterns) if isinstance(m, nn.Embedding)]
+        if embeds:
+            notes.append(f"{where}: int4_weight quantizes linears only; embeddings stay bf16 ({', '.join(embeds)})")
         if int4.resolve_layout(cfg.get("int4_layout", "auto"), _device_of(root)) == "compact":
             return _compact_int4(root, cfg, chosen, calibrate, notes, where)
         padded = [(name, m.in_features) for name, m in _candidates(root, patterns)
@@ -365,9 +373,6 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
             notes.append(f"{where}: the tinygemm int4 layout pads in_features to a multiple of 1024, so "
                          f"{len(padded)} linear(s) store padding (e.g. {padded[0][0]}: {padded[0][1]} -> "
                          f"{-(-padded[0][1] // 1024) * 1024}); weight_bytes counts it")
-        embeds = [n for n, m in _candidates(root, patterns) if isinstance(m, nn.Embedding)]
-        if embeds:
-            notes.append(f"{where}: int4_weight quantizes linears only; embeddings stay bf16 ({', '.join(embeds)})")
     # A weight shared by two chosen modules (tied lm_head / embed_tokens) is quantized once and shared again:
     # int8 per-row scales of [vocab, dim] are the same whether the table is read as embedding or projection.
     owners: dict[int, list[nn.Module]] = {}

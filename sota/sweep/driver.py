@@ -267,7 +267,7 @@ def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[s
     queue = list(todo[1:] if lead is not None else todo)
     state = {"lead_sent": lead is None, "open": lead is None}
     # Points that ran out of GPU memory beside others (on_out_of_memory=alone) run again once, alone, at the end.
-    running: dict[str, int] = {}          # point id -> the most other points seen running beside it
+    running: dict[str, int] = {}          # running point id -> how many other points have run beside it so far
     retry: list[Point] = []
     retried: set[str] = set()
 
