@@ -40,6 +40,13 @@ def test_an_int4_linear_multiplies_by_its_codes_and_stores_no_padding():
     assert layer_bytes("int4_weight", 192, 576, torch.bfloat16, 64, int4_layout="compact", device_type="cpu") == \
         576 * 192 // 2 + 9 * 192 * 2 * 2
     assert layer_bytes("int4_weight", 192, 576, torch.bfloat16, 64) == 1024 * 192 // 2 + 16 * 192 * 2 * 2  # torchao
+    # rows the CPU kernel cannot take alone are padded to 16, and cut from the output
+    codes = int4.rtn(torch.randn(100, 64), 32)
+    odd = int4.Int4Linear.from_codes(*codes, 32)
+    got, want = odd(x[0, :, :64]), x[0, :, :64] @ int4.dequantize(*codes, 32).t()
+    assert got.shape == (5, 100) and (got - want).abs().max() < 0.02 * want.abs().max()
+    assert footprint(odd)["weight_bytes"] == layer_bytes("int4_weight", 100, 64, torch.bfloat16, 32,
+                                                         int4_layout="compact", device_type="cpu") == 112 * (32 + 8)
     assert torch.allclose(layer.dequantized_weight().float(), int4.dequantize(q, scales, zeros, 64), atol=1e-2, rtol=1e-2)
     back = layer.to_linear()
     assert type(back) is nn.Linear and back.weight.dtype == torch.bfloat16
@@ -69,6 +76,8 @@ def test_int4_on_the_cpu_quantizes_every_linear_in_the_compact_layout(batch):
     assert torch.isfinite(out).all() and (out - ref).abs().max() < 0.25 * ref.abs().max()
     assert rec["weight_bytes_after"] < rec["weight_bytes_before"]
     assert len(model.generate(batch, max_new_tokens=3)) == 2
+    unskipped = quant.quantize(model_of(hidden=64), qcfg("int4_weight", group_size=32, skip=[]), "cpu")
+    assert any("embeddings stay bf16 (model.embed_tokens)" in n for n in unskipped["notes"])   # said, not silent
     # what a checkpoint reload does: quantize a fresh float model the same way, then load the state
     fresh = model_of(hidden=64, seed=1)
     quant.quantize(fresh, qcfg("int4_weight", group_size=32), "cpu")

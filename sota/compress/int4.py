@@ -5,7 +5,7 @@ dequantized as ``(q - 8) * scale + zero``), and the two layouts that hold them (
   so a 576-wide linear stores 1.78x its codes; transformers and ``sota.export`` read it.
 - ``compact``: ``Int4Linear`` below, torch's own int4 kernels without that padding. On CUDA the same tinygemm
   kernel (``aten._weight_int4pack_mm``) with the largest inner k-tile count that divides in_features (8, 4 or 2
-  tiles of 16); on the CPU ``aten._weight_int4pack_mm_for_cpu``. Output rows are padded to 8 on CUDA only.
+  tiles of 16); on the CPU ``aten._weight_int4pack_mm_for_cpu``. Output rows are padded to 8 (CUDA) or 16 (CPU).
   Not exportable: no reader outside sota knows the layout.
 - ``auto``: ``torchao`` on CUDA, ``compact`` on the CPU (where torchao's layout has no kernel).
 """
@@ -16,6 +16,9 @@ from torch import nn
 
 LAYOUTS = ("auto", "torchao", "compact")
 QMIN, QMAX, MID = 0, 15, 8
+# Output rows the compact layout's kernels take in multiples of: tinygemm's n-tile on CUDA; torch's CPU packing
+# refuses other row counts.
+ROW_MULTIPLE = {"cuda": 8, "cpu": 16}
 
 
 def resolve_layout(layout: str, device_type: str) -> str:
@@ -106,16 +109,15 @@ class Int4Linear(nn.Module):
                    bias: torch.Tensor | None = None) -> Int4Linear:
         """Pack ``(q, scales, zeros)`` for the device they are on."""
         n, k = q.shape
+        rows = -(-n // ROW_MULTIPLE[q.device.type]) * ROW_MULTIPLE[q.device.type]
+        pad = (0, 0, 0, rows - n)   # padded rows dequantize to 0 and are cut from the output
+        q = nn.functional.pad(q.to(torch.int32), pad, value=MID)
+        scales = nn.functional.pad(scales, pad, value=1.0)
+        zeros = nn.functional.pad(zeros, pad, value=0.0)
         if q.device.type == "cuda":
-            rows = -(-n // 8) * 8   # tinygemm reads output rows in tiles of 8
-            pad = (0, 0, 0, rows - n)
-            q = nn.functional.pad(q.to(torch.int32), pad, value=MID)
-            scales = nn.functional.pad(scales, pad, value=1.0)
-            zeros = nn.functional.pad(zeros, pad, value=0.0)
             packed = torch.ops.aten._convert_weight_to_int4pack(_nibbles(q), inner_k_tiles(k))
         else:
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(),
-                                                                         inner_k_tiles(k))
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), inner_k_tiles(k))
         return cls(packed, _scales_and_zeros(scales, zeros), k, n, group_size, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

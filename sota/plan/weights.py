@@ -23,7 +23,7 @@ PROBE_ROWS = (64, 128)   # two probe heights: a layer's bytes are an intercept (
 # torchao's Int4TilePackedTo4dTensor.from_hp pads in_features to a multiple of 1024 and out_features to a multiple
 # of 8 (its n-tile), packs two 4-bit values per byte and keeps one bf16 scale and one bf16 zero per group and
 # output row (pack_tinygemm_scales_and_zeros); quant.py's note about the padding reads the same layout. The compact
-# layout (sota.compress.int4) pads nothing but output rows to 8 on CUDA.
+# layout (sota.compress.int4) pads nothing but output rows (int4.ROW_MULTIPLE).
 INT4_K_MULTIPLE, INT4_N_MULTIPLE = 1024, 8
 
 
@@ -58,7 +58,7 @@ def layer_bytes(mode: str, out_features: int, in_features: int, dtype: torch.dty
     """Storage of one [out, in] weight (bias excluded) quantized in `mode` (int4: in `int4_layout`, resolved)."""
     if mode == "int4_weight":
         compact = int4_layout == "compact"
-        n = _ceil(out_features, INT4_N_MULTIPLE) if not compact or device_type == "cuda" else out_features
+        n = _ceil(out_features, int4.ROW_MULTIPLE[device_type] if compact else INT4_N_MULTIPLE)
         k = in_features if compact else _ceil(in_features, INT4_K_MULTIPLE)
         return n * k // 2 + (k // group_size) * n * 2 * 2
     intercept, per_row = _probe(mode, in_features, dtype, embedding, group_size)
