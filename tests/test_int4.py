@@ -116,6 +116,32 @@ def test_mixed_precision_can_choose_compact_int4_on_the_cpu():
     assert all(abs(b["int4_weight"] - 5.0) < 0.05 for b in rec["bits"].values())
 
 
+def test_mixed_precision_quantizes_its_chosen_int4_linears_by_gptq_together():
+    from test_mixed import mcfg
+
+    batches = calib(model_of(hidden=64))
+    rtn, model = model_of(hidden=64), model_of(hidden=64)
+    common = dict(modes=["int4_weight", "none"], avg_bits=10.0, group_size=32)
+    rec_rtn = quant.quantize(rtn, mcfg(**common), "cpu", calib=batches)
+    rec = quant.quantize(model, mcfg(**common, algorithm="gptq"), "cpu", calib=batches)
+    # scored by round-to-nearest copies: the same map; then GPTQ codes, from one pass over the batches
+    assert rec["map"] == rec_rtn["map"] and rec["counts"]["int4_weight"] >= 1
+    assert any("GPTQ, Hessians of 2 calibration batches" in n for n in rec["notes"])
+    assert any("quantized by gptq" in n for n in rec["notes"])
+    chosen = [k.removeprefix("llm.") for k, m in rec["map"].items() if m == "int4_weight"]
+    kept = [k.removeprefix("llm.") for k, m in rec["map"].items() if m == "none"]
+    for name in chosen:
+        got, ref = model.llm.get_submodule(name), rtn.llm.get_submodule(name)
+        assert isinstance(got, int4.Int4Linear) and got.qdata.shape == ref.qdata.shape
+    assert any(not torch.equal(model.llm.get_submodule(n).qdata, rtn.llm.get_submodule(n).qdata) for n in chosen)
+    assert all(type(model.llm.get_submodule(n)) is torch.nn.Linear for n in kept)
+    problems = []
+    quant.validate(mcfg(**common, algorithm="gptq"), "cpu", problems)
+    assert problems == []
+    quant.validate(mcfg(modes=["nf4", "none"], algorithm="gptq"), "cpu", problems)
+    assert any("int4_weight among quant.modes" in p for p in problems)
+
+
 @pytest.fixture()
 def batch():
     from test_model import batch_for

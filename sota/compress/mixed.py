@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from sota.compress.surgery import set_module
@@ -75,11 +76,26 @@ class _Holder(nn.Module):
         self.lin = lin
 
 
+def calibrated(cfg: Any) -> bool:
+    """Whether `cfg`'s int4 needs calibration inputs (GPTQ, AWQ): then single linears are scored and sized by
+    round-to-nearest copies, and the chosen int4 linears are quantized together with the calibration batches."""
+    return str(cfg.get("algorithm", "rtn")) in ("gptq", "awq")
+
+
+def _rtn(cfg: Any) -> Any:
+    if not calibrated(cfg):
+        return cfg
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)) if OmegaConf.is_config(cfg) else dict(cfg)
+    plain["algorithm"] = "rtn"
+    return plain
+
+
 def quantized_copy(lin: nn.Linear, mode: str, cfg: Any, device: str, quantize_root: Any) -> nn.Module:
-    """`lin` quantized in `mode` (a copy; `lin` is left as it is)."""
+    """`lin` quantized in `mode` (a copy; `lin` is left as it is); int4 by round-to-nearest where `cfg`'s
+    algorithm needs calibration (same bytes, the cheap stand-in for scoring)."""
     holder = _Holder(copy.deepcopy(lin))
     if mode != "none":
-        quantize_root(holder, mode, cfg, [], device, [], "mixed")
+        quantize_root(holder, mode, _rtn(cfg), [], device, [], "mixed")
     return holder.lin
 
 
@@ -129,16 +145,33 @@ def choose(params: dict[str, int], options: dict[str, dict[str, tuple[int, float
     return {n: order[n][at[n]] for n in options}
 
 
-def apply(model: Any, chosen: dict[str, str], cfg: Any, device: str, quantize_root: Any) -> None:
-    """Quantize each `target.linear` of `chosen` in its mode (a map recorded by `quantize`)."""
+def apply(model: Any, chosen: dict[str, str], cfg: Any, device: str, quantize_root: Any,
+          calibrate: Any = None, notes: list[str] | None = None) -> None:
+    """Quantize each `target.linear` of `chosen` in its mode (a map recorded by `quantize`). With GPTQ or AWQ
+    (`quant.algorithm`) the int4 linears of each target are quantized in one pass over `calibrate`'s batches,
+    before any other linear changes, so their inputs are the unquantized model's."""
+    notes = [] if notes is None else notes
+    together = calibrated(cfg) and "int4_weight" in chosen.values()
+    if together:
+        if calibrate is None:
+            raise ValueError(f"quant=mixed with quant.algorithm={cfg.get('algorithm')}: its int4 linears need "
+                             "calibration batches (a run's training data); none were given")
+        for where in dict.fromkeys(k.partition(".")[0] for k, m in chosen.items() if m == "int4_weight"):
+            root = getattr(model, where)
+            mine = {k.partition(".")[2] for k, m in chosen.items() if m == "int4_weight" and k.startswith(where + ".")}
+            # every other linear or table of the target is skipped by its full name: only the chosen ones change
+            others = [n for n, m in root.named_modules() if isinstance(m, (nn.Linear, nn.Embedding)) and n not in mine]
+            quantize_root(root, "int4_weight", cfg, others, device, notes, f"mixed.{where}", calibrate)
     for key, mode in chosen.items():
+        if together and mode == "int4_weight":
+            continue
         where, _, name = key.partition(".")
         root = getattr(model, where)
         set_module(root, name, quantized_copy(root.get_submodule(name), mode, cfg, device, quantize_root))
 
 
 def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates: dict[str, dict[str, nn.Module]],
-             quantize_root: Any) -> dict[str, Any]:
+             quantize_root: Any, calibrate: Any = None, notes: list[str] | None = None) -> dict[str, Any]:
     """Score, choose and apply; `candidates` maps each target's name to its linears by qualified name."""
     modes = [str(m) for m in cfg.get("modes")]
     avg_bits = float(cfg.get("avg_bits"))
@@ -173,7 +206,7 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
                     set_module(root, name, lin)
                 options[key][mode] = (sizes[key][mode], kl)
     chosen = choose(params, options, modes, avg_bits)
-    apply(model, chosen, cfg, device, quantize_root)
+    apply(model, chosen, cfg, device, quantize_root, calibrate, notes)
     after = sum(options[k][m][0] for k, m in chosen.items())
     reached = 8 * after / sum(params.values())
     kl_after = _kl(ref, _answer_logprobs(model, batches))

@@ -107,8 +107,9 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
     algorithm = cfg.get("algorithm", "rtn")
     if algorithm not in ALGORITHMS:
         out.append(f"quant.algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}")
-    elif algorithm != "rtn" and mode != "int4_weight":
-        out.append(f"quant.algorithm={algorithm} chooses int4 weights: it needs quant.mode=int4_weight (got {mode})")
+    elif algorithm != "rtn" and mode != "int4_weight" and not (mode == "mixed" and "int4_weight" in (cfg.get("modes") or [])):
+        out.append(f"quant.algorithm={algorithm} chooses int4 weights: it needs quant.mode=int4_weight, or "
+                   f"quant=mixed with int4_weight among quant.modes (got {mode})")
     calib = cfg.get("calib_batches", 4)
     if algorithm in CALIBRATED and (isinstance(calib, bool) or not isinstance(calib, int) or calib < 1):
         out.append(f"quant.calib_batches must be an integer >= 1 for quant.algorithm={algorithm}, got {calib!r}")
@@ -612,13 +613,18 @@ def _mixed(model: nn.Module, cfg: Any, device: str, targets: list[str], patterns
             cast_half(getattr(model, where), half, patterns)
         notes.append(f"targets cast to {cfg.cuda_dtype} first (quant.cuda_dtype): quant.modes' `none` is that dtype")
     if recorded and recorded.get("map"):
-        mixed.apply(model, dict(recorded["map"]), cfg, device, _quantize_root)
+        mixed.apply(model, dict(recorded["map"]), cfg, device, _quantize_root,
+                    _calibrator(model, calib) if calib else None, notes)
         record.update({k: recorded[k] for k in ("avg_bits_target", "avg_bits", "modes", "counts", "map") if k in recorded})
         notes.append("quant=mixed: the recorded map applied (no new sensitivity scores)")
         return len(recorded["map"])
     candidates = {where: {name: m for name, m in _candidates(getattr(model, where), patterns)
                           if type(m) is nn.Linear} for where in targets}
-    record.update(mixed.quantize(model, cfg, device, list(calib or []), candidates, _quantize_root))
+    record.update(mixed.quantize(model, cfg, device, list(calib or []), candidates, _quantize_root,
+                                 _calibrator(model, calib) if calib else None, notes))
+    if mixed.calibrated(cfg):
+        notes.append(f"quant=mixed: linears scored with round-to-nearest int4; the chosen int4 linears quantized by "
+                     f"{cfg.get('algorithm')}")
     return len(record["map"])
 
 
