@@ -135,7 +135,8 @@ def _stages(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalSta
                                                   calib=_calibration(plan, s.dm, s.device) if plan.quant_calibration else None)
     _evaluate(s, trainer, out_dir, results)
     _measure(s, cfg, results, out_dir)
-    if s.merger is not None:   # every generation prefill of the run: validation, test, real speech, measurement
+    if s.merger is not None:   # every generation prefill of the run: validation, test, real speech, measurement;
+        # with tokens.training=merge, training's and calibration's teacher-forced forwards counted apart
         results.compression["tokens"] = s.merger.record()
     results.status = "ok"
 
@@ -190,7 +191,7 @@ def _setup(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalStat
         record = checkpoint.restore_evaluated(model, cfg, start, device)
     if init_record is not None:
         record["init_from"] = init_record
-    merger = pipeline.merge_tokens(model, cfg)   # on the layers compression left
+    merger = pipeline.merge_tokens(model, cfg)   # on the layers compression left, before training (training=merge)
     record["recover"] = distiller.record() if distiller is not None else {"method": distill.settings(cfg.get("recover"))["method"]}
     model.to(device)
     module = AudioLLMModule(model, instantiate(cfg.optimizer), instantiate(cfg.scheduler),

@@ -26,7 +26,8 @@ def validate(cfg: DictConfig, device: str, out: list[str]) -> None:
     lora.validate(cfg.get("lora"), out)
     quant.validate(cfg.get("quant"), device, out)
     distill.validate(cfg.get("recover"), str(cfg.get("task", "train")), out)
-    token_merge.validate(cfg.get("tokens"), cfg.get("generate"), out)
+    token_merge.validate(cfg.get("tokens"), cfg.get("generate"), out,
+                         recover=distill.settings(cfg.get("recover"))["method"])
 
 
 def trained_changes_encoder(ckpt: dict[str, Any]) -> bool:
@@ -73,11 +74,12 @@ def load_trained(model: AudioLLM, path: str, ckpt: dict[str, Any]) -> dict[str, 
 
 
 def merge_tokens(model: AudioLLM, cfg: DictConfig) -> token_merge.TokenMerger | None:
-    """tokens=merge: the hooks that merge audio tokens inside the (compressed) LLM at generation, or None."""
+    """tokens=merge: the hooks that merge audio tokens inside the (compressed) LLM at generation, and with
+    tokens.training=merge in training's teacher-forced forwards too (installed before training), or None."""
     tokens = cfg.get("tokens")
     if tokens is None or tokens.get("method", "none") == "none":
         return None
-    return model.merge_tokens(float(tokens.keep), int(tokens.layer))
+    return model.merge_tokens(float(tokens.keep), int(tokens.layer), str(tokens.get("training", "none")))
 
 
 def before_training(model: AudioLLM, cfg: DictConfig, calib: list[dict[str, Any]], device: str) -> dict[str, Any]:

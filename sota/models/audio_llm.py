@@ -119,8 +119,8 @@ class AudioLLM(nn.Module):
         inputs = text.masked_scatter(is_audio[..., None], embeds[mask].to(text.dtype))
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         merger = self.__dict__.get("token_merger")
-        if merger is not None and not answers:   # prompts of generation: merged inside the LLM (tokens=merge)
-            merger.audio_at = is_audio
+        if merger is not None:   # merged inside the LLM (tokens=merge): prompts, and with training=merge answers too
+            merger.arm(is_audio, teacher_forced=bool(answers))
         return {"inputs_embeds": inputs, "attention_mask": attn, "labels": lab, "position_ids": position_ids}
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -129,11 +129,16 @@ class AudioLLM(nn.Module):
 
     def outputs(self, batch: dict[str, Any], hidden: bool = False) -> tuple[Any, torch.Tensor]:
         """The LLM's outputs on a batch with answers (loss, logits, and the hidden states with `hidden`) and the
-        labels it was scored on (IGNORE outside the answers)."""
+        labels it was scored on (IGNORE outside the answers), position by position with the logits. With
+        tokens.training=merge the audio tokens are merged inside the LLM: the logits cover the kept positions."""
         embeds, mask = self.audio_embeds(batch)
         inputs = self.assemble(embeds, mask, batch["tasks"], batch["answers"])
         llm = self.__dict__.get("_compiled_llm", self.llm)
-        return llm(**inputs, use_cache=False, output_hidden_states=hidden), inputs["labels"]
+        merger = self.__dict__.get("token_merger")
+        if merger is None or merger.training != "merge":
+            return llm(**inputs, use_cache=False, output_hidden_states=hidden), inputs["labels"]
+        labels = inputs.pop("labels")   # the LLM's own loss would pair the full labels with fewer logits
+        return merger.scored(llm(**inputs, use_cache=False, output_hidden_states=hidden), labels, IGNORE)
 
     def compile_training(self, scope: str = "llm") -> None:
         """Train through torch.compile: Inductor fuses the step's elementwise work into few kernels. A small
@@ -163,12 +168,13 @@ class AudioLLM(nn.Module):
             self.__dict__["_decoders"] = cached  # not a submodule: no parameters, not in state_dict
         return cached
 
-    def merge_tokens(self, keep: float, layer: int) -> TokenMerger:
-        """Merge audio tokens inside the LLM from decoder layer `layer` on, at generation (tokens=merge)."""
+    def merge_tokens(self, keep: float, layer: int, training: str = "none") -> TokenMerger:
+        """Merge audio tokens inside the LLM from decoder layer `layer` on (tokens=merge): at generation, and in
+        teacher-forced forwards too with `training="merge"`."""
         old = self.__dict__.pop("token_merger", None)
         if old is not None:
             old.remove()
-        merger = self.__dict__["token_merger"] = TokenMerger(self.llm, keep, layer)  # hooks, not a submodule
+        merger = self.__dict__["token_merger"] = TokenMerger(self.llm, keep, layer, training)  # hooks, not a submodule
         return merger
 
     def forget_compiled(self) -> None:

@@ -1,6 +1,8 @@
-"""Audio-token merging inside the LLM (`tokens=merge`), training-free: after decoder layer `layer`, the most
-similar pairs of neighbouring audio tokens are averaged into one, so every later layer, its KV cache and its
-attention see fewer audio tokens.
+"""Audio-token merging inside the LLM (`tokens=merge`): before decoder layer `layer`, the most similar pairs of
+neighbouring audio tokens are averaged into one, so that layer, every later one, their KV caches and their
+attention see fewer audio tokens. By default (`training: none`) it is training-free: prompts are merged at
+generation only. With `training: merge` the teacher-forced forwards (recovery training's loss, calibration)
+merge the same way, so recovery adapts the LLM to the merged tokens.
 
 Pairs are (audio token 2i, audio token 2i + 1) of each clip, scored by the cosine similarity of their hidden
 states at that layer (bipartite merging as in ToMe, Bolya et al. 2023; FastAdaSP merges neighbouring speech
@@ -9,13 +11,16 @@ pair). Text tokens are never touched. Each row of a batch merges its own share: 
 removing, in every row, as many positions as the row that merges fewest, and the rest of a row's merged-away
 tokens stay in place masked out like padding, so a clip's answer does not depend on its batch. (Where a layer
 gets no 4D mask to hide them in, every row merges the fewest; the record says how often.) The record counts
-the merged tokens per clip and, apart, the positions hidden rather than removed.
+the merged tokens per clip and, apart, the positions hidden rather than removed; teacher-forced forwards are
+counted apart from generation's prefills.
 
-Mechanics: forward pre-hooks on the decoder layers from `layer` on. At the prefill of a prompt the hook of
-`layer` merges and remembers which positions stayed; the later layers' hooks cut their attention mask, rotary
-tables and position ids to those positions. Keys and values of layers before `layer` keep every position, so
-each layer's cache has its own length; on a decode step the hooks keep the mask's columns of the positions
-their own cache holds. This needs a cache whose layers grow independently (transformers' dynamic cache:
+Mechanics: forward pre-hooks on the decoder layers from `layer` on. At the prefill of a prompt (or the one
+forward of a teacher-forced sequence) the hook of `layer` merges and remembers which positions stayed
+(`kept`); the later layers' hooks cut their attention mask, rotary tables and position ids to those
+positions. The LLM's logits then cover the kept positions only: `scored` lines the labels up with them and
+computes the loss. Keys and values of layers before `layer` keep every position, so each layer's cache has
+its own length; on a decode step the hooks keep the mask's columns of the positions their own cache holds.
+Generation needs a cache whose layers grow independently (transformers' dynamic cache:
 `generate.backend=eager`) and one beam.
 """
 
@@ -31,15 +36,27 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 METHODS = ("none", "merge")
+TRAINING = ("none", "merge")   # teacher-forced forwards: unmerged, or merged as at generation
 
 
-def validate(cfg: Any, generate: Any, out: list[str]) -> None:
+def validate(cfg: Any, generate: Any, out: list[str], recover: str = "lora") -> None:
+    """Problems of the `tokens` group; `recover`: the recovery method (distillation cannot see merged tokens)."""
     if cfg is None:
         return
     method = cfg.get("method", "none")
     if method not in METHODS:
         out.append(f"tokens.method must be one of {', '.join(METHODS)}; got {method!r}")
         return
+    training = cfg.get("training", "none")
+    if training not in TRAINING:
+        out.append(f"tokens.training must be one of {', '.join(TRAINING)} (none: merge at generation only; merge: "
+                   f"training forwards merge too); got {training!r}")
+    elif training == "merge" and method == "none":
+        out.append("tokens.training=merge merges audio tokens in training: it needs tokens=merge")
+    elif training == "merge" and recover == "distill":
+        out.append("tokens.training=merge cannot train with recover=distill: distillation compares the student's "
+                   "logits with the unmerged teacher's position by position; use recover=lora or "
+                   "tokens.training=none")
     if method == "none":
         return
     keep, layer = cfg.get("keep"), cfg.get("layer")
@@ -68,17 +85,21 @@ def _gather(t: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
 class TokenMerger:
     """The hooks of one LLM, and what they merged."""
 
-    def __init__(self, llm: nn.Module, keep: float, layer: int) -> None:
+    def __init__(self, llm: nn.Module, keep: float, layer: int, training: str = "none") -> None:
         decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else llm.model
         layers = decoder.layers
         if layer >= len(layers):
             raise ValueError(f"tokens.layer={layer}: the LLM has {len(layers)} decoder layers (0..{len(layers) - 1})")
-        self.keep, self.layer = float(keep), int(layer)
-        self.audio_at: torch.Tensor | None = None    # [B, L] of the prompt about to be prefilled
+        if training not in TRAINING:
+            raise ValueError(f"tokens.training must be one of {', '.join(TRAINING)}; got {training!r}")
+        self.keep, self.layer, self.training = float(keep), int(layer), training
+        self.audio_at: torch.Tensor | None = None    # [B, L] of the prompt (or teacher-forced sequence) to merge
+        self.teacher_forced = False                  # whether audio_at belongs to a sequence with answers
         self.kept: torch.Tensor | None = None        # [B, L - r] positions that stayed, after a prefill
         self.hide: torch.Tensor | None = None        # [B, L - r] of those, merged away but kept as masked columns
         self.prompt_len = 0
-        self.stats = {"prefills": 0, "audio_tokens": 0, "merged": 0, "hidden": 0, "uniform_prefills": 0}
+        self.stats = self._counters()             # generation's prefills
+        self.forced_stats = self._counters()      # teacher-forced forwards (tokens.training=merge)
         # Layer 0 sees every forward first: a new sequence (more than one query) forgets the last prefill's cut.
         self.handles = [layers[0].register_forward_pre_hook(self._start, with_kwargs=True)]
         self.handles += [layers[i].register_forward_pre_hook(self._hook(i), with_kwargs=True)
@@ -88,10 +109,50 @@ class TokenMerger:
         for h in self.handles:
             h.remove()
 
+    @staticmethod
+    def _counters() -> dict[str, int]:
+        return {"prefills": 0, "audio_tokens": 0, "merged": 0, "hidden": 0, "uniform_prefills": 0}
+
+    @staticmethod
+    def _summary(stats: dict[str, int]) -> dict[str, Any]:
+        seen = stats["audio_tokens"]
+        return {**stats, "kept_ratio": round(1 - stats["merged"] / seen, 4) if seen else None}
+
     def record(self) -> dict[str, Any]:
-        seen = self.stats["audio_tokens"]
-        return {"method": "merge", "keep": self.keep, "layer": self.layer, **self.stats,
-                "kept_ratio": round(1 - self.stats["merged"] / seen, 4) if seen else None}
+        """Generation's counts at the top level; with training=merge, the teacher-forced forwards' (training
+        steps, calibration) under `teacher_forced`, where `prefills` counts forwards."""
+        out = {"method": "merge", "keep": self.keep, "layer": self.layer, "training": self.training,
+               **self._summary(self.stats)}
+        if self.training == "merge":
+            out["teacher_forced"] = self._summary(self.forced_stats)
+        return out
+
+    def arm(self, is_audio: torch.Tensor, teacher_forced: bool) -> None:
+        """Merge the audio positions `is_audio` [B, L] of the next forward: a generation prompt, or (only with
+        training=merge) a teacher-forced sequence."""
+        if teacher_forced and self.training != "merge":
+            return
+        self.audio_at, self.teacher_forced = is_audio, teacher_forced
+
+    def scored(self, out: Any, labels: torch.Tensor, ignore: int) -> tuple[Any, torch.Tensor]:
+        """A teacher-forced forward's output with the loss, and its labels, on the positions its logits cover.
+
+        After a merge the logits are those of the kept positions (`kept`, in order); the labels are taken at
+        the same positions. Answer tokens and the text before them are never merged, and a clip's last audio
+        token is never merged away (it is the right of its pair, or unpaired), so the kept position before an
+        answer token is the original one before it: shifting by one along the kept positions pairs each answer
+        token with the logits that predict it, as the unmerged loss does."""
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        if self.kept is not None:
+            labels = labels.gather(1, self.kept.to(labels.device))
+        logits = out.logits
+        if labels.shape[1] != logits.shape[1]:
+            raise RuntimeError(f"tokens.training=merge: {logits.shape[1]} logits per row but {labels.shape[1]} "
+                               "labels: the merge's kept positions do not describe this forward")
+        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                               ignore_index=ignore)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states), labels
 
     # -- merging -----------------------------------------------------------------------------------------
     def _merge(self, hidden: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -104,9 +165,10 @@ class TokenMerger:
         if not per_row:
             share = share.min().expand(b)
         r, r_max = int(share.min().item()), int(share.max().item())
-        self.stats["prefills"] += 1
-        self.stats["audio_tokens"] += int(counts.sum())
-        self.stats["uniform_prefills"] += int(not per_row and b > 1)
+        stats = self.forced_stats if self.teacher_forced else self.stats
+        stats["prefills"] += 1
+        stats["audio_tokens"] += int(counts.sum())
+        stats["uniform_prefills"] += int(not per_row and b > 1)
         every = torch.arange(length, device=hidden.device).expand(b, length)
         if r_max <= 0:
             return hidden, every, None
@@ -131,8 +193,8 @@ class TokenMerger:
         surplus = torch.zeros(b, length, dtype=torch.bool, device=hidden.device)
         surplus[rows, drop[:, r:]] = valid[:, r:]
         hide = surplus.gather(1, kept) if r_max > r else None
-        self.stats["merged"] += int(share.sum())
-        self.stats["hidden"] += int(share.sum()) - r * b
+        stats["merged"] += int(share.sum())
+        stats["hidden"] += int(share.sum()) - r * b
         return _gather(hidden, kept, 1), kept, hide
 
     def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
