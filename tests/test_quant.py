@@ -280,11 +280,11 @@ def test_parts_each_take_their_own_mode():
 
 def test_parts_are_checked_before_anything_runs():
     out = []
-    quant.validate(qcfg("int8_weight", targets=["llm", "encoder"], parts={"encoder": "bf16", "embeddings": "int4_weight"}),
+    quant.validate(qcfg("int8_weight", targets=["llm", "encoder"], parts={"encoder": "bf16", "embeddings": "nf4"}),
                    "cpu", out)
     quant.validate(OmegaConf.create({"mode": "none", "parts": {"decoder": "bf16"}}), "cpu", out)  # outside Hydra
     text = "\n".join(out)
-    assert "unknown part(s) decoder" in text and "quant.parts.embeddings must be null or one of int8_weight" in text
+    assert "unknown part(s) decoder" in text and "quant.parts.embeddings must be null or one of int8_weight, int4_weight" in text
     assert "both quantize the encoder" in text
     out = []
     quant.validate(qcfg("none", parts={"connector": "int4_weight"}, int4_layout="torchao"), "cpu", out)
@@ -323,7 +323,7 @@ def test_int4_algorithms_are_checked_and_awq_asks_for_calibration():
     quant.validate(qcfg("int4_weight", algorithm="gptq", calib_batches=True), "cuda", out)
     assert len(out) == 4, out
     assert "quant.algorithm must be one of rtn, hqq, awq, gptq" in out[0]
-    assert "needs quant.mode=int4_weight (got int8_weight)" in out[1] and "calib_batches" in out[2]
+    assert "needs quant.mode=int4_weight, or quant=mixed" in out[1] and "(got int8_weight)" in out[1] and "calib_batches" in out[2]
     assert "quant.algorithm=gptq" in out[3]
     awq = CompressionPlan.of(OmegaConf.create({"quant": qcfg("int4_weight", algorithm="awq", calib_batches=3)}))
     gptq = CompressionPlan.of(OmegaConf.create({"quant": qcfg("int4_weight", algorithm="gptq", calib_batches=2)}))

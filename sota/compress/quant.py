@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from sota.compress import gptq, int4, mixed
+from sota.compress import gptq, int4, int4_embedding, mixed
 from sota.compress.plan import QLORA_BASE
 from sota.compress.plan import quant_parts as parts
 from sota.compress.surgery import set_module
@@ -40,10 +40,10 @@ MODES: dict[str, set[str]] = {
 }
 TARGETS = ("llm", "encoder", "connector")
 # quant.parts: a part quantized in its own mode, after training, beside the main `mode` of `targets`.
-# Embeddings (embed_tokens and the lm_head that may share its table) take int8 only: torchao's int4 layouts
-# are for linears.
+# Embeddings (embed_tokens and the lm_head that may share its table) take int8 (torchao), or int4 in the compact
+# layout (sota.compress.int4_embedding: rows read through the int4 kernel; torchao's int4 layouts are for linears).
 PARTS: dict[str, tuple[str, ...]] = {
-    "embeddings": ("int8_weight",),
+    "embeddings": ("int8_weight", "int4_weight"),
     "encoder": ("bf16", "fp16", "int8_weight", "int4_weight"),
     "connector": ("bf16", "fp16", "int8_weight", "int4_weight"),
 }
@@ -161,6 +161,10 @@ def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
                        f"drop it from one of them")
         elif _device_type(device) not in MODES[mode]:
             out.append(f"quant.parts.{part}={mode} needs a {_need(mode)} device; this run is on {_device_type(device)}")
+        elif part == "embeddings" and mode == "int4_weight" and \
+                int4.resolve_layout(cfg.get("int4_layout", "auto"), _device_type(device)) != "compact":
+            out.append("quant.parts.embeddings=int4_weight reads token rows through the compact int4 layout: set "
+                       f"quant.int4_layout=compact (got {cfg.get('int4_layout', 'auto')} on {_device_type(device)})")
 
 
 def is_qlora_base(cfg: Any) -> bool:
@@ -494,10 +498,28 @@ def half_dtype(cfg: Any, device: str) -> torch.dtype | None:
     return None
 
 
+def _dequantize_int4_tables(root: nn.Module) -> int:
+    """int4 token tables back to bf16 nn.Embedding, and a head that shared the table to an nn.Linear sharing the
+    new embedding's weight (tied again)."""
+    n = 0
+    for name, mod in list(root.named_modules()):
+        if not isinstance(mod, int4_embedding.Int4Embedding):
+            continue
+        emb = mod.to_embedding()
+        for other, m in list(root.named_modules(remove_duplicate=False)):
+            if m is mod.table and not other.startswith(name + "."):
+                head = nn.Linear(emb.embedding_dim, emb.num_embeddings, bias=False, device="meta")
+                head.weight = emb.weight
+                set_module(root, other, head)
+        set_module(root, name, emb)
+        n += 1
+    return n
+
+
 def dequantize(root: nn.Module) -> int:
     """Quantized weights under `root` back to float, in place: bitsandbytes and compact int4 layers become
     nn.Linear, torchao tensors plain tensors. What a different quantization of the same model starts from; returns the count."""
-    n = 0
+    n = _dequantize_int4_tables(root)
     for name, mod in list(root.named_modules()):
         if type(mod).__module__.startswith("bitsandbytes") and type(mod).__name__ in ("Linear4bit", "Linear8bitLt"):
             new = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
@@ -632,7 +654,11 @@ def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str]) ->
     """`cfg.parts`, each in its own mode (after training: the connector trains, a QLoRA base does not)."""
     n = 0
     for part, mode in parts(cfg).items():
-        if part == "embeddings":
+        if part == "embeddings" and mode == "int4_weight":
+            done = int4_embedding.quantize_tables(model.llm, int(cfg.get("group_size", 128)))
+            notes.extend(f"llm.{d}" for d in done)
+            n += len(done)
+        elif part == "embeddings":
             llm = model.llm
             # every other module is skipped by its full name, so only the tables (one, when tied) are chosen
             others = [name for name, m in llm.named_modules()

@@ -98,6 +98,16 @@ def llm_call_keywords(llm: nn.Module) -> tuple[str, dict[str, Any]]:
     return cache_key, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
 
 
+def embedding_device_dtype(llm: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the LLM's token table lives and the dtype its rows come in (an int4 table has no float weight:
+    its rows come out in bf16, next to its codes)."""
+    emb = llm.get_input_embeddings()
+    weight = getattr(emb, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight.device, weight.dtype
+    return next(emb.buffers()).device, torch.bfloat16
+
+
 @functools.cache
 def capture_stream(device: torch.device) -> torch.cuda.Stream:
     """The one side stream on which every decoder of this process warms up and captures its graphs. torch keeps
@@ -115,8 +125,7 @@ class StaticDecoder:
         from transformers import StaticCache
 
         self.llm, self.batch_size, self.max_len = llm, batch_size, max_len
-        emb = llm.get_input_embeddings().weight
-        self.device, self.dtype = emb.device, emb.dtype
+        self.device, self.dtype = embedding_device_dtype(llm)
         self.graphs = graphs and self.device.type == "cuda"
         self.cache_key, self.prefill_kwargs = llm_call_keywords(llm)
         config = _base(llm).config

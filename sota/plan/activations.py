@@ -89,13 +89,15 @@ def prefill(llm: nn.Module, tokens: int) -> Stage:
     head_size = _size(_dtype(head)) if head is not None else s
     hidden = tokens * c.hidden_size * s * 3                      # residual, norm, attention or MLP output
     mlp = tokens * inter * s * 3                                 # gate, up, their product
-    logits = tokens * c.vocab_size * max(head_size, 4)           # the head's output, and its float32 copy
+    # A prefill asks for the last position's logits only (logits_to_keep=1, sota.models.decoding), as
+    # transformers' generate does: one row of the vocabulary, and its float32 copy.
+    logits = c.vocab_size * max(head_size, 4)
     peak = max(hidden + mlp, hidden + logits)
-    return Stage("prefill", peak, f"{tokens} tokens, MLP {inter} wide, vocabulary {c.vocab_size}")
+    return Stage("prefill", peak, f"{tokens} tokens, MLP {inter} wide, last-position logits over {c.vocab_size}")
 
 
 def kv_cache(llm: nn.Module, positions: int) -> Stage:
-    c, s = llm_config(llm), _size(_dtype(llm))
+    s = _size(_dtype(llm))
     per_layer = 0
     layers = 0
     for name, m in llm.named_modules():
@@ -116,7 +118,6 @@ def stages(parts: dict[str, nn.Module | None], cfg: Any, clip_s: float, new_toke
     if parts.get("second") is not None:
         out.append(second(parts["second"], chunks, context))
         in_dim += parts["second"].config.hidden_size
-    frames = int(round(heard * WHISPER_FRAMES_PER_SECOND))
     hidden = int(c.get("hidden_size") or in_dim)
     out.append(connector(chunks * int(round(context * WHISPER_FRAMES_PER_SECOND)), in_dim, hidden,
                          _dtype(parts["connector"])))

@@ -133,7 +133,7 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
                     continue
                 seen.add(key)
                 if pname == "weight" and (id(m) in chosen or id(m) in embeds):
-                    kind = "int8_weight" if id(m) in embeds else mode
+                    kind = modes["embeddings"] if id(m) in embeds else mode
                     dtype = half or p.dtype
                     n_out, n_in = p.shape[0], p.shape[1]
                     b = layer_bytes(kind, n_out, n_in, dtype, int(q.get("group_size", 128)),

@@ -229,9 +229,13 @@ def copy_bandwidth_gbs(device: str, nbytes: int = 2 ** 30, repeats: int = 10) ->
 
 def _noise_prompt(llm: Any, length: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch-1 prompt of `length` random embeddings at the embedding table's scale, and its mask."""
-    emb = llm.get_input_embeddings().weight
-    prompt = torch.randn(1, length, emb.shape[1], device=emb.device, dtype=emb.dtype) * emb.std()
-    return prompt, torch.ones(1, length, dtype=torch.long, device=emb.device)
+    from sota.models.decoding import embedding_device_dtype
+
+    table = llm.get_input_embeddings()
+    device, dtype = embedding_device_dtype(llm)
+    sample = table(torch.arange(0, table.num_embeddings, max(1, table.num_embeddings // 1024), device=device))
+    prompt = torch.randn(1, length, table.embedding_dim, device=device, dtype=dtype) * sample.float().std().to(dtype)
+    return prompt, torch.ones(1, length, dtype=torch.long, device=device)
 
 
 def hf_generate_ms_per_token(model: Any, device: str, tokens: int = 32, repeats: int = 5) -> float:

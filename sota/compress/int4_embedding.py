@@ -1,0 +1,104 @@
+"""int4 token tables (``quant.parts.embeddings=int4_weight``, compact layout): the LLM's embedding table held
+once as an ``Int4Linear``, which is the lm_head when the two are tied, and read row by row for the lookup.
+
+The kernels' packing keeps output rows in independent tiles (8 rows on CUDA, blocks of 64 on the CPU).
+A lookup gathers the tiles of the wanted rows, which form a valid packed weight of their own, and multiplies the
+identity by it: the kernel itself dequantizes exactly those rows, so no float copy of the table ever exists and
+the lookup costs one small kernel call. A tied table then stores its codes once for both uses (4.5 bits per
+weight at groups of 64, against 8 for int8 and 16 for bf16).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sota.compress import int4
+
+
+# Rows per independently packed tile: tinygemm's n-tile on CUDA; torch's CPU packing works in blocks of 64 rows,
+# with a last shorter block (a multiple of 16) packed on its own.
+TILE = {"cuda": 8, "cpu": 64}
+
+
+def _kernel(x: torch.Tensor, packed: torch.Tensor, table: int4.Int4Linear, scale_and_zero: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cuda":
+        return torch.ops.aten._weight_int4pack_mm(x, packed, table.group_size, scale_and_zero)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, table.group_size, scale_and_zero)
+
+
+def _gathered(table: int4.Int4Linear, flat: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """Rows `flat` from the table's whole tiles (a CUDA table has only those, so nothing here waits on the
+    GPU and the lookup can be captured in a CUDA graph)."""
+    tile = TILE[flat.device.type]
+    blocks, within = flat // tile, flat % tile
+    if flat.device.type == "cuda":   # [rows / 8, k-tiles, 32, inner k-tiles / 2]: dim 0 is the n-tile
+        packed = table.qdata[blocks]
+    else:                            # [rows, in / 2]
+        width = table.qdata.shape[-1]
+        packed = table.qdata[:table.qdata.shape[0] // tile * tile].view(-1, tile, width)[blocks].reshape(-1, width)
+    picked = (blocks[:, None] * tile + torch.arange(tile, device=flat.device)).reshape(-1)
+    tiles_t = _kernel(eye, packed.contiguous(), table, table.scale_and_zero[:, picked].contiguous())
+    return tiles_t[:, torch.arange(flat.numel(), device=flat.device) * tile + within].t()
+
+
+def rows(table: int4.Int4Linear, ids: torch.Tensor) -> torch.Tensor:
+    """The bf16 rows ``ids`` (any shape) of ``table``'s weight [out, in]: shape ``ids.shape + (in,)``."""
+    device = table.qdata.device
+    flat = ids.reshape(-1).to(device)
+    eye = torch.eye(table.in_features, dtype=torch.bfloat16, device=device)
+    whole = table.scale_and_zero.shape[1] // TILE[device.type] * TILE[device.type]
+    if whole == table.scale_and_zero.shape[1]:
+        return _gathered(table, flat, eye).reshape(*ids.shape, table.in_features)
+    # a CPU table whose last block is shorter than 64 rows: its rows come from that block, read whole
+    out = torch.empty(flat.numel(), table.in_features, dtype=torch.bfloat16, device=device)
+    head, tail = (flat < whole).nonzero().squeeze(1), (flat >= whole).nonzero().squeeze(1)
+    if head.numel():
+        out[head] = _gathered(table, flat[head], eye)
+    if tail.numel():
+        last = _kernel(eye, table.qdata[whole:].contiguous(), table, table.scale_and_zero[:, whole:].contiguous())
+        out[tail] = last[:, flat[tail] - whole].t()
+    return out.reshape(*ids.shape, table.in_features)
+
+
+class Int4Embedding(nn.Module):
+    """An embedding whose table is an ``Int4Linear`` (shared with the lm_head when tied)."""
+
+    def __init__(self, table: int4.Int4Linear, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.table = table
+        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+        self.padding_idx = padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return rows(self.table, ids)
+
+    def to_embedding(self) -> nn.Embedding:
+        """A bf16 nn.Embedding of the same rows."""
+        emb = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx, device="meta")
+        emb.weight = nn.Parameter(self.table.dequantized_weight(), requires_grad=False)
+        return emb
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int4 rows of the table below"
+
+
+def quantize_tables(llm: nn.Module, group_size: int) -> list[str]:
+    """The LLM's input table, and its output table (the lm_head), as int4 in the compact layout on the device
+    they are on; a tied pair stays one table. Returns what was done, for the record's notes."""
+    emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
+    if emb.embedding_dim % group_size:
+        raise ValueError(f"quant.parts.embeddings=int4_weight: the table is {emb.embedding_dim} wide, not a multiple "
+                         f"of quant.group_size={group_size}")
+    tied = head is not None and getattr(head, "weight", None) is emb.weight
+    table = int4.Int4Linear.from_codes(*int4.rtn(emb.weight.detach(), group_size), group_size)
+    llm.set_input_embeddings(Int4Embedding(table, emb.padding_idx))
+    done = [f"embeddings: int4 table of {table.out_features} x {table.in_features} (compact layout, groups of "
+            f"{group_size}, round-to-nearest), rows read through the kernel"]
+    if tied:
+        llm.set_output_embeddings(table)
+        done.append("lm_head: the same int4 table (tied)")
+    elif isinstance(head, nn.Linear) and head.in_features % group_size == 0:
+        llm.set_output_embeddings(int4.Int4Linear.from_codes(*int4.rtn(head.weight.detach(), group_size),
+                                                             group_size, head.bias))
+        done.append("lm_head: its own int4 table (untied)")
+    return done
