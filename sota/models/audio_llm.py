@@ -114,7 +114,8 @@ class AudioLLM(nn.Module):
         is_audio = padded(audio_at, False, torch.bool)
         attn = padded([[1] * len(r) for r in ids], 0, torch.long)
         lab = padded(labels, IGNORE, torch.long)
-        text = table(tok) * attn[..., None].to(table.weight.dtype)  # padding stays all-zero
+        text = table(tok)
+        text = text * attn[..., None].to(text.dtype)  # padding stays all-zero
         # Real audio tokens in row-major order land on the audio slots in row-major order.
         inputs = text.masked_scatter(is_audio[..., None], embeds[mask].to(text.dtype))
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
