@@ -20,7 +20,8 @@ from sota.compress import int4
 TILE = {"cuda": 8, "cpu": 64}
 
 
-def _kernel(x: torch.Tensor, packed: torch.Tensor, table: int4.Int4Linear, scale_and_zero: torch.Tensor) -> torch.Tensor:
+def _kernel(x: torch.Tensor, packed: torch.Tensor, table: int4.Int4Linear,
+            scale_and_zero: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cuda":
         return torch.ops.aten._weight_int4pack_mm(x, packed, table.group_size, scale_and_zero)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, table.group_size, scale_and_zero)

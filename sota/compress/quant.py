@@ -107,7 +107,8 @@ def validate(cfg: Any, device: str, out: list[str]) -> None:
     algorithm = cfg.get("algorithm", "rtn")
     if algorithm not in ALGORITHMS:
         out.append(f"quant.algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}")
-    elif algorithm != "rtn" and mode != "int4_weight" and not (mode == "mixed" and "int4_weight" in (cfg.get("modes") or [])):
+    elif algorithm != "rtn" and mode != "int4_weight" and \
+            not (mode == "mixed" and "int4_weight" in (cfg.get("modes") or [])):
         out.append(f"quant.algorithm={algorithm} chooses int4 weights: it needs quant.mode=int4_weight, or "
                    f"quant=mixed with int4_weight among quant.modes (got {mode})")
     calib = cfg.get("calib_batches", 4)
