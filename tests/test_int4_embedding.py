@@ -52,6 +52,21 @@ def test_a_tied_table_becomes_one_int4_table_for_lookup_and_head(batch):
     assert not torch.allclose(got.float(), logits(ref, batch).float(), atol=1e-4)   # int4 changed the table
 
 
+def test_every_part_in_int4_with_gptq_targets_and_rounded_parts(batch):
+    from test_mixed import calib
+
+    model = model_of(hidden=64)
+    cfg = qcfg("int4_weight", algorithm="gptq", group_size=32,
+               parts={"embeddings": "int4_weight", "connector": "int4_weight", "encoder": "int4_weight"})
+    rec = quant.quantize(model, cfg, "cpu", calib=calib(model))
+    assert any("GPTQ" in n for n in rec["notes"]) and any("quant.parts: int4 by round-to-nearest" in n for n in rec["notes"])
+    left = [f"{part}.{n}" for part in ("encoder", "connector", "llm") for n, m in getattr(model, part).named_modules()
+            if type(m) in (torch.nn.Linear, torch.nn.Embedding)]
+    # Whisper's positional table is read by slicing, not looked up: it stays a plain table
+    assert all("embed_positions" in n for n in left), left
+    assert torch.isfinite(logits(model, batch)).all()
+
+
 def test_an_int4_table_needs_the_compact_layout():
     problems = []
     quant.validate(qcfg("int4_weight", parts={"embeddings": "int4_weight"}, int4_layout="torchao"), "cuda", problems)

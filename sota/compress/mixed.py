@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from sota.compress.surgery import set_module
@@ -82,20 +81,14 @@ def calibrated(cfg: Any) -> bool:
     return str(cfg.get("algorithm", "rtn")) in ("gptq", "awq")
 
 
-def _rtn(cfg: Any) -> Any:
-    if not calibrated(cfg):
-        return cfg
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)) if OmegaConf.is_config(cfg) else dict(cfg)
-    plain["algorithm"] = "rtn"
-    return plain
-
-
 def quantized_copy(lin: nn.Linear, mode: str, cfg: Any, device: str, quantize_root: Any) -> nn.Module:
     """`lin` quantized in `mode` (a copy; `lin` is left as it is); int4 by round-to-nearest where `cfg`'s
     algorithm needs calibration (same bytes, the cheap stand-in for scoring)."""
     holder = _Holder(copy.deepcopy(lin))
     if mode != "none":
-        quantize_root(holder, mode, _rtn(cfg), [], device, [], "mixed")
+        from sota.compress.quant import rtn_config
+
+        quantize_root(holder, mode, rtn_config(cfg), [], device, [], "mixed")
     return holder.lin
 
 

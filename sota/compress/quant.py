@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -574,6 +575,16 @@ def _quantize_root(root: nn.Module, mode: str, cfg: Any, patterns: list[str], de
     return n
 
 
+def rtn_config(cfg: Any) -> Any:
+    """`cfg` with int4 chosen by round-to-nearest: for what calibration does not reach (single linears scored
+    alone, parts quantized after the targets)."""
+    if cfg.get("algorithm", "rtn") == "rtn":
+        return cfg
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)) if OmegaConf.is_config(cfg) else dict(cfg)
+    plain["algorithm"] = "rtn"
+    return plain
+
+
 def _plain(cfg: Any) -> dict[str, Any]:
     return {k: cfg.get(k) for k in ("mode", "cuda_dtype", "group_size")}
 
@@ -652,8 +663,14 @@ def _mixed(model: nn.Module, cfg: Any, device: str, targets: list[str], patterns
 
 
 def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str]) -> int:
-    """`cfg.parts`, each in its own mode (after training: the connector trains, a QLoRA base does not)."""
+    """`cfg.parts`, each in its own mode (after training: the connector trains, a QLoRA base does not). int4
+    parts are rounded to nearest: `quant.algorithm` is the targets' (an encoder whose features are cached never
+    sees calibration batches)."""
     n = 0
+    if cfg.get("algorithm", "rtn") != "rtn" and "int4_weight" in parts(cfg).values():
+        notes.append(f"quant.parts: int4 by round-to-nearest (quant.algorithm={cfg.get('algorithm')} is for the "
+                     "targets)")
+    cfg_parts = rtn_config(cfg)
     for part, mode in parts(cfg).items():
         if part == "embeddings" and mode == "int4_weight":
             done = int4_embedding.quantize_tables(model.llm, int(cfg.get("group_size", 128)))
@@ -666,7 +683,7 @@ def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str]) ->
                       if isinstance(m, (nn.Linear, nn.Embedding)) and not _skipped(name, EMBEDDINGS)]
             n += _torchao(llm, mode, cfg, others, notes, "llm.embeddings")
         else:
-            n += _quantize_root(getattr(model, part), mode, cfg, [], device, notes, part)
+            n += _quantize_root(getattr(model, part), mode, cfg_parts, [], device, notes, part)
     return n
 
 
