@@ -216,13 +216,6 @@ def validate(cfg: DictConfig) -> None:
         from sota.measure import protocol
 
         protocol.validate(cfg.measure, device, out)
-        from sota.compress import quant
-
-        q = cfg.get("quant")
-        if cfg.measure.get("from_export") is True and q is not None and quant.uses_compact_int4(q, device):
-            out.append("measure.from_export=true cannot export int4 in the compact layout (quant.int4_layout="
-                       f"{q.get('int4_layout', 'auto')} on {device}): use quant.int4_layout=torchao (CUDA) or "
-                       "measure.from_export=false")
     for task in cfg.data.tasks:
         if task not in cfg.prompts:
             out.append(f"prompts.{task} is missing: every task in data.tasks needs a prompt")

@@ -162,18 +162,3 @@ def test_compact_int4_on_cuda_matches_its_codes_for_unpadded_widths():
         want = x @ int4.dequantize(q, scales, zeros, 32).t()
         assert (layer(x) - want).abs().max() < 0.02 * want.abs().max(), (n, k)
         assert footprint(layer)["weight_bytes"] == -(-n // 8) * 8 * (k // 2 + k // 32 * 4)
-
-
-def test_a_compact_int4_model_is_refused_by_export_and_by_from_export_measurement(compose_cfg):
-    from sota.config import validate
-    from sota.errors import ConfigError
-    from sota.export import tensors
-
-    cfg = compose_cfg("quant=int4_weight", "measure.from_export=true")
-    with pytest.raises(ConfigError, match="measure.from_export=true cannot export int4 in the compact layout"):
-        validate(cfg)
-    validate(compose_cfg("quant=int4_weight"))   # measured in-process, it runs on the CPU
-    model = model_of(hidden=64)
-    quant.quantize(model, qcfg("int4_weight", group_size=32), "cpu")
-    with pytest.raises(ValueError, match="compact layout"):
-        tensors.check_storable(model.llm, "llm")

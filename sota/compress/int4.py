@@ -6,7 +6,8 @@ dequantized as ``(q - 8) * scale + zero``), and the two layouts that hold them (
 - ``compact``: ``Int4Linear`` below, torch's own int4 kernels without that padding. On CUDA the same tinygemm
   kernel (``aten._weight_int4pack_mm``) with the largest inner k-tile count that divides in_features (8, 4 or 2
   tiles of 16); on the CPU ``aten._weight_int4pack_mm_for_cpu``. Output rows are padded to 8 (CUDA) or 16 (CPU).
-  Not exportable: no reader outside sota knows the layout.
+  ``sota.export`` stores it device-independently (``Int4Linear.codes``: unpadded codes two per byte, bf16 scales
+  and zeros) and ``sota.load`` packs it again for the device it loads on; no reader outside sota knows it.
 - ``auto``: ``torchao`` on CUDA, ``compact`` on the CPU (where torchao's layout has no kernel).
 """
 from __future__ import annotations
@@ -63,9 +64,15 @@ def _scales_and_zeros(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor
     return pack_tinygemm_scales_and_zeros(scales.to(torch.bfloat16), zeros.to(torch.bfloat16))
 
 
-def _nibbles(q: torch.Tensor) -> torch.Tensor:
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """Codes [N, K] two per byte (uint8 [N, K // 2]): the even column in the high nibble."""
     q = q.to(torch.int32)
     return (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8).contiguous()
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The codes (uint8 [N, 2 * M]) that ``pack_nibbles`` packed into ``packed`` [N, M]."""
+    return torch.stack((packed >> 4, packed & 15), dim=-1).reshape(packed.shape[0], -1)
 
 
 def pack_torchao(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -80,7 +87,7 @@ def pack_torchao(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, gro
     q = nn.functional.pad(q.to(torch.int32), (0, k_pad, 0, n_pad), value=MID)
     scales = nn.functional.pad(scales, (0, g_pad, 0, n_pad), value=1.0)
     zeros = nn.functional.pad(zeros, (0, g_pad, 0, n_pad), value=0.0)
-    packed = torch.ops.aten._convert_weight_to_int4pack(_nibbles(q), 8)
+    packed = torch.ops.aten._convert_weight_to_int4pack(pack_nibbles(q), 8)
     return Int4TilePackedTo4dTensor(qdata=packed, scale_and_zero=_scales_and_zeros(scales, zeros),
                                     block_size=[1, group_size], shape=torch.Size((n, k)))
 
@@ -115,18 +122,20 @@ class Int4Linear(nn.Module):
         scales = nn.functional.pad(scales, pad, value=1.0)
         zeros = nn.functional.pad(zeros, pad, value=0.0)
         if q.device.type == "cuda":
-            packed = torch.ops.aten._convert_weight_to_int4pack(_nibbles(q), inner_k_tiles(k))
+            packed = torch.ops.aten._convert_weight_to_int4pack(pack_nibbles(q), inner_k_tiles(k))
         else:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), inner_k_tiles(k))
         return cls(packed, _scales_and_zeros(scales, zeros), k, n, group_size, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+    def _mm(self, flat: torch.Tensor, scale_and_zero: torch.Tensor) -> torch.Tensor:
+        """bf16 ``flat`` [M, in] times the packed codes under ``scale_and_zero``: [M, rows padded]."""
         if self.qdata.device.type == "cuda":
-            y = torch.ops.aten._weight_int4pack_mm(flat, self.qdata, self.group_size, self.scale_and_zero)
-        else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qdata, self.group_size, self.scale_and_zero)
-        y = y[:, :self.out_features].reshape(*x.shape[:-1], self.out_features)
+            return torch.ops.aten._weight_int4pack_mm(flat, self.qdata, self.group_size, scale_and_zero)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qdata, self.group_size, scale_and_zero)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()   # the kernels read A contiguous
+        y = self._mm(flat, self.scale_and_zero)[:, :self.out_features].reshape(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.to(x.dtype)
@@ -140,6 +149,24 @@ class Int4Linear(nn.Module):
             return self.forward(eye).t().contiguous()
         finally:
             self.bias = bias
+
+    @torch.no_grad()
+    def codes(self, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(q, scales, zeros)`` exactly as ``from_codes`` packed them, padded rows cut: codes uint8 [out, in] read
+        back through the layer's own kernel (the identity, ``block`` rows at a time, under unit scales and zero
+        zeros gives ``q - 8``, exact in bf16), scales and zeros bf16 [out, in // group_size] from
+        ``scale_and_zero`` ([groups, rows, 2]: scale, zero)."""
+        device, n = self.qdata.device, self.out_features
+        groups, rows, _ = self.scale_and_zero.shape
+        unit = _scales_and_zeros(torch.ones(rows, groups, device=device), torch.zeros(rows, groups, device=device))
+        q = torch.empty(n, self.in_features, dtype=torch.uint8, device=device)
+        for start in range(0, self.in_features, block):
+            stop = min(start + block, self.in_features)
+            eye = torch.zeros(stop - start, self.in_features, dtype=torch.bfloat16, device=device)
+            eye[:, start:stop] = torch.eye(stop - start, dtype=torch.bfloat16, device=device)
+            q[:, start:stop] = (self._mm(eye, unit)[:, :n].t() + MID).to(torch.uint8)
+        scales, zeros = self.scale_and_zero.unbind(-1)
+        return q, scales.t()[:n].contiguous(), zeros.t()[:n].contiguous()
 
     def to_linear(self) -> nn.Linear:
         """A float (bf16) nn.Linear of the same weight and bias."""

@@ -6,7 +6,8 @@ directory a fresh process loads without the run, its corpus or its config groups
     sota.load(OUT, device)                       # the AudioLLM back
 
 Layout (`layout.py`): `sota.json` (what each part is and how to rebuild it), `llm/` (a transformers model
-directory: `from_pretrained` loads it, torchao-quantized weights included), `encoder/` and `connector/`
-(safetensors + their construction arguments), `README.md` (a model card with the run's results)."""
+directory: `from_pretrained` loads it, torchao-quantized weights included; int4 linears in sota's compact layout
+sit apart in `int4_compact.safetensors`, which only `sota.load` reads), `encoder/` and `connector/` (safetensors +
+their construction arguments), `README.md` (a model card with the run's results)."""
 
 from __future__ import annotations

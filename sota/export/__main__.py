@@ -17,7 +17,8 @@ USAGE = """Write a model that loads in a fresh process (sota.load(OUT)):
         the model a configuration builds, untrained (pretrained or random weights): speed and memory studies
 
 --quant MODE re-quantizes: adapters are folded into float weights (also over a QLoRA nf4 base), quantized
-weights dequantized, then quant=MODE applied (int4_weight needs CUDA)."""
+weights dequantized, then quant=MODE applied (int4_weight: torchao's layout on CUDA, sota's compact one on the
+CPU, which only sota.load reads)."""
 
 
 def main(argv: list[str] | None = None) -> int:

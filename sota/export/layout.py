@@ -9,6 +9,7 @@ LLM = "llm"
 ENCODER = "encoder"
 CONNECTOR = "connector"
 WEIGHTS = "model.safetensors"
+INT4 = "int4_compact.safetensors"   # a part's int4 linears in sota's compact layout (export/tensors.py)
 CARD = "README.md"
 GGUF = "llm.gguf"
 PARTS = ("encoder", "connector", "llm")

@@ -31,11 +31,12 @@ def spec(path: str | Path) -> dict[str, Any]:
 
 
 def _device_fits(doc: dict[str, Any], device: str) -> None:
+    """torchao's int4 layout has CUDA kernels only; the compact one is packed again for any device."""
     q = doc["quant"]
     if "int4_weight" in (q["mode"], *(p["mode"] for p in (q.get("parts") or {}).values())) \
-            and not str(device).startswith("cuda"):
-        raise ValueError(f"this export holds int4 weights packed for CUDA kernels (quant {q['mode']}); load it with "
-                         f"device='cuda', not {device!r}")
+            and q.get("int4_layout") != "compact" and not str(device).startswith("cuda"):
+        raise ValueError(f"this export holds int4 weights in torchao's layout, packed for CUDA kernels (quant "
+                         f"{q['mode']}); load it with device='cuda', not {device!r}")
 
 
 def _casts(module: nn.Module, doc: dict[str, Any], part: str) -> None:
@@ -50,9 +51,10 @@ def _casts(module: nn.Module, doc: dict[str, Any], part: str) -> None:
 
 
 def _filled(module: nn.Module, root: Path, part: str, part_spec: dict[str, Any], device: str) -> nn.Module:
-    """A part built on the meta device, given its stored tensors (`_write_part`'s file)."""
+    """A part built on the meta device, given its stored tensors (`_write_part`'s files)."""
     file = root / part / layout.WEIGHTS
-    tensors.load_into(module, tensors.read(file, device), part_spec.get("shared", {}), file)
+    compact = tensors.read_int4(root / part / layout.INT4, part_spec.get("int4_compact") or [], device)
+    tensors.load_into(module, tensors.read(file, device), part_spec.get("shared", {}), file, compact)
     return module
 
 
@@ -76,13 +78,40 @@ def _connector(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
     return _filled(connector, root, layout.CONNECTOR, c, device)
 
 
+def _compact_llm(where: Path, doc: dict[str, Any], device: str) -> nn.Module:
+    """An LLM holding compact int4 linears, which transformers cannot read: built from its config with its
+    parameters on the meta device (computed tables such as rotary frequencies real), the int4 layers packed
+    for `device` from their own file, every other tensor taken as stored (kept dtypes included)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config = AutoConfig.from_pretrained(where, local_files_only=True)
+    if getattr(config, "quantization_config", None) is not None:  # torchao tensors come back as they were stored
+        del config.quantization_config
+    with tensors.parameters_on_meta():
+        llm = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, doc["llm"]["dtype"]))
+    _filled(llm, where.parent, layout.LLM, doc["llm"], device)
+    if (where / "generation_config.json").is_file():
+        llm.generation_config = GenerationConfig.from_pretrained(where, local_files_only=True)
+    return llm
+
+
 def _llm(root: Path, doc: dict[str, Any], device: str) -> tuple[nn.Module, Any]:
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from sota.compress.quant import plain_4bit_layout
 
     where = root / layout.LLM
+    llm = _compact_llm(where, doc, device) if doc["llm"].get("int4_compact") else _pretrained_llm(where, doc)
+    plain_4bit_layout(llm)  # the layout sota quantizes with
+    tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    return llm.to(device).eval(), tokenizer
+
+
+def _pretrained_llm(where: Path, doc: dict[str, Any]) -> nn.Module:
+    """The LLM directory as transformers reads it (torchao and bitsandbytes weights included)."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
     llm = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, doc["llm"]["dtype"]),
                                                local_files_only=True)
     kept = doc["llm"].get("kept_dtypes") or {}
@@ -98,9 +127,7 @@ def _llm(root: Path, doc: dict[str, Any], device: str) -> tuple[nn.Module, Any]:
                 else:
                     module.register_buffer(leaf, value)
     tensors.tie(llm, doc["llm"].get("shared") or {})
-    plain_4bit_layout(llm)  # the layout sota quantizes with
-    tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
-    return llm.to(device).eval(), tokenizer
+    return llm
 
 
 def load(path: str | Path, device: str = "cpu") -> Any:

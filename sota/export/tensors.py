@@ -1,14 +1,22 @@
 """State dicts to and from safetensors, quantized tensors included: torchao's tensor subclasses are flattened
 into plain tensors plus metadata by torchao's own safetensors support (the format transformers reads), and
-weights shared by several modules (tied embeddings) are stored once."""
+weights shared by several modules (tied embeddings) are stored once. Int4 linears of sota's compact layout
+(`Int4Linear`) go to a file of their own, device-independent: `<module>.codes` (uint8 [out, in / 2], two codes a
+byte), `<module>.scales` and `<module>.zeros` (bf16 [out, in / group_size]) and `<module>.bias`; loading packs
+them again for the device it loads on."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from sota.compress import int4
+from sota.compress.surgery import set_module
 
 
 PREFIX, PREFIX_KEY = "module.", "sota_key_prefix"
@@ -32,7 +40,8 @@ def shared_keys(module: nn.Module) -> dict[str, str]:
 
 def check_storable(module: nn.Module, where: str) -> None:
     """Refuse what this format cannot hold: adapters left unmerged (over a bitsandbytes base), bitsandbytes
-    layers outside the LLM or other than nf4 (transformers serialises the LLM's 4-bit layers)."""
+    layers outside the LLM or other than nf4 (transformers serialises the LLM's 4-bit layers), a compact int4
+    layer under two names."""
     fix = ("export with --quant MODE (e.g. --quant int4_weight on CUDA, --quant nf4, --quant bf16): the adapters are "
            "folded into float weights exactly, then quantized again")
     if any(type(m).__name__ == "PeftModel" for m in module.modules()):
@@ -42,22 +51,105 @@ def check_storable(module: nn.Module, where: str) -> None:
         raise ValueError(f"{where}: {old[0]} is a torchao AffineQuantizedTensor (int8 embeddings on torchao < 0.18), "
                          "which safetensors cannot hold; upgrade torchao, or keep embeddings out of int8 "
                          "(quant.skip, quant.parts.embeddings=null)")
-    compact = sorted(n for n, m in module.named_modules() if type(m).__name__ == "Int4Linear")
-    if compact:
-        raise ValueError(f"{where}: {compact[0]} holds int4 in sota's compact layout (quant.int4_layout=compact), which "
-                         "no reader outside sota knows; export with --quant int4_weight on CUDA (torchao's layout) or "
-                         "--quant int8_weight")
+    int4_layers(module, where)
     bnb = {type(m).__name__ for m in module.modules() if type(m).__module__.startswith("bitsandbytes")}
     if bnb - ({"Linear4bit"} if where == "llm" else set()):
         raise ValueError(f"{where}: bitsandbytes layers ({', '.join(sorted(bnb))}) cannot be exported as they are; {fix}")
 
 
+def int4_layers(module: nn.Module, where: str = "") -> dict[str, int4.Int4Linear]:
+    """The compact int4 linears under `module`, by qualified name (one name each: a layer under two is refused)."""
+    named = [(n, m) for n, m in module.named_modules(remove_duplicate=False) if isinstance(m, int4.Int4Linear)]
+    layers = dict(named)
+    if len({id(m) for m in layers.values()}) < len(named):
+        twice = next(n for n, m in named if sum(m is o for _, o in named) > 1)
+        raise ValueError(f"{where or 'module'}: the int4 layer {twice} is reachable under two names; the export "
+                         "stores each compact int4 layer once, by one name")
+    return layers
+
+
+def _outside(keys: dict[str, Any], layers: dict[str, Any]) -> dict[str, Any]:
+    prefixes = tuple(f"{n}." for n in layers)
+    return {k: v for k, v in keys.items() if not (prefixes and k.startswith(prefixes))}
+
+
+def save_int4(module: nn.Module, path: Path) -> list[dict[str, Any]]:
+    """`module`'s compact int4 linears into `path` (written only if there are any); returns what the loader
+    needs to rebuild each: name, in/out features, group size, bias or not."""
+    from safetensors.torch import save_file
+
+    layers = int4_layers(module)
+    state: dict[str, torch.Tensor] = {}
+    specs = []
+    for name, m in layers.items():
+        q, scales, zeros = m.codes()
+        state.update({f"{name}.codes": int4.pack_nibbles(q), f"{name}.scales": scales, f"{name}.zeros": zeros})
+        if m.bias is not None:
+            state[f"{name}.bias"] = m.bias.detach()
+        specs.append({"name": name, "in_features": m.in_features, "out_features": m.out_features,
+                      "group_size": m.group_size, "bias": m.bias is not None})
+    if layers:
+        save_file({k: v.cpu().contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    return specs
+
+
+def read_int4(path: Path, specs: list[dict[str, Any]], device: str = "cpu") -> dict[str, int4.Int4Linear]:
+    """The layers `save_int4` wrote to `path`, packed for `device`; nothing else is materialised in float."""
+    if not specs:
+        return {}
+    from safetensors import safe_open
+
+    layers = {}
+    with safe_open(str(path), "pt", device=str(device)) as f:
+        names = set(f.keys())
+        for s in specs:
+            name, n, k, gs = s["name"], s["out_features"], s["in_features"], s["group_size"]
+            keys = [f"{name}.{part}" for part in ("codes", "scales", "zeros", *(("bias",) if s["bias"] else ()))]
+            if not names.issuperset(keys):
+                raise ValueError(f"{path}: {', '.join(sorted(set(keys) - names))} missing")
+            names -= set(keys)
+            q = int4.unpack_nibbles(f.get_tensor(keys[0]))
+            scales, zeros = f.get_tensor(keys[1]), f.get_tensor(keys[2])
+            if q.shape != (n, k) or scales.shape != zeros.shape or scales.shape != (n, k // gs):
+                raise ValueError(f"{path}: {name} holds codes {tuple(q.shape)} and scales {tuple(scales.shape)}, not "
+                                 f"those of a {k} -> {n} linear in groups of {gs}")
+            bias = f.get_tensor(keys[3]) if s["bias"] else None
+            layers[name] = int4.Int4Linear.from_codes(q, scales, zeros, gs, bias)
+    if names:
+        raise ValueError(f"{path}: {len(names)} tensors belong to no int4 layer it lists (e.g. {sorted(names)[0]})")
+    return layers
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device and their buffers as usual: tables a
+    model computes when it is built (rotary frequencies, not stored) are real, weights cost nothing."""
+    register = nn.Module.register_parameter
+
+    def on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(self, name, param)
+        if param is not None and not param.is_meta:
+            self._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def state_outside_int4(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s state dict without its compact int4 linears' tensors (what `save` stores)."""
+    return _outside(module.state_dict(), int4_layers(module))
+
+
 def save(module: nn.Module, path: Path) -> dict[str, str]:
-    """`module`'s state into `path` (safetensors); returns the shared keys left out (key -> the stored one)."""
+    """`module`'s state into `path` (safetensors), its compact int4 linears left out (`save_int4` stores them);
+    returns the shared keys left out (key -> the stored one)."""
     from safetensors.torch import save_file
 
     shared = shared_keys(module)
-    state = {k: v.detach() for k, v in module.state_dict().items() if k not in shared}
+    state = {k: v.detach() for k, v in state_outside_int4(module).items() if k not in shared}
     metadata = {"format": "pt"}
     if any(is_torchao(v) for v in state.values()):
         from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
@@ -89,14 +181,19 @@ def read(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(module: nn.Module, state: dict[str, torch.Tensor], shared: dict[str, str], path: Path) -> None:
-    """`state` into a module built on the meta device: its tensors become the module's (no copies), shared
-    ones are tied again, and nothing may stay unloaded."""
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], shared: dict[str, str], path: Path,
+              compact: dict[str, nn.Module] | None = None) -> None:
+    """`state` into a module built on the meta device: its tensors become the module's (no copies), the
+    `compact` int4 layers (`read_int4`) take their places, shared ones are tied again, and nothing may stay
+    unloaded."""
+    for name, layer in (compact or {}).items():
+        set_module(module, name, layer)
     for key, source in shared.items():
         state[key] = state[source]
     for p in module.parameters():
         p.requires_grad_(False)
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    missing = list(_outside(dict.fromkeys(missing), compact or {}))
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the model it describes: missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}")

@@ -62,8 +62,11 @@ def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
     parts = {part: {"mode": m, "half": _dtype_name(quant.half_dtype({"mode": m, "cuda_dtype": q.get("cuda_dtype")},
                                                                      device))}
              for part, m in chosen.items()}
+    # int4's layout, as quantization resolved it on `device`: torchao's (CUDA only) or sota's compact one
+    int4_layout = (("compact" if quant.uses_compact_int4(q, device) else "torchao")
+                   if q is not None and quant.uses_int4(q) else None)
     if mode == "none":
-        return {"mode": "none", "targets": [], "skip": [], "half": None, "parts": parts}
+        return {"mode": "none", "targets": [], "skip": [], "half": None, "parts": parts, "int4_layout": int4_layout}
     if mode == "mixed":
         # transformers' quantization configs describe one method per model; a map of several is not loadable
         raise ValueError("export of quant=mixed is not supported: transformers' quantization configs hold one "
@@ -71,7 +74,7 @@ def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
     skip = [str(p) for p in q.get("skip") or []] + (quant.EMBEDDINGS if "embeddings" in chosen else [])
     return {"mode": mode, "targets": list(q.get("targets") or ["llm"]), "skip": skip,
             "half": _dtype_name(quant.half_dtype(q, device)), "group_size": q.get("group_size"), "parts": parts,
-            "device": "cuda" if str(device).startswith("cuda") else "cpu"}
+            "device": "cuda" if str(device).startswith("cuda") else "cpu", "int4_layout": int4_layout}
 
 
 def _torchao_config(state: dict[str, torch.Tensor], qspec: dict[str, Any], quantized: list[str]) -> Any:
@@ -95,10 +98,11 @@ def _torchao_config(state: dict[str, torch.Tensor], qspec: dict[str, Any], quant
 
 def _write_llm(model: AudioLLM, where: Path, qspec: dict[str, Any]) -> dict[str, Any]:
     llm = model.llm
-    where.mkdir()
-    shared = tensors.save(llm, where / layout.WEIGHTS)
+    stored = _write_part(llm, where)
+    shared = stored["shared"]
     main = _main_dtype(llm)
-    state = llm.state_dict()  # persistent tensors only (rotary tables are rebuilt, not stored)
+    # persistent tensors only (rotary tables are rebuilt, not stored), int4 layers' own file apart
+    state = tensors.state_outside_int4(llm)
     named = dict(llm.named_parameters(remove_duplicate=False)) | dict(llm.named_buffers(remove_duplicate=False))
     kept = {k: _dtype_name(v.dtype) for k, v in named.items() if k in state and k not in shared
             and v.is_floating_point() and not tensors.is_torchao(v) and v.dtype != main}
@@ -126,13 +130,16 @@ def _write_llm(model: AudioLLM, where: Path, qspec: dict[str, Any]) -> dict[str,
     if getattr(llm, "generation_config", None) is not None:
         llm.generation_config.save_pretrained(where)
     model.tokenizer.save_pretrained(where)
-    return {"dir": layout.LLM, "dtype": _dtype_name(main), "kept_dtypes": kept, "shared": shared,
+    return {"dir": layout.LLM, "dtype": _dtype_name(main), "kept_dtypes": kept, **stored,
             "quantized_tensors": len(quantized)}
 
 
-def _write_part(module: torch.nn.Module, where: Path) -> dict[str, str]:
+def _write_part(module: torch.nn.Module, where: Path) -> dict[str, Any]:
+    """`module`'s tensors in a new directory `where`: compact int4 linears in their own file, the rest in the
+    weights file. Returns the shared keys and the int4 layers, for sota.json."""
     where.mkdir()
-    return tensors.save(module, where / layout.WEIGHTS)
+    compact = tensors.save_int4(module, where / layout.INT4)
+    return {"shared": tensors.save(module, where / layout.WEIGHTS), "int4_compact": compact}
 
 
 def _encoder_spec(model: AudioLLM, cfg: DictConfig) -> dict[str, Any]:
@@ -140,6 +147,20 @@ def _encoder_spec(model: AudioLLM, cfg: DictConfig) -> dict[str, Any]:
     second = {"config": enc.second.model.config.to_dict()} if enc.second is not None else None
     return {"config": enc.whisper.config.to_dict(), "context_s": float(enc.context_s), "frozen": True,
             "dtype": str(cfg.encoder.get("dtype", "float32")), "second": second, "bucket_s": enc.bucket_s}
+
+
+def _llm_note(spec: dict[str, Any]) -> str:
+    """What reads `llm/`: transformers alone, or (compact int4 linears) sota.load only."""
+    if not spec["llm"].get("int4_compact"):
+        return ("`llm/` alone is a transformers directory (`AutoModelForCausalLM.from_pretrained`); it expects the "
+                "audio tokens\nthat `encoder/` and `connector/` make from 16 kHz audio, between the prompts of "
+                "`sota.json`.")
+    return f"""`llm/` is not loadable by transformers alone: its {len(spec['llm']['int4_compact'])} int4 linears are \
+in sota's compact layout (`quant.int4_layout=compact`),
+stored apart in `llm/{layout.INT4}` (codes two per byte, bf16 scales and zeros), which no reader
+outside sota knows. `sota.load` rebuilds the LLM from `llm/config.json`, `llm/{layout.WEIGHTS}` and that file,
+packing the int4 weights for the device it loads on (CPU or CUDA), without a float copy. The LLM expects the
+audio tokens that `encoder/` and `connector/` make from 16 kHz audio, between the prompts of `sota.json`."""
 
 
 def _card(spec: dict[str, Any], cfg: DictConfig, out: Path) -> str:
@@ -156,8 +177,7 @@ An audio-language model exported by `python -m sota.export` from {spec['source']
 import sota
 model = sota.load({str(out)!r}, device="cpu")   # the AudioLLM: model.generate(batch)
 ```
-`llm/` alone is a transformers directory (`AutoModelForCausalLM.from_pretrained`); it expects the audio tokens
-that `encoder/` and `connector/` make from 16 kHz audio, between the prompts of `sota.json`.
+{_llm_note(spec)}
 
 ## Results of the run
 
@@ -245,8 +265,8 @@ def export(model: AudioLLM, cfg: DictConfig, record: dict[str, Any], out: Path, 
 
     def build(tmp: Path) -> None:
         spec["llm"] = _write_llm(model, tmp / layout.LLM, qspec)
-        spec["encoder"]["shared"] = _write_part(model.encoder, tmp / layout.ENCODER)
-        spec["connector"]["shared"] = _write_part(model.connector, tmp / layout.CONNECTOR)
+        spec["encoder"].update(_write_part(model.encoder, tmp / layout.ENCODER))
+        spec["connector"].update(_write_part(model.connector, tmp / layout.CONNECTOR))
         spec["bytes"] = {p: sum(f.stat().st_size for f in (tmp / p).rglob("*") if f.is_file()) for p in layout.PARTS}
         if gguf_mode is not None:
             spec["gguf"] = _write_gguf(model, tmp / layout.GGUF, gguf_mode)
