@@ -17,11 +17,13 @@ from conftest import ROOT
 from test_export import SMALL, _answers, _logits
 
 from sota.compress import int4
+from sota.compress.int4_embedding import Int4Embedding
 from sota.export import layout, read, rebuild, tensors, write
 from sota.tools.bench import _noise_batches, bench_words
 
 COMPACT = [*SMALL, "quant=int4_weight", "quant.int4_layout=compact", "quant.group_size=32"]
 PARTS = ["quant.parts.encoder=int4_weight", "quant.parts.connector=int4_weight", "quant.parts.embeddings=int8_weight"]
+ALL_INT4 = [*PARTS[:2], "quant.parts.embeddings=int4_weight"]   # the tied token table in int4 too
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,8 @@ def _int4_names(module):
     return {n for n, m in module.named_modules() if isinstance(m, int4.Int4Linear)}
 
 
-@pytest.mark.parametrize("extra", [[], PARTS, ["quant.skip=[]"]],
-                         ids=["llm", "every-part", "tied-lm_head-in-int4"])
+@pytest.mark.parametrize("extra", [[], PARTS, ["quant.skip=[]"], ALL_INT4],
+                         ids=["llm", "every-part", "tied-lm_head-in-int4", "every-part-int4-table"])
 def test_compact_int4_round_trip_answers_as_the_model_did(tmp_path, batches, extra):
     torch.manual_seed(0)
     model, cfg, record = rebuild.configured_model([*COMPACT, *extra], "cpu")
@@ -70,18 +72,24 @@ def test_compact_int4_round_trip_answers_as_the_model_did(tmp_path, batches, ext
     spec = write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
     out = tmp_path / "out"
     assert spec["quant"]["int4_layout"] == "compact"
-    assert [s["name"] for s in spec["llm"]["int4_compact"]] == sorted(_int4_names(model.llm), key=[
-        n for n, _ in model.llm.named_modules()].index)
+    assert [s["name"] for s in spec["llm"]["int4_compact"]] == list(tensors.int4_layers(model.llm))
+    assert {id(m) for m in tensors.int4_layers(model.llm).values()} == \
+        {id(m) for m in model.llm.modules() if isinstance(m, int4.Int4Linear)}
     loaded = sota.load(str(out))
     assert torch.equal(_logits(loaded, batches), ref_logits)
     assert _answers(loaded, batches) == ref_answers
     # the int4 layers come back as Int4Linear packed for the CPU: no float copy of their weights exists
     for part in layout.PARTS:
         names = _int4_names(getattr(model, part))
-        assert _int4_names(getattr(loaded, part)) == names and bool(names) == (part == "llm" or extra == PARTS)
+        assert _int4_names(getattr(loaded, part)) == names and bool(names) == (part == "llm" or extra in (PARTS, ALL_INT4))
         assert not any(isinstance(m, nn.Linear) for n, m in getattr(loaded, part).named_modules() if n in names)
     assert {type(p).__name__ for p in loaded.llm.parameters()} >= ({"Int8Tensor"} if extra == PARTS else set())
-    assert isinstance(loaded.llm.lm_head, int4.Int4Linear) == (extra == ["quant.skip=[]"])
+    assert isinstance(loaded.llm.lm_head, int4.Int4Linear) == (extra in (["quant.skip=[]"], ALL_INT4))
+    if extra == ALL_INT4:   # one int4 table, read by the lookup and used as the head
+        emb = loaded.llm.get_input_embeddings()
+        assert isinstance(emb, Int4Embedding) and emb.table is loaded.llm.lm_head
+        assert spec["llm"]["int4_embeddings"] == [{"name": "model.embed_tokens", "table": "lm_head",
+                                                   "padding_idx": model.llm.get_input_embeddings().padding_idx}]
     # codes two per byte with bf16 scales and zeros: at most about half a bf16 copy of those linears
     layers = [m for part in layout.PARTS for m in getattr(model, part).modules() if isinstance(m, int4.Int4Linear)]
     bf16 = sum(2 * m.in_features * m.out_features for m in layers)

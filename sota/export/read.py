@@ -54,7 +54,8 @@ def _filled(module: nn.Module, root: Path, part: str, part_spec: dict[str, Any],
     """A part built on the meta device, given its stored tensors (`_write_part`'s files)."""
     file = root / part / layout.WEIGHTS
     compact = tensors.read_int4(root / part / layout.INT4, part_spec.get("int4_compact") or [], device)
-    tensors.load_into(module, tensors.read(file, device), part_spec.get("shared", {}), file, compact)
+    tensors.load_into(module, tensors.read(file, device), part_spec.get("shared", {}), file, compact,
+                      part_spec.get("int4_embeddings") or [])
     return module
 
 

@@ -3,12 +3,13 @@ into plain tensors plus metadata by torchao's own safetensors support (the forma
 weights shared by several modules (tied embeddings) are stored once. Int4 linears of sota's compact layout
 (`Int4Linear`) go to a file of their own, device-independent: `<module>.codes` (uint8 [out, in / 2], two codes a
 byte), `<module>.scales` and `<module>.zeros` (bf16 [out, in / group_size]) and `<module>.bias`; loading packs
-them again for the device it loads on."""
+them again for the device it loads on. An int4 token table (`Int4Embedding`) is stored once, as the int4 layer it
+reads (the lm_head's when tied), and rebuilt around it."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from sota.compress import int4
+from sota.compress.int4_embedding import Int4Embedding
 from sota.compress.surgery import set_module
 
 
@@ -57,19 +59,45 @@ def check_storable(module: nn.Module, where: str) -> None:
         raise ValueError(f"{where}: bitsandbytes layers ({', '.join(sorted(bnb))}) cannot be exported as they are; {fix}")
 
 
+def int4_embeddings(module: nn.Module) -> dict[str, Int4Embedding]:
+    """The int4 token tables under `module` (`Int4Embedding`), by qualified name."""
+    return {n: m for n, m in module.named_modules() if isinstance(m, Int4Embedding)}
+
+
+def _int4_names(module: nn.Module) -> list[tuple[str, int4.Int4Linear]]:
+    """Every (name, layer) of a compact int4 linear, a layer under each name it is reachable by."""
+    return [(n, m) for n, m in module.named_modules(remove_duplicate=False) if isinstance(m, int4.Int4Linear)]
+
+
 def int4_layers(module: nn.Module, where: str = "") -> dict[str, int4.Int4Linear]:
-    """The compact int4 linears under `module`, by qualified name (one name each: a layer under two is refused)."""
-    named = [(n, m) for n, m in module.named_modules(remove_duplicate=False) if isinstance(m, int4.Int4Linear)]
-    layers = dict(named)
-    if len({id(m) for m in layers.values()}) < len(named):
-        twice = next(n for n, m in named if sum(m is o for _, o in named) > 1)
-        raise ValueError(f"{where or 'module'}: the int4 layer {twice} is reachable under two names; the export "
-                         "stores each compact int4 layer once, by one name")
+    """The compact int4 linears under `module`, each once by one qualified name. An int4 token table is named
+    by the module that uses it as a linear (a tied lm_head), else by its embedding's `<name>.table`; a linear
+    reachable under two other names is refused."""
+    views = {f"{n}.table" for n in int4_embeddings(module)}
+    names: dict[int, list[str]] = {}
+    for n, m in _int4_names(module):
+        names.setdefault(id(m), []).append(n)
+    layers = {}
+    for all_names in names.values():
+        own = [n for n in all_names if n not in views]
+        if len(own) > 1:
+            raise ValueError(f"{where or 'module'}: the int4 layer {own[0]} is reachable under two names; the export "
+                             "stores each compact int4 layer once, by one name")
+        name = own[0] if own else all_names[0]
+        layers[name] = module.get_submodule(name)
     return layers
 
 
-def _outside(keys: dict[str, Any], layers: dict[str, Any]) -> dict[str, Any]:
-    prefixes = tuple(f"{n}." for n in layers)
+def int4_embedding_specs(module: nn.Module) -> list[dict[str, Any]]:
+    """What the loader needs to rebuild each int4 token table: its name, the int4 layer it reads (by the name
+    `int4_layers` stores it under) and its padding index."""
+    stored = {id(m): n for n, m in int4_layers(module).items()}
+    return [{"name": n, "table": stored[id(m.table)], "padding_idx": m.padding_idx}
+            for n, m in int4_embeddings(module).items()]
+
+
+def _outside(keys: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    prefixes = tuple(f"{n}." for n in names)
     return {k: v for k, v in keys.items() if not (prefixes and k.startswith(prefixes))}
 
 
@@ -139,8 +167,10 @@ def parameters_on_meta() -> Iterator[None]:
 
 
 def state_outside_int4(module: nn.Module) -> dict[str, torch.Tensor]:
-    """`module`'s state dict without its compact int4 linears' tensors (what `save` stores)."""
-    return _outside(module.state_dict(), int4_layers(module))
+    """`module`'s state dict without its compact int4 linears' tensors, under any of their names (what `save`
+    stores)."""
+    int4_layers(module)   # refuses what the int4 file cannot name
+    return _outside(module.state_dict(), [n for n, _ in _int4_names(module)])
 
 
 def save(module: nn.Module, path: Path) -> dict[str, str]:
@@ -148,8 +178,9 @@ def save(module: nn.Module, path: Path) -> dict[str, str]:
     returns the shared keys left out (key -> the stored one)."""
     from safetensors.torch import save_file
 
-    shared = shared_keys(module)
-    state = {k: v.detach() for k, v in state_outside_int4(module).items() if k not in shared}
+    outside = state_outside_int4(module)
+    shared = {k: v for k, v in shared_keys(module).items() if k in outside}   # int4 tables are rebuilt shared
+    state = {k: v.detach() for k, v in outside.items() if k not in shared}
     metadata = {"format": "pt"}
     if any(is_torchao(v) for v in state.values()):
         from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
@@ -182,18 +213,22 @@ def read(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], shared: dict[str, str], path: Path,
-              compact: dict[str, nn.Module] | None = None) -> None:
+              compact: dict[str, nn.Module] | None = None, tables: list[dict[str, Any]] | None = None) -> None:
     """`state` into a module built on the meta device: its tensors become the module's (no copies), the
-    `compact` int4 layers (`read_int4`) take their places, shared ones are tied again, and nothing may stay
-    unloaded."""
+    `compact` int4 layers (`read_int4`) take their places, int4 token `tables` (`int4_embedding_specs`) read
+    them, shared ones are tied again, and nothing may stay unloaded."""
     for name, layer in (compact or {}).items():
         set_module(module, name, layer)
+    for t in tables or []:
+        if t["table"] not in (compact or {}):
+            raise ValueError(f"{path}: the int4 token table {t['name']} reads {t['table']}, which the int4 file lacks")
+        set_module(module, t["name"], Int4Embedding(compact[t["table"]], t.get("padding_idx")))
     for key, source in shared.items():
         state[key] = state[source]
     for p in module.parameters():
         p.requires_grad_(False)
     missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    missing = list(_outside(dict.fromkeys(missing), compact or {}))
+    missing = list(_outside(dict.fromkeys(missing), [n for n, _ in _int4_names(module)]))
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the model it describes: missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}")

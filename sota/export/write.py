@@ -139,7 +139,8 @@ def _write_part(module: torch.nn.Module, where: Path) -> dict[str, Any]:
     weights file. Returns the shared keys and the int4 layers, for sota.json."""
     where.mkdir()
     compact = tensors.save_int4(module, where / layout.INT4)
-    return {"shared": tensors.save(module, where / layout.WEIGHTS), "int4_compact": compact}
+    return {"shared": tensors.save(module, where / layout.WEIGHTS), "int4_compact": compact,
+            "int4_embeddings": tensors.int4_embedding_specs(module)}
 
 
 def _encoder_spec(model: AudioLLM, cfg: DictConfig) -> dict[str, Any]:
