@@ -53,15 +53,31 @@ def test_an_int4_linear_multiplies_by_its_codes_and_stores_no_padding():
     assert (back(x.bfloat16()).float() - layer(x)).abs().max() < 0.02 * layer(x).abs().max()
 
 
-def test_an_int4_linear_keeps_its_scales_in_bf16_and_refuses_to_change_device():
+def test_an_int4_linear_keeps_its_scales_in_bf16_and_refuses_devices_without_kernels():
     _, q, scales, zeros = _codes(n=64, k=128)
     layer = int4.Int4Linear.from_codes(q, scales, zeros, 64)
     x = torch.randn(2, 128)
     before = layer(x)
     layer.float()
+    layer.to("cpu")
     assert layer.scale_and_zero.dtype == torch.bfloat16 and torch.equal(layer(x), before)
-    with pytest.raises(RuntimeError, match="packed for cpu"):
+    with pytest.raises(RuntimeError, match="cannot move to meta"):
         layer.to("meta")
+
+
+@pytest.mark.gpu
+def test_an_int4_linear_moved_between_devices_is_packed_again_for_each():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    _, q, scales, zeros = _codes(n=100, k=576)   # rows padded to 8 on CUDA, 16 on the CPU
+    layer = int4.Int4Linear.from_codes(q.cuda(), scales.cuda(), zeros.cuda(), 64, torch.randn(100, device="cuda"))
+    x = torch.randn(3, 576)
+    on_cuda = layer(x.cuda()).cpu()
+    layer.to("cpu")       # what Lightning does when it tears down
+    assert layer.qdata.device.type == "cpu" and all(torch.equal(a, b) for a, b in zip(layer.codes(), (q, scales, zeros)))
+    assert (layer(x) - on_cuda).abs().max() < 0.02 * on_cuda.abs().max()
+    layer.to("cuda")
+    assert torch.equal(layer(x.cuda()).cpu(), on_cuda)
 
 
 def test_int4_on_the_cpu_quantizes_every_linear_in_the_compact_layout(batch):

@@ -177,13 +177,20 @@ class Int4Linear(nn.Module):
         return lin
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001
-        # Codes are packed for one device type, and the kernels read bf16 scales: a move elsewhere is refused,
-        # a cast of the model (.float(), .half()) leaves the scales as they are.
-        device = self.qdata.device.type
+        # The kernels read bf16 scales: a cast of the model (.float(), .half()) leaves them as they are.
+        # A move to another device type (Lightning moves a model to the CPU when it tears down) packs the codes
+        # again for that device: they are read back exactly first, on the device they are packed for.
+        target = fn(torch.empty(0, device=self.qdata.device)).device
+        if target.type != self.qdata.device.type and target.type not in ROW_MULTIPLE:
+            raise RuntimeError(f"Int4Linear: its int4 codes are packed for the kernels of {', '.join(ROW_MULTIPLE)}; "
+                               f"they cannot move to {target.type}")
+        if target.type != self.qdata.device.type:
+            q, scales, zeros = (t.to(target) for t in self.codes())
+            moved = Int4Linear.from_codes(q, scales, zeros, self.group_size,
+                                          None if self.bias is None else self.bias.to(target))
+            self.qdata, self.scale_and_zero, self.bias = moved.qdata, moved.scale_and_zero, moved.bias
+            return self
         super()._apply(fn, recurse)
-        if self.qdata.device.type != device:
-            raise RuntimeError(f"Int4Linear: its int4 codes are packed for {device}; quantize on the device that "
-                               f"runs the model (got a move to {self.qdata.device.type})")
         if self.scale_and_zero.dtype != torch.bfloat16:   # bf16 -> wider -> bf16 is exact
             self.scale_and_zero = self.scale_and_zero.to(torch.bfloat16)
         return self

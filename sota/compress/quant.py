@@ -393,7 +393,11 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
     if mode == "int8_weight" and tables and not int8_tensor_embeds():
         from torchao.quantization import Int8WeightOnlyConfig
 
-        # older torchao: its Int8Tensor has no embedding kernel, the AffineQuantizedTensor form does
+        # older torchao: its Int8Tensor has no embedding kernel, the AffineQuantizedTensor form does, without a
+        # padding index (which only stops the padding row's gradient: these tables do not train)
+        for m in root.modules():
+            if id(m) in tables:
+                m.padding_idx = None
         quantize_(root, Int8WeightOnlyConfig(version=1), filter_fn=lambda m, fqn: id(m) in tables)
         first -= tables
         notes.append(f"{where}: int8 embeddings as torchao's AffineQuantizedTensor (this torchao's Int8Tensor has no "
