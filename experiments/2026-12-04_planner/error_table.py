@@ -43,10 +43,26 @@ def frontier_rows():
         yield f"mini {r['id']} {r['param:point']}", [ov[0], *MINI_THEN, *ov[1:]], float(r["efficiency.peak_memory_mb"])
 
 
+OPEN = ROOT / "experiments/2026-12-04_open_figures_h200"
+
+
+def open_figures_rows():
+    """The eval points of a later `mini` study whose quantization the planner can size (not quant=mixed, whose
+    map only the run knows)."""
+    spec = json.loads((OPEN / "sweep.json").read_text())["identity"]
+    base = [o for o in spec["base"] if not o.startswith(("init_from", "encoder.path", "data.real_test"))]
+    ids = sorted(f.stem for f in (OPEN / "results").glob("*.json"))
+    for pid, point in zip(ids, spec["points"]):
+        r = json.loads((OPEN / "results" / f"{pid}.json").read_text())
+        if r["status"] != "ok" or "task=eval" not in point or "quant=mixed" in point:
+            continue
+        yield f"mini {pid} {','.join(point)}", [*base, *point], float(r["efficiency"]["peak_memory_mb"])
+
+
 def main() -> None:
     print("| row | measured MB | predicted MB | error | weights MiB | widest stage | stage MiB |")
     print("|---|---|---|---|---|---|---|")
-    for label, overrides, measured in [*ROWS, *frontier_rows()]:
+    for label, overrides, measured in [*ROWS, *frontier_rows(), *open_figures_rows()]:
         p = plan(compose([*overrides, "trainer=gpu"]), "cuda")
         widest = max((s for s in p.stages if s.name != "kv cache"), key=lambda s: s.bytes)
         print(f"| {label} | {measured:.0f} | {p.peak_memory_mb:.0f} | {100 * (p.peak_memory_mb / measured - 1):+.1f} % "

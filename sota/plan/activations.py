@@ -77,12 +77,20 @@ def connector(frames: int, in_dim: int, hidden: int, dtype: torch.dtype) -> Stag
     return Stage("connector", peak, f"{frames} frames x {in_dim} in / {hidden} hidden")
 
 
+def projector(frames: int, windows: int, in_dim: int, hidden: int, dtype: torch.dtype) -> Stage:
+    s = _size(dtype)
+    # The encoder's frames, normalised, and their windows gathered (each [frames, in]); then one row per window
+    # through the MLP: its first product and that product's activation.
+    peak = frames * in_dim * 3 * s + 2 * windows * hidden * s
+    return Stage("connector", peak, f"{frames} frames x {in_dim} in, {windows} windows x {hidden} hidden")
+
+
 def llm_config(llm: nn.Module) -> Any:
     return llm.config.get_text_config() if hasattr(llm.config, "get_text_config") else llm.config
 
 
-def prefill(llm: nn.Module, tokens: int) -> Stage:
-    c, s = llm_config(llm), _size(_dtype(llm))
+def prefill(llm: nn.Module, tokens: int, dtype: torch.dtype | None = None) -> Stage:
+    c, s = llm_config(llm), _size(dtype or _dtype(llm))
     inter = max((m.out_features for n, m in llm.named_modules() if n.endswith("gate_proj") and hasattr(m, "out_features")),
                 default=c.intermediate_size)
     head = llm.get_output_embeddings()
@@ -96,8 +104,8 @@ def prefill(llm: nn.Module, tokens: int) -> Stage:
     return Stage("prefill", peak, f"{tokens} tokens, MLP {inter} wide, last-position logits over {c.vocab_size}")
 
 
-def kv_cache(llm: nn.Module, positions: int) -> Stage:
-    s = _size(_dtype(llm))
+def kv_cache(llm: nn.Module, positions: int, dtype: torch.dtype | None = None) -> Stage:
+    s = _size(dtype or _dtype(llm))
     per_layer = 0
     layers = 0
     for name, m in llm.named_modules():
@@ -107,24 +115,35 @@ def kv_cache(llm: nn.Module, positions: int) -> Stage:
     return Stage("kv cache", per_layer, f"{layers} layers x {positions} positions")
 
 
-def stages(parts: dict[str, nn.Module | None], cfg: Any, clip_s: float, new_tokens: int) -> tuple[list[Stage], int]:
-    """The stages of one batch-1 measurement and the audio tokens the clip becomes."""
+def stages(parts: dict[str, nn.Module | None], cfg: Any, clip_s: float, new_tokens: int,
+           dtypes: dict[str, torch.dtype] | None = None) -> tuple[list[Stage], int]:
+    """The stages of one batch-1 measurement and the audio tokens the clip becomes. `dtypes`: a part's compute
+    dtype where quantization changes it (the meta-built parts keep the dtype they were built in)."""
     enc, c = parts["encoder"], cfg.connector
+    dtypes = dtypes or {}
+
+    def dtype(part: str) -> torch.dtype:
+        return dtypes.get(part) or _dtype(parts[part])
+
     context = float(cfg.encoder.context_s)
     chunks = max(1, math.ceil(clip_s / context - 1e-9))
     heard = min(clip_s, chunks * context)
-    out = [whisper(enc, chunks, context, _dtype(enc))]
+    out = [whisper(enc, chunks, context, dtype("encoder"))]
     in_dim = enc.config.d_model
     if parts.get("second") is not None:
         out.append(second(parts["second"], chunks, context))
         in_dim += parts["second"].config.hidden_size
     hidden = int(c.get("hidden_size") or in_dim)
-    out.append(connector(chunks * int(round(context * WHISPER_FRAMES_PER_SECOND)), in_dim, hidden,
-                         _dtype(parts["connector"])))
+    all_frames = chunks * int(round(context * WHISPER_FRAMES_PER_SECOND))
+    if hasattr(parts["connector"], "mlp"):   # the window projector: an MLP over each window, not over each frame
+        windows = max_audio_tokens(chunks * context, WHISPER_FRAMES_PER_SECOND, c.window_s, c.stride_s, 1)
+        out.append(projector(all_frames, int(windows), in_dim, hidden, dtype("connector")))
+    else:
+        out.append(connector(all_frames, in_dim, hidden, dtype("connector")))
     # tokens per window are the connector's (a projector's is one, and its config has no num_queries)
     audio = int(max_audio_tokens(heard, WHISPER_FRAMES_PER_SECOND, c.window_s, c.stride_s,
                                  parts["connector"].num_queries))
     tokens = audio + PROMPT_TEXT_TOKENS
-    out.append(prefill(parts["llm"], tokens))
-    out.append(kv_cache(parts["llm"], tokens + new_tokens))
+    out.append(prefill(parts["llm"], tokens, dtype("llm")))
+    out.append(kv_cache(parts["llm"], tokens + new_tokens, dtype("llm")))
     return out, audio

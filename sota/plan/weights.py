@@ -80,6 +80,20 @@ def _modes(cfg: Any, device: str) -> dict[str, str]:
     return out
 
 
+def compute_dtypes(cfg: Any, device: str) -> dict[str, torch.dtype]:
+    """part -> the floating dtype it computes in after quantization, where that differs from how it was built
+    (bf16 or fp16 casts, int4's bf16, `quant.cuda_dtype` on CUDA)."""
+    q = cfg.get("quant")
+    if q is None:
+        return {}
+    out = {}
+    for part, mode in _modes(cfg, device).items():
+        half = quant.half_dtype({"mode": mode, "cuda_dtype": q.get("cuda_dtype")}, device)
+        if half is not None and part != "embeddings":
+            out[part] = half
+    return out
+
+
 def _quantized(root: nn.Module, mode: str, q: Any, patterns: list[str], part: str) -> dict[int, nn.Module]:
     """Modules (by id) whose weight `mode` replaces, chosen as quant.py chooses them."""
     if mode in ("none", "bf16", "fp16"):
