@@ -52,19 +52,37 @@ def test_a_tied_table_becomes_one_int4_table_for_lookup_and_head(batch):
     assert not torch.allclose(got.float(), logits(ref, batch).float(), atol=1e-4)   # int4 changed the table
 
 
-def test_every_part_in_int4_with_gptq_targets_and_rounded_parts(batch):
+def test_every_part_in_int4_by_gptq_where_calibration_reaches_it(batch):
     from test_mixed import calib
 
-    model = model_of(hidden=64)
     cfg = qcfg("int4_weight", algorithm="gptq", group_size=32,
                parts={"embeddings": "int4_weight", "connector": "int4_weight", "encoder": "int4_weight"})
+    model = model_of(hidden=64)
     rec = quant.quantize(model, cfg, "cpu", calib=calib(model))
-    assert any("GPTQ" in n for n in rec["notes"]) and any("quant.parts: int4 by round-to-nearest" in n for n in rec["notes"])
+    notes = "\n".join(rec["notes"])
+    for where in ("llm:", "encoder:", "connector:"):   # the calibration batches run the encoder here
+        assert any(n.startswith(where) and "GPTQ" in n for n in rec["notes"]), (where, notes)
+    assert "GPTQ over the lm_head's inputs" in notes and "round-to-nearest" not in notes
     left = [f"{part}.{n}" for part in ("encoder", "connector", "llm") for n, m in getattr(model, part).named_modules()
             if type(m) in (torch.nn.Linear, torch.nn.Embedding)]
     # Whisper's positional table is read by slicing, not looked up: it stays a plain table
     assert all("embed_positions" in n for n in left), left
     assert torch.isfinite(logits(model, batch)).all()
+    # the table's codes are GPTQ's, not round-to-nearest's
+    rtn = model_of(hidden=64)
+    quant.quantize(rtn, qcfg("int4_weight", group_size=32, parts={"embeddings": "int4_weight"}), "cpu")
+    assert not torch.equal(model.llm.lm_head.qdata, rtn.llm.lm_head.qdata)
+
+    # with cached features the encoder never runs in calibration: it rounds to nearest, and says so
+    cached = model_of(hidden=64)
+    batches = calib(cached)
+    with torch.no_grad():
+        batches = [{**{k: v for k, v in b.items() if k != "encoder_inputs"}, "features": cached.encode(b["encoder_inputs"])}
+                   for b in batches]
+    rec = quant.quantize(cached, cfg, "cpu", calib=batches)
+    assert any(n.startswith("quant.parts.encoder: int4 by round-to-nearest, not GPTQ") for n in rec["notes"])
+    assert any(n.startswith("connector:") and "GPTQ" in n for n in rec["notes"])
+    assert all(isinstance(m, int4.Int4Linear) for m in cached.encoder.modules() if type(m).__name__.endswith("Linear"))
 
 
 def test_an_int4_table_needs_the_compact_layout():

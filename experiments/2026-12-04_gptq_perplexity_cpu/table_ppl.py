@@ -20,13 +20,15 @@ from sota.compress import quant
 from sota.data.sentences import natural_sentences
 from sota.formats.gguf import cached_gguf
 
-VARIANTS = [  # name, mode of the linears, algorithm, table mode, table group size
-    ("bf16", "bf16", "rtn", None, 64),
-    ("bf16, int8 table", "bf16", "rtn", "int8_weight", 64),
-    ("bf16, int4 table (groups of 64)", "bf16", "rtn", "int4_weight", 64),
-    ("bf16, int4 table (groups of 32)", "bf16", "rtn", "int4_weight", 32),
-    ("int4 gptq 16 batches", "int4_weight", "gptq", None, 64),
-    ("int4 gptq 16 batches, int4 table (groups of 64)", "int4_weight", "gptq", "int4_weight", 64),
+VARIANTS = [  # name, mode of the linears, algorithm, table mode, table group size, table by GPTQ
+    ("bf16", "bf16", "rtn", None, 64, False),
+    ("bf16, int8 table", "bf16", "rtn", "int8_weight", 64, False),
+    ("bf16, int4 table (groups of 64)", "bf16", "rtn", "int4_weight", 64, False),
+    ("bf16, int4 table (groups of 32)", "bf16", "rtn", "int4_weight", 32, False),
+    ("bf16, int4 table by GPTQ (groups of 64)", "bf16", "gptq", "int4_weight", 64, True),
+    ("int4 gptq 16 batches", "int4_weight", "gptq", None, 64, False),
+    ("int4 gptq 16 batches, int4 table (groups of 64)", "int4_weight", "gptq", "int4_weight", 64, False),
+    ("int4 gptq 16 batches, int4 table by GPTQ (groups of 64)", "int4_weight", "gptq", "int4_weight", 64, True),
 ]
 
 
@@ -45,7 +47,7 @@ def main() -> None:
             "gpl3_text": windows(tok, LICENSE.read_text(), 48)}
     batches = [torch.stack(calib[i * 4:(i + 1) * 4]) for i in range(16)]
     rows = []
-    for name, mode, algorithm, table, group_size in VARIANTS:
+    for name, mode, algorithm, table, group_size, table_by_gptq in VARIANTS:
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
 
         def calibrate() -> int:
@@ -60,9 +62,9 @@ def main() -> None:
         notes: list[str] = []
         t0 = time.perf_counter()
         quant._quantize_root(model, mode, cfg, list(quant.EMBEDDINGS), "cpu", notes, "llm",
-                             calibrate if algorithm == "gptq" else None)
+                             calibrate if mode == "int4_weight" and algorithm == "gptq" else None)
         if table:
-            quant.quantize_parts(SimpleNamespace(llm=model), cfg, "cpu", notes)
+            quant.quantize_parts(SimpleNamespace(llm=model), cfg, "cpu", notes, calibrate if table_by_gptq else None)
         row = {"variant": name, "quantize_s": round(time.perf_counter() - t0, 1), "notes": notes}
         for key, chunks in sets.items():
             row[key] = round(perplexity(model, chunks), 4)

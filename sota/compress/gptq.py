@@ -19,6 +19,10 @@ from torch import nn
 
 from sota.compress import int4
 
+class Unreached(ValueError):
+    """Linears the calibration batches never reached (nothing was changed)."""
+
+
 DAMP = 0.01                  # fraction of the Hessian's mean diagonal added to it (GPTQ's default percdamp)
 BLOCK = 128                  # columns per lazy batch update
 
@@ -100,8 +104,8 @@ def quantize(named: dict[str, nn.Linear], group_size: int, calibrate: Callable[[
     sums, batches = hessians(named.values(), calibrate)
     unseen = [name for name, m in named.items() if id(m) not in sums]
     if unseen:
-        raise ValueError(f"quant.algorithm=gptq: {len(unseen)} linear(s) saw no calibration input "
-                         f"(e.g. {unseen[0]}); exclude them with quant.skip")
+        raise Unreached(f"quant.algorithm=gptq: {len(unseen)} linear(s) saw no calibration input "
+                        f"(e.g. {unseen[0]}); exclude them with quant.skip")
     for name, m in named.items():
         store(name, m, *gptq_round(m.weight, sums.pop(id(m)), group_size))
     return len(named), batches

@@ -9,10 +9,12 @@ weight at groups of 64, against 8 for int8 and 16 for bf16).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from sota.compress import int4
+from sota.compress import gptq, int4
 
 
 # Rows per independently packed tile: tinygemm's n-tile on CUDA; torch's CPU packing works in blocks of 64 rows,
@@ -83,23 +85,32 @@ class Int4Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int4 rows of the table below"
 
 
-def quantize_tables(llm: nn.Module, group_size: int) -> list[str]:
+def quantize_tables(llm: nn.Module, group_size: int, calibrate: Callable[[], int] | None = None) -> list[str]:
     """The LLM's input table, and its output table (the lm_head), as int4 in the compact layout on the device
-    they are on; a tied pair stays one table. Returns what was done, for the record's notes."""
+    they are on; a tied pair stays one table. With `calibrate` (a call that runs calibration batches through
+    the model) the head's codes are GPTQ's over its inputs, the final hidden states, and a tied table's lookups
+    read those same codes; else both round to nearest. Returns what was done, for the record's notes."""
     emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
     if emb.embedding_dim % group_size:
         raise ValueError(f"quant.parts.embeddings=int4_weight: the table is {emb.embedding_dim} wide, not a multiple "
                          f"of quant.group_size={group_size}")
     tied = head is not None and getattr(head, "weight", None) is emb.weight
-    table = int4.Int4Linear.from_codes(*int4.rtn(emb.weight.detach(), group_size), group_size)
+    head_codes, how = None, "round-to-nearest"
+    if calibrate is not None and isinstance(head, nn.Linear) and head.in_features % group_size == 0:
+        codes: dict[str, tuple[torch.Tensor, ...]] = {}
+        _, batches = gptq.quantize({"lm_head": head}, group_size, calibrate,
+                                   lambda name, m, q, scales, zeros: codes.update(head=(q, scales, zeros)))
+        head_codes, how = codes["head"], f"GPTQ over the lm_head's inputs, {batches} calibration batches"
+    table = int4.Int4Linear.from_codes(*(head_codes if tied and head_codes else int4.rtn(emb.weight.detach(), group_size)),
+                                       group_size)
     llm.set_input_embeddings(Int4Embedding(table, emb.padding_idx))
     done = [f"embeddings: int4 table of {table.out_features} x {table.in_features} (compact layout, groups of "
-            f"{group_size}, round-to-nearest), rows read through the kernel"]
+            f"{group_size}, {how if tied else 'round-to-nearest'}), rows read through the kernel"]
     if tied:
         llm.set_output_embeddings(table)
         done.append("lm_head: the same int4 table (tied)")
     elif isinstance(head, nn.Linear) and head.in_features % group_size == 0:
-        llm.set_output_embeddings(int4.Int4Linear.from_codes(*int4.rtn(head.weight.detach(), group_size),
-                                                             group_size, head.bias))
-        done.append("lm_head: its own int4 table (untied)")
+        llm.set_output_embeddings(int4.Int4Linear.from_codes(
+            *(head_codes or int4.rtn(head.weight.detach(), group_size)), group_size, head.bias))
+        done.append(f"lm_head: its own int4 table (untied, {how})")
     return done

@@ -626,7 +626,7 @@ def quantize(model: nn.Module, cfg: Any, device: str, with_parts: bool = True, c
     for where in targets if mode not in ("none", "mixed") else []:
         n += _quantize_root(getattr(model, where), mode, cfg, patterns, device, notes, where, calibrate)
     if chosen:
-        n += quantize_parts(model, cfg, device, notes)
+        n += quantize_parts(model, cfg, device, notes, calibrate)
         record["parts"] = chosen
     record.update(quantized_modules=n, weight_bytes_before=before,
                   weight_bytes_after=footprint(model)["weight_bytes"], notes=notes)
@@ -666,20 +666,30 @@ def _mixed(model: nn.Module, cfg: Any, device: str, targets: list[str], patterns
     return len(record["map"])
 
 
-def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str]) -> int:
-    """`cfg.parts`, each in its own mode (after training: the connector trains, a QLoRA base does not). int4
-    parts are rounded to nearest: `quant.algorithm` is the targets' (an encoder whose features are cached never
-    sees calibration batches)."""
+def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str], calibrate: Any = None) -> int:
+    """`cfg.parts`, each in its own mode (after training: the connector trains, a QLoRA base does not). With
+    quant.algorithm=gptq and calibration batches (`calibrate`), int4 parts the batches reach are GPTQ's too (the
+    connector; the token table through the lm_head's inputs); the rest round to nearest, noted (an encoder whose
+    features are cached never runs in calibration). Other algorithms are the targets' only."""
     n = 0
-    if cfg.get("algorithm", "rtn") != "rtn" and "int4_weight" in parts(cfg).values():
-        notes.append(f"quant.parts: int4 by round-to-nearest (quant.algorithm={cfg.get('algorithm')} is for the "
-                     "targets)")
+    algorithm = cfg.get("algorithm", "rtn")
+    by_gptq = algorithm == "gptq" and calibrate is not None
+    if algorithm != "rtn" and not by_gptq and "int4_weight" in parts(cfg).values():
+        notes.append(f"quant.parts: int4 by round-to-nearest (quant.algorithm={algorithm} is for the targets"
+                     f"{'' if algorithm != 'gptq' else '; no calibration batches here'})")
     cfg_parts = rtn_config(cfg)
     for part, mode in parts(cfg).items():
         if part == "embeddings" and mode == "int4_weight":
-            done = int4_embedding.quantize_tables(model.llm, int(cfg.get("group_size", 128)))
+            done = int4_embedding.quantize_tables(model.llm, int(cfg.get("group_size", 128)),
+                                                  calibrate if by_gptq else None)
             notes.extend(f"llm.{d}" for d in done)
             n += len(done)
+        elif mode == "int4_weight" and by_gptq:
+            try:
+                n += _quantize_root(getattr(model, part), mode, cfg, [], device, notes, part, calibrate)
+            except gptq.Unreached as e:
+                notes.append(f"quant.parts.{part}: int4 by round-to-nearest, not GPTQ ({e})")
+                n += _quantize_root(getattr(model, part), mode, cfg_parts, [], device, notes, part)
         elif part == "embeddings":
             llm = model.llm
             # every other module is skipped by its full name, so only the tables (one, when tied) are chosen
