@@ -81,7 +81,8 @@ def test_compact_int4_round_trip_answers_as_the_model_did(tmp_path, batches, ext
     # the int4 layers come back as Int4Linear packed for the CPU: no float copy of their weights exists
     for part in layout.PARTS:
         names = _int4_names(getattr(model, part))
-        assert _int4_names(getattr(loaded, part)) == names and bool(names) == (part == "llm" or extra in (PARTS, ALL_INT4))
+        assert _int4_names(getattr(loaded, part)) == names
+        assert bool(names) == (part == "llm" or extra in (PARTS, ALL_INT4))
         assert not any(isinstance(m, nn.Linear) for n, m in getattr(loaded, part).named_modules() if n in names)
     assert {type(p).__name__ for p in loaded.llm.parameters()} >= ({"Int8Tensor"} if extra == PARTS else set())
     assert isinstance(loaded.llm.lm_head, int4.Int4Linear) == (extra in (["quant.skip=[]"], ALL_INT4))

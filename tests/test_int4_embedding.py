@@ -77,8 +77,8 @@ def test_every_part_in_int4_by_gptq_where_calibration_reaches_it(batch):
     cached = model_of(hidden=64)
     batches = calib(cached)
     with torch.no_grad():
-        batches = [{**{k: v for k, v in b.items() if k != "encoder_inputs"}, "features": cached.encode(b["encoder_inputs"])}
-                   for b in batches]
+        batches = [{**{k: v for k, v in b.items() if k != "encoder_inputs"},
+                    "features": cached.encode(b["encoder_inputs"])} for b in batches]
     rec = quant.quantize(cached, cfg, "cpu", calib=batches)
     assert any(n.startswith("quant.parts.encoder: int4 by round-to-nearest, not GPTQ") for n in rec["notes"])
     assert any(n.startswith("connector:") and "GPTQ" in n for n in rec["notes"])

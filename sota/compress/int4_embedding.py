@@ -30,8 +30,7 @@ def _kernel(x: torch.Tensor, packed: torch.Tensor, table: int4.Int4Linear,
 
 
 def _gathered(table: int4.Int4Linear, flat: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
-    """Rows `flat` from the table's whole tiles (a CUDA table has only those, so nothing here waits on the
-    GPU and the lookup can be captured in a CUDA graph)."""
+    """Rows `flat` from the table's whole tiles (a CUDA table has only those: nothing here waits on the GPU)."""
     tile = TILE[flat.device.type]
     blocks, within = flat // tile, flat % tile
     if flat.device.type == "cuda":   # [rows / 8, k-tiles, 32, inner k-tiles / 2]: dim 0 is the n-tile
@@ -101,8 +100,8 @@ def quantize_tables(llm: nn.Module, group_size: int, calibrate: Callable[[], int
         _, batches = gptq.quantize({"lm_head": head}, group_size, calibrate,
                                    lambda name, m, q, scales, zeros: codes.update(head=(q, scales, zeros)))
         head_codes, how = codes["head"], f"GPTQ over the lm_head's inputs, {batches} calibration batches"
-    table = int4.Int4Linear.from_codes(*(head_codes if tied and head_codes else int4.rtn(emb.weight.detach(), group_size)),
-                                       group_size)
+    codes_of_table = head_codes if tied and head_codes else int4.rtn(emb.weight.detach(), group_size)
+    table = int4.Int4Linear.from_codes(*codes_of_table, group_size)
     llm.set_input_embeddings(Int4Embedding(table, emb.padding_idx))
     done = [f"embeddings: int4 table of {table.out_features} x {table.in_features} (compact layout, groups of "
             f"{group_size}, {how if tied else 'round-to-nearest'}), rows read through the kernel"]
