@@ -132,25 +132,32 @@ def test_mixed_precision_can_choose_compact_int4_on_the_cpu():
     assert all(abs(b["int4_weight"] - 5.0) < 0.05 for b in rec["bits"].values())
 
 
-def test_mixed_precision_quantizes_its_chosen_int4_linears_by_gptq_together():
+def test_mixed_precision_scores_and_stores_int4_with_gptq_codes():
     from test_mixed import mcfg
 
     batches = calib(model_of(hidden=64))
-    rtn, model = model_of(hidden=64), model_of(hidden=64)
+    rtn, model, again = model_of(hidden=64), model_of(hidden=64), model_of(hidden=64)
     common = dict(modes=["int4_weight", "none"], avg_bits=10.0, group_size=32)
     rec_rtn = quant.quantize(rtn, mcfg(**common), "cpu", calib=batches)
     rec = quant.quantize(model, mcfg(**common, algorithm="gptq"), "cpu", calib=batches)
-    # scored by round-to-nearest copies: the same map; then GPTQ codes, from one pass over the batches
-    assert rec["map"] == rec_rtn["map"] and rec["counts"]["int4_weight"] >= 1
-    assert any("GPTQ, Hessians of 2 calibration batches" in n for n in rec["notes"])
-    assert any("quantized by gptq" in n for n in rec["notes"])
+    assert rec["counts"]["int4_weight"] >= 1
+    assert any("int4 scored and stored with GPTQ codes" in n for n in rec["notes"])
+    # int4 was scored with GPTQ's codes: the scores are not round-to-nearest's
+    assert any(rec["sensitivity"][k]["int4_weight"] != rec_rtn["sensitivity"][k]["int4_weight"] for k in rec["map"])
     chosen = [k.removeprefix("llm.") for k, m in rec["map"].items() if m == "int4_weight"]
     kept = [k.removeprefix("llm.") for k, m in rec["map"].items() if m == "none"]
-    for name in chosen:
-        got, ref = model.llm.get_submodule(name), rtn.llm.get_submodule(name)
-        assert isinstance(got, int4.Int4Linear) and got.qdata.shape == ref.qdata.shape
-    assert any(not torch.equal(model.llm.get_submodule(n).qdata, rtn.llm.get_submodule(n).qdata) for n in chosen)
+    assert all(isinstance(model.llm.get_submodule(n), int4.Int4Linear) for n in chosen)
     assert all(type(model.llm.get_submodule(n)) is torch.nn.Linear for n in kept)
+    # what is stored is GPTQ's rounding of each linear under the unquantized model's Hessians
+    from sota.compress import mixed
+
+    candidates = {"llm": {k.removeprefix("llm."): again.llm.get_submodule(k.removeprefix("llm.")) for k in rec["map"]}}
+    codes = mixed.gptq_codes(candidates, mcfg(**common, algorithm="gptq"), quant._calibrator(again, batches))
+    for n in chosen:
+        want = int4.Int4Linear.from_codes(*codes[f"llm.{n}"], 32, again.llm.get_submodule(n).bias)
+        assert torch.equal(model.llm.get_submodule(n).qdata, want.qdata), n
+    assert any(not torch.equal(model.llm.get_submodule(n).qdata, rtn.llm.get_submodule(n).qdata)
+               for n in chosen if isinstance(rtn.llm.get_submodule(n), int4.Int4Linear))
     problems = []
     quant.validate(mcfg(**common, algorithm="gptq"), "cpu", problems)
     assert problems == []

@@ -4,7 +4,9 @@ least accuracy for the bytes it saves, so the targets average at most `avg_bits`
 1. Sensitivity: for every candidate linear and every mode of `quant.modes`, that linear alone is quantized and
    the KL divergence of the model's next-token distributions (answer positions of `calib_batches` training
    batches) from the unquantized model's is measured. Its effective bits per weight (scales and padding
-   included) come from the quantized copy's storage.
+   included) come from the quantized copy's storage. With `quant.algorithm=gptq` a linear's int4 copy holds
+   GPTQ's codes (Hessians of one pass over the same batches), so int4 is scored as it will be stored: scored
+   by round-to-nearest copies, GPTQ int4 looked costlier than it is and lost to nf4.
 2. Choice: every linear starts in the mode with the most bits; the cheapest step down (least KL added per
    byte saved) is taken until the budget holds, as ModelOpt's auto_quantize and AutoRound's AutoScheme do with
    their own scores.
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sota.compress import gptq
 from sota.compress.surgery import set_module
 from sota.models.audio_llm import IGNORE
 from sota.models.footprint import footprint
@@ -76,18 +79,34 @@ class _Holder(nn.Module):
 
 
 def calibrated(cfg: Any) -> bool:
-    """Whether `cfg`'s int4 needs calibration inputs (GPTQ, AWQ): then single linears are scored and sized by
-    round-to-nearest copies, and the chosen int4 linears are quantized together with the calibration batches."""
+    """Whether `cfg`'s int4 needs calibration inputs (GPTQ, AWQ)."""
     return str(cfg.get("algorithm", "rtn")) in ("gptq", "awq")
 
 
-def quantized_copy(lin: nn.Linear, mode: str, cfg: Any, device: str, quantize_root: Any) -> nn.Module:
-    """`lin` quantized in `mode` (a copy; `lin` is left as it is); int4 by round-to-nearest where `cfg`'s
-    algorithm needs calibration (same bytes, the cheap stand-in for scoring)."""
+def gptq_codes(candidates: dict[str, dict[str, nn.Module]], cfg: Any, calibrate: Any) -> dict[str, tuple]:
+    """GPTQ's int4 codes of every candidate linear (`target.name` -> (q, scales, zeros)), from one pass of the
+    calibration batches through the unquantized model: what a linear is scored with and, if chosen, stored as."""
+    gs = int(cfg.get("group_size", 128))
+    linears = {f"{where}.{name}": lin for where, named in candidates.items() for name, lin in named.items()
+               if lin.in_features % gs == 0}
+    sums, _ = gptq.hessians(linears.values(), calibrate)
+    unseen = [k for k, lin in linears.items() if id(lin) not in sums]
+    if unseen:
+        raise gptq.Unreached(f"quant=mixed with quant.algorithm=gptq: {len(unseen)} linear(s) saw no calibration "
+                             f"input (e.g. {unseen[0]}); exclude them with quant.skip")
+    return {k: gptq.gptq_round(lin.weight, sums[id(lin)], gs) for k, lin in linears.items()}
+
+
+def quantized_copy(lin: nn.Linear, mode: str, cfg: Any, device: str, quantize_root: Any,
+                   codes: tuple | None = None) -> nn.Module:
+    """`lin` quantized in `mode` (a copy; `lin` is left as it is). int4 holds `codes` when given (GPTQ's), else
+    rounds to nearest (for AWQ that is the cheap stand-in for scoring: same bytes)."""
+    from sota.compress.quant import int4_layer, rtn_config
+
+    if mode == "int4_weight" and codes is not None:
+        return int4_layer(copy.deepcopy(lin), *codes, cfg)
     holder = _Holder(copy.deepcopy(lin))
     if mode != "none":
-        from sota.compress.quant import rtn_config
-
         quantize_root(holder, mode, rtn_config(cfg), [], device, [], "mixed")
     return holder.lin
 
@@ -139,12 +158,13 @@ def choose(params: dict[str, int], options: dict[str, dict[str, tuple[int, float
 
 
 def apply(model: Any, chosen: dict[str, str], cfg: Any, device: str, quantize_root: Any,
-          calibrate: Any = None, notes: list[str] | None = None) -> None:
-    """Quantize each `target.linear` of `chosen` in its mode (a map recorded by `quantize`). With GPTQ or AWQ
-    (`quant.algorithm`) the int4 linears of each target are quantized in one pass over `calibrate`'s batches,
-    before any other linear changes, so their inputs are the unquantized model's."""
+          calibrate: Any = None, notes: list[str] | None = None, codes: dict[str, tuple] | None = None) -> None:
+    """Quantize each `target.linear` of `chosen` in its mode (a map recorded by `quantize`). int4 linears take
+    their GPTQ `codes` where given. Otherwise, with GPTQ or AWQ (`quant.algorithm`), the int4 linears of each
+    target are quantized in one pass over `calibrate`'s batches, before any other linear changes, so their
+    inputs are the unquantized model's."""
     notes = [] if notes is None else notes
-    together = calibrated(cfg) and "int4_weight" in chosen.values()
+    together = calibrated(cfg) and codes is None and "int4_weight" in chosen.values()
     if together:
         if calibrate is None:
             raise ValueError(f"quant=mixed with quant.algorithm={cfg.get('algorithm')}: its int4 linears need "
@@ -160,7 +180,8 @@ def apply(model: Any, chosen: dict[str, str], cfg: Any, device: str, quantize_ro
             continue
         where, _, name = key.partition(".")
         root = getattr(model, where)
-        set_module(root, name, quantized_copy(root.get_submodule(name), mode, cfg, device, quantize_root))
+        set_module(root, name, quantized_copy(root.get_submodule(name), mode, cfg, device, quantize_root,
+                                              (codes or {}).get(key)))
 
 
 def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates: dict[str, dict[str, nn.Module]],
@@ -175,7 +196,15 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
     # refused before the first scoring pass.
     params = {f"{where}.{name}": lin.weight.numel() for where, linears in candidates.items()
               for name, lin in linears.items()}
-    sizes = {f"{where}.{name}": {mode: _bytes(quantized_copy(lin, mode, cfg, device, quantize_root)) for mode in modes}
+    codes = None
+    if cfg.get("algorithm", "rtn") == "gptq" and "int4_weight" in modes and calibrate is not None:
+        codes = gptq_codes(candidates, cfg, calibrate)
+        (notes if notes is not None else []).append(
+            f"quant=mixed: int4 scored and stored with GPTQ codes of {len(codes)} linears (one Hessian pass over "
+            f"{len(batches)} calibration batches)")
+    sizes = {f"{where}.{name}": {mode: _bytes(quantized_copy(lin, mode, cfg, device, quantize_root,
+                                                             (codes or {}).get(f"{where}.{name}")))
+                                 for mode in modes}
              for where, linears in candidates.items() for name, lin in linears.items()}
     check_budget(params, sizes, modes, avg_bits)
     ref = _answer_logprobs(model, batches)
@@ -191,7 +220,7 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
                 log.info("quant=mixed: %d of %d linears scored", len(options), total)
             options[key] = {}
             for mode in modes:
-                q = quantized_copy(lin, mode, cfg, device, quantize_root)
+                q = quantized_copy(lin, mode, cfg, device, quantize_root, (codes or {}).get(key))
                 set_module(root, name, q)
                 try:
                     kl = 0.0 if mode == "none" else _kl(ref, _answer_logprobs(model, batches))
@@ -199,7 +228,7 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
                     set_module(root, name, lin)
                 options[key][mode] = (sizes[key][mode], kl)
     chosen = choose(params, options, modes, avg_bits)
-    apply(model, chosen, cfg, device, quantize_root, calibrate, notes)
+    apply(model, chosen, cfg, device, quantize_root, calibrate, notes, codes)
     after = sum(options[k][m][0] for k, m in chosen.items())
     reached = 8 * after / sum(params.values())
     kl_after = _kl(ref, _answer_logprobs(model, batches))

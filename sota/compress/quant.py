@@ -319,13 +319,23 @@ def _device_of(root: nn.Module) -> str:
     return t.device.type if t is not None else "cpu"
 
 
+def int4_layer(lin: nn.Module, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, cfg: Any) -> nn.Module:
+    """`lin` holding the int4 codes `(q, scales, zeros)` in `cfg`'s layout on their device: a compact Int4Linear,
+    or `lin` itself with torchao's packed weight."""
+    gs = int(cfg.get("group_size", 128))
+    if int4.resolve_layout(cfg.get("int4_layout", "auto"), q.device.type) == "compact":
+        return int4.Int4Linear.from_codes(q, scales, zeros, gs, lin.bias)
+    lin.weight = nn.Parameter(int4.pack_torchao(q, scales, zeros, gs), requires_grad=False)
+    return lin
+
+
 def _compact_int4(root: nn.Module, cfg: Any, chosen: set[int], calibrate: Any, notes: list[str], where: str) -> int:
     """The chosen linears as sota's unpadded Int4Linear (quant.int4_layout=compact), by RTN or GPTQ codes."""
     gs = int(cfg.get("group_size", 128))
     named = {name: m for name, m in root.named_modules() if id(m) in chosen}
 
     def store(name: str, m: nn.Module, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> None:
-        set_module(root, name, int4.Int4Linear.from_codes(q, scales, zeros, gs, m.bias))
+        set_module(root, name, int4_layer(m, q, scales, zeros, cfg))
 
     if cfg.get("algorithm", "rtn") == "gptq":
         done, batches = gptq.quantize(named, gs, calibrate, store)
@@ -407,11 +417,8 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
     elif mode == "int4_weight" and cfg.get("algorithm", "rtn") == "gptq":
         named = {name: m for name, m in root.named_modules() if id(m) in first}
 
-        def store(name: str, m: nn.Module, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> None:
-            m.weight = nn.Parameter(int4.pack_torchao(q, scales, zeros, int(cfg.get("group_size", 128))),
-                                    requires_grad=False)
-
-        done, batches = gptq.quantize(named, int(cfg.get("group_size", 128)), calibrate, store)
+        done, batches = gptq.quantize(named, int(cfg.get("group_size", 128)), calibrate,
+                                      lambda name, m, q, scales, zeros: int4_layer(m, q, scales, zeros, cfg))
         notes.append(f"{where}: int4 weights of {done} linear(s) by GPTQ (torchao's tinygemm layout), Hessians of "
                      f"{batches} calibration batches")
     else:
@@ -660,9 +667,8 @@ def _mixed(model: nn.Module, cfg: Any, device: str, targets: list[str], patterns
                           if type(m) is nn.Linear} for where in targets}
     record.update(mixed.quantize(model, cfg, device, list(calib or []), candidates, _quantize_root,
                                  _calibrator(model, calib) if calib else None, notes))
-    if mixed.calibrated(cfg):
-        notes.append(f"quant=mixed: linears scored with round-to-nearest int4; the chosen int4 linears quantized by "
-                     f"{cfg.get('algorithm')}")
+    if cfg.get("algorithm", "rtn") == "awq":
+        notes.append("quant=mixed: linears scored with round-to-nearest int4; the chosen int4 linears quantized by awq")
     return len(record["map"])
 
 
