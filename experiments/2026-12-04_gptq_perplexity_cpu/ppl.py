@@ -38,6 +38,17 @@ def perplexity(model, chunks: list[torch.Tensor]) -> float:
     return math.exp(nll / count)
 
 
+def texts(tok) -> tuple[list[torch.Tensor], dict[str, list[torch.Tensor]]]:
+    """Calibration windows (half of the shuffled natural sentences) and the evaluation sets (the other half, and
+    the GPL-3 prose)."""
+    sentences = list(natural_sentences())
+    random.Random(0).shuffle(sentences)
+    half = len(sentences) // 2
+    calib = windows(tok, " ".join(sentences[:half]), 256)
+    return calib, {"natural_sentences_heldout": windows(tok, " ".join(sentences[half:]), 48),
+                   "gpl3_text": windows(tok, LICENSE.read_text(), 48)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
@@ -45,12 +56,7 @@ def main() -> None:
     torch.manual_seed(0)
     path = cached_gguf()
     tok = AutoTokenizer.from_pretrained(path)
-    sentences = list(natural_sentences())
-    random.Random(0).shuffle(sentences)
-    half = len(sentences) // 2
-    calib_text, eval_text = " ".join(sentences[:half]), " ".join(sentences[half:])
-    calib = windows(tok, calib_text, 256)
-    sets = {"natural_sentences_heldout": windows(tok, eval_text, 48), "gpl3_text": windows(tok, LICENSE.read_text(), 48)}
+    calib, sets = texts(tok)
     rows = []
     variants = [("bf16", "bf16", None, 0), ("int4 rtn", "int4_weight", "rtn", 0),
                 ("int4 gptq, 4 batches", "int4_weight", "gptq", 4), ("int4 gptq, 16 batches", "int4_weight", "gptq", 16),

@@ -6,7 +6,6 @@ ppl.py; the linears' calibration is ppl.py's.
 """
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,9 +14,8 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ppl import LICENSE, perplexity, windows
+from ppl import perplexity, texts
 from sota.compress import quant
-from sota.data.sentences import natural_sentences
 from sota.formats.gguf import cached_gguf
 
 VARIANTS = [  # name, mode of the linears, algorithm, table mode, table group size, table by GPTQ
@@ -39,12 +37,7 @@ def main() -> None:
     torch.manual_seed(0)
     path = cached_gguf()
     tok = AutoTokenizer.from_pretrained(path)
-    sentences = list(natural_sentences())
-    random.Random(0).shuffle(sentences)
-    half = len(sentences) // 2
-    calib = windows(tok, " ".join(sentences[:half]), 256)
-    sets = {"natural_sentences_heldout": windows(tok, " ".join(sentences[half:]), 48),
-            "gpl3_text": windows(tok, LICENSE.read_text(), 48)}
+    calib, sets = texts(tok)
     batches = [torch.stack(calib[i * 4:(i + 1) * 4]) for i in range(16)]
     rows = []
     for name, mode, algorithm, table, group_size, table_by_gptq in VARIANTS:

@@ -100,6 +100,13 @@ def inner_k_tiles(in_features: int) -> int:
     raise ValueError(f"int4 compact layout: in_features {in_features} is not a multiple of 32")
 
 
+def int4pack_mm(x: torch.Tensor, qdata: torch.Tensor, group_size: int, scale_and_zero: torch.Tensor) -> torch.Tensor:
+    """bf16 ``x`` [M, in] times codes packed for ``qdata``'s device type: [M, rows of qdata]."""
+    if qdata.device.type == "cuda":
+        return torch.ops.aten._weight_int4pack_mm(x, qdata, group_size, scale_and_zero)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, qdata, group_size, scale_and_zero)
+
+
 class Int4Linear(nn.Module):
     """A linear layer whose weight is int4 codes packed for one device type (the ``compact`` layout)."""
 
@@ -129,9 +136,7 @@ class Int4Linear(nn.Module):
 
     def _mm(self, flat: torch.Tensor, scale_and_zero: torch.Tensor) -> torch.Tensor:
         """bf16 ``flat`` [M, in] times the packed codes under ``scale_and_zero``: [M, rows padded]."""
-        if self.qdata.device.type == "cuda":
-            return torch.ops.aten._weight_int4pack_mm(flat, self.qdata, self.group_size, scale_and_zero)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qdata, self.group_size, scale_and_zero)
+        return int4pack_mm(flat, self.qdata, self.group_size, scale_and_zero)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()   # the kernels read A contiguous

@@ -22,13 +22,6 @@ from sota.compress import gptq, int4
 TILE = {"cuda": 8, "cpu": 64}
 
 
-def _kernel(x: torch.Tensor, packed: torch.Tensor, table: int4.Int4Linear,
-            scale_and_zero: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cuda":
-        return torch.ops.aten._weight_int4pack_mm(x, packed, table.group_size, scale_and_zero)
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, table.group_size, scale_and_zero)
-
-
 def _gathered(table: int4.Int4Linear, flat: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
     """Rows `flat` from the table's whole tiles (a CUDA table has only those: nothing here waits on the GPU)."""
     tile = TILE[flat.device.type]
@@ -39,7 +32,7 @@ def _gathered(table: int4.Int4Linear, flat: torch.Tensor, eye: torch.Tensor) -> 
         width = table.qdata.shape[-1]
         packed = table.qdata[:table.qdata.shape[0] // tile * tile].view(-1, tile, width)[blocks].reshape(-1, width)
     picked = (blocks[:, None] * tile + torch.arange(tile, device=flat.device)).reshape(-1)
-    tiles_t = _kernel(eye, packed.contiguous(), table, table.scale_and_zero[:, picked].contiguous())
+    tiles_t = int4.int4pack_mm(eye, packed.contiguous(), table.group_size, table.scale_and_zero[:, picked].contiguous())
     return tiles_t[:, torch.arange(flat.numel(), device=flat.device) * tile + within].t()
 
 
@@ -57,7 +50,8 @@ def rows(table: int4.Int4Linear, ids: torch.Tensor) -> torch.Tensor:
     if head.numel():
         out[head] = _gathered(table, flat[head], eye)
     if tail.numel():
-        last = _kernel(eye, table.qdata[whole:].contiguous(), table, table.scale_and_zero[:, whole:].contiguous())
+        last = int4.int4pack_mm(eye, table.qdata[whole:].contiguous(), table.group_size,
+                                table.scale_and_zero[:, whole:].contiguous())
         out[tail] = last[:, flat[tail] - whole].t()
     return out.reshape(*ids.shape, table.in_features)
 

@@ -89,12 +89,9 @@ def gptq_codes(candidates: dict[str, dict[str, nn.Module]], cfg: Any, calibrate:
     gs = int(cfg.get("group_size", 128))
     linears = {f"{where}.{name}": lin for where, named in candidates.items() for name, lin in named.items()
                if lin.in_features % gs == 0}
-    sums, _ = gptq.hessians(linears.values(), calibrate)
-    unseen = [k for k, lin in linears.items() if id(lin) not in sums]
-    if unseen:
-        raise gptq.Unreached(f"quant=mixed with quant.algorithm=gptq: {len(unseen)} linear(s) saw no calibration "
-                             f"input (e.g. {unseen[0]}); exclude them with quant.skip")
-    return {k: gptq.gptq_round(lin.weight, sums[id(lin)], gs) for k, lin in linears.items()}
+    codes: dict[str, tuple] = {}
+    gptq.quantize(linears, gs, calibrate, lambda key, lin, q, scales, zeros: codes.update({key: (q, scales, zeros)}))
+    return codes
 
 
 def quantized_copy(lin: nn.Linear, mode: str, cfg: Any, device: str, quantize_root: Any,
@@ -194,12 +191,13 @@ def quantize(model: Any, cfg: Any, device: str, batches: list[dict], candidates:
                          "the map a run recorded; got neither")
     # Every linear's bytes in every mode first (quantizing is cheap, scoring is not): an unreachable budget is
     # refused before the first scoring pass.
+    notes = [] if notes is None else notes
     params = {f"{where}.{name}": lin.weight.numel() for where, linears in candidates.items()
               for name, lin in linears.items()}
     codes = None
     if cfg.get("algorithm", "rtn") == "gptq" and "int4_weight" in modes and calibrate is not None:
         codes = gptq_codes(candidates, cfg, calibrate)
-        (notes if notes is not None else []).append(
+        notes.append(
             f"quant=mixed: int4 scored and stored with GPTQ codes of {len(codes)} linears (one Hessian pass over "
             f"{len(batches)} calibration batches)")
     sizes = {f"{where}.{name}": {mode: _bytes(quantized_copy(lin, mode, cfg, device, quantize_root,
