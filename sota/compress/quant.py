@@ -411,7 +411,8 @@ def _torchao(root: nn.Module, mode: str, cfg: Any, patterns: list[str], notes: l
         quantize_(root, Int8WeightOnlyConfig(version=1), filter_fn=lambda m, fqn: id(m) in tables)
         first -= tables
         notes.append(f"{where}: int8 embeddings as torchao's AffineQuantizedTensor (this torchao's Int8Tensor has no "
-                     "embedding kernel); exports cannot hold that form")
+                     "embedding kernel, and it takes no padding index: dropped, as it only stops a gradient); "
+                     "exports cannot hold that form")
     if mode == "int4_weight" and cfg.get("algorithm", "rtn") == "awq":
         _awq(root, config, first, calibrate, notes, where)
     elif mode == "int4_weight" and cfg.get("algorithm", "rtn") == "gptq":
