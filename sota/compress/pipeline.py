@@ -79,7 +79,8 @@ def merge_tokens(model: AudioLLM, cfg: DictConfig) -> token_merge.TokenMerger | 
     tokens = cfg.get("tokens")
     if tokens is None or tokens.get("method", "none") == "none":
         return None
-    return model.merge_tokens(float(tokens.keep), int(tokens.layer), str(tokens.get("training", "none")))
+    return model.merge_tokens(float(tokens.keep), int(tokens.layer), str(tokens.get("training", "none")),
+                              str(tokens.get("grouping", "pairs")), str(tokens.get("attention", "plain")))
 
 
 def before_training(model: AudioLLM, cfg: DictConfig, calib: list[dict[str, Any]], device: str) -> dict[str, Any]:

@@ -169,13 +169,15 @@ class AudioLLM(nn.Module):
             self.__dict__["_decoders"] = cached  # not a submodule: no parameters, not in state_dict
         return cached
 
-    def merge_tokens(self, keep: float, layer: int, training: str = "none") -> TokenMerger:
+    def merge_tokens(self, keep: float, layer: int, training: str = "none", grouping: str = "pairs",
+                     attention: str = "plain") -> TokenMerger:
         """Merge audio tokens inside the LLM from decoder layer `layer` on (tokens=merge): at generation, and in
-        teacher-forced forwards too with `training="merge"`."""
+        teacher-forced forwards too with `training="merge"`; `grouping` and `attention` as in token_merge."""
         old = self.__dict__.pop("token_merger", None)
         if old is not None:
             old.remove()
-        merger = self.__dict__["token_merger"] = TokenMerger(self.llm, keep, layer, training)  # hooks, not a submodule
+        merger = TokenMerger(self.llm, keep, layer, training, grouping, attention)
+        self.__dict__["token_merger"] = merger   # hooks, not a submodule
         return merger
 
     def forget_compiled(self) -> None:

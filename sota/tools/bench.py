@@ -141,7 +141,7 @@ def build(cfg: DictConfig, device: str) -> tuple[Any, dict[str, Any]]:
     model.to(device)
     record = pipeline.after_training(model, cfg, record, device, calib=calib)
     if pipeline.merge_tokens(model, cfg) is not None:
-        record["tokens"] = {k: cfg.tokens[k] for k in ("method", "keep", "layer")}
+        record["tokens"] = {k: cfg.tokens.get(k) for k in ("method", "keep", "layer", "grouping", "attention")}
     if plan.mixed:
         record["quant"].setdefault("notes", []).append(
             "quant=mixed chose its map on noise calibration batches here: its speed and memory are measured, "
