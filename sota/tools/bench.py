@@ -3,6 +3,7 @@
     python -m sota.tools.bench [hydra overrides ...] [--modes official,strict] [--backends eager,compiled] [--out FILE]
     python -m sota.tools.bench --from EXPORT_DIR [--modes ...] [--out FILE]
     python -m sota.tools.bench --summarize FILE.json [FILE.json ...]
+    python -m sota.tools.bench --from EXPORT_DIR --memory-trace peak.json   # what the CUDA peak is made of
 
 Composes the config from the repo's conf/ (the same groups as run.py), builds the model with random or
 pretrained weights (speed does not depend on weight values, so no corpus and no training are needed),
@@ -305,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="EXPORT",
                         help="measure the model of an export directory (python -m sota.export), loaded in this "
                              "fresh process: the peak memory is what a user who loads it sees")
+    parser.add_argument("--memory-trace", type=Path, default=None, metavar="JSON",
+                        help="CUDA: record every allocation from loading to the end of the measurements, and write "
+                             "the blocks alive at the peak, grouped by the code that allocated them")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="JSON",
                         help="print one table of earlier --out files (one row per file and backend) and exit")
     args = parser.parse_intermixed_args(argv)
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
     picked = [m for m in (_selects_measure(o) for o in args.overrides) if m]
     modes = args.modes.split(",") if args.modes else (picked[-1:] or list(DEFAULT_MODES))
-    from sota.measure import latency
+    from sota.measure import latency, memory_trace
     from sota.measure.protocol import MODES
     from sota.models.decoding import BACKENDS
 
@@ -348,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         # stderr, as each phase ends: a run stopped by a time limit still says how far it got
         print(f"[bench +{time.perf_counter() - t0:.1f} s] {message}", file=sys.stderr, flush=True)
 
+    if args.memory_trace is not None:
+        if not device.startswith("cuda"):
+            parser.error(f"--memory-trace records the CUDA allocator; the device here is {device}")
+        memory_trace.start(device)
     torch.manual_seed(int(first.get("seed", 0)))
     if args.from_dir is not None:
         from sota.export import read
@@ -364,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode, cfg in configs.items():
             r = results[f"{backend}/{mode}"] = latency.measure(model, cfg.measure, device, backend=backend)
             progress(f"{backend}/{mode}: TTFT {_fmt(r['ttft_ms'], 2)} ms, TPOT {_fmt(r['tpot_ms'], 2)} ms")
+    trace = memory_trace.finish(args.memory_trace, device) if args.memory_trace is not None else None
     llm_bytes = footprint(model.llm)["weight_bytes"]
     hf_ms = hf_generate_ms_per_token(model, device) if args.hf_generate else None
     if args.hf_generate:
@@ -379,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     for key, r in results.items():
         for note in r.get("notes") or []:
             print(f"- {key}: {note}")
+    if trace is not None:
+        print(f"\n## memory at the peak ({args.memory_trace})\n{memory_trace.table(trace)}")
     profile = profile_decode(model, args.profile, device) if args.profile else None
     if profile:
         print(f"\n## decode step kernels ({args.profile}, without its graph, 20 steps)\n{profile}")
@@ -389,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": sizes, "llm_weight_bytes": llm_bytes, "compression": record,
             "hf_generate_ms_per_token": hf_ms, "copy_bandwidth_gbs": bandwidth, "floor_ms_per_token": floor_ms,
             "measure": {mode: as_dict(cfg.measure) for mode, cfg in configs.items()},
-            "results": results, "profile": profile, "versions": versions(),
+            "results": results, "profile": profile, "memory_trace": trace, "versions": versions(),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
