@@ -134,3 +134,73 @@ def test_int4_weights_are_fused_and_compiled_decoding_keeps_its_answers():
     after = model.llm.state_dict()
     for k, v in state.items():
         assert torch.equal(after[k].qdata, v.qdata) and torch.equal(after[k].scale_and_zero, v.scale_and_zero), k
+
+
+def compact_int4(hidden=64, group_size=32):
+    model = model_of(hidden=hidden)
+    quant.quantize(model, qcfg("int4_weight", group_size=group_size, int4_layout="compact"), "cpu")
+    return frozen(model)
+
+
+def test_compact_int4_groups_are_packed_as_one_layer_and_unfused_to_the_same_codes():
+    from sota.compress.int4 import Int4Linear
+
+    model = compact_int4()
+    attn = model.llm.model.layers[0].self_attn
+    codes = {n: [t.clone() for t in m.codes()] for n, m in model.llm.named_modules() if isinstance(m, Int4Linear)}
+    before = llm_logits(model.llm)
+    layers = model.llm.config.num_hidden_layers
+    assert fuse.fuse(model.llm) == {"qkv": layers, "gate_up": layers}
+    fused = attn.qkv_fused
+    assert isinstance(fused, fuse.FusedInt4Linear) and isinstance(fused.layer, Int4Linear)
+    assert fused.layer.out_features == 64 + 2 * 32 and fused.parts == [64, 32, 32]
+    # the same codes in one layer: each member's rows of the product are its own product, to the bit
+    assert torch.equal(llm_logits(model.llm), before)
+    x = torch.randn(1, 3, 64)
+    with torch.no_grad():
+        want = attn.v_proj(x)                                       # out of order: its own rows
+        got = [m(x) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+    assert torch.equal(got[2], want)
+    assert fuse.unfuse(model.llm) == 2 * layers
+    after = {n: m.codes() for n, m in model.llm.named_modules() if isinstance(m, Int4Linear)}
+    assert after.keys() == codes.keys()
+    for name, (q, scales, zeros) in codes.items():
+        assert all(torch.equal(a, b) for a, b in zip(after[name], (q, scales, zeros))), name
+    assert torch.equal(llm_logits(model.llm), before)
+
+
+def test_compact_int4_of_another_group_size_is_left_unfused():
+    from sota.compress.int4 import Int4Linear
+
+    model = compact_int4()
+    mlp = model.llm.model.layers[0].mlp
+    q, scales, zeros = mlp.up_proj.codes()
+    mlp.up_proj = Int4Linear.from_codes(q, scales[:, ::2], zeros[:, ::2], 64)     # groups of 64, not 32
+    counts = fuse.fuse(model.llm)
+    layers = model.llm.config.num_hidden_layers
+    assert counts == {"qkv": layers, "gate_up": layers - 1}
+    assert isinstance(mlp.gate_proj, Int4Linear)
+
+
+def test_the_compiled_backend_fuses_compact_int4_and_keeps_the_answers():
+    model = compact_int4()
+    seconds, tasks = [0.4, 2.0], ["asr", "aac"]
+    eager = answers(model, seconds, tasks, "eager")
+    compiled = answers(model, seconds, tasks, "compiled")      # on a CPU: the static loop over fused int4 groups
+    assert fuse.is_fused(model.llm) and model.static_decoders("compiled", 12).fused.startswith("compiled: qkv")
+    assert compiled == answers(model, seconds, tasks, "static")
+    assert eager and compiled
+
+
+@pytest.mark.gpu
+@CUDA
+def test_compact_int4_groups_fuse_on_cuda_to_the_same_logits():
+    model = model_of(hidden=256).cuda()
+    quant.quantize(model, qcfg("int4_weight", group_size=64, int4_layout="compact"), "cuda")
+    frozen(model)
+    before = llm_logits(model.llm)
+    assert fuse.fuse(model.llm)["qkv"] > 0
+    assert isinstance(model.llm.model.layers[0].self_attn.qkv_fused, fuse.FusedInt4Linear)
+    torch.testing.assert_close(llm_logits(model.llm), before, rtol=1e-2, atol=1e-2)
+    fuse.unfuse(model.llm)
+    torch.testing.assert_close(llm_logits(model.llm), before, rtol=0, atol=0)

@@ -12,9 +12,11 @@ group computes the fused product and keeps the slices, the others hand theirs ba
 input (a forward that does not follow that order) computes its own rows of the fused weight instead.
 
 Weights are concatenated as they are: float tensors with `torch.cat`, torchao's int8 and int4 (tinygemm) tensors
-through their flattened inner tensors (`ROW_DIMS` says where each keeps its output rows), so a quantized model is
-fused without a float copy. `unfuse` slices the rows back (torchao implements slicing for both), so what is
-exported or saved has transformers' own layout.
+through their flattened inner tensors (`ROW_DIMS` says where each keeps its output rows), compact int4 layers
+(`sota.compress.int4.Int4Linear`) by stacking their codes, scales and zeros and packing them once, so a
+quantized model is fused without a float copy. `unfuse` slices the rows back (torchao implements slicing for
+both; compact codes are read back exactly and packed per member), so what is exported or saved has
+transformers' own layout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import logging
 
 import torch
 from torch import nn
+
+from sota.compress.int4 import Int4Linear
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,54 @@ class FusedLinear(nn.Module):
         start = sum(self.parts[:i])
         return start, start + self.parts[i]
 
+    def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Member `i`'s output for an input the group did not compute: its own rows of the fused weight."""
+        start, stop = self.rows(i)
+        bias = None if self.bias is None else self.bias[start:stop]
+        return nn.functional.linear(x, self.weight[start:stop], bias)
+
+    def member(self, i: int) -> nn.Module:
+        """Member `i` as a layer of its own again: a plain linear holding its rows (sliced in the weight's layout)."""
+        start, stop = self.rows(i)
+        weight = _owned(self.weight.detach()[start:stop])
+        lin = nn.Linear(weight.shape[1], stop - start, bias=self.bias is not None, device="meta")
+        lin.weight = nn.Parameter(weight, requires_grad=False)
+        if self.bias is not None:
+            lin.bias = nn.Parameter(self.bias.detach()[start:stop].clone(), requires_grad=False)
+        return lin
+
     def extra_repr(self) -> str:
         return f"parts={self.parts}"
+
+
+class FusedInt4Linear(FusedLinear):
+    """A fused group of compact int4 layers (`Int4Linear`): their codes, scales and zeros stacked along the
+    output rows and packed as one layer, so the group is one int4 kernel call."""
+
+    def __init__(self, members: list[Int4Linear]) -> None:
+        nn.Module.__init__(self)
+        codes = [m.codes() for m in members]
+        q, scales, zeros = (torch.cat([c[j] for c in codes]) for j in range(3))
+        bias = None if members[0].bias is None else torch.cat([m.bias.detach() for m in members])
+        self.layer = Int4Linear.from_codes(q, scales, zeros, members[0].group_size, bias)
+        self.weight, self.bias = None, None
+        self.parts = [m.out_features for m in members]
+        self._input, self._outputs = None, ()
+
+    def compute(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._input = x
+        self._outputs = self.layer(x).split(self.parts, dim=-1)
+        return self._outputs
+
+    def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        start, stop = self.rows(i)
+        return self.layer(x)[..., start:stop]
+
+    def member(self, i: int) -> nn.Module:
+        start, stop = self.rows(i)
+        q, scales, zeros = self.layer.codes()
+        bias = None if self.layer.bias is None else self.layer.bias.detach()[start:stop]
+        return Int4Linear.from_codes(q[start:stop], scales[start:stop], zeros[start:stop], self.layer.group_size, bias)
 
 
 class FusedPart(nn.Module):
@@ -79,9 +129,7 @@ class FusedPart(nn.Module):
             if self.index == len(owner.parts) - 1:   # the group is done: do not keep its activations
                 owner._input, owner._outputs = None, ()
             return out
-        start, stop = owner.rows(self.index)
-        bias = None if owner.bias is None else owner.bias[start:stop]
-        return nn.functional.linear(x, owner.weight[start:stop], bias)
+        return owner.part(x, self.index)
 
 
 def cat_rows(weights: list[torch.Tensor]) -> torch.Tensor:
@@ -114,9 +162,15 @@ def cat_rows(weights: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _fusable(members: list[nn.Module]) -> bool:
-    # Plain linears only (adapters, bitsandbytes and hooked wrappers keep their own forwards), frozen.
-    return all(type(m) is nn.Linear and not m.weight.requires_grad for m in members) and \
-        len({m.in_features for m in members}) == 1 and len({m.bias is None for m in members}) == 1
+    # Plain frozen linears (adapters, bitsandbytes and hooked wrappers keep their own forwards), or compact int4
+    # layers of one group size on one device type.
+    if all(type(m) is Int4Linear for m in members):
+        kinds = {(m.in_features, m.bias is None, m.group_size, m.qdata.device.type) for m in members}
+    elif all(type(m) is nn.Linear and not m.weight.requires_grad for m in members):
+        kinds = {(m.in_features, m.bias is None) for m in members}
+    else:
+        return False
+    return len(kinds) == 1
 
 
 def fuse(llm: nn.Module) -> dict[str, int]:
@@ -129,13 +183,16 @@ def fuse(llm: nn.Module) -> dict[str, int]:
             members = [getattr(parent, n, None) for n in names]
             if any(m is None for m in members) or not _fusable(members):
                 continue
-            try:
-                weight = cat_rows([m.weight for m in members])
-            except Unfusable as err:
-                skipped.setdefault(str(err), f"{parent_name}.{kind}")
-                continue
-            bias = None if members[0].bias is None else torch.cat([m.bias.detach() for m in members])
-            owner = FusedLinear(weight, bias, [m.out_features for m in members])
+            if type(members[0]) is Int4Linear:
+                owner: FusedLinear = FusedInt4Linear(members)
+            else:
+                try:
+                    weight = cat_rows([m.weight for m in members])
+                except Unfusable as err:
+                    skipped.setdefault(str(err), f"{parent_name}.{kind}")
+                    continue
+                bias = None if members[0].bias is None else torch.cat([m.bias.detach() for m in members])
+                owner = FusedLinear(weight, bias, [m.out_features for m in members])
             setattr(parent, f"{kind}_fused", owner)
             for i, name in enumerate(names):
                 setattr(parent, name, FusedPart(owner, i))
@@ -164,13 +221,7 @@ def unfuse(llm: nn.Module) -> int:
             if not isinstance(owner, FusedLinear):
                 continue
             for i, name in enumerate(names):
-                start, stop = owner.rows(i)
-                weight = _owned(owner.weight.detach()[start:stop])
-                lin = nn.Linear(weight.shape[1], stop - start, bias=owner.bias is not None, device="meta")
-                lin.weight = nn.Parameter(weight, requires_grad=False)
-                if owner.bias is not None:
-                    lin.bias = nn.Parameter(owner.bias.detach()[start:stop].clone(), requires_grad=False)
-                setattr(parent, name, lin)
+                setattr(parent, name, owner.member(i))
             delattr(parent, f"{kind}_fused")
             count += 1
     return count
