@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from sota.models import rotary
 from sota.models.blocks import transformer_layers
 from sota.models.connector import WindowConnector
 from sota.models.decoding import Decoders, cut_at_stop, fallback_reason, llm_call_keywords
@@ -27,6 +28,7 @@ class AudioLLM(nn.Module):
         self.encoder = encoder
         self.connector = connector
         self.llm = llm
+        rotary.use_broadcast(llm)   # no cuBLAS call for the rotary tables (sota.models.rotary says why)
         self.tokenizer = tokenizer
         self.prompt = PromptBuilder(tokenizer, prompts, prompt_template)
 
