@@ -152,7 +152,7 @@ def test_compact_int4_groups_are_packed_as_one_layer_and_unfused_to_the_same_cod
     layers = model.llm.config.num_hidden_layers
     assert fuse.fuse(model.llm) == {"qkv": layers, "gate_up": layers}
     fused = attn.qkv_fused
-    assert isinstance(fused, fuse.FusedInt4Linear) and isinstance(fused.layer, Int4Linear)
+    assert isinstance(fused, fuse.FusedStack) and isinstance(fused.layer, Int4Linear)
     assert fused.layer.out_features == 64 + 2 * 32 and fused.parts == [64, 32, 32]
     # the same codes in one layer: each member's rows of the product are its own product, to the bit
     assert torch.equal(llm_logits(model.llm), before)
@@ -200,7 +200,7 @@ def test_compact_int4_groups_fuse_on_cuda_to_the_same_logits():
     frozen(model)
     before = llm_logits(model.llm)
     assert fuse.fuse(model.llm)["qkv"] > 0
-    assert isinstance(model.llm.model.layers[0].self_attn.qkv_fused, fuse.FusedInt4Linear)
+    assert isinstance(model.llm.model.layers[0].self_attn.qkv_fused, fuse.FusedStack)
     torch.testing.assert_close(llm_logits(model.llm), before, rtol=1e-2, atol=1e-2)
     fuse.unfuse(model.llm)
     torch.testing.assert_close(llm_logits(model.llm), before, rtol=0, atol=0)

@@ -173,6 +173,27 @@ class Int4Linear(nn.Module):
         scales, zeros = self.scale_and_zero.unbind(-1)
         return q, scales.t()[:n].contiguous(), zeros.t()[:n].contiguous()
 
+    def stack_key(self) -> tuple:
+        """Layers with equal keys can be stacked into one (`stacked`)."""
+        return self.in_features, self.group_size, self.qdata.device.type, self.bias is None
+
+    @classmethod
+    def stacked(cls, layers: list[Int4Linear]) -> Int4Linear:
+        """One layer holding `layers`' output rows in order, their codes packed once (fused projections,
+        `sota.models.fuse`): each row of its product is that layer's row."""
+        if len({layer.stack_key() for layer in layers}) != 1:
+            raise ValueError("Int4Linear.stacked: the layers differ in input width, group size, device or bias")
+        codes = [layer.codes() for layer in layers]
+        q, scales, zeros = (torch.cat([c[j] for c in codes]) for j in range(3))
+        bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers])
+        return cls.from_codes(q, scales, zeros, layers[0].group_size, bias)
+
+    def rows(self, start: int, stop: int) -> Int4Linear:
+        """Output rows [start, stop) as a layer of their own, with the same codes."""
+        q, scales, zeros = self.codes()
+        bias = None if self.bias is None else self.bias.detach()[start:stop]
+        return Int4Linear.from_codes(q[start:stop], scales[start:stop], zeros[start:stop], self.group_size, bias)
+
     def to_linear(self) -> nn.Linear:
         """A float (bf16) nn.Linear of the same weight and bias."""
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")

@@ -13,7 +13,7 @@ input (a forward that does not follow that order) computes its own rows of the f
 
 Weights are concatenated as they are: float tensors with `torch.cat`, torchao's int8 and int4 (tinygemm) tensors
 through their flattened inner tensors (`ROW_DIMS` says where each keeps its output rows), compact int4 layers
-(`sota.compress.int4.Int4Linear`) by stacking their codes, scales and zeros and packing them once, so a
+(`Int4Linear.stacked`) by stacking their codes, scales and zeros and packing them once, so a
 quantized model is fused without a float copy. `unfuse` slices the rows back (torchao implements slicing for
 both; compact codes are read back exactly and packed per member), so what is exported or saved has
 transformers' own layout.
@@ -25,8 +25,6 @@ import logging
 
 import torch
 from torch import nn
-
-from sota.compress.int4 import Int4Linear
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +80,13 @@ class FusedLinear(nn.Module):
         return f"parts={self.parts}"
 
 
-class FusedInt4Linear(FusedLinear):
-    """A fused group of compact int4 layers (`Int4Linear`): their codes, scales and zeros stacked along the
-    output rows and packed as one layer, so the group is one int4 kernel call."""
+class FusedStack(FusedLinear):
+    """A fused group of layers whose type stacks them itself (`stacked`, `rows`, `stack_key`: compact int4's
+    `Int4Linear`, which stacks codes, scales and zeros and packs them once): the group is one layer call."""
 
-    def __init__(self, members: list[Int4Linear]) -> None:
+    def __init__(self, members: list[nn.Module]) -> None:
         nn.Module.__init__(self)
-        codes = [m.codes() for m in members]
-        q, scales, zeros = (torch.cat([c[j] for c in codes]) for j in range(3))
-        bias = None if members[0].bias is None else torch.cat([m.bias.detach() for m in members])
-        self.layer = Int4Linear.from_codes(q, scales, zeros, members[0].group_size, bias)
+        self.layer = type(members[0]).stacked(members)
         self.weight, self.bias = None, None
         self.parts = [m.out_features for m in members]
         self._input, self._outputs = None, ()
@@ -106,10 +101,7 @@ class FusedInt4Linear(FusedLinear):
         return self.layer(x)[..., start:stop]
 
     def member(self, i: int) -> nn.Module:
-        start, stop = self.rows(i)
-        q, scales, zeros = self.layer.codes()
-        bias = None if self.layer.bias is None else self.layer.bias.detach()[start:stop]
-        return Int4Linear.from_codes(q[start:stop], scales[start:stop], zeros[start:stop], self.layer.group_size, bias)
+        return self.layer.rows(*self.rows(i))
 
 
 class FusedPart(nn.Module):
@@ -161,11 +153,16 @@ def cat_rows(weights: list[torch.Tensor]) -> torch.Tensor:
                                      shape, None)
 
 
+def _stacks(module: nn.Module) -> bool:
+    """Whether `module`'s type stacks layers of its kind itself (FusedStack)."""
+    return callable(getattr(type(module), "stacked", None)) and callable(getattr(module, "stack_key", None))
+
+
 def _fusable(members: list[nn.Module]) -> bool:
-    # Plain frozen linears (adapters, bitsandbytes and hooked wrappers keep their own forwards), or compact int4
-    # layers of one group size on one device type.
-    if all(type(m) is Int4Linear for m in members):
-        kinds = {(m.in_features, m.bias is None, m.group_size, m.qdata.device.type) for m in members}
+    # Plain frozen linears (adapters, bitsandbytes and hooked wrappers keep their own forwards), or layers of a
+    # type that stacks its own kind (compact int4) with equal stack keys.
+    if _stacks(members[0]) and len({type(m) for m in members}) == 1:
+        kinds = {m.stack_key() for m in members}
     elif all(type(m) is nn.Linear and not m.weight.requires_grad for m in members):
         kinds = {(m.in_features, m.bias is None) for m in members}
     else:
@@ -183,8 +180,8 @@ def fuse(llm: nn.Module) -> dict[str, int]:
             members = [getattr(parent, n, None) for n in names]
             if any(m is None for m in members) or not _fusable(members):
                 continue
-            if type(members[0]) is Int4Linear:
-                owner: FusedLinear = FusedInt4Linear(members)
+            if _stacks(members[0]):
+                owner: FusedLinear = FusedStack(members)
             else:
                 try:
                     weight = cat_rows([m.weight for m in members])
