@@ -230,3 +230,14 @@ def test_a_model_with_every_part_in_int4_answers_without_a_dense_matrix_product(
     # the probe sees the products of a model that has them: the encoder left in float
     partial, _, _ = rebuild.configured_model([*COMPACT, *PARTS[1:2], "quant.parts.embeddings=int4_weight"], "cpu")
     assert any(op in ("mm", "addmm", "linear", "bmm") for op, _ in _dense_products(partial, batches))
+
+
+def test_a_part_in_its_own_group_size_loads_back_the_same(tmp_path, batches):
+    model, cfg, record = rebuild.configured_model(
+        [*COMPACT, *ALL_INT4, "quant.group_size=64", "quant.part_group_size.encoder=32"], "cpu")
+    spec = write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
+    assert spec["quant"]["parts"]["encoder"]["group_size"] == 32 and spec["quant"]["group_size"] == 64
+    loaded = sota.load(str(tmp_path / "out"))
+    for part, size in (("encoder", 32), ("connector", 64), ("llm", 64)):
+        assert {m.group_size for m in getattr(loaded, part).modules() if isinstance(m, int4.Int4Linear)} == {size}
+    assert torch.equal(_logits(loaded, batches), _logits(model, batches))

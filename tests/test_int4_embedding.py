@@ -117,3 +117,44 @@ def test_rows_of_a_cuda_table_come_out_exactly_as_the_codes_dequantize():
         ids[0, :2] = torch.tensor([0, n - 1])
         want = int4.dequantize(q, scales, zeros, group_size)[ids].to(torch.bfloat16)
         assert torch.equal(rows(table, ids), want), (n, k)
+
+
+def test_a_part_takes_its_own_int4_group_size(compose_cfg, batch):
+    from sota.config import validate
+    from sota.errors import ConfigError
+
+    cfg = qcfg("int4_weight", group_size=64, parts={"encoder": "int4_weight", "connector": "int4_weight"},
+               part_group_size={"encoder": 32})
+    model = model_of(hidden=64)
+    rec = quant.quantize(model, cfg, "cpu")
+    sizes = {part: {m.group_size for m in getattr(model, part).modules() if isinstance(m, int4.Int4Linear)}
+             for part in ("encoder", "connector", "llm")}
+    assert sizes == {"encoder": {32}, "connector": {64}, "llm": {64}}
+    assert any("quant.parts.encoder: int4 in groups of 32" in n for n in rec["notes"])
+    assert torch.isfinite(logits(model, batch)).all()
+    # checked before anything is built: a size the kernels lack, a part that is not int4, an unknown part
+    good = compose_cfg("quant=int4_weight", "quant.group_size=64", "quant.parts.encoder=int4_weight",
+                       "quant.part_group_size.encoder=32")
+    validate(good)
+    for overrides, message in (
+            (["quant.part_group_size.encoder=48"], r"quant\.part_group_size\.encoder must be null or one of 32"),
+            (["quant.parts.encoder=int8_weight", "quant.part_group_size.encoder=32"],
+             r"needs quant\.parts\.encoder=int4_weight \(got int8_weight\)"),
+            (["+quant.part_group_size.llm=32"], r"quant\.part_group_size: unknown part 'llm'")):
+        with pytest.raises(ConfigError, match=message):
+            validate(compose_cfg("quant=int4_weight", "quant.parts.encoder=int4_weight", *overrides))
+
+
+def test_the_planner_counts_a_part_in_its_own_group_size(compose_cfg):
+    from sota.plan import plan
+
+    base = ["model=tiny", "quant=int4_weight", "quant.int4_layout=compact", "quant.group_size=64",
+            "quant.parts.encoder=int4_weight"]
+    def int4_rows(*overrides):
+        return {r.part: r for r in plan(compose_cfg(*base, *overrides), device="cpu").weights
+                if r.kind == "int4_weight"}
+
+    coarse, fine = int4_rows(), int4_rows("quant.part_group_size.encoder=32")
+    assert fine["llm"] == coarse["llm"] and fine["encoder"].params == coarse["encoder"].params
+    n = fine["encoder"].params    # twice the groups, each a bf16 scale and zero (2 + 2 bytes)
+    assert fine["encoder"].bytes - coarse["encoder"].bytes == n // 32 * 4 - n // 64 * 4

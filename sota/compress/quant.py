@@ -167,6 +167,32 @@ def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
                 int4.resolve_layout(cfg.get("int4_layout", "auto"), _device_type(device)) != "compact":
             out.append("quant.parts.embeddings=int4_weight reads token rows through the compact int4 layout: set "
                        f"quant.int4_layout=compact (got {cfg.get('int4_layout', 'auto')} on {_device_type(device)})")
+    for part, gs in (cfg.get("part_group_size") or {}).items():
+        if gs is None:
+            continue
+        if part not in PARTS:
+            out.append(f"quant.part_group_size: unknown part {part!r}; parts are {', '.join(PARTS)}")
+        elif gs not in (32, 64, 128, 256):
+            out.append(f"quant.part_group_size.{part} must be null or one of 32, 64, 128, 256 (int4 kernels), got {gs!r}")
+        elif parts(cfg).get(part) != "int4_weight":
+            out.append(f"quant.part_group_size.{part}={gs} sets an int4 group size: it needs "
+                       f"quant.parts.{part}=int4_weight (got {parts(cfg).get(part)})")
+
+
+def group_size(cfg: Any, part: str | None = None) -> int:
+    """int4's group size for `part` (quant.part_group_size, for the parts of quant.parts), else quant.group_size."""
+    own = (cfg.get("part_group_size") or {}).get(part) if part is not None else None
+    return int(own if own is not None else cfg.get("group_size", 128))
+
+
+def _with_group_size(cfg: Any, part: str) -> Any:
+    """`cfg` with `part`'s own int4 group size as its group_size."""
+    own = group_size(cfg, part)
+    if own == int(cfg.get("group_size", 128)):
+        return cfg
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)) if OmegaConf.is_config(cfg) else dict(cfg)
+    plain["group_size"] = own
+    return plain
 
 
 def is_qlora_base(cfg: Any) -> bool:
@@ -684,16 +710,18 @@ def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str], ca
     if algorithm != "rtn" and not by_gptq and "int4_weight" in parts(cfg).values():
         notes.append(f"quant.parts: int4 by round-to-nearest (quant.algorithm={algorithm} is for the targets"
                      f"{'' if algorithm != 'gptq' else '; no calibration batches here'})")
-    cfg_parts = rtn_config(cfg)
     for part, mode in parts(cfg).items():
+        own = _with_group_size(cfg, part) if mode == "int4_weight" else cfg
+        if own is not cfg:
+            notes.append(f"quant.parts.{part}: int4 in groups of {group_size(cfg, part)} (quant.part_group_size)")
+        cfg_parts = rtn_config(own)
         if part == "embeddings" and mode == "int4_weight":
-            done = int4_embedding.quantize_tables(model.llm, int(cfg.get("group_size", 128)),
-                                                  calibrate if by_gptq else None)
+            done = int4_embedding.quantize_tables(model.llm, group_size(cfg, part), calibrate if by_gptq else None)
             notes.extend(f"llm.{d}" for d in done)
             n += len(done)
         elif mode == "int4_weight" and by_gptq:
             try:
-                n += _quantize_root(getattr(model, part), mode, cfg, [], device, notes, part, calibrate)
+                n += _quantize_root(getattr(model, part), mode, own, [], device, notes, part, calibrate)
             except gptq.Unreached as e:
                 notes.append(f"quant.parts.{part}: int4 by round-to-nearest, not GPTQ ({e})")
                 n += _quantize_root(getattr(model, part), mode, cfg_parts, [], device, notes, part)

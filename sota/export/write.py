@@ -60,7 +60,8 @@ def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
     mode = q.get("mode", "none") if q is not None else "none"
     chosen = quant.parts(q) if q is not None else {}
     parts = {part: {"mode": m, "half": _dtype_name(quant.half_dtype({"mode": m, "cuda_dtype": q.get("cuda_dtype")},
-                                                                     device))}
+                                                                     device)),
+                    **({"group_size": quant.group_size(q, part)} if m == "int4_weight" else {})}
              for part, m in chosen.items()}
     # int4's layout, as quantization resolved it on `device`: torchao's (CUDA only) or sota's compact one
     int4_layout = (("compact" if quant.uses_compact_int4(q, device) else "torchao")

@@ -105,7 +105,7 @@ def _quantized(root: nn.Module, mode: str, q: Any, patterns: list[str], part: st
             continue
         if not isinstance(m, kinds) or type(m).__name__ == "LowRankLinear":
             continue
-        if mode == "int4_weight" and m.in_features % int(q.get("group_size", 128)):
+        if mode == "int4_weight" and m.in_features % quant.group_size(q, part):
             continue  # kept in bf16, as quant.py notes
         chosen[id(m)] = m
     return chosen
@@ -150,7 +150,7 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
                     kind = modes["embeddings"] if id(m) in embeds else mode
                     dtype = half or p.dtype
                     n_out, n_in = p.shape[0], p.shape[1]
-                    b = layer_bytes(kind, n_out, n_in, dtype, int(q.get("group_size", 128)),
+                    b = layer_bytes(kind, n_out, n_in, dtype, quant.group_size(q, "embeddings" if id(m) in embeds else part),
                                     embedding=isinstance(m, nn.Embedding), int4_layout=layout, device_type=kind_dev)
                     acc[(part, kind)][0] += p.numel()
                     acc[(part, kind)][1] += b

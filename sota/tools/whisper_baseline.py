@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +31,12 @@ def transcribe(manifest: str | Path, model_ref: str = MODEL, batch_size: int = 1
     local = resolve_pretrained(model_ref, key="model")
     processor = WhisperProcessor.from_pretrained(local, local_files_only=True)
     model = WhisperForConditionalGeneration.from_pretrained(local, local_files_only=True).eval()
-    samples = [s for s in read_manifest(manifest, tasks=["asr"]) if s.text]
+    return greedy(model, processor, [s for s in read_manifest(manifest, tasks=["asr"]) if s.text], batch_size)
+
+
+@torch.no_grad()
+def greedy(model: Any, processor: Any, samples: list, batch_size: int = 16) -> list[dict]:
+    """`transcribe`'s rows for `samples` (speech rows of a manifest) with a Whisper model already loaded."""
     rows = []
     for start in range(0, len(samples), batch_size):
         batch = samples[start:start + batch_size]
