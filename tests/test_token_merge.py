@@ -95,6 +95,14 @@ def test_settings_are_checked():
     assert "generate.backend=eager" in out[2] and "merge" in out[3]
     with pytest.raises(ValueError, match="decoder layers"):
         decisive_model(0).merge_tokens(keep=0.5, layer=99)
+    # layer 0's cache sizes transformers' decode masks: generation cannot merge before it
+    model = decisive_model(0)
+    model.merge_tokens(keep=0.5, layer=0)
+    with pytest.raises(RuntimeError, match="merge from layer 1 on to generate"):
+        answers(model, [2.0], ["asr"], "eager")
+    out = []
+    token_merge.validate(OmegaConf.create({"method": "merge", "keep": 0.7, "layer": 0}), None, out)
+    assert len(out) == 1 and "tokens.layer must be a decoder layer index >= 1" in out[0]
 
 
 def test_cached_decoding_over_merged_tokens_equals_full_forwards_with_the_same_merge():

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 METHODS = ("none", "merge")
 TRAINING = ("none", "merge")   # teacher-forced forwards: unmerged, or merged as at generation
+# transformers sizes a decode step's attention mask by layer 0's cache, so generation needs that cache to keep
+# every position: merging before layer 0 serves teacher-forced forwards only.
+FIRST_LAYER = 1
 GROUPING = ("pairs", "runs")   # which neighbours may merge: disjoint pairs, or runs of adjacent tokens
 ATTENTION = ("plain", "proportional")   # a merged token's attention logits: as one token, or + log(its size)
 
@@ -81,8 +84,9 @@ def validate(cfg: Any, generate: Any, out: list[str], recover: str = "lora") -> 
         what = "[0.5, 1) (the share of audio tokens kept; one merge per pair)" if grouping == "pairs" else \
             "(0, 1) (the share of audio tokens kept)"
         out.append(f"tokens.keep must be in {what}, got {keep!r}")
-    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-        out.append(f"tokens.layer must be a decoder layer index >= 0 (merging happens before it), got {layer!r}")
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < FIRST_LAYER:
+        out.append(f"tokens.layer must be a decoder layer index >= {FIRST_LAYER} (merging happens before it; layer 0 "
+                   f"keeps every position because transformers sizes decode steps' masks by its cache), got {layer!r}")
     if generate is not None:
         backend, beams = generate.get("backend", "eager"), generate.get("num_beams", 1)
         if backend != "eager" or beams != 1:
@@ -258,6 +262,10 @@ class TokenMerger:
             if self.kept is None or (self.kept.shape[1] == self.prompt_len and self.hide is None
                                      and self.size is None):
                 return args, kwargs
+            if i < FIRST_LAYER and hidden.shape[1] == 1:
+                raise RuntimeError(f"tokens.layer={self.layer}: a decode step needs layer 0's KV cache to keep every "
+                                   f"position (transformers sizes its attention mask by it); merge from layer "
+                                   f"{FIRST_LAYER} on to generate")
             return args, self._cut(kwargs, hidden, i)
         return hook
 
