@@ -185,14 +185,17 @@ def group_size(cfg: Any, part: str | None = None) -> int:
     return int(own if own is not None else cfg.get("group_size", 128))
 
 
+def _with(cfg: Any, key: str, value: Any) -> Any:
+    """A copy of `cfg` with `key` set to `value`."""
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)) if OmegaConf.is_config(cfg) else dict(cfg)
+    plain[key] = value
+    return plain
+
+
 def _with_group_size(cfg: Any, part: str) -> Any:
     """`cfg` with `part`'s own int4 group size as its group_size."""
     own = group_size(cfg, part)
-    if own == int(cfg.get("group_size", 128)):
-        return cfg
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)) if OmegaConf.is_config(cfg) else dict(cfg)
-    plain["group_size"] = own
-    return plain
+    return cfg if own == group_size(cfg) else _with(cfg, "group_size", own)
 
 
 def is_qlora_base(cfg: Any) -> bool:
@@ -616,11 +619,7 @@ def _quantize_root(root: nn.Module, mode: str, cfg: Any, patterns: list[str], de
 def rtn_config(cfg: Any) -> Any:
     """`cfg` with int4 chosen by round-to-nearest: for what calibration does not reach (single linears scored
     alone, parts quantized after the targets)."""
-    if cfg.get("algorithm", "rtn") == "rtn":
-        return cfg
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)) if OmegaConf.is_config(cfg) else dict(cfg)
-    plain["algorithm"] = "rtn"
-    return plain
+    return cfg if cfg.get("algorithm", "rtn") == "rtn" else _with(cfg, "algorithm", "rtn")
 
 
 def _plain(cfg: Any) -> dict[str, Any]:

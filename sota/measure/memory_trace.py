@@ -9,24 +9,21 @@ a one-off allocation (a library's workspace, a cache) stands out by its stack.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
+
+from sota.utils.io import atomic_write_json
 
 MIB = 2 ** 20
 MAX_EVENTS = 2_000_000   # the history's ring buffer; a replay of a truncated history would miss frees
 OWN = ("sota/", "transformers/", "torch/nn/", "peft/", "torchao/")   # frames worth naming a block by
 
 
-def start(device: str) -> None:
+def start() -> None:
     """Record allocations and frees on CUDA from now on, with their Python stacks."""
     import torch
 
-    if not device.startswith("cuda"):
-        raise ValueError(f"--memory-trace records the CUDA allocator; the device here is {device}")
     torch.cuda.memory._record_memory_history(max_entries=MAX_EVENTS, stacks="python")
 
 
@@ -82,11 +79,7 @@ def finish(path: Path, device: str) -> dict[str, Any]:
     if report["events"] >= MAX_EVENTS:
         report["note"] = (f"the history kept its last {MAX_EVENTS} events only: blocks allocated before them are "
                           "missing and the peak may be understated")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, report)
     return report
 
 

@@ -53,8 +53,11 @@ class FusedLinear(nn.Module):
 
     def compute(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._input = x
-        self._outputs = nn.functional.linear(x, self.weight, self.bias).split(self.parts, dim=-1)
+        self._outputs = self._product(x).split(self.parts, dim=-1)
         return self._outputs
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
 
     def rows(self, i: int) -> tuple[int, int]:
         start = sum(self.parts[:i])
@@ -91,10 +94,8 @@ class FusedStack(FusedLinear):
         self.parts = [m.out_features for m in members]
         self._input, self._outputs = None, ()
 
-    def compute(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self._input = x
-        self._outputs = self.layer(x).split(self.parts, dim=-1)
-        return self._outputs
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
 
     def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
         start, stop = self.rows(i)

@@ -227,7 +227,6 @@ class TokenMerger:
         # row's missing tokens write into one extra position that is cut off again.
         pad = F.pad(hidden, (0, 0, 0, 1))
         hidden = pad.scatter(1, order[..., None].expand(-1, -1, hidden.shape[-1]), mean.to(hidden.dtype))[:, :length]
-        sizes_at = torch.ones(b, length + 1, device=hidden.device).scatter(1, order, size)[:, :length]
         # Merged-away positions, best first; a row's picks beyond its share point at the extra position.
         drop = torch.where(valid, src.gather(1, chosen), length)
         rows = torch.arange(b, device=hidden.device)[:, None]
@@ -239,7 +238,10 @@ class TokenMerger:
         hide = surplus[:, :length].gather(1, kept) if r_max > r else None
         stats["merged"] += int(share.sum())
         stats["hidden"] += int(share.sum()) - r * b
-        size = sizes_at.gather(1, kept) if self.attention == "proportional" else None
+        if self.attention == "proportional":   # each kept position's group size (1 outside the audio)
+            size = torch.ones(b, length + 1, device=hidden.device).scatter(1, order, size)[:, :length].gather(1, kept)
+        else:
+            size = None
         return _gather(hidden, kept, 1), kept, hide, size
 
     def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_trace is not None:
         if not device.startswith("cuda"):
             parser.error(f"--memory-trace records the CUDA allocator; the device here is {device}")
-        memory_trace.start(device)
+        memory_trace.start()
     torch.manual_seed(int(first.get("seed", 0)))
     if args.from_dir is not None:
         from sota.export import read
