@@ -36,6 +36,7 @@ from sota.preemption import Interrupted, ResumableCheckpoint, SignalState, inter
 from sota.progress import progress_bars
 from sota.results import Results
 from sota.run_dir import LAST_CHECKPOINT, RESULTS, SHARDED_TRAINED, check_output_dir
+from sota.utils import gpu_share
 from sota.utils.batches import to_device
 from sota.utils.io import atomic_write_json, atomic_write_text
 from sota.utils.provenance import device_name
@@ -119,6 +120,11 @@ def run(cfg: DictConfig) -> float | None:
 
 def _stages(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalState, session: dict[str, Any]) -> None:
     """setup -> train -> evaluate -> measure; `session` carries what `run` closes afterwards."""
+    from sota.plan.estimate import device_of
+
+    fraction = gpu_share.apply(device_of(cfg))
+    if fraction is not None:
+        results.provenance["cuda_memory_fraction"] = fraction
     L.seed_everything(cfg.seed, workers=True)
     s = _setup(cfg, out_dir, results, signals)
     session["logger"] = s.logger

@@ -60,10 +60,12 @@ def test_bench_refuses_a_memory_trace_off_cuda(capsys):
 
 @pytest.mark.gpu
 def test_bench_traces_the_peak_of_a_cuda_measurement(tmp_path, capsys):
+    from test_run import RANDOM_ENCODER
+
     from sota.tools import bench
 
     trace = tmp_path / "peak.json"
-    assert bench.main(["model=tiny", "measure=official", "measure.iterations=2", "measure.warmup=1",
+    assert bench.main(["model=tiny", *RANDOM_ENCODER, "measure=official", "measure.iterations=2", "measure.warmup=1",
                        "generate.max_new_tokens=4", "--no-hf-generate", "--memory-trace", str(trace),
                        "--out", str(tmp_path / "bench.json")]) == 0
     report = json.loads(trace.read_text())

@@ -144,3 +144,20 @@ def test_optuna_gets_the_budget_as_constraints(fake, tmp_path):  # noqa: F811
         # FAKE_RUN reports no tpot_ms (a violated constraint) and peak = size * 100 MB
         assert t.user_attrs["constraints"] == [float("inf"), size * 100.0 - 350]
         assert t.system_attrs.get("constraints") == t.user_attrs["constraints"]
+
+
+def test_no_cublas_workspace_only_when_every_linear_is_compact_int4_and_loaded_from_export():
+    all_int4 = ["model=mini", "trainer=gpu", "quant=int4_weight", "quant.int4_layout=compact", "quant.group_size=64",
+                "quant.parts.embeddings=int4_weight", "quant.parts.encoder=int4_weight",
+                "quant.parts.connector=int4_weight"]
+    exported = plan(compose([*all_int4, "measure.from_export=true"]), "cuda")
+    assert exported.workspace == 0 and any("no cuBLAS workspace" in n for n in exported.notes)
+    # in-process, or with one part left in float, cuBLAS has run and its workspace is in the peak
+    assert plan(compose(all_int4), "cuda").workspace == 32 * 2 ** 20
+    encoder_float = plan(compose([*all_int4[:-2], all_int4[-1], "measure.from_export=true"]), "cuda")
+    assert encoder_float.workspace == 32 * 2 ** 20
+    torchao = plan(compose([*all_int4, "quant.int4_layout=torchao", "measure.from_export=true"]), "cuda")
+    assert torchao.workspace == 32 * 2 ** 20
+    # SmolLM2's 576-wide inputs are not a multiple of groups of 128: those linears stay bf16
+    assert plan(compose([*all_int4, "quant.group_size=128", "measure.from_export=true"]), "cuda").workspace > 0
+    assert plan(compose([*all_int4, "measure.from_export=true"]), "cpu").workspace == 0

@@ -36,6 +36,9 @@ out = Path(args["hydra.run.dir"]); out.mkdir(parents=True, exist_ok=True)
 if os.environ.get("RECORD_LAUNCHES"):
     with open(os.environ["RECORD_LAUNCHES"], "a") as f:
         f.write(out.name + "\n")
+if os.environ.get("RECORD_FRACTIONS"):
+    with open(os.environ["RECORD_FRACTIONS"], "a") as f:
+        f.write(f"{out.name} {os.environ.get('SOTA_CUDA_MEMORY_FRACTION', 'none')}\n")
 sleep = float(os.environ.get("FAKE_SLEEP", "0"))
 if sleep:
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -387,6 +390,50 @@ def test_a_point_out_of_gpu_memory_beside_others_runs_again_alone_at_the_end(fak
     assert "runs again alone after the others" in caplog.text
 
 
+def test_points_sharing_a_gpu_are_capped_and_one_out_of_memory_under_its_cap_runs_again_uncapped(
+        fake, tmp_path, monkeypatch):
+    sweep, launches, script = fake
+    record = tmp_path / "fractions.txt"
+    monkeypatch.setenv("RECORD_FRACTIONS", str(record))
+    monkeypatch.setenv("SOTA_CUDA_MEMORY_FRACTION", "0.5")     # the sweep decides, not the caller's environment
+    spec = {"name": "cap", "points": [{"size": 1}, {"size": 2, "bad": "oom_once"}, {"size": 3}]}
+    sweep(spec, workers=4)        # no FAKE_SLEEP: the points need not overlap, the cap is for sharing at all
+    runs = [line.split() for line in record.read_text().splitlines()]
+    first, oom = runs[0][0], next(i for i, _ in runs if i.startswith("001"))
+    assert runs[0] == [first, "none"] and first.startswith("000")          # the first point runs alone
+    assert [f for i, f in runs[1:-1]] == ["0.2375", "0.2375"]             # 0.95 / 4 workers on one GPU
+    assert runs[-1] == [oom, "none"] and launches().count(oom) == 2       # again, alone, uncapped
+    assert all(r["status"] == "ok" for r in load_rows(tmp_path / "sweep"))
+    record.unlink()
+    from sota.sweep.driver import run_sweep
+
+    run_sweep(compose_sweep(script, tmp_path / "nocap", {"name": "nocap", "points": [{"size": 1}, {"size": 2}]},
+                            workers=2, gpu_memory_per_point="null"))
+    assert {line.split()[1] for line in record.read_text().splitlines()} == {"0.5"}   # no cap: left as it was
+    with pytest.raises(SweepSpecError, match=r"gpu_memory_per_point must be a fraction of the GPU in \(0, 1\]"):
+        sweep(spec, gpu_memory_per_point=1.5)
+
+
+def test_gpu_shares():
+    from sota.utils import gpu_share
+
+    assert gpu_share.share("auto", 1, None) is None and gpu_share.share("auto", 4, 4) is None
+    assert gpu_share.share("auto", 8, None) == 0.1187 and gpu_share.share("auto", 3, 2) == 0.475
+    assert gpu_share.share(0.3, 8, None) == 0.3 and gpu_share.share(None, 8, None) is None
+    for bad in (0, -0.1, 2, "half", True):
+        with pytest.raises(ValueError, match="gpu_memory_per_point must be a fraction"):
+            gpu_share.share(bad, 2, None)
+    assert gpu_share.apply("cpu") is None
+
+
+def test_a_bad_memory_fraction_in_the_environment_is_named(monkeypatch):
+    from sota.utils import gpu_share
+
+    monkeypatch.setenv(gpu_share.ENV, "lots")
+    with pytest.raises(ValueError, match="SOTA_CUDA_MEMORY_FRACTION must be a fraction of the GPU"):
+        gpu_share.apply("cuda")
+
+
 def test_out_of_memory_alone_is_not_retried_and_fail_keeps_it_failed(fake, tmp_path, monkeypatch):
     from sota.sweep.driver import run_sweep
 
@@ -401,3 +448,18 @@ def test_out_of_memory_alone_is_not_retried_and_fail_keeps_it_failed(fake, tmp_p
     assert sorted(r["status"] for r in load_rows(tmp_path / "fail")) == ["failed", "ok", "ok"]
     with pytest.raises(SweepSpecError, match="on_out_of_memory must be one of alone, fail; got 'retry'"):
         run_sweep(compose_sweep(script, tmp_path / "bad", spec, on_out_of_memory="retry"))
+
+
+@pytest.mark.gpu
+def test_the_cap_holds_a_cuda_process_to_its_share():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    code = ("import os, torch\nfrom sota.utils import gpu_share\nf = gpu_share.apply('cuda')\n"
+            "total = torch.cuda.get_device_properties(0).total_memory\n"
+            "x = torch.empty(int(total * f * 0.8), dtype=torch.uint8, device='cuda')\n"
+            "try:\n    torch.empty(int(total * f * 0.4), dtype=torch.uint8, device='cuda')\nexcept torch.OutOfMemoryError:\n"
+            "    print('capped', f)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SOTA_CUDA_MEMORY_FRACTION": "0.05"},
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and "capped 0.05" in proc.stdout, proc.stderr[-2000:]

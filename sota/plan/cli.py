@@ -81,6 +81,6 @@ def main(argv: Sequence[str]) -> int:
             print(f"== {pid}: {' '.join(ov) or '(defaults)'}")
         print(table(p))
     if sweep:
-        print("\n".join(f"{pid}  {p.peak_memory_mb:10.1f} MB  weights {p.weight_bytes / MB:8.1f} MiB"
+        print("\n".join(f"{pid}  {p.peak_memory_mb:10.1f} MiB peak, weights {p.weight_bytes / MB:8.1f} MiB"
                         for pid, _, p in plans))
     return 0

@@ -16,7 +16,9 @@ from sota.plan import activations, model, weights
 
 MB = 2 ** 20
 # cuBLAS keeps one workspace per stream it ran on, allocated through PyTorch's allocator (so counted by
-# max_memory_allocated): 32 MiB on an H200 (sota/models/decoding.py, capture_stream, measured there).
+# max_memory_allocated): 32 MiB on an H200 (sota/models/decoding.py, capture_stream, measured there). A fresh
+# process whose every linear is compact int4 never calls cuBLAS: `mini` in int4 from export peaked at 88.9 MiB
+# on an H200 with 82.4 MiB of weights (experiments/2026-12-05_tokens_shippable_h200).
 CUBLAS_WORKSPACE = 32 * MB
 CPU_NOTE = ("on a CPU, measure reports the process's lifetime peak RSS (Python, libraries, corpus, training), "
             "which no model plan predicts: the figure here is the model's own memory, the quantity CUDA's "
@@ -106,8 +108,13 @@ def plan(cfg: DictConfig, device: str | None = None, words: Sequence[str] | None
         notes.append("bitsandbytes layers decode eagerly (static backends fall back)")
     if cfg.get("generate", {}).get("backend", "eager") != "eager":
         notes.append("static/compiled backends add a batch-1 static cache and CUDA-graph pools, not modelled")
-    return Plan(device, mode if mode != "none" else "none", rows, stages, audio,
-                CUBLAS_WORKSPACE if cuda else 0, transient, [*m.notes, *notes])
+    workspace = CUBLAS_WORKSPACE if cuda else 0
+    if cuda and from_export and not weights.dense_linears(m.parts, cfg, "cuda"):
+        # in-process, calibration and evaluation ran float products first, and the workspace stays allocated
+        workspace = 0
+        notes.append("every linear is compact int4 and the model is loaded from export: no cuBLAS workspace")
+    return Plan(device, mode if mode != "none" else "none", rows, stages, audio, workspace, transient,
+                [*m.notes, *notes])
 
 
 def _without_quant(cfg: DictConfig) -> DictConfig:

@@ -94,6 +94,14 @@ def compute_dtypes(cfg: Any, device: str) -> dict[str, torch.dtype]:
     return out
 
 
+def _skip_patterns(q: Any) -> list[str]:
+    """Module names quantization leaves alone in the targets; a part of their own, embeddings quantize apart."""
+    if q is None:
+        return []
+    patterns = [str(p) for p in (q.get("skip") or [])]
+    return patterns + quant.EMBEDDINGS if "embeddings" in quant_parts(q) else patterns
+
+
 def _quantized(root: nn.Module, mode: str, q: Any, patterns: list[str], part: str) -> dict[int, nn.Module]:
     """Modules (by id) whose weight `mode` replaces, chosen as quant.py chooses them."""
     if mode in ("none", "bf16", "fp16"):
@@ -122,9 +130,7 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
     q = cfg.get("quant")
     modes = _modes(cfg, device)
     main = q.get("mode", "none") if q is not None else "none"
-    patterns = [str(p) for p in (q.get("skip") or [])] if q is not None else []
-    if q is not None and "embeddings" in quant_parts(q):
-        patterns += quant.EMBEDDINGS
+    patterns = _skip_patterns(q)
     kind_dev = quant._device_type(device)
     layout = int4.resolve_layout(q.get("int4_layout", "auto"), kind_dev) if q is not None else "torchao"
     acc: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
@@ -172,6 +178,35 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
                 notes.append(f"{part}: LoRA adapters stay unmerged (float32)")
     rows = [WeightRow(part, kind, params, nbytes) for (part, kind), (params, nbytes) in acc.items()]
     return rows, notes
+
+
+def dense_linears(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> list[str]:
+    """The linears (and unmerged LoRA adapters) that still multiply in floating point at measurement, as
+    `part.name`. Compact int4 runs its own kernels; every other linear goes through cuBLAS on CUDA, torchao's
+    int4 layout included, since no measurement has shown it does not."""
+    q = cfg.get("quant")
+    if q is None:
+        return [f"{part}.*" for part, root in parts.items() if root is not None]
+    plan, modes = CompressionPlan.of(cfg), _modes(cfg, device)
+    compact = int4.resolve_layout(q.get("int4_layout", "auto"), quant._device_type(device)) == "compact"
+    patterns = _skip_patterns(q)
+    dense = []
+    for part, root in parts.items():
+        if root is None:
+            continue
+        mode = modes.get(part, "none")
+        own = patterns if part in (q.get("targets") or []) or part != "llm" else []
+        chosen = _quantized(root, mode, q, own, part) if mode == "int4_weight" and compact else {}
+        # a head tied to an int4 token table reads that table through the same kernel
+        tables = ({id(m.weight) for _, m in root.named_modules() if isinstance(m, nn.Embedding) and
+                   any(n in quant.EMBEDDINGS for n in _names(root, m))}
+                  if part == "llm" and modes.get("embeddings") == "int4_weight" and compact else set())
+        dense += [f"{part}.{name}" for name, m in root.named_modules()
+                  if isinstance(m, nn.Linear) and id(m) not in chosen and id(m.weight) not in tables]
+        if plan.lora is not None and part in (plan.lora.get("on") or ["llm"]):
+            if not plan.merge or (mode in QLORA_BASE and part in (q.get("targets") or [])):
+                dense.append(f"{part}: LoRA adapters")
+    return dense
 
 
 def _names(root: nn.Module, target: nn.Module) -> list[str]:

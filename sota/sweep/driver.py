@@ -31,6 +31,7 @@ from sota.sweep.sweepdir import (
     read_results,
     set_aside_unreadable,
 )
+from sota.utils import gpu_share
 from sota.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class SweepSettings:
     workers: int
     threads: int | None
     gpus: list[int] | None
+    memory_fraction: float | None     # each point's cap while it shares its GPU (gpu_memory_per_point)
     timeout_s: float | None
     rerun_failed: bool
     on_out_of_memory: str
@@ -85,6 +87,11 @@ class SweepSettings:
         except ValueError as err:
             problems.append(str(err))
             gpus = None
+        try:
+            fraction = gpu_share.share(c.get("gpu_memory_per_point", "auto"), workers, len(gpus) if gpus else None)
+        except ValueError as err:
+            problems.append(str(err))
+            fraction = None
         if gpus and c.get("launcher", "local") != "local":
             problems.append("gpus spreads the points of launcher=local over this machine's GPUs; with "
                             "launcher=slurm set slurm.gpus_per_node instead")
@@ -98,7 +105,8 @@ class SweepSettings:
         if problems:
             raise SweepSpecError("invalid sweep settings:\n  - " + "\n  - ".join(problems))
         return cls(spec=dict(c["sweep"]), sweep_dir=Path(str(c["sweep_dir"])).expanduser().resolve(),
-                   workers=workers, threads=threads, gpus=gpus, timeout_s=timeout, rerun_failed=bool(c.get("rerun_failed")),
+                   workers=workers, threads=threads, gpus=gpus,
+                   memory_fraction=fraction if c.get("launcher", "local") == "local" else None, timeout_s=timeout, rerun_failed=bool(c.get("rerun_failed")),
                    on_out_of_memory=c.get("on_out_of_memory", "alone"), launcher=c.get("launcher", "local"), run_py=run_py, report=report,
                    wandb=dict(c.get("wandb") or {}), slurm=dict(c.get("slurm") or {}))
 
@@ -186,10 +194,11 @@ def run_sweep(cfg: DictConfig) -> dict[str, Any]:
     index.plan(planned)
     index.save()
     keys = list(dict.fromkeys(o.key for o in s.objectives + s.report.accuracy + s.report.cost))
-    runner = _runner(s, children)
+    alone: set[str] = set()   # points run with no other beside them: no memory cap
+    runner = _runner(s, children, alone)
     t0 = time.perf_counter()
     if method == "grid":
-        launched = _run_grid(s, planned, index, keys, runner, needs_lead)
+        launched = _run_grid(s, planned, index, keys, runner, needs_lead, alone)
     else:
         launched = _run_optuna(s, index, keys, runner)
     wall = time.perf_counter() - t0
@@ -209,11 +218,16 @@ def _invalid(counts: Mapping[str, int]) -> str:
     return f", {counts[INVALID]} invalid" if counts.get(INVALID) else ""
 
 
-def _runner(s: SweepSettings, children: Children) -> launch.Runner:
+def _runner(s: SweepSettings, children: Children, alone: set[str]) -> launch.Runner:
     env = launch.child_env(s.threads)
     if s.launcher == "slurm":
         return launch.slurm_runner(s.run_py, env, s.timeout_s, s.sweep_dir / "slurm", s.slurm)
-    return launch.local_runner(s.run_py, env, s.timeout_s, s.gpus, children)
+    fraction = s.memory_fraction
+    if fraction is not None:
+        log.info("sweep %s: each point caps its CUDA memory at %.4g of its GPU while others share it "
+                 "(gpu_memory_per_point)", s.name, fraction)
+    return launch.local_runner(s.run_py, env, s.timeout_s, s.gpus, children,
+                               (lambda p: None if p.id in alone else fraction) if fraction is not None else None)
 
 
 def resolve_lead(planned: list[Point], sweep_dir: Path) -> list[Point]:
@@ -232,7 +246,7 @@ def resolve_lead(planned: list[Point], sweep_dir: Path) -> list[Point]:
 
 
 def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[str], runner: launch.Runner,
-              needs_lead: bool = False) -> int:
+              needs_lead: bool = False, alone: set[str] | None = None) -> int:
     for p in planned:  # an unreadable results.json is no result: set aside, and its point runs again
         if set_aside_unreadable(point_dir(s.sweep_dir, p.id) / RESULTS) is not None:
             index.entries[p.id] = {**(index.get(p.id) or {}), "status": "pending", "error": None}
@@ -266,7 +280,11 @@ def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[s
     lead = todo[0] if s.workers > 1 and todo and (n_ok == 0 or (first_pending and needs_lead)) else None
     queue = list(todo[1:] if lead is not None else todo)
     state = {"lead_sent": lead is None, "open": lead is None}
-    # Points that ran out of GPU memory beside others (on_out_of_memory=alone) run again once, alone, at the end.
+    # Points that ran out of GPU memory beside others, or under the cap they had for sharing the GPU
+    # (on_out_of_memory=alone), run again once, alone and uncapped, at the end.
+    alone = set() if alone is None else alone
+    if lead is not None:
+        alone.add(lead.id)
     running: dict[str, int] = {}          # running point id -> how many other points have run beside it so far
     retry: list[Point] = []
     retried: set[str] = set()
@@ -299,13 +317,16 @@ def _run_grid(s: SweepSettings, planned: list[Point], index: Index, keys: list[s
         results = rec.finish(point, end)
         if point is lead:
             state["open"] = True
-        if (s.on_out_of_memory == "alone" and beside and point.id not in retried
+        capped = s.memory_fraction is not None and point.id not in alone
+        if (s.on_out_of_memory == "alone" and (beside or capped) and point.id not in retried
                 and out_of_memory(results, end)):
             retried.add(point.id)
             retry.append(point)
+            alone.add(point.id)
             rec.total += 1
-            log.warning("point %s ran out of GPU memory beside %d other point(s): it runs again alone after the "
-                        "others (on_out_of_memory=alone)", point.id, beside)
+            log.warning("point %s ran out of GPU memory %s: it runs again alone after the others "
+                        "(on_out_of_memory=alone)", point.id, f"beside {beside} other point(s)" if beside else
+                        f"under its cap of {s.memory_fraction:.4g} of the GPU (gpu_memory_per_point)")
 
     return launch.run_pool(next_point, start, runner, s.workers, on_done)
 

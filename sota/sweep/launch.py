@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sota.sweep.children import Children
+from sota.utils import gpu_share
 from sota.sweep.points import Point
 
 log = logging.getLogger(__name__)
@@ -237,19 +238,27 @@ Runner = Callable[[Point, Path], ProcessEnd]
 
 
 def local_runner(run_py: Path, env: Mapping[str, str], timeout_s: float | None,
-                 gpus: Sequence[int] | None = None, children: Children | None = None) -> Runner:
+                 gpus: Sequence[int] | None = None, children: Children | None = None,
+                 memory_fraction: Callable[[Point], float | None] | None = None) -> Runner:
     """Points as subprocesses here; with `gpus`, each sees one of them (CUDA_VISIBLE_DEVICES), the one with
-    the fewest points running on it; with `children`, each running process is on record there."""
+    the fewest points running on it; with `children`, each running process is on record there; with
+    `memory_fraction`, a point given a fraction caps its CUDA allocator there (sota.utils.gpu_share)."""
     pool = GpuPool(gpus) if gpus else None
 
     def run(point: Point, run_dir: Path) -> ProcessEnd:
         record = str(children.path(point.id)) if children is not None else None
+        fraction = memory_fraction(point) if memory_fraction is not None else None
+        own = dict(env)
+        if memory_fraction is not None:  # the sweep decides: a point it runs alone has no cap at all
+            own.pop(gpu_share.ENV, None)
+            if fraction is not None:
+                own[gpu_share.ENV] = str(fraction)
         if pool is None:
-            return run_command(command(run_py, point, run_dir), str(ROOT), env, str(run_dir), timeout_s, record)
+            return run_command(command(run_py, point, run_dir), str(ROOT), own, str(run_dir), timeout_s, record)
         with pool.take() as gpu:
             log.info("point %s: GPU %d", point.id, gpu)
             return run_command(command(run_py, point, run_dir), str(ROOT),
-                               {**env, "CUDA_VISIBLE_DEVICES": str(gpu)}, str(run_dir), timeout_s, record)
+                               {**own, "CUDA_VISIBLE_DEVICES": str(gpu)}, str(run_dir), timeout_s, record)
 
     return run
 
