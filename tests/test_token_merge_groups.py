@@ -105,6 +105,19 @@ def test_proportional_attention_adds_the_log_of_each_group_size_to_its_column(se
         assert (got[~visible] < -1e30).all()
 
 
+@pytest.mark.parametrize("seconds", [[2.0, 1.2], [2.0]], ids=["padded batch", "one clip, no padding"])
+def test_each_forward_cuts_its_mask_once_for_every_later_layer(seconds):
+    """The later layers of one forward share their cut (mask, rotary tables, cache length): a decode step builds
+    its proportional mask once, not once per layer."""
+    model = decisive_model(3, layers=6)
+    merger = model.merge_tokens(keep=0.4, layer=1, grouping="runs", attention="proportional")
+    forwards, cuts, cut = [], [], merger._cut
+    model.llm.model.layers[0].register_forward_pre_hook(lambda *a: forwards.append(1))
+    merger._cut = lambda *a: cuts.append(1) or cut(*a)
+    model.generate_ids(batch_for(model, seconds, ["asr", "aac"][:len(seconds)]), max_new_tokens=4)
+    assert len(forwards) >= 3 and len(cuts) == len(forwards)      # 5 hooked layers, one cut per forward
+
+
 @pytest.mark.parametrize("grouping,attention", [("runs", "plain"), ("runs", "proportional"),
                                                 ("pairs", "proportional")])
 @pytest.mark.parametrize("seconds", [[2.0, 1.2], [2.0]], ids=["padded batch", "one clip, no padding"])

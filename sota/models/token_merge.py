@@ -126,6 +126,7 @@ class TokenMerger:
         self.kept: torch.Tensor | None = None        # [B, L - r] positions that stayed, after a prefill
         self.hide: torch.Tensor | None = None        # [B, L - r] of those, merged away but kept as masked columns
         self.prompt_len = 0
+        self._cut_memo: tuple[tuple, dict] | None = None   # this forward's cut (_hook)
         self.stats = self._counters()             # generation's prefills
         self.forced_stats = self._counters()      # teacher-forced forwards (tokens.training=merge)
         # Layer 0 sees every forward first: a new sequence (more than one query) forgets the last prefill's cut.
@@ -245,6 +246,7 @@ class TokenMerger:
         return _gather(hidden, kept, 1), kept, hide, size
 
     def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._cut_memo = None
         hidden = args[0] if args else kwargs["hidden_states"]
         if hidden.shape[1] > 1:
             self.kept, self.hide, self.size = None, None, None
@@ -268,7 +270,13 @@ class TokenMerger:
                 raise RuntimeError(f"tokens.layer={self.layer}: a decode step needs layer 0's KV cache to keep every "
                                    f"position (transformers sizes its attention mask by it); merge from layer "
                                    f"{FIRST_LAYER} on to generate")
-            return args, self._cut(kwargs, hidden, i)
+            # Within one forward every layer from `layer` on gets the same mask, rotary tables and cache length,
+            # so the cut is made once: a decode step would otherwise rebuild its mask in each of those layers.
+            # A model whose layers get different masks (sliding-window layers) passes other objects: cut again.
+            key = (id(kwargs.get("attention_mask")), id(kwargs.get("position_embeddings")), hidden.shape[1])
+            if self._cut_memo is None or self._cut_memo[0] != key:
+                self._cut_memo = (key, self._cut(kwargs, hidden, i))
+            return args, {**kwargs, **self._cut_memo[1]}
         return hook
 
     @staticmethod
@@ -278,8 +286,8 @@ class TokenMerger:
         return args, {**kwargs, "hidden_states": hidden}
 
     def _cut(self, kwargs: dict, hidden: torch.Tensor, i: int) -> dict:
-        """kwargs of layer `i`, whose cache holds only the kept prompt positions."""
-        kept, out, q_len = self.kept, dict(kwargs), hidden.shape[1]
+        """The kwargs layer `i` gets changed, as its cache holds only the kept prompt positions."""
+        kept, out, q_len = self.kept, {}, hidden.shape[1]
         prefill = q_len == kept.shape[1]
         if prefill:
             cos, sin = kwargs["position_embeddings"]
