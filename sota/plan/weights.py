@@ -95,7 +95,8 @@ def compute_dtypes(cfg: Any, device: str) -> dict[str, torch.dtype]:
 
 
 def _skip_patterns(q: Any) -> list[str]:
-    """Module names quantization leaves alone in the targets; a part of their own, embeddings quantize apart."""
+    """Module names the targets' quantization leaves out: quant.skip, and the token table and head when
+    quant.parts.embeddings quantizes them on their own."""
     if q is None:
         return []
     patterns = [str(p) for p in (q.get("skip") or [])]

@@ -104,11 +104,13 @@ class SweepSettings:
             problems.append(f"run_py={run_py} is not a file")
         if problems:
             raise SweepSpecError("invalid sweep settings:\n  - " + "\n  - ".join(problems))
+        launcher = c.get("launcher", "local")
         return cls(spec=dict(c["sweep"]), sweep_dir=Path(str(c["sweep_dir"])).expanduser().resolve(),
                    workers=workers, threads=threads, gpus=gpus,
-                   memory_fraction=fraction if c.get("launcher", "local") == "local" else None, timeout_s=timeout, rerun_failed=bool(c.get("rerun_failed")),
-                   on_out_of_memory=c.get("on_out_of_memory", "alone"), launcher=c.get("launcher", "local"), run_py=run_py, report=report,
-                   wandb=dict(c.get("wandb") or {}), slurm=dict(c.get("slurm") or {}))
+                   memory_fraction=fraction if launcher == "local" else None,   # a SLURM job has its own GPU
+                   timeout_s=timeout, rerun_failed=bool(c.get("rerun_failed")),
+                   on_out_of_memory=c.get("on_out_of_memory", "alone"), launcher=launcher, run_py=run_py,
+                   report=report, wandb=dict(c.get("wandb") or {}), slurm=dict(c.get("slurm") or {}))
 
     @property
     def name(self) -> str:

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from sota.sweep.children import Children
-from sota.utils import gpu_share
 from sota.sweep.points import Point
+from sota.utils import gpu_share
 
 log = logging.getLogger(__name__)
 
