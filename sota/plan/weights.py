@@ -103,6 +103,28 @@ def _skip_patterns(q: Any) -> list[str]:
     return patterns + quant.EMBEDDINGS if "embeddings" in quant_parts(q) else patterns
 
 
+def _own_patterns(part: str, q: Any, patterns: list[str]) -> list[str]:
+    """The skip patterns that apply in `part`: none in an LLM outside quant.targets."""
+    return patterns if part in (q.get("targets") or []) or part != "llm" else []
+
+
+def _token_tables(root: nn.Module, part: str, modes: dict[str, str]) -> list[nn.Embedding]:
+    """The LLM's token tables that quant.parts.embeddings stores in a mode of their own."""
+    if part != "llm" or not modes.get("embeddings"):
+        return []
+    return [m for _, m in root.named_modules()
+            if isinstance(m, nn.Embedding) and any(n in quant.EMBEDDINGS for n in _names(root, m))]
+
+
+def _lora_unmerged(plan: CompressionPlan, part: str, q: Any) -> bool:
+    """Whether `part` keeps LoRA adapters beside its weights at measurement: not merged, or merged into nothing
+    because its base is QLoRA's quantized one."""
+    if plan.lora is None or part not in (plan.lora.get("on") or ["llm"]):
+        return False
+    main = q.get("mode", "none") if q is not None else "none"
+    return not plan.merge or (main in QLORA_BASE and part in (q.get("targets") or []))
+
+
 def _quantized(root: nn.Module, mode: str, q: Any, patterns: list[str], part: str) -> dict[int, nn.Module]:
     """Modules (by id) whose weight `mode` replaces, chosen as quant.py chooses them."""
     if mode in ("none", "bf16", "fp16"):
@@ -130,7 +152,6 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
     plan, notes = CompressionPlan.of(cfg), []
     q = cfg.get("quant")
     modes = _modes(cfg, device)
-    main = q.get("mode", "none") if q is not None else "none"
     patterns = _skip_patterns(q)
     kind_dev = quant._device_type(device)
     layout = int4.resolve_layout(q.get("int4_layout", "auto"), kind_dev) if q is not None else "torchao"
@@ -139,13 +160,11 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
         if root is None:
             continue
         mode = modes.get(part, "none")
-        own = patterns if part in (q.get("targets") or []) or part != "llm" else []
+        own = _own_patterns(part, q, patterns)
         half = quant.half_dtype({"mode": mode, "cuda_dtype": q.get("cuda_dtype")}, device) if q is not None else None
         chosen = _quantized(root, mode, q, own, part) if mode != "none" else {}
         cast = {id(m) for _, m in quant._candidates(root, own)} if half is not None else set()
-        embeds = ({id(m) for _, m in root.named_modules() if isinstance(m, nn.Embedding) and
-                   any(n in quant.EMBEDDINGS for n in _names(root, m))} if part == "llm" and modes.get("embeddings")
-                  else set())
+        embeds = {id(m) for m in _token_tables(root, part, modes)}
         seen: set[int] = set()
         for _, m in root.named_modules():
             for pname, p in m.named_parameters(recurse=False):
@@ -169,14 +188,12 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
             if id(b) not in seen:
                 seen.add(id(b))
                 acc[(part, _dtype_name(b.dtype))][1] += b.numel() * b.element_size()
-        if plan.lora is not None and part in (plan.lora.get("on") or ["llm"]):
-            unmerged = not plan.merge or (main in QLORA_BASE and part in (q.get("targets") or []))
-            if unmerged:
-                rank = int(plan.lora.get("rank", 8))
-                n = sum(rank * (lin.in_features + lin.out_features) for lin in _lora_targets(root, plan.lora))
-                acc[(part, "lora adapters (float32)")][0] += n
-                acc[(part, "lora adapters (float32)")][1] += 4 * n
-                notes.append(f"{part}: LoRA adapters stay unmerged (float32)")
+        if _lora_unmerged(plan, part, q):
+            rank = int(plan.lora.get("rank", 8))
+            n = sum(rank * (lin.in_features + lin.out_features) for lin in _lora_targets(root, plan.lora))
+            acc[(part, "lora adapters (float32)")][0] += n
+            acc[(part, "lora adapters (float32)")][1] += 4 * n
+            notes.append(f"{part}: LoRA adapters stay unmerged (float32)")
     rows = [WeightRow(part, kind, params, nbytes) for (part, kind), (params, nbytes) in acc.items()]
     return rows, notes
 
@@ -196,17 +213,15 @@ def dense_linears(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> 
         if root is None:
             continue
         mode = modes.get(part, "none")
-        own = patterns if part in (q.get("targets") or []) or part != "llm" else []
-        chosen = _quantized(root, mode, q, own, part) if mode == "int4_weight" and compact else {}
+        chosen = _quantized(root, mode, q, _own_patterns(part, q, patterns), part) \
+            if mode == "int4_weight" and compact else {}
         # a head tied to an int4 token table reads that table through the same kernel
-        tables = ({id(m.weight) for _, m in root.named_modules() if isinstance(m, nn.Embedding) and
-                   any(n in quant.EMBEDDINGS for n in _names(root, m))}
-                  if part == "llm" and modes.get("embeddings") == "int4_weight" and compact else set())
+        tables = ({id(m.weight) for m in _token_tables(root, part, modes)}
+                  if modes.get("embeddings") == "int4_weight" and compact else set())
         dense += [f"{part}.{name}" for name, m in root.named_modules()
                   if isinstance(m, nn.Linear) and id(m) not in chosen and id(m.weight) not in tables]
-        if plan.lora is not None and part in (plan.lora.get("on") or ["llm"]):
-            if not plan.merge or (mode in QLORA_BASE and part in (q.get("targets") or [])):
-                dense.append(f"{part}: LoRA adapters")
+        if _lora_unmerged(plan, part, q):
+            dense.append(f"{part}: LoRA adapters")
     return dense
 
 
