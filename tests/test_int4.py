@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sota.compress import int4, quant
+from sota.compress import int4, int4_triton, quant
 from sota.models.footprint import footprint
 from sota.plan.weights import layer_bytes
 
@@ -66,18 +66,22 @@ def test_an_int4_linear_keeps_its_scales_in_bf16_and_refuses_devices_without_ker
 
 
 @pytest.mark.gpu
-def test_an_int4_linear_moved_between_devices_is_packed_again_for_each():
+@pytest.mark.parametrize("kernel", ["tinygemm", "triton"])
+def test_an_int4_linear_moved_between_devices_is_packed_again_for_each(kernel):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
+    if kernel == "triton" and not int4_triton.available():
+        pytest.skip("needs Triton")
     _, q, scales, zeros = _codes(n=100, k=576)   # rows padded to 8 on CUDA, 16 on the CPU
-    layer = int4.Int4Linear.from_codes(q.cuda(), scales.cuda(), zeros.cuda(), 64, torch.randn(100, device="cuda"))
+    layer = int4.Int4Linear.from_codes(q.cuda(), scales.cuda(), zeros.cuda(), 64, torch.randn(100, device="cuda"),
+                                       kernel)
     x = torch.randn(3, 576)
     on_cuda = layer(x.cuda()).cpu()
     layer.to("cpu")       # what Lightning does when it tears down
     assert layer.qdata.device.type == "cpu" and all(torch.equal(a, b) for a, b in zip(layer.codes(), (q, scales, zeros)))
     assert (layer(x) - on_cuda).abs().max() < 0.02 * on_cuda.abs().max()
     layer.to("cuda")
-    assert torch.equal(layer(x.cuda()).cpu(), on_cuda)
+    assert layer.packing == kernel and torch.equal(layer(x.cuda()).cpu(), on_cuda)
 
 
 def test_int4_on_the_cpu_quantizes_every_linear_in_the_compact_layout(batch):
@@ -173,15 +177,35 @@ def batch():
 
 
 @pytest.mark.gpu
-def test_compact_int4_on_cuda_matches_its_codes_for_unpadded_widths():
+@pytest.mark.parametrize("kernel", ["tinygemm", "triton"])
+def test_compact_int4_on_cuda_matches_its_codes_for_unpadded_widths(kernel):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
+    if kernel == "triton" and not int4_triton.available():
+        pytest.skip("needs Triton")
     for n, k, tiles in ((192, 576, 4), (576, 1536, 8), (100, 96, 2)):   # SmolLM2's widths; rows not a multiple of 8
         w = torch.randn(n, k, device="cuda")
         q, scales, zeros = int4.rtn(w, 32)
-        layer = int4.Int4Linear.from_codes(q, scales, zeros, 32)
-        assert int4.inner_k_tiles(k) == tiles
-        x = torch.randn(4, k, device="cuda")
-        want = x @ int4.dequantize(q, scales, zeros, 32).t()
-        assert (layer(x) - want).abs().max() < 0.02 * want.abs().max(), (n, k)
-        assert footprint(layer)["weight_bytes"] == -(-n // 8) * 8 * (k // 2 + k // 32 * 4)
+        layer = int4.Int4Linear.from_codes(q, scales, zeros, 32, kernel=kernel)
+        assert layer.packing == kernel and int4.inner_k_tiles(k) == tiles
+        for m in (1, 4, 5, 37):   # Triton: the reduction kernel up to 4 rows, the tensor-core one above
+            x = torch.randn(m, k, device="cuda")
+            want = x @ int4.dequantize(q, scales, zeros, 32).t()
+            assert (layer(x) - want).abs().max() < 0.02 * want.abs().max(), (n, k, m)
+        rows = -(-n // 8) * 8 if kernel == "tinygemm" else n      # tinygemm's n-tiles; Triton's codes as stored
+        assert footprint(layer)["weight_bytes"] == rows * (k // 2 + k // 32 * 4)
+        assert all(torch.equal(a, b) for a, b in zip(layer.codes(), (q, scales, zeros)))
+
+
+@pytest.mark.gpu
+def test_the_triton_int4_kernels_match_the_codes_for_every_group_size_and_row_count():
+    if not int4_triton.available():
+        pytest.skip("needs a CUDA device and Triton")
+    for n, k, gs in ((5120, 3072, 128), (960, 576, 64), (3072, 8192, 256), (72, 96, 32)):
+        q, scales, zeros = int4.rtn(torch.randn(n, k, device="cuda"), gs)
+        layer = int4.Int4Linear.from_codes(q, scales, zeros, gs, kernel="triton")
+        w = int4.dequantize(q, scales, zeros, gs)
+        for m in (1, 2, 4, 5, 130):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            want = x.float() @ w.t()
+            assert (layer(x).float() - want).abs().max() < 0.02 * want.abs().max(), (n, k, gs, m)

@@ -106,13 +106,16 @@ def test_the_planner_counts_an_int4_table_once(compose_cfg):
 
 
 @pytest.mark.gpu
-def test_rows_of_a_cuda_table_come_out_exactly_as_the_codes_dequantize():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
+@pytest.mark.parametrize("kernel", ["tinygemm", "triton"])
+def test_rows_of_a_cuda_table_come_out_exactly_as_the_codes_dequantize(kernel):
+    from sota.compress import int4_triton
+
+    if not torch.cuda.is_available() or (kernel == "triton" and not int4_triton.available()):
+        pytest.skip("needs a CUDA device (and Triton)")
     for n, k, group_size in ((49152, 576, 64), (100, 96, 32), (1000, 384, 128)):
         w = torch.randn(n, k, device="cuda")
         q, scales, zeros = int4.rtn(w, group_size)
-        table = int4.Int4Linear.from_codes(q, scales, zeros, group_size)
+        table = int4.Int4Linear.from_codes(q, scales, zeros, group_size, kernel=kernel)
         ids = torch.randint(0, n, (2, 37), device="cuda")
         ids[0, :2] = torch.tensor([0, n - 1])
         want = int4.dequantize(q, scales, zeros, group_size)[ids].to(torch.bfloat16)

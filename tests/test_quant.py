@@ -97,6 +97,9 @@ def test_validate_names_the_problem():
     quant.validate(qcfg("int4_weight", int4_layout="compact", algorithm="hqq"), "cuda", out)
     assert "quant.int4_layout must be one of auto, torchao, compact; got 'tiles'" in out[0]
     assert "quant.algorithm=hqq runs through torchao's int4 layout" in out[1]
+    out = []
+    quant.validate(qcfg("int4_weight", int4_layout="compact", int4_kernel="marlin"), "cuda", out)
+    assert out == ["quant.int4_kernel must be one of auto, tinygemm, triton; got 'marlin'"]
 
 
 def test_only_bitsandbytes_modes_quantize_the_qlora_base():

@@ -9,13 +9,23 @@ dequantized as ``(q - 8) * scale + zero``), and the two layouts that hold them (
   ``sota.export`` stores it device-independently (``Int4Linear.codes``: unpadded codes two per byte, bf16 scales
   and zeros) and ``sota.load`` packs it again for the device it loads on; no reader outside sota knows it.
 - ``auto``: ``torchao`` on CUDA, ``compact`` on the CPU (where torchao's layout has no kernel).
+
+On CUDA the compact layout has two kernels (``quant.int4_kernel``), each with its own packing:
+- ``tinygemm``: as above;
+- ``triton``: ``sota.compress.int4_triton``, which reads the codes as stored (two a byte, no row padding) and
+  streams them at batch 1 faster than tinygemm's tensor-core tiles;
+- ``auto``: ``triton`` where Triton imports, else ``tinygemm``.
+The CPU always runs torch's CPU kernel.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from sota.compress import int4_triton
+
 LAYOUTS = ("auto", "torchao", "compact")
+KERNELS = ("auto", "tinygemm", "triton")
 QMIN, QMAX, MID = 0, 15, 8
 # Output rows the compact layout's kernels take in multiples of: tinygemm's n-tile on CUDA; torch's CPU packing
 # refuses other row counts.
@@ -24,6 +34,15 @@ ROW_MULTIPLE = {"cuda": 8, "cpu": 16}
 
 def resolve_layout(layout: str, device_type: str) -> str:
     return ("torchao" if device_type == "cuda" else "compact") if layout == "auto" else layout
+
+
+def resolve_kernel(kernel: str, device_type: str) -> str:
+    """The compact layout's kernel on ``device_type``: the CPU has torch's only."""
+    if device_type != "cuda":
+        return "tinygemm"
+    if kernel == "auto":
+        return "triton" if int4_triton.available() else "tinygemm"
+    return kernel
 
 
 def qparams(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,22 +126,37 @@ def int4pack_mm(x: torch.Tensor, qdata: torch.Tensor, group_size: int, scale_and
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, qdata, group_size, scale_and_zero)
 
 
+def kernels_in(model: nn.Module) -> dict[str, int]:
+    """How many compact int4 layers of ``model`` are packed for each kernel (tied ones counted once)."""
+    counts: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, Int4Linear):
+            counts[m.packing] = counts.get(m.packing, 0) + 1
+    return counts
+
+
 class Int4Linear(nn.Module):
     """A linear layer whose weight is int4 codes packed for one device type (the ``compact`` layout)."""
 
     def __init__(self, qdata: torch.Tensor, scale_and_zero: torch.Tensor, in_features: int, out_features: int,
-                 group_size: int, bias: torch.Tensor | None) -> None:
+                 group_size: int, bias: torch.Tensor | None, kernel: str = "auto") -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.kernel = kernel                                           # as asked; kept across device moves
+        self.packing = resolve_kernel(kernel, qdata.device.type)       # what qdata is packed for
         self.register_buffer("qdata", qdata)
         self.register_buffer("scale_and_zero", scale_and_zero)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-                   bias: torch.Tensor | None = None) -> Int4Linear:
-        """Pack ``(q, scales, zeros)`` for the device they are on."""
+                   bias: torch.Tensor | None = None, kernel: str = "auto") -> Int4Linear:
+        """Pack ``(q, scales, zeros)`` for ``kernel`` on the device they are on."""
         n, k = q.shape
+        if resolve_kernel(kernel, q.device.type) == "triton":
+            if k % 2:
+                raise ValueError(f"int4 compact layout: in_features {k} is odd")
+            return cls(pack_nibbles(q), _scales_and_zeros(scales, zeros), k, n, group_size, bias, kernel)
         rows = -(-n // ROW_MULTIPLE[q.device.type]) * ROW_MULTIPLE[q.device.type]
         pad = (0, 0, 0, rows - n)   # padded rows dequantize to 0 and are cut from the output
         q = nn.functional.pad(q.to(torch.int32), pad, value=MID)
@@ -132,10 +166,12 @@ class Int4Linear(nn.Module):
             packed = torch.ops.aten._convert_weight_to_int4pack(pack_nibbles(q), inner_k_tiles(k))
         else:
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), inner_k_tiles(k))
-        return cls(packed, _scales_and_zeros(scales, zeros), k, n, group_size, bias)
+        return cls(packed, _scales_and_zeros(scales, zeros), k, n, group_size, bias, kernel)
 
     def _mm(self, flat: torch.Tensor, scale_and_zero: torch.Tensor) -> torch.Tensor:
         """bf16 ``flat`` [M, in] times the packed codes under ``scale_and_zero``: [M, rows padded]."""
+        if self.packing == "triton":
+            return int4_triton.int4_mm(flat, self.qdata, scale_and_zero, self.group_size, scale_and_zero.shape[1])
         return int4pack_mm(flat, self.qdata, self.group_size, scale_and_zero)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,6 +199,9 @@ class Int4Linear(nn.Module):
         ``scale_and_zero`` ([groups, rows, 2]: scale, zero)."""
         device, n = self.qdata.device, self.out_features
         groups, rows, _ = self.scale_and_zero.shape
+        scales, zeros = self.scale_and_zero.unbind(-1)
+        if self.packing == "triton":   # the codes as stored
+            return unpack_nibbles(self.qdata)[:n], scales.t()[:n].contiguous(), zeros.t()[:n].contiguous()
         unit = _scales_and_zeros(torch.ones(rows, groups, device=device), torch.zeros(rows, groups, device=device))
         q = torch.empty(n, self.in_features, dtype=torch.uint8, device=device)
         for start in range(0, self.in_features, block):
@@ -170,29 +209,29 @@ class Int4Linear(nn.Module):
             eye = torch.zeros(stop - start, self.in_features, dtype=torch.bfloat16, device=device)
             eye[:, start:stop] = torch.eye(stop - start, dtype=torch.bfloat16, device=device)
             q[:, start:stop] = (self._mm(eye, unit)[:, :n].t() + MID).to(torch.uint8)
-        scales, zeros = self.scale_and_zero.unbind(-1)
         return q, scales.t()[:n].contiguous(), zeros.t()[:n].contiguous()
 
     def stack_key(self) -> tuple:
         """Layers with equal keys can be stacked into one (`stacked`)."""
-        return self.in_features, self.group_size, self.qdata.device.type, self.bias is None
+        return self.in_features, self.group_size, self.qdata.device.type, self.kernel, self.bias is None
 
     @classmethod
     def stacked(cls, layers: list[Int4Linear]) -> Int4Linear:
         """One layer holding `layers`' output rows in order, their codes packed once (fused projections,
         `sota.models.fuse`): each row of its product is that layer's row."""
         if len({layer.stack_key() for layer in layers}) != 1:
-            raise ValueError("Int4Linear.stacked: the layers differ in input width, group size, device or bias")
+            raise ValueError("Int4Linear.stacked: the layers differ in input width, group size, device, kernel or bias")
         codes = [layer.codes() for layer in layers]
         q, scales, zeros = (torch.cat([c[j] for c in codes]) for j in range(3))
         bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers])
-        return cls.from_codes(q, scales, zeros, layers[0].group_size, bias)
+        return cls.from_codes(q, scales, zeros, layers[0].group_size, bias, layers[0].kernel)
 
     def rows(self, start: int, stop: int) -> Int4Linear:
         """Output rows [start, stop) as a layer of their own, with the same codes."""
         q, scales, zeros = self.codes()
         bias = None if self.bias is None else self.bias.detach()[start:stop]
-        return Int4Linear.from_codes(q[start:stop], scales[start:stop], zeros[start:stop], self.group_size, bias)
+        return Int4Linear.from_codes(q[start:stop], scales[start:stop], zeros[start:stop], self.group_size, bias,
+                                     self.kernel)
 
     def to_linear(self) -> nn.Linear:
         """A float (bf16) nn.Linear of the same weight and bias."""
@@ -213,8 +252,9 @@ class Int4Linear(nn.Module):
         if target.type != self.qdata.device.type:
             q, scales, zeros = (t.to(target) for t in self.codes())
             moved = Int4Linear.from_codes(q, scales, zeros, self.group_size,
-                                          None if self.bias is None else self.bias.to(target))
+                                          None if self.bias is None else self.bias.to(target), self.kernel)
             self.qdata, self.scale_and_zero, self.bias = moved.qdata, moved.scale_and_zero, moved.bias
+            self.packing = moved.packing
             return self
         super()._apply(fn, recurse)
         if self.scale_and_zero.dtype != torch.bfloat16:   # bf16 -> wider -> bf16 is exact
@@ -223,4 +263,4 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"bias={self.bias is not None}, device={self.qdata.device.type}")
+                f"bias={self.bias is not None}, device={self.qdata.device.type}, kernel={self.packing}")

@@ -1,10 +1,11 @@
 """int4 token tables (``quant.parts.embeddings=int4_weight``, compact layout): the LLM's embedding table held
 once as an ``Int4Linear``, which is the lm_head when the two are tied, and read row by row for the lookup.
 
-The kernels' packing keeps output rows in independent tiles (8 rows on CUDA, blocks of 64 on the CPU).
+tinygemm's packing keeps output rows in independent tiles (8 rows on CUDA, blocks of 64 on the CPU).
 A lookup gathers the tiles of the wanted rows, which form a valid packed weight of their own, and multiplies the
 identity by it: the kernel itself dequantizes exactly those rows, so no float copy of the table ever exists and
-the lookup costs one small kernel call. A tied table then stores its codes once for both uses (4.5 bits per
+the lookup costs one small kernel call. The Triton kernel's packing (``quant.int4_kernel``) holds a row's codes as
+they are stored, so its rows are dequantized directly. A tied table then stores its codes once for both uses (4.5 bits per
 weight at groups of 64, against 8 for int8 and 16 for bf16).
 """
 from __future__ import annotations
@@ -40,6 +41,11 @@ def rows(table: int4.Int4Linear, ids: torch.Tensor) -> torch.Tensor:
     """The bf16 rows ``ids`` (any shape) of ``table``'s weight [out, in]: shape ``ids.shape + (in,)``."""
     device = table.qdata.device
     flat = ids.reshape(-1).to(device)
+    if table.packing == "triton":   # codes as stored, a row per output: dequantize just the rows asked for
+        q = int4.unpack_nibbles(table.qdata[flat]).reshape(flat.numel(), -1, table.group_size).float()
+        sz = table.scale_and_zero[:, flat].float()                             # [groups, T, 2]
+        w = (q - int4.MID) * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
+        return w.to(torch.bfloat16).reshape(*ids.shape, table.in_features)
     eye = torch.eye(table.in_features, dtype=torch.bfloat16, device=device)
     whole = table.scale_and_zero.shape[1] // TILE[device.type] * TILE[device.type]
     if whole == table.scale_and_zero.shape[1]:
@@ -78,9 +84,10 @@ class Int4Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int4 rows of the table below"
 
 
-def quantize_tables(llm: nn.Module, group_size: int, calibrate: Callable[[], int] | None = None) -> list[str]:
-    """The LLM's input table, and its output table (the lm_head), as int4 in the compact layout on the device
-    they are on; a tied pair stays one table. With `calibrate` (a call that runs calibration batches through
+def quantize_tables(llm: nn.Module, group_size: int, calibrate: Callable[[], int] | None = None,
+                    kernel: str = "auto") -> list[str]:
+    """The LLM's input table, and its output table (the lm_head), as int4 in the compact layout (`kernel`'s
+    packing) on the device they are on; a tied pair stays one table. With `calibrate` (a call that runs calibration batches through
     the model) the head's codes are GPTQ's over its inputs, the final hidden states, and a tied table's lookups
     read those same codes; else both round to nearest. Returns what was done, for the record's notes."""
     emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
@@ -95,7 +102,7 @@ def quantize_tables(llm: nn.Module, group_size: int, calibrate: Callable[[], int
                                    lambda name, m, q, scales, zeros: codes.update(head=(q, scales, zeros)))
         head_codes, how = codes["head"], f"GPTQ over the lm_head's inputs, {batches} calibration batches"
     codes_of_table = head_codes if tied and head_codes else int4.rtn(emb.weight.detach(), group_size)
-    table = int4.Int4Linear.from_codes(*codes_of_table, group_size)
+    table = int4.Int4Linear.from_codes(*codes_of_table, group_size, kernel=kernel)
     llm.set_input_embeddings(Int4Embedding(table, emb.padding_idx))
     done = [f"embeddings: int4 table of {table.out_features} x {table.in_features} (compact layout, groups of "
             f"{group_size}, {how if tied else 'round-to-nearest'}), rows read through the kernel"]
@@ -104,6 +111,6 @@ def quantize_tables(llm: nn.Module, group_size: int, calibrate: Callable[[], int
         done.append("lm_head: the same int4 table (tied)")
     elif isinstance(head, nn.Linear) and head.in_features % group_size == 0:
         llm.set_output_embeddings(int4.Int4Linear.from_codes(
-            *(head_codes or int4.rtn(head.weight.detach(), group_size)), group_size, head.bias))
+            *(head_codes or int4.rtn(head.weight.detach(), group_size)), group_size, head.bias, kernel))
         done.append(f"lm_head: its own int4 table (untied, {how})")
     return done

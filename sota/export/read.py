@@ -50,10 +50,13 @@ def _casts(module: nn.Module, doc: dict[str, Any], part: str) -> None:
         cast_half(module, getattr(torch, own["half"]), [])
 
 
-def _filled(module: nn.Module, root: Path, part: str, part_spec: dict[str, Any], device: str) -> nn.Module:
-    """A part built on the meta device, given its stored tensors (`_write_part`'s files)."""
+def _filled(module: nn.Module, root: Path, part: str, doc: dict[str, Any], device: str) -> nn.Module:
+    """A part built on the meta device, given its stored tensors (`_write_part`'s files); compact int4 layers
+    packed for the kernel the export names (`load` may have replaced it)."""
     file = root / part / layout.WEIGHTS
-    compact = tensors.read_int4(root / part / layout.INT4, part_spec.get("int4_compact") or [], device)
+    part_spec = doc[part]
+    compact = tensors.read_int4(root / part / layout.INT4, part_spec.get("int4_compact") or [], device,
+                                doc["quant"].get("int4_kernel") or "auto")
     tensors.load_into(module, tensors.read(file, device), part_spec.get("shared", {}), file, compact,
                       part_spec.get("int4_embeddings") or [])
     return module
@@ -66,7 +69,7 @@ def _encoder(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
     with torch.device("meta"):
         encoder = AudioEncoder(path=None, config=e["config"], context_s=e["context_s"], frozen=True,
                                second=e["second"], dtype=e["dtype"], bucket_s=e["bucket_s"])
-    return _filled(encoder, root, layout.ENCODER, e, device)
+    return _filled(encoder, root, layout.ENCODER, doc, device)
 
 
 def _connector(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
@@ -76,7 +79,7 @@ def _connector(root: Path, doc: dict[str, Any], device: str) -> nn.Module:
     with torch.device("meta"):
         connector = instantiate(c["build"])(in_dim=c["in_dim"], out_dim=c["out_dim"],
                                             frames_per_second=c["frames_per_second"])
-    return _filled(connector, root, layout.CONNECTOR, c, device)
+    return _filled(connector, root, layout.CONNECTOR, doc, device)
 
 
 def _compact_llm(where: Path, doc: dict[str, Any], device: str) -> nn.Module:
@@ -90,7 +93,7 @@ def _compact_llm(where: Path, doc: dict[str, Any], device: str) -> nn.Module:
         del config.quantization_config
     with tensors.parameters_on_meta():
         llm = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, doc["llm"]["dtype"]))
-    _filled(llm, where.parent, layout.LLM, doc["llm"], device)
+    _filled(llm, where.parent, layout.LLM, doc, device)
     if (where / "generation_config.json").is_file():
         llm.generation_config = GenerationConfig.from_pretrained(where, local_files_only=True)
     return llm
@@ -131,12 +134,18 @@ def _pretrained_llm(where: Path, doc: dict[str, Any]) -> nn.Module:
     return llm
 
 
-def load(path: str | Path, device: str = "cpu") -> Any:
-    """The AudioLLM stored in export directory `path`, on `device`, in eval mode."""
+def load(path: str | Path, device: str = "cpu", int4_kernel: str | None = None) -> Any:
+    """The AudioLLM stored in export directory `path`, on `device`, in eval mode. `int4_kernel` (one of
+    sota.compress.int4.KERNELS) replaces the compact int4 kernel the export was written with."""
+    from sota.compress import int4
     from sota.models.audio_llm import AudioLLM
 
     root = Path(path)
     doc = spec(root)
+    if int4_kernel is not None:
+        if int4_kernel not in int4.KERNELS:
+            raise ValueError(f"int4_kernel must be one of {', '.join(int4.KERNELS)}; got {int4_kernel!r}")
+        doc["quant"]["int4_kernel"] = int4_kernel
     _device_fits(doc, device)
     encoder = _encoder(root, doc, device)
     connector = _connector(root, doc, device)

@@ -121,8 +121,10 @@ def save_int4(module: nn.Module, path: Path) -> list[dict[str, Any]]:
     return specs
 
 
-def read_int4(path: Path, specs: list[dict[str, Any]], device: str = "cpu") -> dict[str, int4.Int4Linear]:
-    """The layers `save_int4` wrote to `path`, packed for `device`; nothing else is materialised in float."""
+def read_int4(path: Path, specs: list[dict[str, Any]], device: str = "cpu",
+              kernel: str = "auto") -> dict[str, int4.Int4Linear]:
+    """The layers `save_int4` wrote to `path`, packed for `kernel` on `device`; nothing else is materialised in
+    float."""
     if not specs:
         return {}
     from safetensors import safe_open
@@ -142,7 +144,7 @@ def read_int4(path: Path, specs: list[dict[str, Any]], device: str = "cpu") -> d
                 raise ValueError(f"{path}: {name} holds codes {tuple(q.shape)} and scales {tuple(scales.shape)}, not "
                                  f"those of a {k} -> {n} linear in groups of {gs}")
             bias = f.get_tensor(keys[3]) if s["bias"] else None
-            layers[name] = int4.Int4Linear.from_codes(q, scales, zeros, gs, bias)
+            layers[name] = int4.Int4Linear.from_codes(q, scales, zeros, gs, bias, kernel)
     if names:
         raise ValueError(f"{path}: {len(names)} tensors belong to no int4 layer it lists (e.g. {sorted(names)[0]})")
     return layers

@@ -66,8 +66,11 @@ def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
     # int4's layout, as quantization resolved it on `device`: torchao's (CUDA only) or sota's compact one
     int4_layout = (("compact" if quant.uses_compact_int4(q, device) else "torchao")
                    if q is not None and quant.uses_int4(q) else None)
+    # the compact layout's kernel as configured: a load packs the stored codes for it (sota.load can override)
+    int4_kernel = q.get("int4_kernel", "auto") if int4_layout == "compact" else None
     if mode == "none":
-        return {"mode": "none", "targets": [], "skip": [], "half": None, "parts": parts, "int4_layout": int4_layout}
+        return {"mode": "none", "targets": [], "skip": [], "half": None, "parts": parts, "int4_layout": int4_layout,
+                "int4_kernel": int4_kernel}
     if mode == "mixed":
         # transformers' quantization configs describe one method per model; a map of several is not loadable
         raise ValueError("export of quant=mixed is not supported: transformers' quantization configs hold one "
@@ -75,7 +78,8 @@ def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
     skip = [str(p) for p in q.get("skip") or []] + (quant.EMBEDDINGS if "embeddings" in chosen else [])
     return {"mode": mode, "targets": list(q.get("targets") or ["llm"]), "skip": skip,
             "half": _dtype_name(quant.half_dtype(q, device)), "group_size": q.get("group_size"), "parts": parts,
-            "device": "cuda" if str(device).startswith("cuda") else "cpu", "int4_layout": int4_layout}
+            "device": "cuda" if str(device).startswith("cuda") else "cpu", "int4_layout": int4_layout,
+            "int4_kernel": int4_kernel}
 
 
 def _torchao_config(state: dict[str, torch.Tensor], qspec: dict[str, Any], quantized: list[str]) -> Any:

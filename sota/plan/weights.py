@@ -54,11 +54,14 @@ def _probe(mode: str, in_features: int, dtype: torch.dtype, embedding: bool, gro
 
 
 def layer_bytes(mode: str, out_features: int, in_features: int, dtype: torch.dtype, group_size: int = 128,
-                embedding: bool = False, int4_layout: str = "torchao", device_type: str = "cuda") -> int:
-    """Storage of one [out, in] weight (bias excluded) quantized in `mode` (int4: in `int4_layout`, resolved)."""
+                embedding: bool = False, int4_layout: str = "torchao", device_type: str = "cuda",
+                int4_kernel: str = "tinygemm") -> int:
+    """Storage of one [out, in] weight (bias excluded) quantized in `mode` (int4: in `int4_layout` and, compact,
+    packed for `int4_kernel`; both resolved)."""
     if mode == "int4_weight":
         compact = int4_layout == "compact"
-        n = _ceil(out_features, int4.ROW_MULTIPLE[device_type] if compact else INT4_N_MULTIPLE)
+        rows = 1 if int4_kernel == "triton" else int4.ROW_MULTIPLE[device_type]   # Triton's: no row padding
+        n = _ceil(out_features, rows if compact else INT4_N_MULTIPLE)
         k = in_features if compact else _ceil(in_features, INT4_K_MULTIPLE)
         return n * k // 2 + (k // group_size) * n * 2 * 2
     intercept, per_row = _probe(mode, in_features, dtype, embedding, group_size)
@@ -155,6 +158,7 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
     patterns = _skip_patterns(q)
     kind_dev = quant._device_type(device)
     layout = int4.resolve_layout(q.get("int4_layout", "auto"), kind_dev) if q is not None else "torchao"
+    kernel = int4.resolve_kernel(q.get("int4_kernel", "auto"), kind_dev) if q is not None else "tinygemm"
     acc: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for part, root in parts.items():
         if root is None:
@@ -177,7 +181,8 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
                     dtype = half or p.dtype
                     n_out, n_in = p.shape[0], p.shape[1]
                     b = layer_bytes(kind, n_out, n_in, dtype, quant.group_size(q, "embeddings" if id(m) in embeds else part),
-                                    embedding=isinstance(m, nn.Embedding), int4_layout=layout, device_type=kind_dev)
+                                    embedding=isinstance(m, nn.Embedding), int4_layout=layout, device_type=kind_dev,
+                                    int4_kernel=kernel)
                     acc[(part, kind)][0] += p.numel()
                     acc[(part, kind)][1] += b
                     continue

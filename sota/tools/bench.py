@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="EXPORT",
                         help="measure the model of an export directory (python -m sota.export), loaded in this "
                              "fresh process: the peak memory is what a user who loads it sees")
+    parser.add_argument("--int4-kernel", default=None, choices=("auto", "tinygemm", "triton"),
+                        help="with --from: the kernel its compact int4 layers are packed for, instead of the one the "
+                             "export names (without --from: the quant.int4_kernel override)")
     parser.add_argument("--memory-trace", type=Path, default=None, metavar="JSON",
                         help="CUDA: record every allocation from loading to the end of the measurements, and write "
                              "the blocks alive at the peak, grouped by the code that allocated them")
@@ -320,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    if args.int4_kernel is not None and args.from_dir is None:
+        parser.error("--int4-kernel replaces an export's kernel (with --from); a built model takes the "
+                     "quant.int4_kernel override")
     picked = [m for m in (_selects_measure(o) for o in args.overrides) if m]
     modes = args.modes.split(",") if args.modes else (picked[-1:] or list(DEFAULT_MODES))
     from sota.measure import latency, memory_trace
@@ -342,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in configs.values():
         check(cfg, device)
 
+    from sota.compress import int4
     from sota.config import as_dict
     from sota.models.footprint import footprint
     from sota.utils.provenance import device_name, versions
@@ -360,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_dir is not None:
         from sota.export import read
 
-        model, record = read.load(args.from_dir, device), read.spec(args.from_dir)["compression"]
+        model, record = read.load(args.from_dir, device, args.int4_kernel), read.spec(args.from_dir)["compression"]
     else:
         model, record = build(first, device)
     build_s = time.perf_counter() - t0
@@ -398,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             "overrides": list(args.overrides), "from": str(args.from_dir) if args.from_dir else None,
             "device": device_name(device), "build_s": build_s,
             "model": sizes, "llm_weight_bytes": llm_bytes, "compression": record,
+            "int4_kernels": int4.kernels_in(model),
             "hf_generate_ms_per_token": hf_ms, "copy_bandwidth_gbs": bandwidth, "floor_ms_per_token": floor_ms,
             "measure": {mode: as_dict(cfg.measure) for mode, cfg in configs.items()},
             "results": results, "profile": profile, "memory_trace": trace, "versions": versions(),

@@ -1,0 +1,139 @@
+"""Triton kernels for the compact int4 layout on CUDA (``quant.int4_kernel=triton``).
+
+The codes stay as ``sota.export`` stores them: uint8 [rows, in / 2], two codes a byte, the even input feature in
+the high nibble; scales and zeros are tinygemm's ``scale_and_zero`` ([groups, rows, 2], bf16), and a weight is
+``(q - 8) * scale + zero``. Two kernels read them:
+
+- ``_gemv`` for a few rows of activations (a decode step): each program streams a block of output rows' codes
+  once, at full width, and reduces them against x in fp32. At batch 1 the step is bound by reading the weights,
+  and tinygemm's kernel (built for tensor-core tiles) reads them at about a third of an H200's bandwidth
+  (experiments/2026-12-03_export_h200).
+- ``_gemm`` for many rows (prefill, the encoder): the codes dequantized tile by tile into a tensor-core product.
+
+Neither calls cuBLAS, so an all-int4 model allocates no cuBLAS workspace. Triton is imported only when a kernel
+first runs; ``available()`` says whether it can.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+MID = 8
+# Activation rows up to which the reduction kernel beats the tensor-core one (one program per row and block).
+GEMV_MAX_ROWS = 4
+
+
+@functools.cache
+def available() -> bool:
+    """Triton imports (CUDA builds of torch ship it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _kernels():  # noqa: ANN202 - the jitted functions, built once Triton is needed
+    import triton
+    import triton.language as tl
+
+    def gemv_configs():
+        return [triton.Config({"BLOCK_N": bn, "GROUPS": u}, num_warps=w, num_stages=st)
+                for bn in (4, 8, 16, 32) for u in (1, 2, 4, 8) for w in (2, 4) for st in (2, 3)]
+
+    @triton.autotune(configs=gemv_configs(), key=["N", "K", "GROUP"])
+    @triton.jit
+    def _gemv(x_ptr, q_ptr, sz_ptr, y_ptr, N, K, rows, stride_xm, stride_ym,
+              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr):
+        # A program: BLOCK_N output rows, GROUPS quantization groups of codes per step along K, so each scale and
+        # zero broadcasts over its group's codes and the sum over K happens once, at the end.
+        pid_n, m = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = rn < N
+        u = tl.arange(0, GROUPS)
+        j = tl.arange(0, GROUP // 2)                                   # byte j of a group: codes 2j (high), 2j+1
+        acc = tl.zeros((BLOCK_N, GROUPS, GROUP // 2), dtype=tl.float32)
+        n_groups = K // GROUP
+        for g0 in range(0, n_groups, GROUPS):
+            g = g0 + u
+            g_ok = g < n_groups
+            b = tl.load(q_ptr + rn[:, None, None] * (K // 2) + g[None, :, None] * (GROUP // 2) + j[None, None, :],
+                        mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
+            # codes to float by their bits: 2**23 + q read as a float, less 2**23. Exact, and it avoids
+            # int-to-float conversions, which run at a quarter of the float rate.
+            hi = ((b >> 4).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            lo = ((b & 15).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            xk = x_ptr + m * stride_xm + g[None, :, None] * GROUP + 2 * j[None, None, :]
+            xe = tl.load(xk, mask=g_ok[None, :, None], other=0.0).to(tl.float32)
+            xo = tl.load(xk + 1, mask=g_ok[None, :, None], other=0.0).to(tl.float32)
+            sz = sz_ptr + (g[None, :, None] * rows + rn[:, None, None]) * 2
+            ok = n_ok[:, None, None] & g_ok[None, :, None]
+            s = tl.load(sz, mask=ok, other=0.0).to(tl.float32)
+            z = tl.load(sz + 1, mask=ok, other=0.0).to(tl.float32)
+            acc += s * (hi * xe + lo * xo) + (z - 8.0 * s) * (xe + xo)  # ((q - 8) * s + z) * x, two codes a byte
+        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+        tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+    def gemm_configs():
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+                for bm in (16, 64) for bn in (64, 128) for bk in (64, 128) for w in (4,) for s in (3,)]
+
+    @triton.autotune(configs=gemm_configs(), key=["N", "K", "GROUP"])
+    @triton.jit
+    def _gemm(x_ptr, q_ptr, sz_ptr, y_ptr, M, N, K, rows, stride_xm, stride_ym,
+              GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_ok, n_ok = rm < M, rn < N
+        half = tl.arange(0, BLOCK_K // 2)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 // 2 + half
+            b = tl.load(q_ptr + rn[:, None] * (K // 2) + kk[None, :], mask=n_ok[:, None] & (kk < K // 2)[None, :],
+                        other=0)
+            q = tl.reshape(tl.join((b >> 4).to(tl.float32), (b & 15).to(tl.float32)), (BLOCK_N, BLOCK_K))
+            # a scale and a zero per (row, input feature): any BLOCK_K, whatever the group size
+            kx = k0 + tl.arange(0, BLOCK_K)
+            sz = sz_ptr + ((kx // GROUP)[None, :] * rows + rn[:, None]) * 2
+            ok = n_ok[:, None] & (kx < K)[None, :]
+            s = tl.load(sz, mask=ok, other=0.0).to(tl.float32)
+            z = tl.load(sz + 1, mask=ok, other=0.0).to(tl.float32)
+            w = ((q - 8.0) * s + z).to(tl.bfloat16)                     # [BLOCK_N, BLOCK_K]
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + kx[None, :], mask=m_ok[:, None] & (kx < K)[None, :],
+                        other=0.0)
+            acc = tl.dot(x, tl.trans(w), acc)
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+    return _gemv, _gemm
+
+
+def _launch(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int,
+            out_features: int) -> torch.Tensor:
+    gemv, gemm = _kernels()
+    m, k = x.shape
+    rows = scale_and_zero.shape[1]
+    y = torch.empty(m, out_features, dtype=torch.bfloat16, device=x.device)
+    if m <= GEMV_MAX_ROWS:
+        gemv[lambda meta: (-(-out_features // meta["BLOCK_N"]), m)](
+            x, codes, scale_and_zero, y, out_features, k, rows, x.stride(0), y.stride(0), GROUP=group_size)
+    else:
+        gemm[lambda meta: (-(-m // meta["BLOCK_M"]), -(-out_features // meta["BLOCK_N"]))](
+            x, codes, scale_and_zero, y, m, out_features, k, rows, x.stride(0), y.stride(0), GROUP=group_size)
+    return y
+
+
+@torch.library.custom_op("sota::int4_mm", mutates_args=())
+def int4_mm(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int,
+            out_features: int) -> torch.Tensor:
+    """bf16 ``x`` [M, in] (contiguous) times the codes: bf16 [M, out_features]. An opaque op to torch.compile,
+    which captures it in the decode step's CUDA graph like any other kernel."""
+    return _launch(x, codes, scale_and_zero, group_size, out_features)
+
+
+@int4_mm.register_fake
+def _(x, codes, scale_and_zero, group_size, out_features):  # noqa: ANN001, ANN202
+    return x.new_empty(x.shape[0], out_features, dtype=torch.bfloat16)
