@@ -41,7 +41,7 @@ def _kernels():  # noqa: ANN202 - the jitted functions, built once Triton is nee
 
     def gemv_configs():
         return [triton.Config({"BLOCK_N": bn, "GROUPS": u}, num_warps=w, num_stages=st)
-                for bn in (4, 8, 16, 32) for u in (1, 2, 4, 8) for w in (2, 4) for st in (2, 3)]
+                for bn in (4, 8, 16) for u in (1, 2, 4) for w in (2, 4) for st in (2,)]
 
     @triton.autotune(configs=gemv_configs(), key=["N", "K", "GROUP"])
     @triton.jit
