@@ -71,7 +71,7 @@ def test_compact_int4_round_trip_answers_as_the_model_did(tmp_path, batches, ext
     ref_logits, ref_answers = _logits(model, batches), _answers(model, batches)
     spec = write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
     out = tmp_path / "out"
-    assert spec["quant"]["int4_layout"] == "compact" and spec["quant"]["int4_kernel"] == "auto"
+    assert spec["quant"]["int4_layout"] == "compact" and spec["quant"]["int4_kernel"] == "tinygemm"
     assert [s["name"] for s in spec["llm"]["int4_compact"]] == list(tensors.int4_layers(model.llm))
     assert {id(m) for m in tensors.int4_layers(model.llm).values()} == \
         {id(m) for m in model.llm.modules() if isinstance(m, int4.Int4Linear)}
@@ -182,7 +182,7 @@ def test_a_compact_int4_export_of_the_cpu_loads_on_cuda(tmp_path, kernel):
         got, want = loaded.llm.get_submodule(name), model.llm.get_submodule(name)
         assert got.packing == kernel and got.qdata.is_cuda
         assert all(torch.equal(a.cpu(), b) for a, b in zip(got.codes(), want.codes()))
-    with pytest.raises(ValueError, match="int4_kernel must be one of auto, tinygemm, triton"):
+    with pytest.raises(ValueError, match="int4_kernel must be one of tinygemm, triton"):
         sota.load(str(tmp_path / "out"), "cuda", int4_kernel="marlin")
 
 

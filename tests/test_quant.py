@@ -99,7 +99,7 @@ def test_validate_names_the_problem():
     assert "quant.algorithm=hqq runs through torchao's int4 layout" in out[1]
     out = []
     quant.validate(qcfg("int4_weight", int4_layout="compact", int4_kernel="marlin"), "cuda", out)
-    assert out == ["quant.int4_kernel must be one of auto, tinygemm, triton; got 'marlin'"]
+    assert out == ["quant.int4_kernel must be one of tinygemm, triton; got 'marlin'"]
 
 
 def test_only_bitsandbytes_modes_quantize_the_qlora_base():

@@ -3,7 +3,9 @@ kernels (`sota/compress/int4_triton.py`), with bf16 `F.linear` (cuBLAS) beside t
 CUDA graph of 50 calls (triton.testing.do_bench_cudagraph), so launch cost is out and what remains is the kernel's
 own time. Bandwidth = the bytes the product must read (codes, scales and zeros; bf16 weights for bf16) / time.
 
-    python experiments/2026-12-05_int4_kernels_h200/kernels.py --out kernels.json
+    python experiments/2026-12-05_int4_kernels_h200/kernels.py --out kernels.json [--candidate]
+
+--candidate also times `gemv_candidate.py` (this folder) on one activation row.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--rows", default="1,128", help="activation rows to time")
+    ap.add_argument("--candidate", action="store_true", help="also time gemv_candidate.py at one row")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
@@ -64,17 +67,26 @@ def main() -> None:
             t_triton = do_bench_cudagraph(lambda: int4_triton._launch(x, codes, sz, g, n))
             t_tiny = do_bench_cudagraph(lambda: torch.ops.aten._weight_int4pack_mm(x, tiny, g, sz))
             t_bf16 = do_bench_cudagraph(lambda: torch.nn.functional.linear(x, ref_w))
+            extra = {}
+            if args.candidate and m == 1:
+                import gemv_candidate
+
+                y_c = gemv_candidate.launch(x, codes, sz, g, n)
+                t_c = do_bench_cudagraph(lambda: gemv_candidate.launch(x, codes, sz, g, n))
+                extra = {"us_candidate": t_c * 1e3, "GBps_candidate": int4_bytes / t_c / 1e6,
+                         "rel_err_candidate": err(y_c)}
             gemv, gemm = int4_triton._kernels()
             best = (gemv if m <= int4_triton.GEMV_MAX_ROWS else gemm).best_config
             row = {"shape": name, "out": n, "in": k, "group": g, "m": m,
                    "us_triton": t_triton * 1e3, "us_tinygemm": t_tiny * 1e3, "us_bf16": t_bf16 * 1e3,
                    "GBps_triton": int4_bytes / t_triton / 1e6, "GBps_tinygemm": int4_bytes / t_tiny / 1e6,
                    "GBps_bf16": n * k * 2 / t_bf16 / 1e6, "rel_err_triton": err(y_t), "rel_err_tinygemm": err(y_g),
-                   "config": str(best)}
+                   "config": str(best), **extra}
             out["rows"].append(row)
             print(f"{name:16s} m={m:<4d} triton {row['us_triton']:8.1f} us ({row['GBps_triton']:6.0f} GB/s)  "
                   f"tinygemm {row['us_tinygemm']:8.1f} us ({row['GBps_tinygemm']:6.0f})  bf16 {row['us_bf16']:8.1f} us "
-                  f"({row['GBps_bf16']:6.0f})  err {row['rel_err_triton']:.1e}/{row['rel_err_tinygemm']:.1e}  {best}",
+                  f"({row['GBps_bf16']:6.0f})  err {row['rel_err_triton']:.1e}/{row['rel_err_tinygemm']:.1e}  {best}"
+                  + (f"  candidate {extra['us_candidate']:.1f} us ({extra['GBps_candidate']:.0f})" if extra else ""),
                   flush=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)

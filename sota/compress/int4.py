@@ -11,10 +11,9 @@ dequantized as ``(q - 8) * scale + zero``), and the two layouts that hold them (
 - ``auto``: ``torchao`` on CUDA, ``compact`` on the CPU (where torchao's layout has no kernel).
 
 On CUDA the compact layout has two kernels (``quant.int4_kernel``), each with its own packing:
-- ``tinygemm``: as above;
-- ``triton``: ``sota.compress.int4_triton``, which reads the codes as stored (two a byte, no row padding) and
-  streams them at batch 1 faster than tinygemm's tensor-core tiles;
-- ``auto``: ``triton`` where Triton imports, else ``tinygemm``.
+- ``tinygemm`` (the default): as above, the faster of the two at batch 1 as measured on an H200;
+- ``triton``: ``sota.compress.int4_triton``, which reads the codes as stored (two a byte, no row padding); 2-4x
+  faster than tinygemm on 128 rows (prefill), slower on one (experiments/2026-12-05_int4_kernels_h200).
 The CPU always runs torch's CPU kernel.
 """
 from __future__ import annotations
@@ -25,7 +24,7 @@ from torch import nn
 from sota.compress import int4_triton
 
 LAYOUTS = ("auto", "torchao", "compact")
-KERNELS = ("auto", "tinygemm", "triton")
+KERNELS = ("tinygemm", "triton")
 QMIN, QMAX, MID = 0, 15, 8
 # Output rows the compact layout's kernels take in multiples of: tinygemm's n-tile on CUDA; torch's CPU packing
 # refuses other row counts.
@@ -38,11 +37,7 @@ def resolve_layout(layout: str, device_type: str) -> str:
 
 def resolve_kernel(kernel: str, device_type: str) -> str:
     """The compact layout's kernel on ``device_type``: the CPU has torch's only."""
-    if device_type != "cuda":
-        return "tinygemm"
-    if kernel == "auto":
-        return "triton" if int4_triton.available() else "tinygemm"
-    return kernel
+    return kernel if device_type == "cuda" else "tinygemm"
 
 
 def qparams(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +134,7 @@ class Int4Linear(nn.Module):
     """A linear layer whose weight is int4 codes packed for one device type (the ``compact`` layout)."""
 
     def __init__(self, qdata: torch.Tensor, scale_and_zero: torch.Tensor, in_features: int, out_features: int,
-                 group_size: int, bias: torch.Tensor | None, kernel: str = "auto") -> None:
+                 group_size: int, bias: torch.Tensor | None, kernel: str = "tinygemm") -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.kernel = kernel                                           # as asked; kept across device moves
@@ -150,10 +145,15 @@ class Int4Linear(nn.Module):
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-                   bias: torch.Tensor | None = None, kernel: str = "auto") -> Int4Linear:
+                   bias: torch.Tensor | None = None, kernel: str = "tinygemm") -> Int4Linear:
         """Pack ``(q, scales, zeros)`` for ``kernel`` on the device they are on."""
         n, k = q.shape
+        if kernel not in KERNELS:
+            raise ValueError(f"int4 kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
         if resolve_kernel(kernel, q.device.type) == "triton":
+            if not int4_triton.available():
+                raise RuntimeError("the triton int4 kernel needs Triton (CUDA builds of torch ship it); it does not "
+                                   "import here: use the tinygemm kernel")
             if k % 2:
                 raise ValueError(f"int4 compact layout: in_features {k} is odd")
             return cls(pack_nibbles(q), _scales_and_zeros(scales, zeros), k, n, group_size, bias, kernel)

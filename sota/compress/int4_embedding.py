@@ -85,7 +85,7 @@ class Int4Embedding(nn.Module):
 
 
 def quantize_tables(llm: nn.Module, group_size: int, calibrate: Callable[[], int] | None = None,
-                    kernel: str = "auto") -> list[str]:
+                    kernel: str = "tinygemm") -> list[str]:
     """The LLM's input table, and its output table (the lm_head), as int4 in the compact layout (`kernel`'s
     packing) on the device they are on; a tied pair stays one table. With `calibrate` (a call that runs calibration batches through
     the model) the head's codes are GPTQ's over its inputs, the final hidden states, and a tied table's lookups

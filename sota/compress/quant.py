@@ -138,12 +138,12 @@ def _validate_int4_layout(cfg: Any, kind: str, algorithm: str, out: list[str]) -
         return
     if not uses_int4(cfg):
         return
-    kernel = cfg.get("int4_kernel", "auto")
+    kernel = cfg.get("int4_kernel", "tinygemm")
     if kernel not in int4.KERNELS:
         out.append(f"quant.int4_kernel must be one of {', '.join(int4.KERNELS)}; got {kernel!r}")
     elif kernel == "triton" and kind == "cuda" and not int4_triton.available():
         out.append("quant.int4_kernel=triton needs Triton (it ships with CUDA builds of torch); it does not import "
-                   "here: use quant.int4_kernel=tinygemm (or auto)")
+                   "here: use quant.int4_kernel=tinygemm")
     resolved = int4.resolve_layout(layout, kind)
     if resolved == "torchao" and kind != "cuda":
         out.append(f"quant.int4_layout=torchao needs a CUDA device (torchao's int4 kernels); this run is on {kind}: "
@@ -359,7 +359,7 @@ def int4_layer(lin: nn.Module, q: torch.Tensor, scales: torch.Tensor, zeros: tor
     or `lin` itself with torchao's packed weight."""
     gs = int(cfg.get("group_size", 128))
     if int4.resolve_layout(cfg.get("int4_layout", "auto"), q.device.type) == "compact":
-        return int4.Int4Linear.from_codes(q, scales, zeros, gs, lin.bias, cfg.get("int4_kernel", "auto"))
+        return int4.Int4Linear.from_codes(q, scales, zeros, gs, lin.bias, cfg.get("int4_kernel", "tinygemm"))
     lin.weight = nn.Parameter(int4.pack_torchao(q, scales, zeros, gs), requires_grad=False)
     return lin
 
@@ -722,7 +722,7 @@ def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str], ca
         cfg_parts = rtn_config(own)
         if part == "embeddings" and mode == "int4_weight":
             done = int4_embedding.quantize_tables(model.llm, group_size(cfg, part), calibrate if by_gptq else None,
-                                                  cfg.get("int4_kernel", "auto"))
+                                                  cfg.get("int4_kernel", "tinygemm"))
             notes.extend(f"llm.{d}" for d in done)
             n += len(done)
         elif mode == "int4_weight" and by_gptq:

@@ -56,7 +56,7 @@ def _filled(module: nn.Module, root: Path, part: str, doc: dict[str, Any], devic
     file = root / part / layout.WEIGHTS
     part_spec = doc[part]
     compact = tensors.read_int4(root / part / layout.INT4, part_spec.get("int4_compact") or [], device,
-                                doc["quant"].get("int4_kernel") or "auto")
+                                doc["quant"].get("int4_kernel") or "tinygemm")
     tensors.load_into(module, tensors.read(file, device), part_spec.get("shared", {}), file, compact,
                       part_spec.get("int4_embeddings") or [])
     return module

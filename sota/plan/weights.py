@@ -158,7 +158,7 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
     patterns = _skip_patterns(q)
     kind_dev = quant._device_type(device)
     layout = int4.resolve_layout(q.get("int4_layout", "auto"), kind_dev) if q is not None else "torchao"
-    kernel = int4.resolve_kernel(q.get("int4_kernel", "auto"), kind_dev) if q is not None else "tinygemm"
+    kernel = int4.resolve_kernel(q.get("int4_kernel", "tinygemm"), kind_dev) if q is not None else "tinygemm"
     acc: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for part, root in parts.items():
         if root is None:

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="EXPORT",
                         help="measure the model of an export directory (python -m sota.export), loaded in this "
                              "fresh process: the peak memory is what a user who loads it sees")
-    parser.add_argument("--int4-kernel", default=None, choices=("auto", "tinygemm", "triton"),
+    parser.add_argument("--int4-kernel", default=None, choices=("tinygemm", "triton"),
                         help="with --from: the kernel its compact int4 layers are packed for, instead of the one the "
                              "export names (without --from: the quant.int4_kernel override)")
     parser.add_argument("--memory-trace", type=Path, default=None, metavar="JSON",
