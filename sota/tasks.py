@@ -122,7 +122,9 @@ def _stages(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalSta
     """setup -> train -> evaluate -> measure; `session` carries what `run` closes afterwards."""
     from sota.plan.estimate import device_of
 
-    fraction = gpu_share.apply(device_of(cfg))
+    # every CUDA device the run touches: a point may train on the GPU and measure on the CPU, or the reverse
+    trains_on_gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
+    fraction = gpu_share.apply(device_of(cfg), *(("cuda",) if trains_on_gpu else ()))
     if fraction is not None:
         results.provenance["cuda_memory_fraction"] = fraction
     L.seed_everything(cfg.seed, workers=True)

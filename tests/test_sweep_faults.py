@@ -426,6 +426,23 @@ def test_gpu_shares():
     assert gpu_share.apply("cpu") is None
 
 
+def test_a_run_caps_every_cuda_device_it_touches(monkeypatch):
+    import torch
+
+    from sota.utils import gpu_share
+
+    capped = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: capped.append((f, str(d))))
+    monkeypatch.setenv(gpu_share.ENV, "0.25")
+    assert gpu_share.apply("cpu", "cuda") == 0.25 and capped == [(0.25, "cuda")]   # trains on the GPU, measures on the CPU
+    capped.clear()
+    assert gpu_share.apply("cuda:1", "cuda") == 0.25 and sorted(c[1] for c in capped) == ["cuda", "cuda:1"]
+    capped.clear()
+    assert gpu_share.apply("cpu") is None and capped == []
+    monkeypatch.delenv(gpu_share.ENV)
+    assert gpu_share.apply("cuda") is None and capped == []
+
+
 def test_a_bad_memory_fraction_in_the_environment_is_named(monkeypatch):
     from sota.utils import gpu_share
 

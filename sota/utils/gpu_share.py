@@ -39,14 +39,17 @@ def share(setting: object, workers: int, gpus: int | None) -> float | None:
     return parse(setting, "gpu_memory_per_point")
 
 
-def apply(device: str) -> float | None:
-    """Cap this process's allocator on `device` at the fraction the sweep set (ENV); returns it."""
+def apply(*devices: str) -> float | None:
+    """Cap this process's allocator on each CUDA device of `devices` (where it trains, where it measures) at the
+    fraction the sweep set (ENV); returns it, or None where nothing was capped."""
     fraction = parse(os.environ.get(ENV), ENV)
-    if fraction is None or not device.startswith("cuda"):
+    cuda = sorted({d for d in devices if d.startswith("cuda")})
+    if fraction is None or not cuda:
         return None
     import torch
 
-    torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
-    log.info("CUDA memory of this process capped at %.4g of %s (%s, set by the sweep's gpu_memory_per_point)",
-             fraction, device, ENV)
+    for device in cuda:
+        torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
+        log.info("CUDA memory of this process capped at %.4g of %s (%s, set by the sweep's gpu_memory_per_point)",
+                 fraction, device, ENV)
     return fraction
