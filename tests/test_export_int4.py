@@ -78,6 +78,10 @@ def test_compact_int4_round_trip_answers_as_the_model_did(tmp_path, batches, ext
     loaded = sota.load(str(out))
     assert torch.equal(_logits(loaded, batches), ref_logits)
     assert _answers(loaded, batches) == ref_answers
+    # a CUDA kernel asked for on the CPU: the CPU has torch's kernel only, and the same codes
+    again = sota.load(str(out), int4_kernel="triton")
+    assert {m.packing for m in again.modules() if isinstance(m, int4.Int4Linear)} == {"tinygemm"}
+    assert torch.equal(_logits(again, batches), ref_logits)
     # the int4 layers come back as Int4Linear packed for the CPU: no float copy of their weights exists
     for part in layout.PARTS:
         names = _int4_names(getattr(model, part))

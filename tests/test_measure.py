@@ -326,6 +326,17 @@ def test_bench_refuses_to_profile_the_eager_backend_before_building(capsys):
     assert "--profile: 'eager' is not a static backend; choose from static, compiled" in capsys.readouterr().err
 
 
+def test_bench_takes_an_int4_kernel_only_for_an_export(capsys):
+    from sota.tools import bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["model=tiny", "--int4-kernel", "triton"])
+    assert "--int4-kernel replaces an export's kernel (with --from)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--from", "x", "--int4-kernel", "marlin"])
+    assert "invalid choice: 'marlin'" in capsys.readouterr().err
+
+
 def test_bench_refuses_cuda_without_cuda(monkeypatch):
     from sota.tools import bench
 
