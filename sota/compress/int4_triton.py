@@ -20,8 +20,8 @@ import functools
 
 import torch
 
-MID = 8
-# Activation rows up to which the reduction kernel beats the tensor-core one (one program per row and block).
+# Activation rows up to which the reduction kernel runs (one program per row and block of outputs); above them
+# the tensor-core kernel, whose tiles span at least 16 rows.
 GEMV_MAX_ROWS = 4
 
 
@@ -41,40 +41,39 @@ def _kernels():  # noqa: ANN202 - the jitted functions, built once Triton is nee
     import triton.language as tl
 
     def gemv_configs():
-        return [triton.Config({"BLOCK_N": bn, "GROUPS": u}, num_warps=w, num_stages=st)
-                for bn in (4, 8, 16, 32) for u in (1, 2, 4, 8) for w in (2, 4) for st in (2, 3)]
+        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+                for bn in (4, 8, 16) for bk in (256, 512, 1024) for w in (2, 4) for s in (2, 4)]
 
     @triton.autotune(configs=gemv_configs(), key=["N", "K", "GROUP"])
     @triton.jit
     def _gemv(x_ptr, q_ptr, sz_ptr, y_ptr, N, K, rows, stride_xm, stride_ym,
-              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr):
-        # A program: BLOCK_N output rows, GROUPS quantization groups of codes per step along K, so each scale and
-        # zero broadcasts over its group's codes and the sum over K happens once, at the end.
+              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_n, m = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
-        u = tl.arange(0, GROUPS)
-        j = tl.arange(0, GROUP // 2)                                   # byte j of a group: codes 2j (high), 2j+1
-        acc = tl.zeros((BLOCK_N, GROUPS, GROUP // 2), dtype=tl.float32)
-        n_groups = K // GROUP
-        for g0 in range(0, n_groups, GROUPS):
-            g = g0 + u
-            g_ok = g < n_groups
-            b = tl.load(q_ptr + rn[:, None, None] * (K // 2) + g[None, :, None] * (GROUP // 2) + j[None, None, :],
-                        mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)
-            # codes to float by their bits: 2**23 + q read as a float, less 2**23. Exact, and it avoids
-            # int-to-float conversions, which run at a quarter of the float rate.
-            hi = ((b >> 4).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-            lo = ((b & 15).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-            xk = x_ptr + m * stride_xm + g[None, :, None] * GROUP + 2 * j[None, None, :]
-            xe = tl.load(xk, mask=g_ok[None, :, None], other=0.0).to(tl.float32)
-            xo = tl.load(xk + 1, mask=g_ok[None, :, None], other=0.0).to(tl.float32)
-            sz = sz_ptr + (g[None, :, None] * rows + rn[:, None, None]) * 2
-            ok = n_ok[:, None, None] & g_ok[None, :, None]
+        half = tl.arange(0, BLOCK_K // 2)
+        groups = tl.arange(0, BLOCK_K // GROUP)
+        acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 // 2 + half
+            k_ok = kk < K // 2
+            b = tl.load(q_ptr + rn[:, None] * (K // 2) + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+            hi = (b >> 4).to(tl.float32)
+            lo = (b & 15).to(tl.float32)
+            q = tl.reshape(tl.join(hi, lo), (BLOCK_N, BLOCK_K // GROUP, GROUP))
+            xk = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + m * stride_xm + xk, mask=xk < K, other=0.0).to(tl.float32)
+            x = tl.reshape(x, (1, BLOCK_K // GROUP, GROUP))
+            qx = tl.sum(q * x, axis=2)                                  # [BLOCK_N, groups]: sum q * x per group
+            xs = tl.sum(x, axis=2)                                      # [1, groups]: sum x per group
+            g = k0 // GROUP + groups
+            g_ok = g < K // GROUP
+            sz = sz_ptr + (g[None, :] * rows + rn[:, None]) * 2
+            ok = n_ok[:, None] & g_ok[None, :]
             s = tl.load(sz, mask=ok, other=0.0).to(tl.float32)
             z = tl.load(sz + 1, mask=ok, other=0.0).to(tl.float32)
-            acc += s * (hi * xe + lo * xo) + (z - 8.0 * s) * (xe + xo)  # ((q - 8) * s + z) * x, two codes a byte
-        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+            acc += s * (qx - 8.0 * xs) + z * xs                    # (q - 8) * s + z, summed
+        y = tl.sum(acc, axis=1)
         tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
     def gemm_configs():
