@@ -5,7 +5,8 @@ own time. Bandwidth = the bytes the product must read (codes, scales and zeros; 
 
     python experiments/2026-12-05_int4_kernels_h200/kernels.py --out kernels.json [--candidate]
 
---candidate also times `gemv_candidate.py` (this folder) on one activation row.
+--candidate also times `gemv_candidate.py` (this folder) on one activation row; --bnb also times bitsandbytes'
+4-bit product (`bnb.matmul_4bit`, nf4 in blocks of the same group size, float32 absmax) on every row count.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--rows", default="1,128", help="activation rows to time")
     ap.add_argument("--candidate", action="store_true", help="also time gemv_candidate.py at one row")
+    ap.add_argument("--bnb", action="store_true", help="also time bitsandbytes' nf4 product")
     args = ap.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
@@ -58,6 +60,12 @@ def main() -> None:
         tiny = torch.ops.aten._convert_weight_to_int4pack(codes, int4.inner_k_tiles(k))
         ref_w = int4.dequantize(q, scales, zeros, g).bfloat16()
         int4_bytes = codes.numel() + sz.numel() * 2
+        if args.bnb:
+            import bitsandbytes as bnb
+
+            nf4, state = bnb.functional.quantize_4bit(ref_w, blocksize=g, compress_statistics=False, quant_type="nf4")
+            nf4_w = bnb.functional.dequantize_4bit(nf4, state).float()
+            nf4_bytes = nf4.numel() * nf4.element_size() + state.absmax.numel() * state.absmax.element_size()
         for m in rows_list:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
             ref = x.float() @ ref_w.float().t()
@@ -68,13 +76,19 @@ def main() -> None:
             t_tiny = do_bench_cudagraph(lambda: torch.ops.aten._weight_int4pack_mm(x, tiny, g, sz))
             t_bf16 = do_bench_cudagraph(lambda: torch.nn.functional.linear(x, ref_w))
             extra = {}
+            if args.bnb:
+                with torch.no_grad():
+                    y_b = bnb.matmul_4bit(x, nf4.t(), quant_state=state)
+                    t_b = do_bench_cudagraph(lambda: bnb.matmul_4bit(x, nf4.t(), quant_state=state))
+                want_b = x.float() @ nf4_w.t()
+                extra.update(us_bnb_nf4=t_b * 1e3, GBps_bnb_nf4=nf4_bytes / t_b / 1e6,
+                             rel_err_bnb_nf4=((y_b.float() - want_b).abs().max() / want_b.abs().max()).item())
             if args.candidate and m == 1:
                 import gemv_candidate
 
                 y_c = gemv_candidate.launch(x, codes, sz, g, n)
                 t_c = do_bench_cudagraph(lambda: gemv_candidate.launch(x, codes, sz, g, n))
-                extra = {"us_candidate": t_c * 1e3, "GBps_candidate": int4_bytes / t_c / 1e6,
-                         "rel_err_candidate": err(y_c)}
+                extra.update(us_candidate=t_c * 1e3, GBps_candidate=int4_bytes / t_c / 1e6, rel_err_candidate=err(y_c))
             gemv, gemm = int4_triton._kernels()
             best = (gemv if m <= int4_triton.GEMV_MAX_ROWS else gemm).best_config
             row = {"shape": name, "out": n, "in": k, "group": g, "m": m,
@@ -86,7 +100,8 @@ def main() -> None:
             print(f"{name:16s} m={m:<4d} triton {row['us_triton']:8.1f} us ({row['GBps_triton']:6.0f} GB/s)  "
                   f"tinygemm {row['us_tinygemm']:8.1f} us ({row['GBps_tinygemm']:6.0f})  bf16 {row['us_bf16']:8.1f} us "
                   f"({row['GBps_bf16']:6.0f})  err {row['rel_err_triton']:.1e}/{row['rel_err_tinygemm']:.1e}  {best}"
-                  + (f"  candidate {extra['us_candidate']:.1f} us ({extra['GBps_candidate']:.0f})" if extra else ""),
+                  + "".join(f"  {key[3:]} {extra[key]:.1f} us ({extra['GBps' + key[2:]]:.0f})" for key in extra
+                            if key.startswith("us_")),
                   flush=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
