@@ -300,7 +300,7 @@ def test_bench_summarizes_several_result_files_one_row_per_backend(tmp_path, cap
     (tmp_path / "a.json").write_text(json.dumps({
         "overrides": ["model=mini", "llm=shape_only", "llm.arch=meta-llama/Llama-3.2-3B-Instruct"],
         "compression": {"quant": {"mode": "int4_weight"}}, "floor_ms_per_token": 0.5,
-        "hf_generate_ms_per_token": None,
+        "hf_generate_ms_per_token": None, "int4_kernels": {"triton": 196},
         "results": {"eager/official": result(1.0, 9.0), "eager/strict": result(2.0, 10.0),
                     "compiled/strict": result(3.0, 1.0)}}))
     (tmp_path / "b.json").write_text(json.dumps({
@@ -310,8 +310,8 @@ def test_bench_summarizes_several_result_files_one_row_per_backend(tmp_path, cap
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| model | quant | backend | TTFT ms | TPOT ms | floor ms | TPOT / floor |")
     assert lines[2:] == [
-        "| meta-llama/Llama-3.2-3B-Instruct | int4_weight | eager | 2.00 | 10.00 | 0.500 | 20.00 | – | 100.0 |",
-        "| meta-llama/Llama-3.2-3B-Instruct | int4_weight | compiled | 3.00 | 1.00 | 0.500 | 2.00 | – | 100.0 |",
+        "| meta-llama/Llama-3.2-3B-Instruct | int4_weight (triton) | eager | 2.00 | 10.00 | 0.500 | 20.00 | – | 100.0 |",
+        "| meta-llama/Llama-3.2-3B-Instruct | int4_weight (triton) | compiled | 3.00 | 1.00 | 0.500 | 2.00 | – | 100.0 |",
         "| tiny | none | static | 4.00 | 2.00 | – | – | 7.00 | 100.0 |"]
     with pytest.raises(SystemExit):
         bench.main(["--summarize", str(tmp_path / "missing.json")])

@@ -193,6 +193,9 @@ def summarize(paths: list[Path]) -> str:
     for path in paths:
         data = json.loads(Path(path).read_text())
         quant = ((data.get("compression") or {}).get("quant") or {}).get("mode", "none")
+        kernels = data.get("int4_kernels") or {}   # one export benched with each int4 kernel: rows told apart
+        if kernels:
+            quant += f" ({', '.join(sorted(kernels))})"
         floor, hf = data.get("floor_ms_per_token"), data.get("hf_generate_ms_per_token")
         by_backend: dict[str, dict[str, Any]] = {}
         for key, r in data["results"].items():
