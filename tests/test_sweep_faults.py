@@ -434,7 +434,8 @@ def test_a_run_caps_every_cuda_device_it_touches(monkeypatch):
     capped = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: capped.append((f, str(d))))
     monkeypatch.setenv(gpu_share.ENV, "0.25")
-    assert gpu_share.apply("cpu", "cuda") == 0.25 and capped == [(0.25, "cuda")]   # trains on the GPU, measures on the CPU
+    # trains on the GPU, measures on the CPU
+    assert gpu_share.apply("cpu", "cuda") == 0.25 and capped == [(0.25, "cuda")]
     capped.clear()
     assert gpu_share.apply("cuda:1", "cuda") == 0.25 and sorted(c[1] for c in capped) == ["cuda", "cuda:1"]
     capped.clear()

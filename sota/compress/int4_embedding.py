@@ -4,9 +4,9 @@ once as an ``Int4Linear``, which is the lm_head when the two are tied, and read 
 tinygemm's packing keeps output rows in independent tiles (8 rows on CUDA, blocks of 64 on the CPU).
 A lookup gathers the tiles of the wanted rows, which form a valid packed weight of their own, and multiplies the
 identity by it: the kernel itself dequantizes exactly those rows, so no float copy of the table ever exists and
-the lookup costs one small kernel call. The Triton kernel's packing (``quant.int4_kernel``) holds a row's codes as
-they are stored, so its rows are dequantized directly. A tied table then stores its codes once for both uses (4.5 bits per
-weight at groups of 64, against 8 for int8 and 16 for bf16).
+the lookup costs one small kernel call. The Triton kernel's packing (``quant.int4_kernel``) holds a row's codes
+as they are stored, so its rows are dequantized directly. A tied table then stores its codes once for both uses
+(4.5 bits per weight at groups of 64, against 8 for int8 and 16 for bf16).
 """
 from __future__ import annotations
 
@@ -87,9 +87,10 @@ class Int4Embedding(nn.Module):
 def quantize_tables(llm: nn.Module, group_size: int, calibrate: Callable[[], int] | None = None,
                     kernel: str = "tinygemm") -> list[str]:
     """The LLM's input table, and its output table (the lm_head), as int4 in the compact layout (`kernel`'s
-    packing) on the device they are on; a tied pair stays one table. With `calibrate` (a call that runs calibration batches through
-    the model) the head's codes are GPTQ's over its inputs, the final hidden states, and a tied table's lookups
-    read those same codes; else both round to nearest. Returns what was done, for the record's notes."""
+    packing) on the device they are on; a tied pair stays one table. With `calibrate` (a call that runs
+    calibration batches through the model) the head's codes are GPTQ's over its inputs, the final hidden states,
+    and a tied table's lookups read those same codes; else both round to nearest. Returns what was done, for the
+    record's notes."""
     emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
     if emb.embedding_dim % group_size:
         raise ValueError(f"quant.parts.embeddings=int4_weight: the table is {emb.embedding_dim} wide, not a multiple "
