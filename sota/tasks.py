@@ -120,11 +120,10 @@ def run(cfg: DictConfig) -> float | None:
 
 def _stages(cfg: DictConfig, out_dir: Path, results: Results, signals: SignalState, session: dict[str, Any]) -> None:
     """setup -> train -> evaluate -> measure; `session` carries what `run` closes afterwards."""
-    from sota.plan.estimate import device_of
+    from sota.plan.estimate import device_of, train_device
 
     # every CUDA device the run touches: a point may train on the GPU and measure on the CPU, or the reverse
-    trains_on_gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
-    fraction = gpu_share.apply(device_of(cfg), *(("cuda",) if trains_on_gpu else ()))
+    fraction = gpu_share.apply(device_of(cfg), train_device(cfg))
     if fraction is not None:
         results.provenance["cuda_memory_fraction"] = fraction
     L.seed_everything(cfg.seed, workers=True)

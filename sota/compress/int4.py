@@ -25,7 +25,7 @@ from torch import nn
 from sota.compress import int4_triton
 
 LAYOUTS = ("auto", "torchao", "compact")
-KERNELS = ("tinygemm", "triton")
+KERNELS = ("tinygemm", "triton")   # quant.int4_kernel; the first is the default
 QMIN, QMAX, MID = 0, 15, 8
 # Output rows the compact layout's kernels take in multiples of: tinygemm's n-tile on CUDA; torch's CPU packing
 # refuses other row counts.
@@ -135,18 +135,22 @@ class Int4Linear(nn.Module):
     """A linear layer whose weight is int4 codes packed for one device type (the ``compact`` layout)."""
 
     def __init__(self, qdata: torch.Tensor, scale_and_zero: torch.Tensor, in_features: int, out_features: int,
-                 group_size: int, bias: torch.Tensor | None, kernel: str = "tinygemm") -> None:
+                 group_size: int, bias: torch.Tensor | None, kernel: str = KERNELS[0]) -> None:
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.kernel = kernel                                           # as asked; kept across device moves
-        self.packing = resolve_kernel(kernel, qdata.device.type)       # what qdata is packed for
         self.register_buffer("qdata", qdata)
         self.register_buffer("scale_and_zero", scale_and_zero)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
+    @property
+    def packing(self) -> str:
+        """The kernel ``qdata`` is packed for: ``kernel`` where the device has it."""
+        return resolve_kernel(self.kernel, self.qdata.device.type)
+
     @classmethod
     def from_codes(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
-                   bias: torch.Tensor | None = None, kernel: str = "tinygemm") -> Int4Linear:
+                   bias: torch.Tensor | None = None, kernel: str = KERNELS[0]) -> Int4Linear:
         """Pack ``(q, scales, zeros)`` for ``kernel`` on the device they are on."""
         n, k = q.shape
         if kernel not in KERNELS:
@@ -255,7 +259,6 @@ class Int4Linear(nn.Module):
             moved = Int4Linear.from_codes(q, scales, zeros, self.group_size,
                                           None if self.bias is None else self.bias.to(target), self.kernel)
             self.qdata, self.scale_and_zero, self.bias = moved.qdata, moved.scale_and_zero, moved.bias
-            self.packing = moved.packing
             return self
         super()._apply(fn, recurse)
         if self.scale_and_zero.dtype != torch.bfloat16:   # bf16 -> wider -> bf16 is exact

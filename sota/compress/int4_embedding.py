@@ -42,9 +42,8 @@ def rows(table: int4.Int4Linear, ids: torch.Tensor) -> torch.Tensor:
     device = table.qdata.device
     flat = ids.reshape(-1).to(device)
     if table.packing == "triton":   # codes as stored, a row per output: dequantize just the rows asked for
-        q = int4.unpack_nibbles(table.qdata[flat]).reshape(flat.numel(), -1, table.group_size).float()
-        sz = table.scale_and_zero[:, flat].float()                             # [groups, T, 2]
-        w = (q - int4.MID) * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
+        scales, zeros = table.scale_and_zero[:, flat].unbind(-1)              # [groups, T] each
+        w = int4.dequantize(int4.unpack_nibbles(table.qdata[flat]), scales.t(), zeros.t(), table.group_size)
         return w.to(torch.bfloat16).reshape(*ids.shape, table.in_features)
     eye = torch.eye(table.in_features, dtype=torch.bfloat16, device=device)
     whole = table.scale_and_zero.shape[1] // TILE[device.type] * TILE[device.type]
@@ -85,7 +84,7 @@ class Int4Embedding(nn.Module):
 
 
 def quantize_tables(llm: nn.Module, group_size: int, calibrate: Callable[[], int] | None = None,
-                    kernel: str = "tinygemm") -> list[str]:
+                    kernel: str = int4.KERNELS[0]) -> list[str]:
     """The LLM's input table, and its output table (the lm_head), as int4 in the compact layout (`kernel`'s
     packing) on the device they are on; a tied pair stays one table. With `calibrate` (a call that runs
     calibration batches through the model) the head's codes are GPTQ's over its inputs, the final hidden states,

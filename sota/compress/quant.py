@@ -138,7 +138,7 @@ def _validate_int4_layout(cfg: Any, kind: str, algorithm: str, out: list[str]) -
         return
     if not uses_int4(cfg):
         return
-    kernel = cfg.get("int4_kernel", "tinygemm")
+    kernel = int4_kernel(cfg)
     if kernel not in int4.KERNELS:
         out.append(f"quant.int4_kernel must be one of {', '.join(int4.KERNELS)}; got {kernel!r}")
     elif kernel == "triton" and kind == "cuda" and not int4_triton.available():
@@ -183,6 +183,11 @@ def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
         elif parts(cfg).get(part) != "int4_weight":
             out.append(f"quant.part_group_size.{part}={gs} sets an int4 group size: it needs "
                        f"quant.parts.{part}=int4_weight (got {parts(cfg).get(part)})")
+
+
+def int4_kernel(cfg: Any) -> str:
+    """The compact int4 layout's kernel on CUDA (quant.int4_kernel), as configured."""
+    return cfg.get("int4_kernel", int4.KERNELS[0])
 
 
 def group_size(cfg: Any, part: str | None = None) -> int:
@@ -359,7 +364,7 @@ def int4_layer(lin: nn.Module, q: torch.Tensor, scales: torch.Tensor, zeros: tor
     or `lin` itself with torchao's packed weight."""
     gs = int(cfg.get("group_size", 128))
     if int4.resolve_layout(cfg.get("int4_layout", "auto"), q.device.type) == "compact":
-        return int4.Int4Linear.from_codes(q, scales, zeros, gs, lin.bias, cfg.get("int4_kernel", "tinygemm"))
+        return int4.Int4Linear.from_codes(q, scales, zeros, gs, lin.bias, int4_kernel(cfg))
     lin.weight = nn.Parameter(int4.pack_torchao(q, scales, zeros, gs), requires_grad=False)
     return lin
 
@@ -722,7 +727,7 @@ def quantize_parts(model: nn.Module, cfg: Any, device: str, notes: list[str], ca
         cfg_parts = rtn_config(own)
         if part == "embeddings" and mode == "int4_weight":
             done = int4_embedding.quantize_tables(model.llm, group_size(cfg, part), calibrate if by_gptq else None,
-                                                  cfg.get("int4_kernel", "tinygemm"))
+                                                  int4_kernel(cfg))
             notes.extend(f"llm.{d}" for d in done)
             n += len(done)
         elif mode == "int4_weight" and by_gptq:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sota.compress import int4
 from sota.export import layout, tensors
 
 
@@ -56,7 +57,7 @@ def _filled(module: nn.Module, root: Path, part: str, doc: dict[str, Any], devic
     file = root / part / layout.WEIGHTS
     part_spec = doc[part]
     compact = tensors.read_int4(root / part / layout.INT4, part_spec.get("int4_compact") or [], device,
-                                doc["quant"].get("int4_kernel") or "tinygemm")
+                                doc["quant"].get("int4_kernel") or int4.KERNELS[0])
     tensors.load_into(module, tensors.read(file, device), part_spec.get("shared", {}), file, compact,
                       part_spec.get("int4_embeddings") or [])
     return module
@@ -137,7 +138,6 @@ def _pretrained_llm(where: Path, doc: dict[str, Any]) -> nn.Module:
 def load(path: str | Path, device: str = "cpu", int4_kernel: str | None = None) -> Any:
     """The AudioLLM stored in export directory `path`, on `device`, in eval mode. `int4_kernel` (one of
     sota.compress.int4.KERNELS) replaces the compact int4 kernel the export was written with."""
-    from sota.compress import int4
     from sota.models.audio_llm import AudioLLM
 
     root = Path(path)

@@ -122,7 +122,7 @@ def save_int4(module: nn.Module, path: Path) -> list[dict[str, Any]]:
 
 
 def read_int4(path: Path, specs: list[dict[str, Any]], device: str = "cpu",
-              kernel: str = "tinygemm") -> dict[str, int4.Int4Linear]:
+              kernel: str = int4.KERNELS[0]) -> dict[str, int4.Int4Linear]:
     """The layers `save_int4` wrote to `path`, packed for `kernel` on `device`; nothing else is materialised in
     float."""
     if not specs:

@@ -67,7 +67,7 @@ def _quant_spec(cfg: DictConfig, device: str) -> dict[str, Any]:
     int4_layout = (("compact" if quant.uses_compact_int4(q, device) else "torchao")
                    if q is not None and quant.uses_int4(q) else None)
     # the compact layout's kernel as configured: a load packs the stored codes for it (sota.load can override)
-    int4_kernel = q.get("int4_kernel", "tinygemm") if int4_layout == "compact" else None
+    int4_kernel = quant.int4_kernel(q) if int4_layout == "compact" else None
     if mode == "none":
         return {"mode": "none", "targets": [], "skip": [], "half": None, "parts": parts, "int4_layout": int4_layout,
                 "int4_kernel": int4_kernel}

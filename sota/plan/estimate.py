@@ -73,10 +73,14 @@ class Plan:
                 "notes": self.notes}
 
 
+def train_device(cfg: DictConfig) -> str:
+    """Where `cfg` trains: the trainer's accelerator as a device."""
+    return "cuda" if str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda") else "cpu"
+
+
 def device_of(cfg: DictConfig) -> str:
-    """Where `cfg` measures: measure.device, else the trainer's accelerator (as run.py decides)."""
-    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
-    return str(setting(cfg.get("measure"), "device", "cuda" if accelerator in ("gpu", "cuda") else "cpu"))
+    """Where `cfg` measures: measure.device, else where it trains (as run.py decides)."""
+    return str(setting(cfg.get("measure"), "device", train_device(cfg)))
 
 
 def plan(cfg: DictConfig, device: str | None = None, words: Sequence[str] | None = None) -> Plan:

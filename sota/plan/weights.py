@@ -55,7 +55,7 @@ def _probe(mode: str, in_features: int, dtype: torch.dtype, embedding: bool, gro
 
 def layer_bytes(mode: str, out_features: int, in_features: int, dtype: torch.dtype, group_size: int = 128,
                 embedding: bool = False, int4_layout: str = "torchao", device_type: str = "cuda",
-                int4_kernel: str = "tinygemm") -> int:
+                int4_kernel: str = int4.KERNELS[0]) -> int:
     """Storage of one [out, in] weight (bias excluded) quantized in `mode` (int4: in `int4_layout` and, compact,
     packed for `int4_kernel`; both resolved)."""
     if mode == "int4_weight":
@@ -158,7 +158,7 @@ def weights(parts: dict[str, nn.Module | None], cfg: Any, device: str) -> tuple[
     patterns = _skip_patterns(q)
     kind_dev = quant._device_type(device)
     layout = int4.resolve_layout(q.get("int4_layout", "auto"), kind_dev) if q is not None else "torchao"
-    kernel = int4.resolve_kernel(q.get("int4_kernel", "tinygemm"), kind_dev) if q is not None else "tinygemm"
+    kernel = int4.resolve_kernel(quant.int4_kernel(q) if q is not None else int4.KERNELS[0], kind_dev)
     acc: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for part, root in parts.items():
         if root is None:

@@ -36,6 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sota.compose import compose as compose_config
+from sota.compress import int4
 from sota.compress.plan import CompressionPlan
 DEFAULT_MODES = ("official", "strict")
 SAMPLE_S = 3.0                   # seconds of the noise clips that calibrate pruning
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="from_dir", type=Path, default=None, metavar="EXPORT",
                         help="measure the model of an export directory (python -m sota.export), loaded in this "
                              "fresh process: the peak memory is what a user who loads it sees")
-    parser.add_argument("--int4-kernel", default=None, choices=("tinygemm", "triton"),
+    parser.add_argument("--int4-kernel", default=None, choices=int4.KERNELS,
                         help="with --from: the kernel its compact int4 layers are packed for, instead of the one the "
                              "export names (without --from: the quant.int4_kernel override)")
     parser.add_argument("--memory-trace", type=Path, default=None, metavar="JSON",
@@ -351,7 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in configs.values():
         check(cfg, device)
 
-    from sota.compress import int4
     from sota.config import as_dict
     from sota.models.footprint import footprint
     from sota.utils.provenance import device_name, versions
