@@ -75,9 +75,9 @@ def test_backend_config_checks():
     validate("compiled", 4, out)
     validate("eager", 4, out)
     assert len(out) == 2
-    assert "generate.backend must be one of eager, static, compiled" in out[0]
+    assert "generate.backend must be one of eager, static, compiled, fused" in out[0]
     assert "num_beams=1" in out[1]
-    assert BACKENDS == ("eager", "static", "compiled")
+    assert BACKENDS == ("eager", "static", "compiled", "fused")
 
 
 def test_beam_search_with_a_static_backend_is_refused_up_front(compose_cfg):
@@ -106,9 +106,10 @@ def test_bitsandbytes_layers_fall_back_to_eager():
 @pytest.mark.gpu
 @CUDA
 @pytest.mark.parametrize("batch", [4, 1])  # a batch-1 compiled step is compiled with other Inductor options
-@pytest.mark.parametrize("backend", ["static", "compiled"])
+@pytest.mark.parametrize("backend", ["static", "compiled", "fused"])
 def test_graphed_backends_match_eager_on_cuda(backend, batch):
     model = decisive_model(4).cuda()
+    model.llm.requires_grad_(False)   # a frozen LLM: the compiled and fused steps fuse its projections
     seconds, tasks = [0.4, 2.0, 1.1, 0.7][:batch], ["asr", "aac", "asr", "aac"][:batch]
     eager = answers(model, seconds, tasks, "eager", max_new_tokens=16)
     first = answers(model, seconds, tasks, backend, max_new_tokens=16)
@@ -117,6 +118,7 @@ def test_graphed_backends_match_eager_on_cuda(backend, batch):
     dec = model.static_decoders(backend, 16).get(batch, 1)
     assert dec.graphs and dec._decode_graph is not None and dec._prefill_graphs
     assert dec.compiled == (backend == "compiled")
+    assert (dec.fused is not None) == (backend == "fused") and dec.note is None
 
 
 def test_measure_times_the_static_backend_and_counts_its_tokens():
@@ -211,5 +213,5 @@ def test_compare_with_must_be_another_greedy_backend():
     validate("eager", 4, out, compare_with="static")
     validate("compiled", 1, out, compare_with="eager")
     assert len(out) == 3
-    assert "another backend than generate.backend=static (eager, compiled); got 'static'" in out[0]
+    assert "another backend than generate.backend=static (eager, compiled, fused); got 'static'" in out[0]
     assert "got 'fast'" in out[1] and "needs generate.num_beams=1 (got 4)" in out[-1]

@@ -323,7 +323,7 @@ def test_bench_refuses_to_profile_the_eager_backend_before_building(capsys):
 
     with pytest.raises(SystemExit):
         bench.main(["model=tiny", "--profile", "eager"])
-    assert "--profile: 'eager' is not a static backend; choose from static, compiled" in capsys.readouterr().err
+    assert "--profile: 'eager' is not a static backend; choose from static, compiled, fused" in capsys.readouterr().err
 
 
 def test_bench_takes_an_int4_kernel_only_for_an_export(capsys):

@@ -20,19 +20,11 @@ import functools
 
 import torch
 
+from sota.utils.triton_support import available  # noqa: F401 - callers ask this module
+
 # Activation rows up to which the reduction kernel runs (one program per row and block of outputs); above them
 # the tensor-core kernel, whose tiles span at least 16 rows.
 GEMV_MAX_ROWS = 4
-
-
-@functools.cache
-def available() -> bool:
-    """Triton imports (CUDA builds of torch ship it)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @functools.cache

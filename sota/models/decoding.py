@@ -10,6 +10,9 @@
   `BATCH1_INDUCTOR_OPTIONS`), and a frozen LLM's q/k/v and gate/up projections fused into one matrix
   product each (`sota.models.fuse`; the model keeps the fused layout until it is exported). The prefill is graphed but not compiled: every prompt-length bucket would
   otherwise compile anew.
+- `fused`: `static` with the decode step of a Llama-family LLM run as five kernels a layer
+  (`sota.models.decode_step`; Triton on CUDA, the same arithmetic in torch on a CPU), projections fused as for
+  `compiled`. An LLM the step cannot read (`decode_step.unsupported`) decodes with the compiled step, noted.
 
 The loop is owned here rather than driven through `generate(inputs_embeds=...)`: generate keeps references to
 step outputs across steps, which CUDA-graph replay overwrites. Every input of a captured step lives in a
@@ -32,11 +35,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sota.models import fuse
+from sota.models import decode_kernels, decode_step, fuse
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "static", "compiled")
+BACKENDS = ("eager", "static", "compiled", "fused")
 BUCKET = 32          # prompt lengths are padded up to a multiple of this: one prefill graph per bucket
 # Inductor options of a batch-1 compiled decode step. With coordinate-descent tuning, Inductor lowers a one-row
 # matrix product to its own reduction kernel, tuned at compile time, instead of calling cuBLAS' GEMV (its
@@ -121,7 +124,8 @@ class StaticDecoder:
     """Greedy decoding of a batch of `batch_size` left-padded prompts (given as embeddings) into a static KV
     cache of `max_len` positions: prompt bucket + new tokens must fit."""
 
-    def __init__(self, llm: nn.Module, batch_size: int, max_len: int, graphs: bool, compile: bool = False) -> None:
+    def __init__(self, llm: nn.Module, batch_size: int, max_len: int, graphs: bool, step: str = "static") -> None:
+        """`step`: the decode step of the static backends (`static`, `compiled` or `fused`)."""
         from transformers import StaticCache
 
         self.llm, self.batch_size, self.max_len = llm, batch_size, max_len
@@ -145,8 +149,21 @@ class StaticDecoder:
         self._graph_decode = True        # False once capturing the compiled step failed
         self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self._decode_fn: Callable[[], None] = self._decode
+        self.note: str | None = None     # why the backend did less than asked (recorded in results)
+        self.fused: decode_step.FusedStep | None = None
+        if step == "fused":
+            why = decode_step.unsupported(llm)
+            if why is None and self.device.type == "cuda" and not decode_kernels.available():
+                why = "Triton does not import"
+            if why is None:
+                self.fused = decode_step.FusedStep(llm, batch_size, max_len)
+                self._decode_fn = self._fused_decode
+            else:
+                self.note = f"fused decode step not used ({why}): decoded with the compiled step"
+                log.warning(self.note)
+                step = "compiled"
         # Inductor on a CPU would need a C++ toolchain and buys little there: CPUs run the uncompiled step.
-        compile = compile and self.device.type == "cuda"
+        compile = step == "compiled" and self.device.type == "cuda"
         if compile:
             # Inductor fuses the step's small kernels; the graph then removes their launch cost. dynamic=False:
             # every shape in the step is fixed by batch_size and max_len.
@@ -154,7 +171,6 @@ class StaticDecoder:
             self._decode_fn = torch.compile(self._decode, dynamic=False, fullgraph=False, options=options)
         self.compiled = compile
         self.steps_run = 0               # tokens computed by the last `generate` (timing covers all of them)
-        self.note: str | None = None     # why the backend did less than asked (recorded in results)
 
     # -- the two functions that are captured -----------------------------------------------------------
     def _forward(self, **kwargs: Any) -> torch.Tensor:
@@ -187,6 +203,11 @@ class StaticDecoder:
         logits = self._forward(input_ids=self.token[:, None], attention_mask=mask[:, None, None],
                                position_ids=self.last_pos + 1 + self.step_no)
         self.token.copy_(logits.argmax(-1))
+        self.step_no.add_(1)
+
+    def _fused_decode(self) -> None:
+        caches = [(layer.keys, layer.values) for layer in self.cache.layers]
+        self.fused(self.token, self.last_pos, self.step_no, self.start, self.prompt_valid, caches)
         self.step_no.add_(1)
 
     # -- capture ---------------------------------------------------------------------------------------
@@ -291,7 +312,7 @@ class StaticDecoder:
         return cut_at_stop(torch.stack(tokens, 1).tolist(), stop_ids)
 
 
-def fuse_for_decoding(llm: nn.Module) -> str | None:
+def fuse_for_decoding(llm: nn.Module, backend: str = "compiled") -> str | None:
     """Fuse the q/k/v and gate/up projections of a frozen LLM (sota.models.fuse), in place; what was fused, as
     a line for the results' notes, or None. An LLM with trainable parameters (LoRA during training) is left as
     it is: its modules are what the optimizer and the checkpoints know."""
@@ -304,7 +325,7 @@ def fuse_for_decoding(llm: nn.Module) -> str | None:
     counts = fuse.fused_groups(_base(llm))   # also when an earlier decoder of this model fused them
     if not any(counts.values()):
         return None
-    line = "compiled: " + ", ".join(f"{kind} projections fused in {n} layers" for kind, n in counts.items() if n)
+    line = f"{backend}: " + ", ".join(f"{kind} projections fused in {n} layers" for kind, n in counts.items() if n)
     log.info(line)
     return line
 
@@ -318,7 +339,7 @@ class Decoders:
         self.llm, self.backend, self.max_new_tokens = llm, backend, max_new_tokens
         self._by_batch: dict[int, StaticDecoder] = {}
         self.last: StaticDecoder | None = None
-        self.fused = fuse_for_decoding(llm) if backend == "compiled" else None
+        self.fused = fuse_for_decoding(llm, backend) if backend in ("compiled", "fused") else None
 
     def all(self) -> list[StaticDecoder]:
         return list(self._by_batch.values())
@@ -330,7 +351,7 @@ class Decoders:
             # A bucket of headroom, so the next slightly longer prompt reuses this cache and its graphs.
             max_len = need + BUCKET
             log.info("static decoder: batch %d, cache of %d positions (%s)", batch_size, max_len, self.backend)
-            dec = StaticDecoder(self.llm, batch_size, max_len, graphs=True, compile=self.backend == "compiled")
+            dec = StaticDecoder(self.llm, batch_size, max_len, graphs=True, step=self.backend)
             self._by_batch[batch_size] = dec
         self.last = dec
         return dec

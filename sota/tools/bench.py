@@ -10,7 +10,7 @@ pretrained weights (speed does not depend on weight values, so no corpus and no 
 applies the compression groups (prune / lora / quant; pruning scores structure on noise batches, which gives
 the same shapes), moves it to the device and measures it in each mode. Each mode uses its own preset
 (conf/measure/<mode>.yaml) with your `measure.*` overrides on top; `measure.device` picks the device
-(default: cuda when available, else cpu). Each decoding backend (generate.backend: eager, static, compiled)
+(default: cuda when available, else cpu). Each decoding backend (generate.backend: eager, static, compiled, fused)
 is measured on the same model. Beside them: transformers' plain `generate` per token on the same model (the
 number users get without sota), and on CUDA the memory-bandwidth floor of a decode step (the LLM's weight bytes
 over a measured device-to-device copy bandwidth). Prints a markdown table and, with --out, writes JSON.
@@ -274,7 +274,7 @@ def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: 
     prompt, attn = _noise_prompt(model.llm)
     decoders = model.static_decoders(backend, steps + 2)
     if decoders is None:
-        raise ValueError(f"--profile needs a static backend (static or compiled) this LLM can use, got {backend!r}")
+        raise ValueError(f"--profile needs a static backend (static, compiled or fused) this LLM can use, got {backend!r}")
     dec = decoders.get(1, 100, steps + 2)
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -1,0 +1,22 @@
+"""Whether Triton kernels can run here: on CUDA where Triton imports, or on a CPU under Triton's interpreter."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+
+@functools.cache
+def available() -> bool:
+    """Triton imports (CUDA builds of torch ship it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreted() -> bool:
+    """Triton's CPU interpreter is on (TRITON_INTERPRET=1, read when Triton is first imported): kernels then run on
+    CPU tensors, which is how the tests check them without a GPU."""
+    return os.environ.get("TRITON_INTERPRET") == "1"

@@ -1,0 +1,193 @@
+"""The fused decode step (`generate.backend=fused`): its logits against transformers' full forward (Llama and
+Qwen2, left padding), its Triton kernels against the torch operations (Triton's CPU interpreter here, the
+device in the gpu tier), and the compiled step where it cannot read a model."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from sota.models import decode_kernels as ops
+from sota.models import decode_step
+from sota.models.decoding import BUCKET, Decoders, StaticDecoder, fuse_for_decoding
+
+from test_decoding import decisive_model
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+TRITON = pytest.mark.skipif(not ops.available(), reason="needs Triton (its CPU interpreter runs the kernels here)")
+
+
+def tiny(family, head_dim=16, seed=0):
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=256, tie_word_embeddings=True)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**kw, rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                                  "original_max_position_embeddings": 64}))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**kw))   # q/k/v carry biases
+    for p in model.parameters():
+        p.data.normal_(0.0, 0.3)
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def steps_against_full_forward(llm, steps=5):
+    """Each fused step's logits next to a full uncached forward over the same left-padded sequence."""
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [0, 0, 0, 3, 4, 5, 6]])
+    attn = (torch.arange(7)[None] >= torch.tensor([[0], [3]])).long()
+    fuse_for_decoding(llm, "fused")
+    dec = StaticDecoder(llm, batch_size=2, max_len=2 * BUCKET, graphs=False, step="fused")
+    assert dec.fused is not None and dec.note is None
+    tokens = [dec.prefill(llm.get_input_embeddings()(ids), attn).clone()]
+    seq, mask, pairs = torch.cat([ids, tokens[0][:, None]], 1), torch.cat([attn, torch.ones(2, 1).long()], 1), []
+    for _ in range(steps):
+        tokens.append(dec.step().clone())
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        full = llm(input_ids=seq, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
+        pairs.append((dec.fused.logits.clone(), full))
+        seq = torch.cat([seq, tokens[-1][:, None]], 1)
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+    return pairs
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_step_logits_match_a_full_forward(family):
+    for fused, full in steps_against_full_forward(tiny(family)):
+        torch.testing.assert_close(fused, full, atol=2e-4, rtol=1e-4)
+        assert fused.argmax(-1).tolist() == full.argmax(-1).tolist()
+
+
+def kernel_inputs(dtype, b=2, heads=4, kv_heads=2, d=48, hidden=80, max_len=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=0.3):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    rows = (heads + 2 * kv_heads) * d
+    return dict(
+        x=rnd(b, hidden, scale=1.0), norm=1.0 + rnd(hidden), w=rnd(rows, hidden), bias=rnd(rows),
+        w_o=rnd(hidden, heads * d),
+        cos=torch.cos(torch.arange(max_len)[:, None] * 0.1 * torch.arange(d)[None] / d).to(dtype),
+        sin=torch.sin(torch.arange(max_len)[:, None] * 0.1 * torch.arange(d)[None] / d).to(dtype),
+        last_pos=torch.tensor([[11], [7]]), step=torch.tensor(3), start=torch.tensor(16),
+        k=rnd(b, kv_heads, max_len, d, scale=1.0), v=rnd(b, kv_heads, max_len, d, scale=1.0),
+        valid=(torch.arange(max_len)[None] >= torch.tensor([[2], [9]])) & (torch.arange(max_len)[None] < 16),
+        heads=heads, kv_heads=kv_heads, d=d, hidden=hidden)
+
+
+def run_ops(t):
+    """Every operation once on copies of `t`'s tensors."""
+    b, heads, kv_heads, d, hidden = t["x"].shape[0], t["heads"], t["kv_heads"], t["d"], t["hidden"]
+    dt = t["x"].dtype
+    out = {"k": t["k"].clone(), "v": t["v"].clone(), "q": torch.zeros(b, heads * d, dtype=dt)}
+    ops.qkv_rope(t["x"], t["norm"], 1e-5, t["w"], t["bias"], t["cos"], t["sin"], t["last_pos"], t["step"],
+                 t["start"], out["q"], out["k"], out["v"], heads, kv_heads)
+    out["attn"] = torch.zeros(b, heads * d, dtype=dt)
+    ops.attend(out["q"], out["k"], out["v"], t["valid"], t["step"], t["start"], out["attn"], d ** -0.5)
+    out["o"] = torch.zeros(b, hidden, dtype=dt)
+    ops.proj(out["attn"], t["w_o"], out["o"], residual=t["x"])
+    inter = 56
+    w_gu = t["w"][: 2 * inter].contiguous()
+    out["act"] = torch.zeros(b, inter, dtype=dt)
+    ops.proj(out["o"], w_gu, out["act"], norm=t["norm"], eps=1e-5, gated=True)
+    out["head"] = torch.zeros(b, 2 * inter, dtype=dt)
+    ops.proj(t["x"], w_gu, out["head"], norm=t["norm"], eps=1e-5)
+    return out
+
+
+def interpreted(code, tmp_path):
+    """Runs `code` (with this module's names) in a fresh process under Triton's CPU interpreter, which must be on
+    before Triton is first imported; returns what it saved into `out.pt`."""
+    script = f"import torch\nfrom test_decode_step import *\n{code}\n"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OUT": str(tmp_path / "out.pt")}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(tmp_path / "out.pt", weights_only=True)
+
+
+def assert_kernels_match(got, ref, t, dtype):
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1.6e-2)
+    for name in ("q", "k", "v", "attn", "o", "act", "head"):
+        torch.testing.assert_close(got[name].float().cpu(), ref[name].float(), **tol, msg=name)
+    slot = int(t["start"] + t["step"])
+    untouched = [i for i in range(t["k"].shape[2]) if i != slot]
+    assert torch.equal(got["k"][:, :, untouched].cpu(), t["k"][:, :, untouched])   # only the step's slot is written
+    assert torch.equal(got["v"][:, :, untouched].cpu(), t["v"][:, :, untouched])
+    assert not torch.equal(got["k"][:, :, slot].cpu(), t["k"][:, :, slot])
+
+
+@TRITON
+def test_triton_kernels_match_the_torch_operations(tmp_path):
+    """Grouped-query heads, a head size that is no power of two, a q/k/v bias, left-padded prompts, the gated MLP,
+    both residual products: the kernels give the torch operations' values. Interpreted in float32 here: the
+    interpreter truncates float32 to bf16 where a GPU rounds to nearest, so bf16 is checked on the device."""
+    t = kernel_inputs(torch.float32)
+    got = interpreted("torch.save(run_ops(kernel_inputs(torch.float32)), os.environ['OUT'])", tmp_path)
+    assert_kernels_match(got, run_ops(t), t, torch.float32)
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_kernels_match_the_torch_operations_on_cuda(dtype):
+    """As above, on the device. In bf16 both sides round every value where transformers does, so they differ by
+    summation order only: a unit in the last place of a rounded value, here and there."""
+    t = kernel_inputs(dtype)
+    got = run_ops({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in t.items()})
+    assert_kernels_match(got, run_ops(t), t, dtype)
+
+
+ANSWER = """
+from test_decoding import answers
+model = decisive_model(3)
+model.llm.requires_grad_(False)
+torch.save({{b: answers(model, [0.4, 2.0, 1.1], ["asr", "aac", "asr"], b, max_new_tokens=6) for b in {backends}}}
+           | {{"used": model.static_decoders("fused", 6).last.fused is not None}}, os.environ["OUT"])
+"""
+
+
+@TRITON
+def test_the_fused_backend_in_the_interpreter_answers_as_the_static_backend(tmp_path):
+    got = interpreted(ANSWER.format(backends=("static", "fused")), tmp_path)
+    assert got["used"] and got["fused"] == got["static"]
+
+
+def test_models_the_step_cannot_read_decode_with_the_compiled_step_and_say_why():
+    model = decisive_model(5)                               # LoRA-style trainable weights: projections stay apart
+    dec = Decoders(model.llm, "fused", max_new_tokens=4).get(1, 8)
+    assert dec.fused is None and "not fused" in dec.note and "compiled step" in dec.note
+    llm = tiny("llama")
+    llm.config.hidden_act = "gelu"
+    assert "SiLU" in decode_step.unsupported(llm)
+    assert decode_step.unsupported(tiny("llama").model) is not None    # not a causal LM with a head
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_step_on_cuda_matches_a_full_forward_in_a_graph(family, dtype):
+    llm = tiny(family, head_dim=64).to("cuda", dtype)
+    fuse_for_decoding(llm, "fused")
+    ids = torch.tensor([[5, 6, 7, 8], [0, 3, 4, 5]], device="cuda")
+    attn = (torch.arange(4, device="cuda")[None] >= torch.tensor([[0], [1]], device="cuda")).long()
+    dec = StaticDecoder(llm, batch_size=2, max_len=2 * BUCKET, graphs=True, step="fused")
+    first = dec.prefill(llm.get_input_embeddings()(ids), attn).clone()
+    got = [dec.step().clone() for _ in range(6)]           # captured, then replayed
+    assert dec._decode_graph is not None
+    seq, mask = torch.cat([ids, first[:, None]], 1), torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
+    for token in got:
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        full = llm(input_ids=seq, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1].float()
+        top2 = full.topk(2).values
+        decided = (top2[:, 0] - top2[:, 1]) > (0.05 if dtype == torch.bfloat16 else 1e-3)
+        assert (token == full.argmax(-1))[decided].all()
+        seq = torch.cat([seq, token[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
