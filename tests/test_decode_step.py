@@ -2,6 +2,7 @@
 Qwen2, left padding), its Triton kernels against the torch operations (Triton's CPU interpreter here, the
 device in the gpu tier), and the compiled step where it cannot read a model."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from sota.compress import int4
 from sota.models import decode_kernels as ops
 from sota.models import decode_step
 from sota.models.decoding import BUCKET, Decoders, StaticDecoder, fuse_for_decoding
@@ -63,27 +66,90 @@ def test_fused_step_logits_match_a_full_forward(family):
         assert fused.argmax(-1).tolist() == full.argmax(-1).tolist()
 
 
-def kernel_inputs(dtype, b=2, heads=4, kv_heads=2, d=48, hidden=80, max_len=40, seed=0):
+class Codes:
+    """A compact int4 layer as the Triton kernels read it: codes two a byte, tinygemm's scales and zeros. (On a
+    CPU `Int4Linear` packs for torch's own kernel, which the interpreter does not read.)"""
+
+    packing = "triton"
+
+    def __init__(self, w, group, bias=None):
+        q, scales, zeros = int4.rtn(w, group)
+        self.qdata, self.group_size, self.bias = int4.pack_nibbles(q), group, bias
+        self.scale_and_zero = int4._scales_and_zeros(scales, zeros)
+        self.out_features = w.shape[0]
+        self.dense = int4.dequantize(q, scales, zeros, group)
+
+    def __call__(self, x):
+        return F.linear(x, self.dense.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def int4_llm(family="llama", group=32, device="cpu"):
+    """`tiny(family)` in bf16 with every projection in compact int4 (on CUDA packed for the Triton kernels, which
+    the step reads) and the head in bf16."""
+    llm = tiny(family, head_dim=64 if device == "cuda" else 16).to(device, torch.bfloat16)
+    for layer in llm.model.layers:
+        for parent, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                              (layer.mlp, ("gate_proj", "up_proj", "down_proj"))):
+            for name in names:
+                lin = getattr(parent, name)
+                q, scales, zeros = int4.rtn(lin.weight.float(), group)
+                setattr(parent, name, int4.Int4Linear.from_codes(q, scales, zeros, group, bias=lin.bias,
+                                                                 kernel="triton"))
+    return llm
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_step_reads_compact_int4_layers(family):
+    """On a CPU the step multiplies by the int4 layers themselves (stacked q/k/v and gate/up included); its logits
+    follow transformers' forward over the same layers to bf16's rounding."""
+    llm = int4_llm(family)
+    assert decode_step.unsupported(llm) is not None                    # not fused yet
+    for fused, full in steps_against_full_forward(llm):
+        torch.testing.assert_close(fused.float(), full.float(), atol=0.1, rtol=0.05)
+        top2 = full.float().topk(2).values
+        decided = (top2[:, 0] - top2[:, 1]) > 0.1
+        assert (fused.argmax(-1) == full.argmax(-1))[decided].all()
+    assert isinstance(decode_step.operand(llm.model.layers[0].self_attn.qkv_fused)[0], int4.Int4Linear)
+
+
+def test_int4_layers_packed_for_tinygemm_on_cuda_are_not_read():
+    class Packed(Codes):
+        packing = "tinygemm"
+
+    layer = Packed(torch.randn(32, 64), 16)
+    assert "quant.int4_kernel=triton" in decode_step._readable(layer, torch.bfloat16, "cuda")
+    assert decode_step._readable(layer, torch.bfloat16, "cpu") is None
+    assert "powers of two" in decode_step._readable(Codes(torch.randn(32, 96), 48), torch.bfloat16, "cpu")
+
+
+def kernel_inputs(dtype, b=2, heads=4, kv_heads=2, d=48, hidden=80, inter=56, max_len=40, int4_group=0, seed=0):
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, scale=0.3):
         return (torch.randn(*shape, generator=g) * scale).to(dtype)
 
+    def weight(rows, cols, bias=None):
+        w = rnd(rows, cols)
+        return Codes(w.float(), int4_group, bias) if int4_group else w
+
     rows = (heads + 2 * kv_heads) * d
+    bias = rnd(rows)
     return dict(
-        x=rnd(b, hidden, scale=1.0), norm=1.0 + rnd(hidden), w=rnd(rows, hidden), bias=rnd(rows),
-        w_o=rnd(hidden, heads * d),
+        x=rnd(b, hidden, scale=1.0), norm=1.0 + rnd(hidden), w=weight(rows, hidden, bias),
+        bias=None if int4_group else bias, w_o=weight(hidden, heads * d), w_gu=weight(2 * inter, hidden),
+        w_head=weight(3 * inter, hidden),
         cos=torch.cos(torch.arange(max_len)[:, None] * 0.1 * torch.arange(d)[None] / d).to(dtype),
         sin=torch.sin(torch.arange(max_len)[:, None] * 0.1 * torch.arange(d)[None] / d).to(dtype),
         last_pos=torch.tensor([[11], [7]]), step=torch.tensor(3), start=torch.tensor(16),
         k=rnd(b, kv_heads, max_len, d, scale=1.0), v=rnd(b, kv_heads, max_len, d, scale=1.0),
         valid=(torch.arange(max_len)[None] >= torch.tensor([[2], [9]])) & (torch.arange(max_len)[None] < 16),
-        heads=heads, kv_heads=kv_heads, d=d, hidden=hidden)
+        heads=heads, kv_heads=kv_heads, d=d, hidden=hidden, inter=inter)
 
 
 def run_ops(t):
     """Every operation once on copies of `t`'s tensors."""
-    b, heads, kv_heads, d, hidden = t["x"].shape[0], t["heads"], t["kv_heads"], t["d"], t["hidden"]
+    b, heads, kv_heads, d, hidden, inter = (t["x"].shape[0], t["heads"], t["kv_heads"], t["d"], t["hidden"],
+                                            t["inter"])
     dt = t["x"].dtype
     out = {"k": t["k"].clone(), "v": t["v"].clone(), "q": torch.zeros(b, heads * d, dtype=dt)}
     ops.qkv_rope(t["x"], t["norm"], 1e-5, t["w"], t["bias"], t["cos"], t["sin"], t["last_pos"], t["step"],
@@ -92,12 +158,10 @@ def run_ops(t):
     ops.attend(out["q"], out["k"], out["v"], t["valid"], t["step"], t["start"], out["attn"], d ** -0.5)
     out["o"] = torch.zeros(b, hidden, dtype=dt)
     ops.proj(out["attn"], t["w_o"], out["o"], residual=t["x"])
-    inter = 56
-    w_gu = t["w"][: 2 * inter].contiguous()
     out["act"] = torch.zeros(b, inter, dtype=dt)
-    ops.proj(out["o"], w_gu, out["act"], norm=t["norm"], eps=1e-5, gated=True)
-    out["head"] = torch.zeros(b, 2 * inter, dtype=dt)
-    ops.proj(t["x"], w_gu, out["head"], norm=t["norm"], eps=1e-5)
+    ops.proj(out["o"], t["w_gu"], out["act"], norm=t["norm"], eps=1e-5, gated=True)
+    out["head"] = torch.zeros(b, 3 * inter, dtype=dt)
+    ops.proj(t["x"], t["w_head"], out["head"], norm=t["norm"], eps=1e-5)
     return out
 
 
@@ -124,24 +188,34 @@ def assert_kernels_match(got, ref, t, dtype):
 
 
 @TRITON
-def test_triton_kernels_match_the_torch_operations(tmp_path):
+@pytest.mark.parametrize("group", [0, 16])
+def test_triton_kernels_match_the_torch_operations(group, tmp_path):
     """Grouped-query heads, a head size that is no power of two, a q/k/v bias, left-padded prompts, the gated MLP,
-    both residual products: the kernels give the torch operations' values. Interpreted in float32 here: the
-    interpreter truncates float32 to bf16 where a GPU rounds to nearest, so bf16 is checked on the device."""
-    t = kernel_inputs(torch.float32)
-    got = interpreted("torch.save(run_ops(kernel_inputs(torch.float32)), os.environ['OUT'])", tmp_path)
+    both residual products, float weights and compact int4 codes (group 16): the kernels give the torch
+    operations' values. Interpreted in float32 here: the interpreter truncates float32 to bf16 where a GPU rounds
+    to nearest, so bf16 is checked on the device."""
+    t = kernel_inputs(torch.float32, int4_group=group)
+    got = interpreted(f"torch.save(run_ops(kernel_inputs(torch.float32, int4_group={group})), os.environ['OUT'])",
+                      tmp_path)
     assert_kernels_match(got, run_ops(t), t, torch.float32)
 
 
 @pytest.mark.gpu
 @CUDA
+@pytest.mark.parametrize("group", [0, 32])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_kernels_match_the_torch_operations_on_cuda(dtype):
+def test_triton_kernels_match_the_torch_operations_on_cuda(dtype, group):
     """As above, on the device. In bf16 both sides round every value where transformers does, so they differ by
     summation order only: a unit in the last place of a rounded value, here and there."""
-    t = kernel_inputs(dtype)
-    got = run_ops({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in t.items()})
-    assert_kernels_match(got, run_ops(t), t, dtype)
+    t = kernel_inputs(dtype, hidden=128, int4_group=group)
+    cuda = {}
+    for key, value in t.items():
+        if isinstance(value, Codes):
+            value = copy.copy(value)
+            value.qdata, value.scale_and_zero = value.qdata.cuda(), value.scale_and_zero.cuda()
+            value.bias = None if value.bias is None else value.bias.cuda()
+        cuda[key] = value.cuda() if isinstance(value, torch.Tensor) else value
+    assert_kernels_match(run_ops(cuda), run_ops(t), t, dtype)
 
 
 ANSWER = """
@@ -171,10 +245,13 @@ def test_models_the_step_cannot_read_decode_with_the_compiled_step_and_say_why()
 
 @pytest.mark.gpu
 @CUDA
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int4"])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_fused_step_on_cuda_matches_a_full_forward_in_a_graph(family, dtype):
-    llm = tiny(family, head_dim=64).to("cuda", dtype)
+    if dtype == "int4":
+        llm, dtype = int4_llm(family, device="cuda"), torch.bfloat16
+    else:
+        llm = tiny(family, head_dim=64).to("cuda", dtype)
     fuse_for_decoding(llm, "fused")
     ids = torch.tensor([[5, 6, 7, 8], [0, 3, 4, 5]], device="cuda")
     attn = (torch.arange(4, device="cuda")[None] >= torch.tensor([[0], [1]], device="cuda")).long()

@@ -13,7 +13,9 @@ Batch-1 decoding of a small LLM is bound by kernel count: compiled, SmolLM2-135M
 layer is five kernels and a step 5 x layers + 4.
 
 Each matrix-vector product streams its weight rows once, in blocks of `BLOCK_N` rows by `BLOCK_K` inputs, and
-reduces in float32. Every value a transformers module hands on is rounded to the model's dtype where that
+reduces in float32. A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes two
+a byte, tinygemm's scales and zeros); on CUDA the kernels read the codes as the Triton int4 kernel stores them
+(`quant.int4_kernel=triton`), whole quantization groups at a time. Every value a transformers module hands on is rounded to the model's dtype where that
 module rounds it (the norm's output, each projection's, rotary's products, SiLU, the residual sums), so the
 step follows transformers' own arithmetic up to summation order. The torch functions do the same on a CPU;
 the tests hold the kernels (through Triton's interpreter) to them.
@@ -25,9 +27,11 @@ step replays correctly as they advance.
 from __future__ import annotations
 
 import functools
+from typing import Union
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sota.utils.triton_support import available, interpreted
 
@@ -40,7 +44,7 @@ def _triton(x: torch.Tensor) -> bool:
 def _kernels():  # noqa: ANN202 - the jitted kernels, imported once Triton is needed
     from sota.models import decode_triton
 
-    return decode_triton.proj, decode_triton.qkv_rope, decode_triton.attend
+    return decode_triton
 
 
 # -- the operations: Triton on CUDA, torch elsewhere ------------------------------------------------------------
@@ -52,22 +56,43 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * h.to(x.dtype)
 
 
-def proj(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, residual: torch.Tensor | None = None,
+Weight = Union[torch.Tensor, nn.Module]   # a float weight [N, K], or a compact int4 layer over N x K
+
+
+def int4_codes(weight: Weight) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """A compact int4 layer's codes (uint8 [N, K / 2]), scales and zeros ([K / group, N, 2]) and group size; None
+    for a float weight."""
+    if isinstance(weight, torch.Tensor):
+        return None
+    return weight.qdata, weight.scale_and_zero, weight.group_size
+
+
+def _product(h: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    # torch's path: an int4 layer multiplies (and adds its bias) itself
+    return F.linear(h, weight, bias) if isinstance(weight, torch.Tensor) else weight(h)
+
+
+def proj(x: torch.Tensor, weight: Weight, out: torch.Tensor, *, residual: torch.Tensor | None = None,
          norm: torch.Tensor | None = None, eps: float = 0.0, gated: bool = False) -> None:
     """out = W . x, in place, for x [B, K]: `norm` applies RMSNorm (that weight, `eps`) to x first; `gated` reads
     W as [gate; up] and gives SiLU(gate) * up; `residual` is added last."""
     if _triton(x):
-        kernel = _kernels()[0]
-        n = out.shape[1]
-        dummy = x
-        kernel[lambda meta: (-(-n // meta["BLOCK_N"]), x.shape[0])](
-            x, weight, out, dummy if residual is None else residual, dummy if norm is None else norm,
-            n, x.shape[1], x.stride(0), weight.stride(0), out.stride(0),
-            0 if residual is None else residual.stride(0), eps,
-            NORM=norm is not None, GATED=gated, RESIDUAL=residual is not None)
+        n, k = out.shape[1], x.shape[1]
+        flags = dict(NORM=norm is not None, GATED=gated, RESIDUAL=residual is not None)
+        res = x if residual is None else residual
+        nw = x if norm is None else norm
+        grid = lambda meta: (-(-n // meta["BLOCK_N"]), x.shape[0])  # noqa: E731
+        codes = int4_codes(weight)
+        if codes is None:
+            _kernels().proj[grid](x, weight, out, res, nw, n, k, x.stride(0), weight.stride(0), out.stride(0),
+                                  res.stride(0), eps, **flags)
+        else:
+            q, sz, group = codes
+            _kernels().proj_int4[grid](x, q, sz, out, res, nw, n, k, x.stride(0), q.stride(0), out.stride(0),
+                                       res.stride(0), sz.shape[1], eps, GROUP=group, **flags)
         return
     h = _rms(x, norm, eps) if norm is not None else x
-    y = F.linear(h, weight)
+    y = _product(h, weight)
     if gated:
         gate, up = y.chunk(2, dim=-1)
         y = F.silu(gate) * up
@@ -76,23 +101,32 @@ def proj(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, *, residual: 
     out.copy_(y)
 
 
-def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: torch.Tensor, bias: torch.Tensor | None,
+def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bias: torch.Tensor | None,
              cos: torch.Tensor, sin: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
              q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int, kv_heads: int) -> None:
-    """RMSNorm(x), the fused q/k/v product, rotary at each row's position `last_pos + 1 + step`; q into `q_out`
-    [B, heads x D], k and v into the caches [B, kv_heads, max_len, D] at slot `start + step`."""
+    """RMSNorm(x), the fused q/k/v product (plus `bias`), rotary at each row's position `last_pos + 1 + step`; q
+    into `q_out` [B, heads x D], k and v into the caches [B, kv_heads, max_len, D] at slot `start + step`. An int4
+    layer's bias is its own: pass None."""
     d = k_cache.shape[-1]
     if _triton(x):
-        kernel = _kernels()[1]
         total = heads + 2 * kv_heads
-        kernel[lambda meta: (total * -(-(d // 2) // meta["BLOCK_R"]), x.shape[0])](
-            x, norm, weight, x if bias is None else bias, cos, sin, last_pos, step, start, q_out, k_cache, v_cache,
-            x.shape[1], x.stride(0), weight.stride(0), q_out.stride(0),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps,
-            HEADS=heads, KV_HEADS=kv_heads, D=d, HAS_BIAS=bias is not None)
+        grid = lambda meta: (total * -(-(d // 2) // meta["BLOCK_R"]), x.shape[0])  # noqa: E731
+        codes = int4_codes(weight)
+        bias = bias if codes is None else weight.bias
+        shared = (cos, sin, last_pos, step, start, q_out, k_cache, v_cache)
+        strides = (q_out.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps)
+        flags = dict(HEADS=heads, KV_HEADS=kv_heads, D=d, HAS_BIAS=bias is not None)
+        b_ptr = x if bias is None else bias
+        if codes is None:
+            _kernels().qkv_rope[grid](x, norm, weight, b_ptr, *shared, x.shape[1], x.stride(0), weight.stride(0),
+                                      *strides, **flags)
+        else:
+            q, sz, group = codes
+            _kernels().qkv_rope_int4[grid](x, norm, q, sz, b_ptr, *shared, x.shape[1], x.stride(0), q.stride(0),
+                                           sz.shape[1], *strides, GROUP=group, **flags)
         return
     b = x.shape[0]
-    y = F.linear(_rms(x, norm, eps), weight, bias)
+    y = _product(_rms(x, norm, eps), weight, bias)
     q, k, v = y.split([heads * d, kv_heads * d, kv_heads * d], dim=-1)
     pos = last_pos.view(b) + 1 + step
     c, s = cos[pos][:, None], sin[pos][:, None]                        # [B, 1, D]
@@ -114,8 +148,7 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt
     b, kv_heads, max_len, d = k_cache.shape
     heads = q.shape[1] // d
     if _triton(q):
-        kernel = _kernels()[2]
-        kernel[(heads, b)](
+        _kernels().attend[(heads, b)](
             q, k_cache, v_cache, prompt_valid, step, start, out, max_len, scale,
             q.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), prompt_valid.stride(0),
             HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_D=_pow2(d))

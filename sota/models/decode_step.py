@@ -1,10 +1,10 @@
 """The fused decode step (`generate.backend=fused`): one token of a Llama-family LLM in five launches a layer.
 
-`FusedStep` reads the LLM's own weights in place (after `sota.models.fuse` has concatenated q/k/v and gate/up)
-and the static cache that the prefill filled, and runs `sota.models.decode_kernels`' operations layer by
-layer into buffers of its own, which a CUDA graph captures. `unsupported(llm)` names what the step cannot run
-(another architecture, quantized or adapted linears, sliding-window attention, ...); the decoder then runs the
-compiled step instead and says why.
+`FusedStep` reads the LLM's own weights in place (float tensors or compact int4 layers, after `sota.models.fuse`
+has concatenated q/k/v and gate/up) and the static cache that the prefill filled, and runs
+`sota.models.decode_kernels`' operations layer by layer into buffers of its own, which a CUDA graph captures.
+`unsupported(llm)` names what the step cannot run (another architecture, other quantized layouts, adapters,
+sliding-window attention, ...); the decoder then runs the compiled step instead and says why.
 """
 
 from __future__ import annotations
@@ -24,35 +24,61 @@ FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 @dataclass(frozen=True)
 class Layer:
     attn_norm: torch.Tensor
-    qkv: torch.Tensor             # [(heads + 2 kv_heads) x head_dim, hidden]: q, k, v rows
-    qkv_bias: torch.Tensor | None
-    o: torch.Tensor
+    qkv: ops.Weight               # [(heads + 2 kv_heads) x head_dim, hidden]: q, k, v rows
+    qkv_bias: torch.Tensor | None  # a float weight's (an int4 layer keeps its own)
+    o: ops.Weight
     mlp_norm: torch.Tensor
-    gate_up: torch.Tensor         # [2 x intermediate, hidden]: gate rows, then up rows
-    down: torch.Tensor
+    gate_up: ops.Weight           # [2 x intermediate, hidden]: gate rows, then up rows
+    down: ops.Weight
+    heads: int                    # per layer: width pruning may keep different numbers in each
+    kv_heads: int
+    intermediate: int
 
 
 def _base(llm: nn.Module) -> nn.Module:
     return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
 
 
-def _plain(module: nn.Module | None, dtype: torch.dtype, bias: bool = False) -> str | None:
-    """Why `module` is not a linear whose float weight (and bias, if allowed) the kernels can read."""
-    if isinstance(module, FusedLinear):
-        weight, has_bias = module.weight, module.bias is not None
-    elif type(module) is nn.Linear:
-        weight, has_bias = module.weight, module.bias is not None
+def _int4(module: nn.Module) -> bool:
+    """A compact int4 layer (codes, scales and zeros, group size: `sota.compress.int4.Int4Linear`)."""
+    return all(hasattr(module, a) for a in ("qdata", "scale_and_zero", "group_size", "packing"))
+
+
+def operand(module: nn.Module) -> tuple[ops.Weight, torch.Tensor | None]:
+    """What the kernels read of a linear (fused or not): its float weight and bias, or its int4 layer."""
+    layer = getattr(module, "layer", None)           # a fused group of int4 layers
+    if layer is not None and _int4(layer):
+        return layer, None
+    if _int4(module):
+        return module, None
+    return module.weight, module.bias
+
+
+def _readable(module: nn.Module | None, dtype: torch.dtype, device: str, bias: bool = False) -> str | None:
+    """Why the kernels cannot read `module` as a linear, or None."""
+    if module is None:
+        return "projections that are not fused"
+    if not (isinstance(module, FusedLinear) or type(module) is nn.Linear or _int4(module)):
+        return f"{type(module).__name__} layers (quantized other than compact int4, or adapted)"
+    weight, own_bias = operand(module)
+    if isinstance(weight, torch.Tensor):
+        if type(weight) not in (torch.Tensor, nn.Parameter) or weight.dtype != dtype:
+            return f"weights in {type(weight).__name__} / {weight.dtype} (the step reads plain {dtype} tensors)"
     else:
-        return f"{type(module).__name__} layers (quantized or adapted) are not read by the fused step"
-    if type(weight) not in (torch.Tensor, nn.Parameter) or weight.dtype != dtype:
-        return f"weights in {type(weight).__name__} / {weight.dtype} (the step reads plain {dtype} tensors)"
-    if has_bias and not bias:
+        group = weight.group_size
+        if device == "cuda" and weight.packing != "triton":
+            return ("compact int4 packed for tinygemm (the step reads the codes as quant.int4_kernel=triton "
+                    "stores them)")
+        if group < 2 or group & (group - 1):
+            return f"int4 groups of {group} (the step takes powers of two)"
+        own_bias = weight.bias
+    if own_bias is not None and not bias:
         return "a bias on o_proj or the MLP"
     return None
 
 
 def unsupported(llm: nn.Module) -> str | None:
-    """Why the fused step cannot decode `llm` (fused projections expected), or None."""
+    """Why the fused step cannot decode `llm` (fused projections expected) where it lives, or None."""
     base = _base(llm)
     config = getattr(base, "config", None)
     family = getattr(config, "model_type", None)
@@ -61,10 +87,13 @@ def unsupported(llm: nn.Module) -> str | None:
     if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "pretraining_tp", 1) != 1:
         return "an MLP other than SiLU-gated"
     inner = getattr(base, "model", None)
-    emb = getattr(inner, "embed_tokens", None)
-    if type(emb) is not nn.Embedding or emb.weight.dtype not in FLOATS:
-        return "a token table that is not a float embedding"
-    dtype = emb.weight.dtype
+    norm = getattr(getattr(inner, "norm", None), "weight", None)
+    if not isinstance(norm, torch.Tensor) or norm.dtype not in FLOATS or not hasattr(base, "lm_head"):
+        return "not a causal LM with a final RMSNorm and a head"
+    dtype, device = norm.dtype, norm.device.type
+    table = getattr(getattr(inner, "embed_tokens", None), "weight", None)
+    if isinstance(table, torch.Tensor) and table.dtype != dtype:
+        return f"a {table.dtype} token table under {dtype} layers"
     if getattr(getattr(inner, "rotary_emb", None), "rope_type", "default") in ("dynamic", "longrope"):
         return "a rope type that recomputes its frequencies per call"
     for i, layer in enumerate(inner.layers):
@@ -73,12 +102,10 @@ def unsupported(llm: nn.Module) -> str | None:
             return f"sliding-window attention (layer {i})"
         for module, bias in ((getattr(attn, "qkv_fused", None), True), (attn.o_proj, False),
                              (getattr(mlp, "gate_up_fused", None), False), (mlp.down_proj, False)):
-            if module is None:
-                return f"layer {i}'s q/k/v or gate/up projections are not fused"
-            why = _plain(module, dtype, bias)
+            why = _readable(module, dtype, device, bias)
             if why:
-                return why
-    return _plain(base.lm_head, dtype)
+                return f"{why}, layer {i}"
+    return _readable(base.lm_head, dtype, device)
 
 
 class FusedStep:
@@ -88,46 +115,57 @@ class FusedStep:
         base = _base(llm)
         inner, config = base.model, base.config
         first = inner.layers[0].self_attn
-        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = getattr(first, "head_dim", config.hidden_size // self.heads)
+        self.head_dim = getattr(first, "head_dim", config.hidden_size // config.num_attention_heads)
         self.scale = float(getattr(first, "scaling", self.head_dim ** -0.5))
         self.eps = float(inner.norm.variance_epsilon)
-        self.embed = inner.embed_tokens.weight
+        self.embed = inner.embed_tokens
         self.norm = inner.norm.weight
-        self.head = base.lm_head.weight
-        self.layers = [Layer(attn_norm=layer.input_layernorm.weight, qkv=layer.self_attn.qkv_fused.weight,
-                             qkv_bias=layer.self_attn.qkv_fused.bias, o=layer.self_attn.o_proj.weight,
-                             mlp_norm=layer.post_attention_layernorm.weight, gate_up=layer.mlp.gate_up_fused.weight,
-                             down=layer.mlp.down_proj.weight) for layer in inner.layers]
-        dev, dtype = self.embed.device, self.embed.dtype
+        self.head = operand(base.lm_head)[0]
+        self.layers = []
+        for layer in inner.layers:
+            qkv, qkv_bias = operand(layer.self_attn.qkv_fused)
+            q_rows, kv_rows, _ = layer.self_attn.qkv_fused.parts
+            self.layers.append(Layer(
+                attn_norm=layer.input_layernorm.weight, qkv=qkv, qkv_bias=qkv_bias,
+                o=operand(layer.self_attn.o_proj)[0], mlp_norm=layer.post_attention_layernorm.weight,
+                gate_up=operand(layer.mlp.gate_up_fused)[0], down=operand(layer.mlp.down_proj)[0],
+                heads=q_rows // self.head_dim, kv_heads=kv_rows // self.head_dim,
+                intermediate=layer.mlp.gate_up_fused.parts[0]))
+        dev, dtype = self.norm.device, self.norm.dtype
         # Rotary tables for every position a step can reach (positions count real tokens, so < max_len), by the
         # model's own rotary module: the values its forward would use.
         positions = torch.arange(max_len, device=dev)[None]
         with torch.no_grad():
             cos, sin = inner.rotary_emb(torch.zeros(1, dtype=dtype, device=dev), positions)
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
-        hidden, b = self.embed.shape[1], batch_size
-        inter = self.layers[0].gate_up.shape[0] // 2
+        hidden, b = config.hidden_size, batch_size
         new = dict(dtype=dtype, device=dev)
         # Two residual buffers: each residual product reads one and writes the other (no kernel writes what it reads).
         self.h = torch.zeros(b, hidden, **new)
         self.h_mid = torch.zeros(b, hidden, **new)
-        self.q = torch.zeros(b, self.heads * self.head_dim, **new)
+        # Sized for the widest layer; each layer works in a view of its own width.
+        self.q = torch.zeros(b, max(lay.heads for lay in self.layers) * self.head_dim, **new)
         self.attn = torch.zeros_like(self.q)
-        self.act = torch.zeros(b, inter, **new)
-        self.logits = torch.zeros(b, self.head.shape[0], **new)
+        self.act = torch.zeros(b, max(lay.intermediate for lay in self.layers), **new)
+        vocab = self.head.shape[0] if isinstance(self.head, torch.Tensor) else self.head.out_features
+        self.logits = torch.zeros(b, vocab, **new)
 
     def __call__(self, token: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
                  prompt_valid: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The next greedy token of each row (into `token`) after writing this step's keys and values."""
-        torch.index_select(self.embed, 0, token, out=self.h)
+        if type(self.embed) is nn.Embedding:
+            torch.index_select(self.embed.weight, 0, token, out=self.h)
+        else:                                             # an int4 token table: its own lookup
+            self.h.copy_(self.embed(token))
         for layer, (keys, values) in zip(self.layers, caches):
+            width = layer.heads * self.head_dim
+            q, attn, act = self.q[:, :width], self.attn[:, :width], self.act[:, :layer.intermediate]
             ops.qkv_rope(self.h, layer.attn_norm, self.eps, layer.qkv, layer.qkv_bias, self.cos, self.sin,
-                         last_pos, step, start, self.q, keys, values, self.heads, self.kv_heads)
-            ops.attend(self.q, keys, values, prompt_valid, step, start, self.attn, self.scale)
-            ops.proj(self.attn, layer.o, self.h_mid, residual=self.h)
-            ops.proj(self.h_mid, layer.gate_up, self.act, norm=layer.mlp_norm, eps=self.eps, gated=True)
-            ops.proj(self.act, layer.down, self.h, residual=self.h_mid)
+                         last_pos, step, start, q, keys, values, layer.heads, layer.kv_heads)
+            ops.attend(q, keys, values, prompt_valid, step, start, attn, self.scale)
+            ops.proj(attn, layer.o, self.h_mid, residual=self.h)
+            ops.proj(self.h_mid, layer.gate_up, act, norm=layer.mlp_norm, eps=self.eps, gated=True)
+            ops.proj(act, layer.down, self.h, residual=self.h_mid)
         ops.proj(self.h, self.head, self.logits, norm=self.norm, eps=self.eps)
         torch.argmax(self.logits, dim=-1, out=token)
         return token
