@@ -13,12 +13,14 @@ Batch-1 decoding of a small LLM is bound by kernel count: compiled, SmolLM2-135M
 layer is five kernels and a step 5 x layers + 4.
 
 Each matrix-vector product streams its weight rows once, in blocks of `BLOCK_N` rows by `BLOCK_K` inputs, and
-reduces in float32. A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes two
-a byte, tinygemm's scales and zeros); on CUDA the kernels read the codes as the Triton int4 kernel stores them
-(`quant.int4_kernel=triton`), whole quantization groups at a time. Every value a transformers module hands on is rounded to the model's dtype where that
-module rounds it (the norm's output, each projection's, rotary's products, SiLU, the residual sums), so the
-step follows transformers' own arithmetic up to summation order. The torch functions do the same on a CPU;
-the tests hold the kernels (through Triton's interpreter) to them.
+reduces in float32. A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes
+two a byte, tinygemm's scales and zeros); on CUDA the kernels read the codes as the Triton int4 kernel stores
+them (`quant.int4_kernel=triton`), whole quantization groups at a time.
+
+Every value a transformers module hands on is rounded to the model's dtype where that module rounds it (the
+norm's output, each projection's, rotary's products, SiLU, the residual sums), so the step follows
+transformers' own arithmetic up to summation order. The torch functions do the same on a CPU; the tests hold
+the kernels (through Triton's interpreter) to them.
 
 Device scalars (`start`, `step`) and the per-row positions are read inside the kernels, so a CUDA graph of the
 step replays correctly as they advance.
@@ -26,7 +28,6 @@ step replays correctly as they advance.
 
 from __future__ import annotations
 
-import functools
 from typing import Union
 
 import torch
@@ -40,8 +41,7 @@ def _triton(x: torch.Tensor) -> bool:
     return x.is_cuda or (interpreted() and available())
 
 
-@functools.cache
-def _kernels():  # noqa: ANN202 - the jitted kernels, imported once Triton is needed
+def _kernels():  # noqa: ANN202 - the jitted kernels' module, imported once Triton is needed
     from sota.models import decode_triton
 
     return decode_triton
