@@ -83,6 +83,28 @@ class Codes:
         return F.linear(x, self.dense.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
+def test_fused_step_follows_per_layer_widths_of_a_pruned_model():
+    """Width pruning may keep different numbers of query heads and MLP channels in each layer: the step takes each
+    layer's own from its fused projections."""
+    llm = tiny("llama")
+    attn, mlp = llm.model.layers[1].self_attn, llm.model.layers[1].mlp
+    keep = torch.cat([torch.arange(0, 16), torch.arange(32, 48)])       # query heads 0 and 2: one per KV head
+    def cut(lin, rows=slice(None), cols=slice(None)):
+        lin.weight = torch.nn.Parameter(lin.weight[rows][:, cols].clone(), requires_grad=False)
+        lin.out_features, lin.in_features = lin.weight.shape
+
+    cut(attn.q_proj, rows=keep)
+    cut(attn.o_proj, cols=keep)
+    attn.num_key_value_groups = 1
+    cut(mlp.gate_proj, rows=slice(0, 48))
+    cut(mlp.up_proj, rows=slice(0, 48))
+    cut(mlp.down_proj, cols=slice(0, 48))
+    for fused, full in steps_against_full_forward(llm, steps=3):
+        torch.testing.assert_close(fused, full, atol=2e-4, rtol=1e-4)
+    layers = StaticDecoder(llm, 2, 2 * BUCKET, graphs=False, step="fused").fused.layers
+    assert [(lay.heads, lay.kv_heads, lay.intermediate) for lay in layers] == [(4, 2, 96), (2, 2, 48)]
+
+
 def int4_llm(family="llama", group=32, device="cpu"):
     """`tiny(family)` in bf16 with every projection in compact int4 (on CUDA packed for the Triton kernels, which
     the step reads) and the head in bf16."""
