@@ -156,8 +156,9 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt
     cols = torch.arange(max_len, device=q.device)
     visible = prompt_valid | ((cols >= start) & (cols <= start + step))[None]
     mask = visible[:, None, None, :]
-    o = F.scaled_dot_product_attention(q.view(b, heads, 1, d), k_cache, v_cache, attn_mask=mask, scale=scale,
-                                       enable_gqa=heads != kv_heads)
+    # in float32, as the kernel and CUDA's attention kernels compute (a CPU's bf16 attention rounds its scores)
+    o = F.scaled_dot_product_attention(q.view(b, heads, 1, d).float(), k_cache.float(), v_cache.float(),
+                                       attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads)
     out.copy_(o.reshape(b, heads * d))
 
 
