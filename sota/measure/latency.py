@@ -43,6 +43,7 @@ from sota.measure.protocol import (BREAKDOWN, KEYS, OFFICIAL_CPU_NOTE, OFFICIAL_
 from sota.measure.timer import Timer
 from sota.models.decoding import Decoders, fallback_reason
 from sota.models.footprint import peak_rss_mb
+from sota.models.llm import base_model
 
 if TYPE_CHECKING:
     from sota.models.audio_llm import AudioLLM
@@ -122,7 +123,7 @@ class _TokenCounter:
     would make Dynamo guard on the count and recompile at every call, also while a CUDA graph is captured."""
 
     def __init__(self, model: AudioLLM) -> None:
-        base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+        base = base_model(model.llm)
         head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
         self.count = 0
         self._handle = head.register_forward_hook(self._hook) if head is not None else None

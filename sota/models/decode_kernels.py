@@ -28,8 +28,6 @@ step replays correctly as they advance.
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,7 +54,7 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * h.to(x.dtype)
 
 
-Weight = Union[torch.Tensor, nn.Module]   # a float weight [N, K], or a compact int4 layer over N x K
+Weight = torch.Tensor | nn.Module   # a float weight [N, K], or a compact int4 layer over N x K
 
 
 def int4_codes(weight: Weight) -> tuple[torch.Tensor, torch.Tensor, int] | None:

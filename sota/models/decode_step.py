@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from sota.models import decode_kernels as ops
+from sota.models import rotary
 from sota.models.fuse import FusedLinear
+from sota.models.llm import base_model
 
 FAMILIES = ("llama", "qwen2")   # RMSNorm, rotary q/k, grouped-query attention, SiLU-gated MLP, no other terms
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -33,10 +35,6 @@ class Layer:
     heads: int                    # per layer: width pruning may keep different numbers in each
     kv_heads: int
     intermediate: int
-
-
-def _base(llm: nn.Module) -> nn.Module:
-    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
 
 
 def _int4(module: nn.Module) -> bool:
@@ -79,7 +77,7 @@ def _readable(module: nn.Module | None, dtype: torch.dtype, device: str, bias: b
 
 def unsupported(llm: nn.Module) -> str | None:
     """Why the fused step cannot decode `llm` (fused projections expected) where it lives, or None."""
-    base = _base(llm)
+    base = base_model(llm)
     config = getattr(base, "config", None)
     family = getattr(config, "model_type", None)
     if family not in FAMILIES:
@@ -94,7 +92,7 @@ def unsupported(llm: nn.Module) -> str | None:
     table = getattr(getattr(inner, "embed_tokens", None), "weight", None)
     if isinstance(table, torch.Tensor) and table.dtype != dtype:
         return f"a {table.dtype} token table under {dtype} layers"
-    if getattr(getattr(inner, "rotary_emb", None), "rope_type", "default") in ("dynamic", "longrope"):
+    if getattr(getattr(inner, "rotary_emb", None), "rope_type", "default") in rotary.UPDATES_PER_CALL:
         return "a rope type that recomputes its frequencies per call"
     for i, layer in enumerate(inner.layers):
         attn, mlp = layer.self_attn, layer.mlp
@@ -112,7 +110,7 @@ class FusedStep:
     """One greedy decode step for `batch_size` rows over a static cache of `max_len` slots."""
 
     def __init__(self, llm: nn.Module, batch_size: int, max_len: int) -> None:
-        base = _base(llm)
+        base = base_model(llm)
         inner, config = base.model, base.config
         first = inner.layers[0].self_attn
         self.head_dim = getattr(first, "head_dim", config.hidden_size // config.num_attention_heads)

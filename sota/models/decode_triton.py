@@ -20,6 +20,7 @@ PROJ = ((1, 512, 4), (1, 1024, 4), (2, 512, 4), (2, 1024, 8), (4, 128, 2), (4, 2
 ROPE = ((2, 512, 4), (2, 1024, 4), (4, 256, 4), (4, 512, 4), (8, 128, 4), (8, 256, 4), (16, 64, 2),
         (16, 128, 4))                                                             # BLOCK_R, BLOCK_K, warps
 ATTEND = ((16, 2), (32, 2), (32, 4), (64, 4), (128, 4))                          # BLOCK_L, warps
+NORM_BLOCK: tl.constexpr = 256   # features a step of the RMS reduction: the residual row is one small read
 # Compact int4: whole quantization groups a step (GROUPS of them).
 PROJ_INT4 = ((1, 4, 4), (1, 8, 4), (2, 2, 4), (2, 4, 4), (4, 1, 4), (4, 2, 4), (8, 1, 4), (8, 2, 8))
 ROPE_INT4 = ((2, 2, 4), (2, 4, 4), (4, 1, 4), (4, 2, 4), (8, 1, 4), (8, 2, 4))    # BLOCK_R, GROUPS, warps
@@ -81,9 +82,8 @@ def int4_acc(acc, q_ptr, sz_ptr, rows, r_ok, g, g_ok, j, xe, xo, stride_w, sz_ro
     hi = ((b >> 4).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
     lo = ((b & 15).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
     sz = sz_ptr + (g[None, :, None] * sz_rows + rows[:, None, None]) * 2       # tinygemm's [groups, rows, 2]
-    ok1 = r_ok[:, None, None] & g_ok[None, :, None]
-    s = tl.load(sz, mask=ok1, other=0.0).to(tl.float32)
-    z = tl.load(sz + 1, mask=ok1, other=0.0).to(tl.float32)
+    s = tl.load(sz, mask=ok, other=0.0).to(tl.float32)
+    z = tl.load(sz + 1, mask=ok, other=0.0).to(tl.float32)
     # sum of ((q - 8) * s + z) * x over the byte's two codes
     return acc + s * (hi * xe[None] + lo * xo[None]) + (z - 8.0 * s) * (xe + xo)[None]
 
@@ -127,7 +127,7 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
     x_row = x_ptr + b * stride_x
     rstd = 1.0
     if NORM:
-        rstd = inv_rms(x_row, K, eps, 256)
+        rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     # GATED: the up rows sit N rows below the gate rows
     if INT4:
         y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, stride_w, sz_rows, rstd, dt,
@@ -143,7 +143,8 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
     tl.store(y_ptr + b * stride_y + rn, y.to(dt), mask=n_ok)
 
 
-@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K"), PROJ, (4, 64, 1)), key=["N", "K", "NORM", "GATED", "RESIDUAL"])
+@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K"), PROJ, (4, 64, 1)),
+                 key=["N", "K", "NORM", "GATED", "RESIDUAL"])
 @triton.jit
 def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
          NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
@@ -178,7 +179,7 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     j_ok = j < HALF
     rows = head * D + j
     x_row = x_ptr + b * stride_x
-    rstd = inv_rms(x_row, K, eps, 256)
+    rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     if INT4:
         y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, stride_w, sz_rows, rstd, dt,
                            True, True, GROUP, BLOCK_R, GROUPS)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from sota.models import decode_kernels, decode_step, fuse
+from sota.models.llm import base_model
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,6 @@ def cut_at_stop(rows: list[list[int]], stop_ids: list[int]) -> list[list[int]]:
     return [row[:next((j for j, t in enumerate(row) if t in stop), len(row))] for row in rows]
 
 
-def _base(llm: nn.Module) -> nn.Module:
-    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-
-
 def fallback_reason(llm: nn.Module) -> str | None:
     """Why this LLM cannot run the static backend (it then falls back to eager), or None."""
     if any(type(m).__module__.startswith("bitsandbytes") for m in llm.modules()):
@@ -96,7 +93,7 @@ def llm_call_keywords(llm: nn.Module) -> tuple[str, dict[str, Any]]:
     """The KV-cache keyword of this transformers version (`cache` from 5.2x, `past_key_values` before) and
     `logits_to_keep=1` where supported, so a prefill computes the last position's logits only, as `generate`
     does."""
-    params = _forward_params(type(_base(llm)))
+    params = _forward_params(type(base_model(llm)))
     cache_key = "cache" if "cache" in params else "past_key_values"
     return cache_key, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
 
@@ -132,7 +129,7 @@ class StaticDecoder:
         self.device, self.dtype = embedding_device_dtype(llm)
         self.graphs = graphs and self.device.type == "cuda"
         self.cache_key, self.prefill_kwargs = llm_call_keywords(llm)
-        config = _base(llm).config
+        config = base_model(llm).config
         self.cache = StaticCache(config=config, max_cache_len=max_len)
         dev, b = self.device, batch_size
         # Persistent buffers: the captured graphs read and write only these.
@@ -318,11 +315,11 @@ def fuse_for_decoding(llm: nn.Module, backend: str = "compiled") -> str | None:
     it is: its modules are what the optimizer and the checkpoints know."""
     if any(p.requires_grad for p in llm.parameters()):
         return None
-    if any(fuse.fuse(_base(llm)).values()) and torch.cuda.is_available():
+    if any(fuse.fuse(base_model(llm)).values()) and torch.cuda.is_available():
         # The separate weights were freed group by group; their cached blocks are smaller than any fused
         # weight, so they would only stay reserved.
         torch.cuda.empty_cache()
-    counts = fuse.fused_groups(_base(llm))   # also when an earlier decoder of this model fused them
+    counts = fuse.fused_groups(base_model(llm))   # also when an earlier decoder of this model fused them
     if not any(counts.values()):
         return None
     line = f"{backend}: " + ", ".join(f"{kind} projections fused in {n} layers" for kind, n in counts.items() if n)

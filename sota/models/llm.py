@@ -12,6 +12,11 @@ from sota.models.hub import resolve_pretrained
 from sota.models.tokenizer import corpus_tokenizer
 
 
+def base_model(llm: PreTrainedModel) -> PreTrainedModel:
+    """The transformers model under a peft wrapper (LoRA attached), else `llm` itself."""
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
 def tiny_llama(
     words: Iterable[str],
     hidden_size: int = 192,

@@ -111,7 +111,8 @@ def plan(cfg: DictConfig, device: str | None = None, words: Sequence[str] | None
     if q is not None and q.get("mode") in QLORA_BASE and cfg.get("generate", {}).get("backend", "eager") != "eager":
         notes.append("bitsandbytes layers decode eagerly (static backends fall back)")
     if cfg.get("generate", {}).get("backend", "eager") != "eager":
-        notes.append("static backends (static, compiled, fused) add a batch-1 static cache and CUDA-graph pools, not modelled")
+        notes.append("static backends (static, compiled, fused) add a batch-1 static cache and CUDA-graph pools, "
+                     "not modelled")
     workspace = CUBLAS_WORKSPACE if cuda else 0
     if cuda and from_export and not weights.dense_linears(m.parts, cfg, "cuda"):
         # in-process, calibration and evaluation ran float products first, and the workspace stays allocated

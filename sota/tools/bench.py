@@ -274,7 +274,8 @@ def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: 
     prompt, attn = _noise_prompt(model.llm)
     decoders = model.static_decoders(backend, steps + 2)
     if decoders is None:
-        raise ValueError(f"--profile needs a static backend (static, compiled or fused) this LLM can use, got {backend!r}")
+        raise ValueError(f"--profile needs a static backend (static, compiled or fused) this LLM can use, "
+                         f"got {backend!r}")
     dec = decoders.get(1, 100, steps + 2)
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
