@@ -20,6 +20,7 @@ import functools
 
 import torch
 
+from sota.models import decode_kernels
 from sota.utils.triton_support import available  # noqa: F401 - callers ask this module
 
 # Activation rows up to which the reduction kernel runs (one program per row and block of outputs); above them
@@ -31,42 +32,6 @@ GEMV_MAX_ROWS = 4
 def _kernels():  # noqa: ANN202 - the jitted functions, built once Triton is needed
     import triton
     import triton.language as tl
-
-    def gemv_configs():
-        return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-                for bn in (4, 8, 16) for bk in (256, 512, 1024) for w in (2, 4) for s in (2, 4)]
-
-    @triton.autotune(configs=gemv_configs(), key=["N", "K", "GROUP"])
-    @triton.jit
-    def _gemv(x_ptr, q_ptr, sz_ptr, y_ptr, N, K, rows, stride_xm, stride_ym,
-              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        pid_n, m = tl.program_id(0), tl.program_id(1)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_ok = rn < N
-        half = tl.arange(0, BLOCK_K // 2)
-        groups = tl.arange(0, BLOCK_K // GROUP)
-        acc = tl.zeros((BLOCK_N, BLOCK_K // GROUP), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 // 2 + half
-            k_ok = kk < K // 2
-            b = tl.load(q_ptr + rn[:, None] * (K // 2) + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-            hi = (b >> 4).to(tl.float32)
-            lo = (b & 15).to(tl.float32)
-            q = tl.reshape(tl.join(hi, lo), (BLOCK_N, BLOCK_K // GROUP, GROUP))
-            xk = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + m * stride_xm + xk, mask=xk < K, other=0.0).to(tl.float32)
-            x = tl.reshape(x, (1, BLOCK_K // GROUP, GROUP))
-            qx = tl.sum(q * x, axis=2)                                  # [BLOCK_N, groups]: sum q * x per group
-            xs = tl.sum(x, axis=2)                                      # [1, groups]: sum x per group
-            g = k0 // GROUP + groups
-            g_ok = g < K // GROUP
-            sz = sz_ptr + (g[None, :] * rows + rn[:, None]) * 2
-            ok = n_ok[:, None] & g_ok[None, :]
-            s = tl.load(sz, mask=ok, other=0.0).to(tl.float32)
-            z = tl.load(sz + 1, mask=ok, other=0.0).to(tl.float32)
-            acc += s * (qx - 8.0 * xs) + z * xs                    # (q - 8) * s + z, summed
-        y = tl.sum(acc, axis=1)
-        tl.store(y_ptr + m * stride_ym + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
     def gemm_configs():
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -100,18 +65,19 @@ def _kernels():  # noqa: ANN202 - the jitted functions, built once Triton is nee
         tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & n_ok[None, :])
 
-    return _gemv, _gemm
+    from sota.models import decode_triton
+
+    return decode_triton.proj_int4, _gemm
 
 
 def _launch(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int,
             out_features: int) -> torch.Tensor:
-    gemv, gemm = _kernels()
+    _, gemm = _kernels()
     m, k = x.shape
     rows = scale_and_zero.shape[1]
     y = torch.empty(m, out_features, dtype=torch.bfloat16, device=x.device)
     if m <= GEMV_MAX_ROWS:
-        gemv[lambda meta: (-(-out_features // meta["BLOCK_N"]), m)](
-            x, codes, scale_and_zero, y, out_features, k, rows, x.stride(0), y.stride(0), GROUP=group_size)
+        decode_kernels.int4_rows(x, codes, scale_and_zero, group_size, y)
     else:
         gemm[lambda meta: (-(-m // meta["BLOCK_M"]), -(-out_features // meta["BLOCK_N"]))](
             x, codes, scale_and_zero, y, m, out_features, k, rows, x.stride(0), y.stride(0), GROUP=group_size)

@@ -65,6 +65,12 @@ def int4_codes(weight: Weight) -> tuple[torch.Tensor, torch.Tensor, int] | None:
     return weight.qdata, weight.scale_and_zero, weight.group_size
 
 
+def _words(codes: tuple[torch.Tensor, torch.Tensor, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    # as the kernels read them: codes in int32 words of 8, each (scale, zero) bf16 pair as one int32
+    q, sz, group = codes
+    return q.view(torch.int32), sz.view(torch.int32), group
+
+
 def _product(h: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     # torch's path: an int4 layer multiplies (and adds its bias) itself
     return F.linear(h, weight, bias) if isinstance(weight, torch.Tensor) else weight(h)
@@ -75,19 +81,7 @@ def proj(x: torch.Tensor, weight: Weight, out: torch.Tensor, *, residual: torch.
     """out = W . x, in place, for x [B, K]: `norm` applies RMSNorm (that weight, `eps`) to x first; `gated` reads
     W as [gate; up] and gives SiLU(gate) * up; `residual` is added last."""
     if _triton(x):
-        n, k = out.shape[1], x.shape[1]
-        flags = dict(NORM=norm is not None, GATED=gated, RESIDUAL=residual is not None)
-        res = x if residual is None else residual
-        nw = x if norm is None else norm
-        grid = lambda meta: (-(-n // meta["BLOCK_N"]), x.shape[0])  # noqa: E731
-        codes = int4_codes(weight)
-        if codes is None:
-            _kernels().proj[grid](x, weight, out, res, nw, n, k, x.stride(0), weight.stride(0), out.stride(0),
-                                  res.stride(0), eps, **flags)
-        else:
-            q, sz, group = codes
-            _kernels().proj_int4[grid](x, q, sz, out, res, nw, n, k, x.stride(0), q.stride(0), out.stride(0),
-                                       res.stride(0), sz.shape[1], eps, GROUP=group, **flags)
+        _proj_triton(x, weight, int4_codes(weight), out, residual, norm, eps, gated)
         return
     h = _rms(x, norm, eps) if norm is not None else x
     y = _product(h, weight)
@@ -97,6 +91,30 @@ def proj(x: torch.Tensor, weight: Weight, out: torch.Tensor, *, residual: torch.
     if residual is not None:
         y = residual + y
     out.copy_(y)
+
+
+def _proj_triton(x: torch.Tensor, weight: Weight | None, codes: tuple[torch.Tensor, torch.Tensor, int] | None,
+                 out: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tensor | None, eps: float,
+                 gated: bool) -> None:
+    n, k = out.shape[1], x.shape[1]
+    flags = dict(NORM=norm is not None, GATED=gated, RESIDUAL=residual is not None)
+    res = x if residual is None else residual
+    nw = x if norm is None else norm
+    grid = lambda meta: (-(-n // meta["BLOCK_N"]), x.shape[0])  # noqa: E731
+    if codes is None:
+        _kernels().proj[grid](x, weight, out, res, nw, n, k, x.stride(0), weight.stride(0), out.stride(0),
+                              res.stride(0), eps, **flags)
+        return
+    q, sz, group = _words(codes)
+    _kernels().proj_int4[grid](x, q, sz, out, res, nw, n, k, x.stride(0), q.stride(0), out.stride(0), res.stride(0),
+                               sz.shape[1], 1, eps, GROUP=group, **flags)
+
+
+def int4_rows(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, group: int,
+              out: torch.Tensor) -> None:
+    """out = x . W^T, in place, for a few rows x [M, K] (Triton) over compact int4 codes (uint8 [N, K / 2]) and
+    tinygemm's scales and zeros: the step's int4 product on its own, for `sota.compress.int4_triton`."""
+    _proj_triton(x, None, (codes, scale_and_zero, group), out, None, None, 0.0, False)
 
 
 def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bias: torch.Tensor | None,
@@ -119,9 +137,9 @@ def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bi
             _kernels().qkv_rope[grid](x, norm, weight, b_ptr, *shared, x.shape[1], x.stride(0), weight.stride(0),
                                       *strides, **flags)
         else:
-            q, sz, group = codes
+            q, sz, group = _words(codes)
             _kernels().qkv_rope_int4[grid](x, norm, q, sz, b_ptr, *shared, x.shape[1], x.stride(0), q.stride(0),
-                                           sz.shape[1], *strides, GROUP=group, **flags)
+                                           sz.shape[1], 1, *strides, GROUP=group, **flags)
         return
     b = x.shape[0]
     y = _product(_rms(x, norm, eps), weight, bias)

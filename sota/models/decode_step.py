@@ -67,8 +67,8 @@ def _readable(module: nn.Module | None, dtype: torch.dtype, device: str, bias: b
         if device == "cuda" and weight.packing != "triton":
             return ("compact int4 packed for tinygemm (the step reads the codes as quant.int4_kernel=triton "
                     "stores them)")
-        if group < 2 or group & (group - 1):
-            return f"int4 groups of {group} (the step takes powers of two)"
+        if group < 8 or group & (group - 1):
+            return f"int4 groups of {group} (the step takes powers of two from 8)"
         own_bias = weight.bias
     if own_bias is not None and not bias:
         return "a bias on o_proj or the MLP"

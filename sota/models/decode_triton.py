@@ -20,10 +20,16 @@ PROJ = ((1, 512, 4), (1, 1024, 4), (2, 512, 4), (2, 1024, 8), (4, 128, 2), (4, 2
 ROPE = ((2, 512, 4), (2, 1024, 4), (4, 256, 4), (4, 512, 4), (8, 128, 4), (8, 256, 4), (16, 64, 2),
         (16, 128, 4))                                                             # BLOCK_R, BLOCK_K, warps
 ATTEND = ((16, 2), (32, 2), (32, 4), (64, 4), (128, 4))                          # BLOCK_L, warps
-NORM_BLOCK: tl.constexpr = 256   # features a step of the RMS reduction: the residual row is one small read
-# Compact int4: whole quantization groups a step (GROUPS of them).
-PROJ_INT4 = ((1, 4, 4), (1, 8, 4), (2, 2, 4), (2, 4, 4), (4, 1, 4), (4, 2, 4), (8, 1, 4), (8, 2, 8))
-ROPE_INT4 = ((2, 2, 4), (2, 4, 4), (4, 1, 4), (4, 2, 4), (8, 1, 4), (8, 2, 4))    # BLOCK_R, GROUPS, warps
+NORM_BLOCK = tl.constexpr(256)   # features a step of the RMS reduction: the residual row is one small read
+# Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads).
+PROJ_INT4 = ((8, 32, 2), (16, 32, 2), (16, 32, 4), (32, 32, 4), (32, 32, 2), (64, 32, 4), (8, 64, 4),
+             (16, 64, 4), (32, 64, 4))                                           # BLOCK_N, BLOCK_W, warps
+ROPE_INT4 = ((4, 32, 2), (8, 32, 2), (8, 32, 4), (16, 32, 4), (32, 32, 4), (8, 64, 4))   # BLOCK_R, BLOCK_W, warps
+
+
+def even_words(args):
+    """No bounds checks along K where its words split into whole steps."""
+    return args["K"] // 8 % args["BLOCK_W"] == 0
 
 
 def _configs(names, table, one):
@@ -74,52 +80,132 @@ def float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, stride_w, rstd, dt
 
 
 @triton.jit
-def int4_acc(acc, q_ptr, sz_ptr, rows, r_ok, g, g_ok, j, xe, xo, stride_w, sz_rows, HG: tl.constexpr):
-    # Bytes [rows, groups, HG] of compact int4 codes: byte j of a group holds codes 2j (high nibble) and 2j + 1.
-    ok = r_ok[:, None, None] & g_ok[None, :, None]
-    b = tl.load(q_ptr + rows[:, None, None] * stride_w + g[None, :, None] * HG + j[None, None, :], mask=ok, other=0)
-    # codes to floats by their bits (2**23 + q read as a float, less 2**23): exact, and cheaper than conversions
-    hi = ((b >> 4).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    lo = ((b & 15).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    sz = sz_ptr + (g[None, :, None] * sz_rows + rows[:, None, None]) * 2       # tinygemm's [groups, rows, 2]
-    s = tl.load(sz, mask=ok, other=0.0).to(tl.float32)
-    z = tl.load(sz + 1, mask=ok, other=0.0).to(tl.float32)
-    # sum of ((q - 8) * s + z) * x over the byte's two codes
-    return acc + s * (hi * xe[None] + lo * xo[None]) + (z - 8.0 * s) * (xe + xo)[None]
+def code_float(u, c: tl.constexpr, PRECISE: tl.constexpr):
+    """Code c of each int32 word u (8 codes; byte j holds codes 2j, high nibble, and 2j + 1) as the float 2**e + q:
+    the code moved into the top mantissa bits of 16.0 (e = 4, bits 19-22) or, for odd codes, of 256.0 (e = 8, bits
+    15-18), so one shift serves two codes: a shift and a mask-and-or a code, no conversion. PRECISE (float32
+    models): q itself, as 2**23 + q less 2**23, so no sum carries the 2**e terms."""
+    at = 8 * (c // 2) + 4 * (1 - c % 2)                  # the code's bit position in its word
+    if PRECISE:
+        to = 0
+        base = 0x4B000000                                # 2**23
+    elif c % 2 == 0:
+        to = 19
+        base = 0x41800000                                # 16.0
+    else:
+        to = 15
+        base = 0x43800000                                # 256.0
+    if to >= at:
+        v = u << (to - at)
+    else:
+        v = u >> (at - to)                              # arithmetic: the sign bits land above the mantissa
+    f = ((v & (15 << to)) | base).to(tl.float32, bitcast=True)
+    if PRECISE:
+        f -= 8388608.0
+    return f
 
 
 @triton.jit
-def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, sz_rows, rstd, dt: tl.constexpr,
-              NORM: tl.constexpr, TWO: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
-              GROUPS: tl.constexpr):
-    """As `float_sums` over compact int4 codes, GROUPS quantization groups a step: each scale and zero broadcasts
-    over its group, and the sum over K happens once, at the end."""
-    HG: tl.constexpr = GROUP // 2
-    u = tl.arange(0, GROUPS)
-    j = tl.arange(0, HG)
-    acc_a = tl.zeros((BLOCK_R, GROUPS, HG), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_R, GROUPS, HG), dtype=tl.float32)
-    n_groups = K // GROUP
-    for g0 in range(0, n_groups, GROUPS):
-        g = g0 + u
-        g_ok = g < n_groups
-        ke = g[:, None] * GROUP + 2 * j[None, :]                          # the even features [groups, HG]
-        if NORM:
-            xe = normed(x_row, nw_ptr, ke, K, rstd, dt)
-            xo = normed(x_row, nw_ptr, ke + 1, K, rstd, dt)
+def pair_lo(v):   # the first 16-bit float of a 32-bit pair (bf16: as a float32 by its bits)
+    return (v << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def pair_hi(v):
+    return (v & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def int4_words(acc, q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, x0, x1, x2, x3, x4, x5, x6, x7, ex, xs,
+               WPG: tl.constexpr, PRECISE: tl.constexpr):
+    # Words [rows, BLOCK_W] of compact int4 codes against the inputs of their 8 codes.
+    u = tl.load(q_ptr + rows[:, None] * stride_w + ww[None, :], mask=ok, other=0)
+    p = code_float(u, 0, PRECISE) * x0[None, :] - ex[None, :]
+    p += code_float(u, 1, PRECISE) * x1[None, :]
+    p += code_float(u, 2, PRECISE) * x2[None, :]
+    p += code_float(u, 3, PRECISE) * x3[None, :]
+    p += code_float(u, 4, PRECISE) * x4[None, :]
+    p += code_float(u, 5, PRECISE) * x5[None, :]
+    p += code_float(u, 6, PRECISE) * x6[None, :]
+    p += code_float(u, 7, PRECISE) * x7[None, :]
+    # p = sum(q * x) - 8 * sum(x) over the word; a weight is (q - 8) * scale + zero. `one` (never specialized)
+    # keeps the compiler from reading rows as the contiguous axis of this load, which would transpose the tile.
+    sz = tl.load(sz_ptr + (ww // WPG)[None, :] * sz_rows + rows[:, None] * one, mask=ok, other=0)
+    return acc + pair_lo(sz) * p + pair_hi(sz) * xs[None, :]
+
+
+@triton.jit
+def x_pair(x_row, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr, NORM: tl.constexpr):
+    # inputs k + c and k + c + 1 (c even) of a bf16 row as one 32-bit load; normed (NORM) as `normed` does
+    v = tl.load(x_row.to(tl.pointer_type(tl.int32)) + (k + c) // 2, mask=k_ok, other=0)
+    a, b = pair_lo(v), pair_hi(v)
+    if NORM:
+        w = tl.load(nw_ptr.to(tl.pointer_type(tl.int32)) + (k + c) // 2, mask=k_ok, other=0)
+        a = rnd(pair_lo(w) * rnd(a * rstd, dt), dt)
+        b = rnd(pair_hi(w) * rnd(b * rstd, dt), dt)
+    return a, b
+
+
+@triton.jit
+def x_one(x_row, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr, NORM: tl.constexpr):
+    xc = tl.load(x_row + k + c, mask=k_ok, other=0.0).to(tl.float32)
+    if NORM:
+        xc = rnd(tl.load(nw_ptr + k + c, mask=k_ok, other=0.0).to(tl.float32) * rnd(xc * rstd, dt), dt)
+    return xc
+
+
+@triton.jit
+def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, sz_rows, one, rstd,
+              dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
+              BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+    """As `float_sums` over compact int4 codes read as int32 words of 8 codes, BLOCK_W words a row a step: each
+    input is loaded (and normed) once a step for all of a thread's rows, each code costs a shift, a mask-and-or and
+    a multiply-add, and each word's scale and zero apply once."""
+    PRECISE: tl.constexpr = dt == tl.float32
+    WPG: tl.constexpr = GROUP // 8
+    w = tl.arange(0, BLOCK_W)
+    acc_a = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
+    KW = K // 8
+    for w0 in range(0, KW, BLOCK_W):
+        ww = w0 + w
+        if EVEN:
+            w_ok = tl.full((BLOCK_W,), 1, tl.int1)
         else:
-            xe = tl.load(x_row + ke, mask=ke < K, other=0.0).to(tl.float32)
-            xo = tl.load(x_row + ke + 1, mask=ke < K, other=0.0).to(tl.float32)
-        acc_a = int4_acc(acc_a, q_ptr, sz_ptr, rows_a, r_ok, g, g_ok, j, xe, xo, stride_w, sz_rows, HG)
+            w_ok = ww < KW
+        ok = r_ok[:, None] & w_ok[None, :]
+        k = ww * 8
+        if dt == tl.bfloat16:
+            x0, x1 = x_pair(x_row, nw_ptr, k, w_ok, rstd, 0, dt, NORM)
+            x2, x3 = x_pair(x_row, nw_ptr, k, w_ok, rstd, 2, dt, NORM)
+            x4, x5 = x_pair(x_row, nw_ptr, k, w_ok, rstd, 4, dt, NORM)
+            x6, x7 = x_pair(x_row, nw_ptr, k, w_ok, rstd, 6, dt, NORM)
+        else:
+            x0, x1 = x_one(x_row, nw_ptr, k, w_ok, rstd, 0, dt, NORM), x_one(x_row, nw_ptr, k, w_ok, rstd, 1, dt, NORM)
+            x2, x3 = x_one(x_row, nw_ptr, k, w_ok, rstd, 2, dt, NORM), x_one(x_row, nw_ptr, k, w_ok, rstd, 3, dt, NORM)
+            x4, x5 = x_one(x_row, nw_ptr, k, w_ok, rstd, 4, dt, NORM), x_one(x_row, nw_ptr, k, w_ok, rstd, 5, dt, NORM)
+            x6, x7 = x_one(x_row, nw_ptr, k, w_ok, rstd, 6, dt, NORM), x_one(x_row, nw_ptr, k, w_ok, rstd, 7, dt, NORM)
+        even = (x0 + x2) + (x4 + x6)
+        odd = (x1 + x3) + (x5 + x7)
+        xs = even + odd
+        # sum(f * x) - ex = sum(q * x) - 8 * sum(x), f = 2**e + q (q when PRECISE)
+        if PRECISE:
+            ex = 8.0 * xs
+        else:
+            ex = 24.0 * even + 264.0 * odd
+        acc_a = int4_words(acc_a, q_ptr, sz_ptr, rows_a, ok, ww, stride_w, sz_rows, one,
+                           x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, WPG, PRECISE)
         if TWO:
-            acc_b = int4_acc(acc_b, q_ptr, sz_ptr, rows_b, r_ok, g, g_ok, j, xe, xo, stride_w, sz_rows, HG)
-    return tl.sum(tl.sum(acc_a, axis=2), axis=1), tl.sum(tl.sum(acc_b, axis=2), axis=1)
+            acc_b = int4_words(acc_b, q_ptr, sz_ptr, rows_b, ok, ww, stride_w, sz_rows, one,
+                               x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, WPG, PRECISE)
+    return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1)
 
 
 @triton.jit
-def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, eps,
-              NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, INT4: tl.constexpr,
-              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUPS: tl.constexpr):
+def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
+              eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, INT4: tl.constexpr,
+              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
+              EVEN: tl.constexpr):
     pid, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = y_ptr.dtype.element_ty
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -130,8 +216,8 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
         rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     # GATED: the up rows sit N rows below the gate rows
     if INT4:
-        y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, stride_w, sz_rows, rstd, dt,
-                          NORM, GATED, GROUP, BLOCK_N, GROUPS)
+        y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, stride_w, sz_rows, one, rstd, dt,
+                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN)
     else:
         y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, stride_w, rstd, dt, NORM, GATED, BLOCK_N,
                            BLOCK_K)
@@ -149,26 +235,27 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
 def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
          NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, 0, eps,
-              NORM, GATED, RESIDUAL, False, 2, BLOCK_N, BLOCK_K, 1)
+    proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, 0, 1, eps,
+              NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True)
 
 
-@triton.autotune(configs=_configs(("BLOCK_N", "GROUPS"), PROJ_INT4, (4, 2, 1)),
+@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W"), PROJ_INT4, (8, 4, 1)),
                  key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL"])
-@triton.jit
-def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, eps,
-              NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, GROUP: tl.constexpr,
-              BLOCK_N: tl.constexpr, GROUPS: tl.constexpr):
-    proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, eps,
-              NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, GROUPS)
+@triton.heuristics({"EVEN": even_words})
+@triton.jit(do_not_specialize=["one"])
+def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
+              eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, GROUP: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+    proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
+              eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN)
 
 
 @triton.jit
 def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, stride_q, stride_cb, stride_ch, stride_cl,
-                  eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUPS: tl.constexpr):
+                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
+                  stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
+                  BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
     # A program owns BLOCK_R rotary pairs of one head: rows j and j + D/2, which rotary mixes.
     pid, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = q_ptr.dtype.element_ty
@@ -181,8 +268,8 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     x_row = x_ptr + b * stride_x
     rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     if INT4:
-        y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, stride_w, sz_rows, rstd, dt,
-                           True, True, GROUP, BLOCK_R, GROUPS)
+        y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, stride_w, sz_rows, one, rstd,
+                           dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN)
     else:
         y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, stride_w, rstd, dt, True, True,
                             BLOCK_R, BLOCK_K)
@@ -222,20 +309,22 @@ def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, ste
              HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
              BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, w_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, 0, stride_q, stride_cb, stride_ch, stride_cl, eps,
-                  HEADS, KV_HEADS, D, HAS_BIAS, False, 2, BLOCK_R, BLOCK_K, 1)
+                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, 0, 1, stride_q, stride_cb, stride_ch, stride_cl, eps,
+                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True)
 
 
-@triton.autotune(configs=_configs(("BLOCK_R", "GROUPS"), ROPE_INT4, (4, 2, 1)),
+@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W"), ROPE_INT4, (4, 4, 1)),
                  key=["K", "GROUP", "HEADS", "KV_HEADS", "D"])
-@triton.jit
+@triton.heuristics({"EVEN": even_words})
+@triton.jit(do_not_specialize=["one"])
 def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, stride_q, stride_cb, stride_ch, stride_cl,
-                  eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  GROUP: tl.constexpr, BLOCK_R: tl.constexpr, GROUPS: tl.constexpr):
+                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
+                  stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+                  EVEN: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, stride_q, stride_cb, stride_ch, stride_cl,
-                  eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, GROUPS)
+                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
+                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN)
 
 
 @triton.autotune(configs=_configs(("BLOCK_L",), ATTEND, (16, 1)), key=["L", "HEADS", "KV_HEADS", "D"])
