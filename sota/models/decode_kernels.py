@@ -28,6 +28,9 @@ step replays correctly as they advance.
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +40,20 @@ from sota.utils.triton_support import available, interpreted
 
 def _triton(x: torch.Tensor) -> bool:
     return x.is_cuda or (interpreted() and available())
+
+
+@functools.cache
+def _pdl(device: torch.device) -> dict:
+    """Launch options for programmatic dependent launch, where the device has it (compute capability 9 on, and a
+    Triton that exposes it): each kernel's programs may start while the previous kernel ends. Interpreted: none.
+    SOTA_PDL=0 turns it off, to measure what it saves."""
+    if device.type != "cuda" or os.environ.get("SOTA_PDL", "1") == "0":
+        return {}
+    import triton.language.extra.cuda as cuda_extra
+
+    if torch.cuda.get_device_capability(device)[0] < 9 or not hasattr(cuda_extra, "gdc_wait"):
+        return {}
+    return {"PDL": True, "launch_pdl": True}
 
 
 def _kernels():  # noqa: ANN202 - the jitted kernels' module, imported once Triton is needed
@@ -103,11 +120,11 @@ def _proj_triton(x: torch.Tensor, weight: Weight | None, codes: tuple[torch.Tens
     grid = lambda meta: (-(-n // meta["BLOCK_N"]), x.shape[0])  # noqa: E731
     if codes is None:
         _kernels().proj[grid](x, weight, out, res, nw, n, k, x.stride(0), weight.stride(0), out.stride(0),
-                              res.stride(0), eps, **flags)
+                              res.stride(0), eps, **flags, **_pdl(x.device))
         return
     q, sz, group = _words(codes)
     _kernels().proj_int4[grid](x, q, sz, out, res, nw, n, k, x.stride(0), q.stride(0), out.stride(0), res.stride(0),
-                               sz.shape[1], 1, eps, GROUP=group, **flags)
+                               sz.shape[1], 1, eps, GROUP=group, **flags, **_pdl(x.device))
 
 
 def int4_rows(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, group: int,
@@ -131,7 +148,7 @@ def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bi
         bias = bias if codes is None else weight.bias
         shared = (cos, sin, last_pos, step, start, q_out, k_cache, v_cache)
         strides = (q_out.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps)
-        flags = dict(HEADS=heads, KV_HEADS=kv_heads, D=d, HAS_BIAS=bias is not None)
+        flags = dict(HEADS=heads, KV_HEADS=kv_heads, D=d, HAS_BIAS=bias is not None, **_pdl(x.device))
         b_ptr = x if bias is None else bias
         if codes is None:
             _kernels().qkv_rope[grid](x, norm, weight, b_ptr, *shared, x.shape[1], x.stride(0), weight.stride(0),
@@ -167,7 +184,7 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt
         _kernels().attend[(heads, b)](
             q, k_cache, v_cache, prompt_valid, step, start, out, max_len, scale,
             q.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), prompt_valid.stride(0),
-            HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_D=_pow2(d))
+            HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_D=_pow2(d), **_pdl(q.device))
         return
     cols = torch.arange(max_len, device=q.device)
     visible = prompt_valid | ((cols >= start) & (cols <= start + step))[None]

@@ -38,6 +38,16 @@ def _configs(names, table, one):
 
 
 @triton.jit
+def after_previous(PDL: tl.constexpr):
+    # Programmatic dependent launch (Hopper on): the programs of this kernel may be resident before the previous
+    # kernel ends; they wait here for its writes, then let the next kernel's programs start likewise, so the
+    # launch latency of one kernel hides under the tail of the one before.
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def rnd(v, dt: tl.constexpr):
     # rounded to the model's dtype, as the transformers module that produced the value stores it
     return v.to(dt).to(tl.float32)
@@ -234,7 +244,8 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
 @triton.jit
 def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
          NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+    after_previous(PDL)
     proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, 0, 1, eps,
               NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True)
 
@@ -245,7 +256,8 @@ def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y,
 @triton.jit(do_not_specialize=["one"])
 def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
               eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, GROUP: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr = False):
+    after_previous(PDL)
     proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
               eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN)
 
@@ -307,7 +319,8 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
 def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
              q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch, stride_cl, eps,
              HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+    after_previous(PDL)
     qkv_rope_body(x_ptr, nw_ptr, w_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, 0, 1, stride_q, stride_cb, stride_ch, stride_cl, eps,
                   HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True)
@@ -321,7 +334,8 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
-                  EVEN: tl.constexpr):
+                  EVEN: tl.constexpr, PDL: tl.constexpr = False):
+    after_previous(PDL)
     qkv_rope_body(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN)
@@ -332,7 +346,8 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
 def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, L, scale,
             stride_q, stride_cb, stride_ch, stride_cl, stride_valid,
             HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-            BLOCK_L: tl.constexpr):
+            BLOCK_L: tl.constexpr, PDL: tl.constexpr = False):
+    after_previous(PDL)
     h, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = o_ptr.dtype.element_ty
     d = tl.arange(0, BLOCK_D)
