@@ -14,17 +14,20 @@ from sota.utils.triton_support import interpreted
 
 # Autotuning candidates, few because each compiles on first use in a process (the interpreter needs one).
 # Products with long rows (K in the thousands) want few rows a program and long strides along K; SmolLM2's
-# 576-wide rows, more rows a program.
-PROJ = ((1, 512, 4), (1, 1024, 4), (2, 512, 4), (2, 1024, 8), (4, 128, 2), (4, 256, 4), (4, 512, 4),
-        (8, 64, 2), (8, 128, 4), (8, 256, 4), (16, 128, 4), (16, 256, 8))          # BLOCK_N, BLOCK_K, warps
-ROPE = ((2, 512, 4), (2, 1024, 4), (4, 256, 4), (4, 512, 4), (8, 128, 4), (8, 256, 4), (16, 64, 2),
-        (16, 128, 4))                                                             # BLOCK_R, BLOCK_K, warps
+# 576-wide rows, more rows a program. STAGES > 1 has Triton load steps ahead through shared memory, which keeps
+# more bytes in flight where a product has few programs.
+PROJ = ((1, 512, 1, 4), (1, 1024, 1, 4), (2, 512, 1, 4), (2, 1024, 1, 8), (4, 128, 1, 2), (4, 256, 1, 4),
+        (4, 512, 1, 4), (8, 64, 1, 2), (8, 128, 1, 4), (8, 256, 1, 4), (16, 128, 1, 4), (16, 256, 1, 8),
+        (1, 512, 3, 4), (2, 512, 3, 4), (2, 1024, 3, 8), (4, 256, 3, 4))           # BLOCK_N, BLOCK_K, STAGES, warps
+ROPE = ((2, 512, 1, 4), (2, 1024, 1, 4), (4, 256, 1, 4), (4, 512, 1, 4), (8, 128, 1, 4), (8, 256, 1, 4),
+        (16, 64, 1, 2), (16, 128, 1, 4), (2, 512, 3, 4), (4, 256, 3, 4))          # BLOCK_R, BLOCK_K, STAGES, warps
 ATTEND = ((16, 2), (32, 2), (32, 4), (64, 4), (128, 4))                          # BLOCK_L, warps
 NORM_BLOCK = tl.constexpr(256)   # features a step of the RMS reduction: the residual row is one small read
 # Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads).
-PROJ_INT4 = ((8, 32, 2), (16, 32, 2), (16, 32, 4), (32, 32, 4), (32, 32, 2), (64, 32, 4), (8, 64, 4),
-             (16, 64, 4), (32, 64, 4))                                           # BLOCK_N, BLOCK_W, warps
-ROPE_INT4 = ((4, 32, 2), (8, 32, 2), (8, 32, 4), (16, 32, 4), (32, 32, 4), (8, 64, 4))   # BLOCK_R, BLOCK_W, warps
+PROJ_INT4 = ((8, 32, 1, 2), (16, 32, 1, 2), (16, 32, 3, 2), (16, 32, 3, 4), (32, 32, 1, 4), (32, 32, 3, 4),
+             (64, 32, 3, 4), (8, 64, 3, 4), (16, 64, 3, 4), (32, 64, 3, 8))      # BLOCK_N, BLOCK_W, STAGES, warps
+ROPE_INT4 = ((4, 32, 1, 2), (8, 32, 1, 2), (8, 32, 3, 2), (8, 32, 3, 4), (16, 32, 3, 4), (32, 32, 3, 4),
+             (8, 64, 3, 4))                                                      # BLOCK_R, BLOCK_W, STAGES, warps
 
 
 def even_words(args):
@@ -72,11 +75,12 @@ def normed(x_row, nw_ptr, kk, K, rstd, dt: tl.constexpr):
 
 @triton.jit
 def float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, stride_w, rstd, dt: tl.constexpr,
-               NORM: tl.constexpr, TWO: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+               NORM: tl.constexpr, TWO: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+               STAGES: tl.constexpr):
     """W[rows_a] . x and (TWO) W[rows_b] . x over float weights, x RMS-normed first (NORM)."""
     acc_a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):    # STAGES > 1: loads run ahead through shared memory
         kk = k0 + tl.arange(0, BLOCK_K)
         if NORM:
             xk = normed(x_row, nw_ptr, kk, K, rstd, dt)[None, :]
@@ -167,7 +171,7 @@ def x_one(x_row, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr, NORM:
 @triton.jit
 def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, sz_rows, one, rstd,
               dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
-              BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+              BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr):
     """As `float_sums` over compact int4 codes read as int32 words of 8 codes, BLOCK_W words a row a step: each
     input is loaded (and normed) once a step for all of a thread's rows, each code costs a shift, a mask-and-or and
     a multiply-add, and each word's scale and zero apply once."""
@@ -177,7 +181,7 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, s
     acc_a = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
     KW = K // 8
-    for w0 in range(0, KW, BLOCK_W):
+    for w0 in tl.range(0, KW, BLOCK_W, num_stages=STAGES):
         ww = w0 + w
         if EVEN:
             w_ok = tl.full((BLOCK_W,), 1, tl.int1)
@@ -215,7 +219,7 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, s
 def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
               eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, INT4: tl.constexpr,
               GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
-              EVEN: tl.constexpr):
+              EVEN: tl.constexpr, STAGES: tl.constexpr):
     pid, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = y_ptr.dtype.element_ty
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -227,10 +231,10 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
     # GATED: the up rows sit N rows below the gate rows
     if INT4:
         y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, stride_w, sz_rows, one, rstd, dt,
-                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN)
+                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES)
     else:
         y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, stride_w, rstd, dt, NORM, GATED, BLOCK_N,
-                           BLOCK_K)
+                           BLOCK_K, STAGES)
     y = rnd(y, dt)
     if GATED:
         y = rnd(rnd(y * tl.sigmoid(y), dt) * rnd(up, dt), dt)
@@ -239,27 +243,28 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
     tl.store(y_ptr + b * stride_y + rn, y.to(dt), mask=n_ok)
 
 
-@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K"), PROJ, (4, 64, 1)),
+@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K", "STAGES"), PROJ, (4, 64, 1, 1)),
                  key=["N", "K", "NORM", "GATED", "RESIDUAL"])
 @triton.jit
 def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
          NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr = False):
     after_previous(PDL)
     proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, 0, 1, eps,
-              NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True)
+              NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True, STAGES)
 
 
-@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W"), PROJ_INT4, (8, 4, 1)),
+@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W", "STAGES"), PROJ_INT4, (8, 4, 1, 1)),
                  key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL"])
 @triton.heuristics({"EVEN": even_words})
 @triton.jit(do_not_specialize=["one"])
 def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
               eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, GROUP: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr = False):
+              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
+              PDL: tl.constexpr = False):
     after_previous(PDL)
     proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
-              eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN)
+              eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES)
 
 
 @triton.jit
@@ -267,7 +272,7 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
-                  BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+                  BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr):
     # A program owns BLOCK_R rotary pairs of one head: rows j and j + D/2, which rotary mixes.
     pid, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = q_ptr.dtype.element_ty
@@ -281,10 +286,10 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     if INT4:
         y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, stride_w, sz_rows, one, rstd,
-                           dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN)
+                           dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES)
     else:
         y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, stride_w, rstd, dt, True, True,
-                            BLOCK_R, BLOCK_K)
+                            BLOCK_R, BLOCK_K, STAGES)
     if HAS_BIAS:
         y1 += tl.load(bias_ptr + rows, mask=j_ok, other=0.0).to(tl.float32)
         y2 += tl.load(bias_ptr + rows + HALF, mask=j_ok, other=0.0).to(tl.float32)
@@ -314,19 +319,20 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     tl.store(vc_ptr + cache + HALF, y2.to(dt), mask=is_v)
 
 
-@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K"), ROPE, (4, 64, 1)), key=["K", "HEADS", "KV_HEADS", "D"])
+@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES"), ROPE, (4, 64, 1, 1)),
+                 key=["K", "HEADS", "KV_HEADS", "D"])
 @triton.jit
 def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
              q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch, stride_cl, eps,
              HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr = False):
     after_previous(PDL)
     qkv_rope_body(x_ptr, nw_ptr, w_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, 0, 1, stride_q, stride_cb, stride_ch, stride_cl, eps,
-                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True)
+                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True, STAGES)
 
 
-@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W"), ROPE_INT4, (4, 4, 1)),
+@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES"), ROPE_INT4, (4, 4, 1, 1)),
                  key=["K", "GROUP", "HEADS", "KV_HEADS", "D"])
 @triton.heuristics({"EVEN": even_words})
 @triton.jit(do_not_specialize=["one"])
@@ -334,11 +340,11 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
-                  EVEN: tl.constexpr, PDL: tl.constexpr = False):
+                  EVEN: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr = False):
     after_previous(PDL)
     qkv_rope_body(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
-                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN)
+                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES)
 
 
 @triton.autotune(configs=_configs(("BLOCK_L",), ATTEND, (16, 1)), key=["L", "HEADS", "KV_HEADS", "D"])
