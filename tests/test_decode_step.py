@@ -251,13 +251,13 @@ def test_triton_kernels_match_the_torch_operations_on_cuda(dtype, group):
 POINTERS = {"q_ptr": "*bf16", "w_ptr": "*bf16", "sz_ptr": "*i32", "q_codes_ptr": "*i32", "last_pos_ptr": "*i64",
             "step_ptr": "*i64", "start_ptr": "*i64", "valid_ptr": "*i1"}
 KERNELS = {  # kernel: its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths)
-    "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=512, STAGES=3, PDL=True),
-    "proj_int4": dict(NORM=True, GATED=True, RESIDUAL=True, GROUP=128, BLOCK_N=16, BLOCK_W=32, EVEN=True, STAGES=3,
-                      PDL=True),
-    "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1, PDL=True),
+    "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=512, STAGES=3),
+    "proj_int4": dict(NORM=True, GATED=True, RESIDUAL=True, GROUP=128, BLOCK_N=16, BLOCK_W=32, EVEN=True,
+                      STAGES=3),
+    "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1),
     "qkv_rope_int4": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=8, BLOCK_W=32, EVEN=False,
-                          STAGES=3, PDL=True),
-    "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, BLOCK_L=64, PDL=True),
+                          STAGES=3),
+    "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, BLOCK_L=64),
 }
 
 

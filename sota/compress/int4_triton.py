@@ -4,14 +4,14 @@ The codes stay as ``sota.export`` stores them: uint8 [rows, in / 2], two codes a
 the high nibble; scales and zeros are tinygemm's ``scale_and_zero`` ([groups, rows, 2], bf16), and a weight is
 ``(q - 8) * scale + zero``. Two kernels read them:
 
-- ``_gemv`` for a few rows of activations (a decode step): each program streams a block of output rows' codes
-  and reduces them against x in fp32.
+- for a few rows of activations (a decode step), the fused decode step's int4 product
+  (``sota.models.decode_kernels.int4_rows``): each program streams a block of output rows' codes as int32 words
+  and reduces them against x in fp32;
 - ``_gemm`` for many rows (prefill, the encoder): the codes dequantized tile by tile into a tensor-core product.
 
 Neither calls cuBLAS, so an all-int4 model allocates no cuBLAS workspace. On an H200
 (experiments/2026-12-05_int4_kernels_h200) ``_gemm`` takes 128 rows through the Llama-3.2-3B shapes' products
-1.9-4.4x faster than tinygemm, and ``_gemv`` one row 1.5-1.9x slower (0.7-1.0 TB/s against 1.1-2.0), so
-tinygemm stays the default. Triton is imported only when a kernel first runs; ``available()`` says whether it
+1.9-4.4x faster than tinygemm. Triton is imported only when a kernel first runs; ``available()`` says whether it
 can.
 """
 from __future__ import annotations

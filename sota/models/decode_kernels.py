@@ -14,8 +14,9 @@ layer is five kernels and a step 5 x layers + 4.
 
 Each matrix-vector product streams its weight rows once, in blocks of `BLOCK_N` rows by `BLOCK_K` inputs, and
 reduces in float32. A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes
-two a byte, tinygemm's scales and zeros); on CUDA the kernels read the codes as the Triton int4 kernel stores
-them (`quant.int4_kernel=triton`), whole quantization groups at a time.
+two a byte, tinygemm's scales and zeros); on CUDA the kernels read the codes as `quant.int4_kernel=triton` stores
+them, as int32 words of 8 codes: a code costs a shift, a mask-and-or (it becomes the float 2**e + q by its bits)
+and a multiply-add, and each input is loaded once a step for all of a thread's rows.
 
 Every value a transformers module hands on is rounded to the model's dtype where that module rounds it (the
 norm's output, each projection's, rotary's products, SiLU, the residual sums), so the step follows
@@ -28,9 +29,6 @@ step replays correctly as they advance.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,20 +38,6 @@ from sota.utils.triton_support import available, interpreted
 
 def _triton(x: torch.Tensor) -> bool:
     return x.is_cuda or (interpreted() and available())
-
-
-@functools.cache
-def _pdl(device: torch.device) -> dict:
-    """Launch options for programmatic dependent launch, where the device has it (compute capability 9 on, and a
-    Triton that exposes it): each kernel's programs may start while the previous kernel ends. Interpreted: none.
-    SOTA_PDL=0 turns it off, to measure what it saves."""
-    if device.type != "cuda" or os.environ.get("SOTA_PDL", "1") == "0":
-        return {}
-    import triton.language.extra.cuda as cuda_extra
-
-    if torch.cuda.get_device_capability(device)[0] < 9 or not hasattr(cuda_extra, "gdc_wait"):
-        return {}
-    return {"PDL": True, "launch_pdl": True}
 
 
 def _kernels():  # noqa: ANN202 - the jitted kernels' module, imported once Triton is needed
@@ -120,11 +104,11 @@ def _proj_triton(x: torch.Tensor, weight: Weight | None, codes: tuple[torch.Tens
     grid = lambda meta: (-(-n // meta["BLOCK_N"]), x.shape[0])  # noqa: E731
     if codes is None:
         _kernels().proj[grid](x, weight, out, res, nw, n, k, x.stride(0), weight.stride(0), out.stride(0),
-                              res.stride(0), eps, **flags, **_pdl(x.device))
+                              res.stride(0), eps, **flags)
         return
     q, sz, group = _words(codes)
     _kernels().proj_int4[grid](x, q, sz, out, res, nw, n, k, x.stride(0), q.stride(0), out.stride(0), res.stride(0),
-                               sz.shape[1], 1, eps, GROUP=group, **flags, **_pdl(x.device))
+                               sz.shape[1], 1, eps, GROUP=group, **flags)
 
 
 def int4_rows(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, group: int,
@@ -148,7 +132,7 @@ def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bi
         bias = bias if codes is None else weight.bias
         shared = (cos, sin, last_pos, step, start, q_out, k_cache, v_cache)
         strides = (q_out.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps)
-        flags = dict(HEADS=heads, KV_HEADS=kv_heads, D=d, HAS_BIAS=bias is not None, **_pdl(x.device))
+        flags = dict(HEADS=heads, KV_HEADS=kv_heads, D=d, HAS_BIAS=bias is not None)
         b_ptr = x if bias is None else bias
         if codes is None:
             _kernels().qkv_rope[grid](x, norm, weight, b_ptr, *shared, x.shape[1], x.stride(0), weight.stride(0),
@@ -184,7 +168,7 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt
         _kernels().attend[(heads, b)](
             q, k_cache, v_cache, prompt_valid, step, start, out, max_len, scale,
             q.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), prompt_valid.stride(0),
-            HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_D=_pow2(d), **_pdl(q.device))
+            HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_D=_pow2(d))
         return
     cols = torch.arange(max_len, device=q.device)
     visible = prompt_valid | ((cols >= start) & (cols <= start + step))[None]

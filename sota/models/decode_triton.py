@@ -24,10 +24,10 @@ ROPE = ((2, 512, 1, 4), (2, 1024, 1, 4), (4, 256, 1, 4), (4, 512, 1, 4), (8, 128
 ATTEND = ((16, 2), (32, 2), (32, 4), (64, 4), (128, 4))                          # BLOCK_L, warps
 NORM_BLOCK = tl.constexpr(256)   # features a step of the RMS reduction: the residual row is one small read
 # Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads).
-PROJ_INT4 = ((8, 32, 1, 2), (16, 32, 1, 2), (16, 32, 3, 2), (16, 32, 3, 4), (32, 32, 1, 4), (32, 32, 3, 4),
-             (64, 32, 3, 4), (8, 64, 3, 4), (16, 64, 3, 4), (32, 64, 3, 8))      # BLOCK_N, BLOCK_W, STAGES, warps
-ROPE_INT4 = ((4, 32, 1, 2), (8, 32, 1, 2), (8, 32, 3, 2), (8, 32, 3, 4), (16, 32, 3, 4), (32, 32, 3, 4),
-             (8, 64, 3, 4))                                                      # BLOCK_R, BLOCK_W, STAGES, warps
+PROJ_INT4 = ((8, 64, 1, 2), (16, 64, 1, 2), (32, 64, 1, 2), (8, 64, 3, 2), (16, 64, 1, 4), (8, 32, 1, 2),
+             (32, 32, 1, 4), (64, 32, 3, 4))                                     # BLOCK_N, BLOCK_W, STAGES, warps
+ROPE_INT4 = ((4, 64, 1, 2), (8, 64, 1, 2), (16, 64, 1, 2), (4, 32, 1, 2), (8, 32, 1, 4), (16, 32, 3, 4))
+                                                                                 # BLOCK_R, BLOCK_W, STAGES, warps
 
 
 def even_words(args):
@@ -38,16 +38,6 @@ def even_words(args):
 def _configs(names, table, one):
     rows = [one] if interpreted() else table
     return [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1]) for row in rows]
-
-
-@triton.jit
-def after_previous(PDL: tl.constexpr):
-    # Programmatic dependent launch (Hopper on): the programs of this kernel may be resident before the previous
-    # kernel ends; they wait here for its writes, then let the next kernel's programs start likewise, so the
-    # launch latency of one kernel hides under the tail of the one before.
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit
@@ -248,8 +238,7 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
 @triton.jit
 def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
          NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr = False):
-    after_previous(PDL)
+         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, 0, 1, eps,
               NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True, STAGES)
 
@@ -260,9 +249,7 @@ def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y,
 @triton.jit(do_not_specialize=["one"])
 def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
               eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, GROUP: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
-              PDL: tl.constexpr = False):
-    after_previous(PDL)
+              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr):
     proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
               eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES)
 
@@ -325,8 +312,7 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
 def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
              q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch, stride_cl, eps,
              HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr = False):
-    after_previous(PDL)
+             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, w_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, 0, 1, stride_q, stride_cb, stride_ch, stride_cl, eps,
                   HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True, STAGES)
@@ -340,8 +326,7 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
-                  EVEN: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr = False):
-    after_previous(PDL)
+                  EVEN: tl.constexpr, STAGES: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES)
@@ -352,8 +337,7 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
 def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, L, scale,
             stride_q, stride_cb, stride_ch, stride_cl, stride_valid,
             HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-            BLOCK_L: tl.constexpr, PDL: tl.constexpr = False):
-    after_previous(PDL)
+            BLOCK_L: tl.constexpr):
     h, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = o_ptr.dtype.element_ty
     d = tl.arange(0, BLOCK_D)
