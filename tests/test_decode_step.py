@@ -228,6 +228,30 @@ def test_triton_kernels_match_the_torch_operations(group, tmp_path):
     assert_kernels_match(got, run_ops(t), t, torch.float32)
 
 
+INT4_ROWS = """
+g = torch.Generator().manual_seed(1)
+out = {}
+for n, k, group in ((40, 96, 32), (24, 256, 64)):           # a partial last step along K; whole steps
+    codes = Codes(torch.randn(n, k, generator=g), group)
+    x = torch.randn(3, k, generator=g).bfloat16()
+    y = torch.zeros(3, n, dtype=torch.bfloat16)
+    ops.int4_rows(x, codes.qdata, codes.scale_and_zero, group, y)
+    out[f"{n}x{k}"] = y
+    out[f"{n}x{k} want"] = x.float() @ codes.dense.t()
+torch.save(out, os.environ["OUT"])
+"""
+
+
+@TRITON
+def test_the_int4_row_kernel_outside_the_step_matches_its_codes(tmp_path):
+    """`int4_rows` (the row kernel of `quant.int4_kernel=triton`) on bf16 rows: each code read by its bits against
+    the dequantized weight. The interpreter truncates to bf16 where a GPU rounds, hence the tolerance."""
+    got = interpreted(INT4_ROWS, tmp_path)
+    for name in ("40x96", "24x256"):
+        want = got[f"{name} want"]
+        assert (got[name].float() - want).abs().max() <= 0.02 * want.abs().max(), name
+
+
 @pytest.mark.gpu
 @CUDA
 @pytest.mark.parametrize("group", [0, 32])
