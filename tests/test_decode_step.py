@@ -233,7 +233,7 @@ g = torch.Generator().manual_seed(1)
 out = {}
 for n, k, group in ((40, 96, 32), (24, 256, 64)):           # a partial last step along K; whole steps
     codes = Codes(torch.randn(n, k, generator=g), group)
-    x = torch.randn(3, k, generator=g).bfloat16()
+    x = torch.randn(3, k + 1, generator=g).bfloat16()[:, 1:]    # rows that start off a 4-byte boundary
     y = torch.zeros(3, n, dtype=torch.bfloat16)
     ops.int4_rows(x, codes.qdata, codes.scale_and_zero, group, y)
     out[f"{n}x{k}"] = y

@@ -107,6 +107,8 @@ def _proj_triton(x: torch.Tensor, weight: Weight | None, codes: tuple[torch.Tens
                               res.stride(0), eps, **flags)
         return
     q, sz, group = _words(codes)
+    if x.dtype == torch.bfloat16 and (x.stride(0) % 2 or x.data_ptr() % 4):
+        x = x.clone()                          # the kernel reads bf16 inputs in 32-bit pairs: rows 4-byte aligned
     _kernels().proj_int4[grid](x, q, sz, out, res, nw, n, k, x.stride(0), q.stride(0), out.stride(0), res.stride(0),
                                sz.shape[1], 1, eps, GROUP=group, **flags)
 
