@@ -12,6 +12,10 @@ from sota.paths import CONF  # noqa: F401 (tests import it from here)
 
 ROOT = CONF.parent
 
+# Triton kernels run one small configuration each in tests (values, not speed): autotuning every candidate at first
+# use would spend minutes of the GPU tier compiling. Read when the kernels' modules are imported.
+os.environ.setdefault("SOTA_TRITON_AUTOTUNE", "0")
+
 # Random-init encoder small enough for unit tests (the real tiny.en is exercised by run tests).
 SMALL_WHISPER = dict(d_model=64, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=128, num_mel_bins=80,
                      decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64, vocab_size=64,

@@ -20,3 +20,10 @@ def interpreted() -> bool:
     """Triton's CPU interpreter is on (TRITON_INTERPRET=1, read when Triton is first imported): kernels then run on
     CPU tensors, which is how the tests check them without a GPU."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def autotuned() -> bool:
+    """Whether a kernel tries each candidate configuration on its first use of a shape (a few seconds each). Not
+    under the interpreter, and not with SOTA_TRITON_AUTOTUNE=0: one small configuration then, which checks values,
+    not speed (the GPU test tier runs so)."""
+    return not interpreted() and os.environ.get("SOTA_TRITON_AUTOTUNE", "1") != "0"
