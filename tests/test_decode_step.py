@@ -260,6 +260,10 @@ def test_triton_kernels_match_the_torch_operations_on_cuda(dtype, group):
     """As above, on the device. In bf16 both sides round every value where transformers does, so they differ by
     summation order only: a unit in the last place of a rounded value, here and there."""
     t = kernel_inputs(dtype, hidden=128, int4_group=group)
+    assert_kernels_match(run_ops(on_cuda(t)), t, dtype)
+
+
+def on_cuda(t):
     cuda = {}
     for key, value in t.items():
         if isinstance(value, Codes):
@@ -267,7 +271,64 @@ def test_triton_kernels_match_the_torch_operations_on_cuda(dtype, group):
             value.qdata, value.scale_and_zero = value.qdata.cuda(), value.scale_and_zero.cuda()
             value.bias = None if value.bias is None else value.bias.cuda()
         cuda[key] = value.cuda() if isinstance(value, torch.Tensor) else value
-    assert_kernels_match(run_ops(cuda), t, dtype)
+    return cuda
+
+
+# Each autotuned kernel's candidates (decode_triton's tables) and the names of their columns.
+TABLES = {"proj": ("PROJ", ("BLOCK_N", "BLOCK_K", "STAGES")),
+          "proj_int4": ("PROJ_INT4", ("BLOCK_N", "BLOCK_W", "STAGES")),
+          "qkv_rope": ("ROPE", ("BLOCK_R", "BLOCK_K", "STAGES")),
+          "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES")), "attend": ("ATTEND", ("BLOCK_L",))}
+
+
+EVERY_CONFIGURATION = """
+import triton
+from sota.models import decode_triton
+tuner = getattr(decode_triton, {kernel!r})
+table, names = TABLES[{kernel!r}]
+blocks = {{row[:2]: row for row in getattr(decode_triton, table)}}   # the interpreter ignores warps and look-ahead
+for row in blocks.values():
+    tuner.configs = [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1])]
+    tuner.cache.clear()
+    t = kernel_inputs(torch.float32, int4_group={group})
+    assert_kernels_match(run_ops(t), t, torch.float32)
+torch.save({{}}, os.environ["OUT"])
+"""
+
+
+@pytest.mark.slow
+@TRITON
+@pytest.mark.parametrize("kernel", sorted(TABLES))
+def test_every_candidate_configuration_matches_the_torch_operations(kernel, tmp_path):
+    """Each row of the kernel's autotuning table (block sizes, look-ahead) in the interpreter, float32 (int4 codes
+    in groups of 16 for the int4 kernels): the masks and strides hold whichever row a device picks. Slow: the
+    interpreter runs every operation once a row."""
+    interpreted(EVERY_CONFIGURATION.format(kernel=kernel, group=16 if kernel.endswith("int4") else 0), tmp_path)
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("kernel", sorted(TABLES))
+def test_every_candidate_configuration_matches_the_torch_operations_on_cuda(kernel):
+    """The suite runs one small configuration a kernel (SOTA_TRITON_AUTOTUNE=0); autotuning may pick any row of
+    the tables on a device, so each row is held to torch here (bf16, float weights or int4 codes in groups of
+    32), the kernel's autotuner given that row alone."""
+    import triton
+
+    from sota.models import decode_triton
+
+    tuner = getattr(decode_triton, kernel)
+    table, names = TABLES[kernel]
+    chosen = tuner.configs
+    try:
+        for row in getattr(decode_triton, table):
+            tuner.configs = [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1])]
+            tuner.cache.clear()
+            t = kernel_inputs(torch.bfloat16, hidden=128, int4_group=32 if kernel.endswith("int4") else 0)
+            assert_kernels_match(run_ops(on_cuda(t)), t, torch.bfloat16)
+    finally:
+        tuner.configs = chosen
+        tuner.cache.clear()
 
 
 # Argument types for compiling the kernels without a device: pointers by name (int4 codes and their scales are
