@@ -1,5 +1,6 @@
 #!/bin/bash
-# The three calls on one H100 (kind nvidia-h100-x1), as run; staging (.stage/mm/a.sh) installs the wheels first.
+# The three calls on one H100 (kind nvidia-h100-x1), as run (this folder's one.sh and kernels.py were then
+# .stage/mm/one.sh and gv_bench.py); /tmp/st/env.sh is the staged environment (the wheels of FIELD-NOTES).
 
 # ---- call 1 ----
 # Call 1: stage; fused GPU tests; SmolLM2 bf16 (PDL on / off); 3B int4 compiled vs fused; int4 product sweep.
@@ -10,20 +11,20 @@ t0=$(date +%s)
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader 2>&1 | tee $OUT/gpu.txt
 timeout 100 python -m pytest -q -m gpu tests/test_decode_step.py -k "on_cuda" -p no:cacheprovider > $OUT/gpu_tests.log 2>&1
 echo "tests rc=$? [$(( $(date +%s) - t0 ))s]"; tail -3 $OUT/gpu_tests.log
-bash .stage/mm/one.sh bundled:smollm2-135m-instruct bf16 0 100; echo "[$(( $(date +%s) - t0 ))s]"
-SOTA_PDL=0 BACKENDS=fused TAG=_nopdl bash .stage/mm/one.sh bundled:smollm2-135m-instruct bf16 0 60; echo "[$(( $(date +%s) - t0 ))s]"
-bash .stage/mm/one.sh meta-llama/Llama-3.2-3B-Instruct int4 128 130; echo "[$(( $(date +%s) - t0 ))s]"
+bash experiments/2026-12-05_int4_words_h100/one.sh bundled:smollm2-135m-instruct bf16 0 100; echo "[$(( $(date +%s) - t0 ))s]"
+SOTA_PDL=0 BACKENDS=fused TAG=_nopdl bash experiments/2026-12-05_int4_words_h100/one.sh bundled:smollm2-135m-instruct bf16 0 60; echo "[$(( $(date +%s) - t0 ))s]"
+bash experiments/2026-12-05_int4_words_h100/one.sh meta-llama/Llama-3.2-3B-Instruct int4 128 130; echo "[$(( $(date +%s) - t0 ))s]"
 left=$(( 560 - ($(date +%s) - t0) ))
-[ $left -gt 30 ] && { timeout $left python .stage/mm/gv_bench.py $OUT/gv.json > $OUT/gv.log 2>&1; echo "gv rc=$?"; cut -c1-300 $OUT/gv.log; }
+[ $left -gt 30 ] && { timeout $left python experiments/2026-12-05_int4_words_h100/kernels.py $OUT/gv.json > $OUT/gv.log 2>&1; echo "gv rc=$?"; cut -c1-300 $OUT/gv.log; }
 
 # ---- call 2 ----
 [ -f /tmp/st/env.sh ] || { CHECK=0 bash .stage/mm/a.sh > $OUT/stage.log 2>&1; echo "stage rc=$?"; }
 . /tmp/st/env.sh
 export SOTA_PDL=0 PYTHONPATH=$PWD:$PYTHONPATH
 mkdir -p "$OUT"; t0=$(date +%s)
-bash .stage/mm/one.sh meta-llama/Llama-3.2-3B-Instruct int4t 128 150; echo "[$(( $(date +%s) - t0 ))s]"
-bash .stage/mm/one.sh meta-llama/Llama-3.2-3B-Instruct bf16 0 130; echo "[$(( $(date +%s) - t0 ))s]"
-timeout $(( 530 - ($(date +%s) - t0) )) python .stage/mm/gv_bench.py $OUT/gv.json > $OUT/gv.log 2>&1; echo "gv rc=$?"; cut -c1-300 $OUT/gv.log
+bash experiments/2026-12-05_int4_words_h100/one.sh meta-llama/Llama-3.2-3B-Instruct int4t 128 150; echo "[$(( $(date +%s) - t0 ))s]"
+bash experiments/2026-12-05_int4_words_h100/one.sh meta-llama/Llama-3.2-3B-Instruct bf16 0 130; echo "[$(( $(date +%s) - t0 ))s]"
+timeout $(( 530 - ($(date +%s) - t0) )) python experiments/2026-12-05_int4_words_h100/kernels.py $OUT/gv.json > $OUT/gv.log 2>&1; echo "gv rc=$?"; cut -c1-300 $OUT/gv.log
 
 # ---- call 3 ----
 [ -f /tmp/st/env.sh ] || { CHECK=0 bash .stage/mm/a.sh > $OUT/stage.log 2>&1; echo "stage rc=$?"; }
