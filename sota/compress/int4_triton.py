@@ -68,6 +68,7 @@ def _kernels():  # noqa: ANN202 - the jitted functions, built once Triton is nee
 
     from sota.models import decode_triton
 
+    # the row kernel too, for experiments/2026-12-05_int4_kernels_h200/kernels.py, which reads its best config
     return decode_triton.proj_int4, _gemm
 
 

@@ -12,7 +12,8 @@ import triton.language as tl
 from sota.utils.triton_support import autotuned
 
 
-# Autotuning candidates, few because each compiles on first use in a process (the interpreter needs one).
+# Autotuning candidates, few because each compiles on first use in a process (the interpreter, and
+# SOTA_TRITON_AUTOTUNE=0, take one).
 # Products with long rows (K in the thousands) want few rows a program and long strides along K; SmolLM2's
 # 576-wide rows, more rows a program. STAGES > 1 has Triton load steps ahead through shared memory, which keeps
 # more bytes in flight where a product has few programs.
@@ -57,10 +58,16 @@ def inv_rms(x_row, K, eps, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def rms_scaled(x, nw, rstd, dt: tl.constexpr):
+    # transformers' RMSNorm of loaded values: x / rms rounded to the dtype, times the norm weight, rounded again
+    return rnd(nw * rnd(x * rstd, dt), dt)
+
+
+@triton.jit
 def normed(x_row, nw_ptr, kk, K, rstd, dt: tl.constexpr):
     xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
     nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-    return rnd(nw * rnd(xk * rstd, dt), dt)
+    return rms_scaled(xk, nw, rstd, dt)
 
 
 @triton.jit
@@ -145,8 +152,8 @@ def x_pair(x_row, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr, NORM
     a, b = pair_lo(v), pair_hi(v)
     if NORM:
         w = tl.load(nw_ptr.to(tl.pointer_type(tl.int32)) + (k + c) // 2, mask=k_ok, other=0)
-        a = rnd(pair_lo(w) * rnd(a * rstd, dt), dt)
-        b = rnd(pair_hi(w) * rnd(b * rstd, dt), dt)
+        a = rms_scaled(a, pair_lo(w), rstd, dt)
+        b = rms_scaled(b, pair_hi(w), rstd, dt)
     return a, b
 
 
@@ -154,7 +161,7 @@ def x_pair(x_row, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr, NORM
 def x_one(x_row, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr, NORM: tl.constexpr):
     xc = tl.load(x_row + k + c, mask=k_ok, other=0.0).to(tl.float32)
     if NORM:
-        xc = rnd(tl.load(nw_ptr + k + c, mask=k_ok, other=0.0).to(tl.float32) * rnd(xc * rstd, dt), dt)
+        xc = rms_scaled(xc, tl.load(nw_ptr + k + c, mask=k_ok, other=0.0).to(tl.float32), rstd, dt)
     return xc
 
 
