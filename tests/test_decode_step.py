@@ -203,11 +203,19 @@ def interpreted(code, tmp_path):
 def assert_kernels_match(got, t, dtype):
     """Each kernel against the torch operation on the kernels' own inputs: chained, a unit in the last place of
     one bf16 value (q, say) moves everything after it, and the comparison would measure that rounding."""
-    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1.6e-2)
+    atol, rtol = (1e-5, 1e-5) if dtype == torch.float32 else (2e-2, 1.6e-2)
     got = {k: v.cpu() for k, v in got.items()}
     ref = run_ops(t, inputs=got)
     for name in ("q", "k", "v", "attn", "o", "act", "head"):
-        torch.testing.assert_close(got[name].float(), ref[name].float(), **tol, msg=name)
+        want = ref[name].float()
+        allowed = atol + rtol * want.abs()
+        if name == "o" and dtype == torch.bfloat16:
+            # o is the product rounded to bf16, then plus the residual: where the residual cancels the product, a
+            # unit in the product's last place is all of the difference
+            allowed = allowed + 2.0 ** -7 * (want - t["x"].float()).abs()
+        excess = (got[name].float() - want).abs() - allowed
+        assert (excess <= 0).all(), (f"{name}: {int((excess > 0).sum())} values out of tolerance, the worst by "
+                                     f"{excess.max().item():.3g}")
     slot = int(t["start"] + t["step"])
     untouched = [i for i in range(t["k"].shape[2]) if i != slot]
     assert torch.equal(got["k"][:, :, untouched], t["k"][:, :, untouched])   # only the step's slot is written
@@ -278,7 +286,7 @@ def on_cuda(t):
 TABLES = {"proj": ("PROJ", ("BLOCK_N", "BLOCK_K", "STAGES")),
           "proj_int4": ("PROJ_INT4", ("BLOCK_N", "BLOCK_W", "STAGES")),
           "qkv_rope": ("ROPE", ("BLOCK_R", "BLOCK_K", "STAGES")),
-          "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES")), "attend": ("ATTEND", ("BLOCK_L",))}
+          "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES")), "attend": ("ATTEND", ("SPLIT_L", "BLOCK_L"))}
 
 
 EVERY_CONFIGURATION = """
@@ -334,7 +342,8 @@ def test_every_candidate_configuration_matches_the_torch_operations_on_cuda(kern
 # Argument types for compiling the kernels without a device: pointers by name (int4 codes and their scales are
 # read as int32 words), the rest 32-bit.
 POINTERS = {"q_ptr": "*bf16", "w_ptr": "*bf16", "sz_ptr": "*i32", "q_codes_ptr": "*i32", "last_pos_ptr": "*i64",
-            "step_ptr": "*i64", "start_ptr": "*i64", "valid_ptr": "*i1"}
+            "step_ptr": "*i64", "start_ptr": "*i64", "valid_ptr": "*i1", "part_ptr": "*fp32",
+            "count_ptr": "*i32"}
 KERNELS = {  # kernel: its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths)
     "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=512, STAGES=3),
     "proj_int4": dict(NORM=True, GATED=True, RESIDUAL=True, GROUP=128, BLOCK_N=16, BLOCK_W=32, EVEN=True,
@@ -342,7 +351,7 @@ KERNELS = {  # kernel: its constexprs, as the step launches it on an H100 (Llama
     "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1),
     "qkv_rope_int4": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=8, BLOCK_W=32, EVEN=False,
                           STAGES=3),
-    "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, BLOCK_L=64),
+    "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, SPLIT_L=128, BLOCK_L=64),
 }
 
 

@@ -4,7 +4,7 @@ A Llama-family decoder layer's one-token step is five launches of three operatio
 - `qkv_rope`: RMSNorm of the residual stream, the fused q/k/v product (plus its bias, if any), rotary on q and
   k, and k and v written into the static cache at the step's slot;
 - `attend`: each query head against its key/value head's cache, over the positions the step may see (online
-  softmax: the scores never leave the kernel);
+  softmax: the scores never leave the kernel), the cache split over programs whose shares the last one merges;
 - `proj`, three times: o_proj plus the residual; RMSNorm then gate/up with the SiLU gate applied; down_proj plus
   the residual. The lm_head is one more `proj`, with the final RMSNorm.
 
@@ -36,7 +36,8 @@ from torch import nn
 from sota.utils.triton_support import available, interpreted
 
 
-def _triton(x: torch.Tensor) -> bool:
+def on_triton(x: torch.Tensor) -> bool:
+    """Whether the operations run Triton's kernels on `x`: on CUDA, or in Triton's interpreter."""
     return x.is_cuda or (interpreted() and available())
 
 
@@ -81,7 +82,7 @@ def proj(x: torch.Tensor, weight: Weight, out: torch.Tensor, *, residual: torch.
          norm: torch.Tensor | None = None, eps: float = 0.0, gated: bool = False) -> None:
     """out = W . x, in place, for x [B, K]: `norm` applies RMSNorm (that weight, `eps`) to x first; `gated` reads
     W as [gate; up] and gives SiLU(gate) * up; `residual` is added last."""
-    if _triton(x):
+    if on_triton(x):
         _proj_triton(x, weight, int4_codes(weight), out, residual, norm, eps, gated)
         return
     h = _rms(x, norm, eps) if norm is not None else x
@@ -127,7 +128,7 @@ def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bi
     into `q_out` [B, heads x D], k and v into the caches [B, kv_heads, max_len, D] at slot `start + step`. An int4
     layer's bias is its own: pass None."""
     d = k_cache.shape[-1]
-    if _triton(x):
+    if on_triton(x):
         total = heads + 2 * kv_heads
         grid = lambda meta: (total * -(-(d // 2) // meta["BLOCK_R"]), x.shape[0])  # noqa: E731
         codes = int4_codes(weight)
@@ -160,15 +161,30 @@ def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bi
     v_cache.index_copy_(2, slot, v.view(b, kv_heads, 1, d))
 
 
+def attend_scratch(q: torch.Tensor, k_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton attention's working memory for these shapes: each program's share of a head's attention (float32
+    [B, heads, splits, D + 2]) and a count a head of its finished programs (int32 zeros, which the kernel leaves at
+    zero). A step allocates it once; its graph replays over the same buffers."""
+    b, _, max_len, d = k_cache.shape
+    heads = q.shape[1] // d
+    splits = -(-max_len // _kernels().SPLIT_MIN)
+    return (torch.empty(b, heads, splits, d + 2, dtype=torch.float32, device=q.device),
+            torch.zeros(b, heads, dtype=torch.int32, device=q.device))
+
+
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt_valid: torch.Tensor,
-           step: torch.Tensor, start: torch.Tensor, out: torch.Tensor, scale: float) -> None:
+           step: torch.Tensor, start: torch.Tensor, out: torch.Tensor, scale: float,
+           scratch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Attention of q [B, heads x D] over the caches: a slot is visible where `prompt_valid` marks a prompt token
-    or it lies in [start, start + step]; out [B, heads x D]."""
+    or it lies in [start, start + step]; out [B, heads x D]. On Triton the cache is split over programs, whose
+    shares meet in `scratch` (`attend_scratch`; allocated here if not given)."""
     b, kv_heads, max_len, d = k_cache.shape
     heads = q.shape[1] // d
-    if _triton(q):
-        _kernels().attend[(heads, b)](
-            q, k_cache, v_cache, prompt_valid, step, start, out, max_len, scale,
+    if on_triton(q):
+        part, counts = scratch if scratch is not None else attend_scratch(q, k_cache)
+        grid = lambda meta: (heads, -(-max_len // meta["SPLIT_L"]), b)  # noqa: E731
+        _kernels().attend[grid](
+            q, k_cache, v_cache, prompt_valid, step, start, out, part, counts, max_len, part.shape[2], scale,
             q.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), prompt_valid.stride(0),
             HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_D=_pow2(d))
         return

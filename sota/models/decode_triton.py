@@ -22,13 +22,18 @@ PROJ = ((1, 512, 1, 4), (1, 1024, 1, 4), (2, 512, 1, 4), (2, 1024, 1, 8), (4, 12
         (1, 512, 3, 4), (2, 512, 3, 4), (2, 1024, 3, 8), (4, 256, 3, 4))           # BLOCK_N, BLOCK_K, STAGES, warps
 ROPE = ((2, 512, 1, 4), (2, 1024, 1, 4), (4, 256, 1, 4), (4, 512, 1, 4), (8, 128, 1, 4), (8, 256, 1, 4),
         (16, 64, 1, 2), (16, 128, 1, 4), (2, 512, 3, 4), (4, 256, 3, 4))          # BLOCK_R, BLOCK_K, STAGES, warps
-ATTEND = ((16, 2), (32, 2), (32, 4), (64, 4), (128, 4))                          # BLOCK_L, warps
-NORM_BLOCK = tl.constexpr(256)   # features a step of the RMS reduction: the residual row is one small read
-# Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads).
-PROJ_INT4 = ((8, 64, 1, 2), (16, 64, 1, 2), (32, 64, 1, 2), (8, 64, 3, 2), (16, 64, 1, 4), (8, 32, 1, 2),
-             (32, 32, 1, 4), (64, 32, 3, 4))                                     # BLOCK_N, BLOCK_W, STAGES, warps
-ROPE_INT4 = ((4, 64, 1, 2), (8, 64, 1, 2), (16, 64, 1, 2), (4, 32, 1, 2), (8, 32, 1, 4), (16, 32, 3, 4))
-                                                                                 # BLOCK_R, BLOCK_W, STAGES, warps
+# Attention splits the cache into SPLIT_L slots a program; the last program of a head merges their shares.
+ATTEND = ((32, 32, 2), (64, 32, 2), (64, 64, 4), (128, 32, 4), (128, 64, 4), (256, 64, 4))   # SPLIT_L, BLOCK_L, warps
+ATTEND_ONE = (16, 16, 1)     # SOTA_TRITON_AUTOTUNE=0: small, so short test caches still split
+SPLIT_MIN = min(row[0] for row in ATTEND + (ATTEND_ONE,))     # sizes the shares' buffer
+SHARES = tl.constexpr(16)    # shares the merge loads at once
+NORM_BLOCK = tl.constexpr(512)   # features a load of the RMS reduction (four loads a step)
+# Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads). Few
+# rows a program and long steps along K won on an H100 with the weights cold, as a step streams them.
+PROJ_INT4 = ((4, 128, 1, 2), (4, 128, 1, 4), (8, 128, 1, 2), (8, 128, 1, 4), (16, 128, 1, 4), (8, 64, 1, 1),
+             (8, 64, 1, 2), (16, 64, 1, 2), (32, 64, 1, 2), (8, 64, 3, 2))              # BLOCK_N, BLOCK_W, STAGES, warps
+ROPE_INT4 = ((2, 128, 1, 1), (2, 128, 1, 2), (4, 128, 1, 2), (4, 128, 1, 4), (2, 64, 1, 1), (4, 64, 1, 2),
+             (8, 64, 1, 2), (8, 32, 1, 4))                                          # BLOCK_R, BLOCK_W, STAGES, warps
 
 
 def even_words(args):
@@ -49,11 +54,17 @@ def rnd(v, dt: tl.constexpr):
 
 @triton.jit
 def inv_rms(x_row, K, eps, BLOCK_K: tl.constexpr):
+    # Four blocks a step, loaded together: each step waits on memory once, and a 3072-wide row takes two steps,
+    # not twelve round trips ahead of the product.
     ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
-        ss += xk * xk
+    for k0 in range(0, K, 4 * BLOCK_K):
+        k1 = k0 + tl.arange(0, BLOCK_K)
+        k2, k3, k4 = k1 + BLOCK_K, k1 + 2 * BLOCK_K, k1 + 3 * BLOCK_K
+        a = tl.load(x_row + k1, mask=k1 < K, other=0.0).to(tl.float32)
+        b = tl.load(x_row + k2, mask=k2 < K, other=0.0).to(tl.float32)
+        c = tl.load(x_row + k3, mask=k3 < K, other=0.0).to(tl.float32)
+        d = tl.load(x_row + k4, mask=k4 < K, other=0.0).to(tl.float32)
+        ss += (a * a + b * b) + (c * c + d * d)
     return tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
 
 
@@ -339,14 +350,18 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
                   stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES)
 
 
-@triton.autotune(configs=_configs(("BLOCK_L",), ATTEND, (16, 1)), key=["L", "HEADS", "KV_HEADS", "D"])
+@triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE), key=["L", "HEADS", "KV_HEADS", "D"])
 @triton.jit
-def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, L, scale,
-            stride_q, stride_cb, stride_ch, stride_cl, stride_valid,
-            HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-            BLOCK_L: tl.constexpr):
-    h, b = tl.program_id(0), tl.program_id(1)
+def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_ptr, count_ptr, L, splits_max, scale,
+           stride_q, stride_cb, stride_ch, stride_cl, stride_valid,
+           HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+           SPLIT_L: tl.constexpr, BLOCK_L: tl.constexpr):
+    # Program (h, s, b): query head h of row b over cache slots [s * SPLIT_L, (s + 1) * SPLIT_L), so a step's
+    # attention runs on heads x splits programs, not one serial walk a head. Each writes its share (running max,
+    # sum of weights, weighted values) to `part`; the last of a head's programs to finish merges the shares.
+    h, s, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     dt: tl.constexpr = o_ptr.dtype.element_ty
+    W: tl.constexpr = D + 2                         # a share: D weighted values, the max, the sum
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     q = tl.load(q_ptr + b * stride_q + h * D + d, mask=d_ok, other=0.0).to(tl.float32)
@@ -357,20 +372,51 @@ def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, L, scal
     m_i = tl.max(tl.full((BLOCK_L,), -1e30, tl.float32), axis=0)
     l_i = tl.sum(tl.zeros((BLOCK_L,), tl.float32), axis=0)
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for l0 in range(0, seen, BLOCK_L):
+    lo = s * SPLIT_L
+    hi = tl.minimum(lo + SPLIT_L, seen)
+    for l0 in range(lo, hi, BLOCK_L):
         cols = l0 + tl.arange(0, BLOCK_L)
-        in_range = cols < seen
+        in_range = cols < hi
         prompt = tl.load(valid_ptr + b * stride_valid + cols, mask=in_range, other=0)
         visible = in_range & ((prompt != 0) | (cols >= start))
         tile = base + cols[:, None] * stride_cl + d[None, :]
         ok = in_range[:, None] & d_ok[None, :]
         k = tl.load(kc_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-        s = tl.where(visible, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new)
         v = tl.load(vc_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        sc = tl.where(visible, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, axis=0))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(sc - m_new)
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
-    tl.store(o_ptr + b * stride_q + h * D + d, (acc / l_i).to(dt), mask=d_ok)
+    head = (b * HEADS + h) * splits_max
+    if lo < seen:                                   # splits past the step's slot hold nothing
+        share = part_ptr + (head + s) * W
+        tl.store(share + d, acc, mask=d_ok)
+        tl.store(share + D, m_i)
+        tl.store(share + D + 1, l_i)
+    # Every thread's shares are written before the count moves; acq_rel makes them visible to the last program.
+    tl.debug_barrier()
+    done = tl.atomic_add(count_ptr + b * HEADS + h, 1, sem="acq_rel", scope="gpu")
+    if done == tl.num_programs(1) - 1:
+        # All shares at once (SHARES a load): the merge costs one round trip to L2, not one a share.
+        j = tl.arange(0, SHARES)
+        m_all = tl.max(tl.full((SHARES,), -1e30, tl.float32), axis=0)
+        l_all = tl.sum(tl.zeros((SHARES,), tl.float32), axis=0)
+        out = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for j0 in range(0, tl.cdiv(seen, SPLIT_L), SHARES):
+            j_ok = j0 + j < tl.cdiv(seen, SPLIT_L)
+            share = part_ptr + (head + j0 + j) * W
+            m_j = tl.load(share + D, mask=j_ok, other=-1e30, cache_modifier=".cg")    # from L2: other SMs wrote it
+            l_j = tl.load(share + D + 1, mask=j_ok, other=0.0, cache_modifier=".cg")
+            a_j = tl.load(share[:, None] + d[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0,
+                          cache_modifier=".cg")
+            m_new = tl.maximum(m_all, tl.max(m_j, axis=0))
+            c_j = tl.exp(m_j - m_new)
+            a = tl.exp(m_all - m_new)
+            out = out * a + tl.sum(a_j * c_j[:, None], axis=0)
+            l_all = l_all * a + tl.sum(l_j * c_j, axis=0)
+            m_all = m_new
+        tl.store(o_ptr + b * stride_q + h * D + d, (out / l_all).to(dt), mask=d_ok)
+        tl.atomic_xchg(count_ptr + b * HEADS + h, 0)            # ready for the next launch

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from sota.compose import compose as compose_config
 from sota.compress import int4
 from sota.compress.plan import CompressionPlan
+from sota.models.llm import base_model
 DEFAULT_MODES = ("official", "strict")
 SAMPLE_S = 3.0                   # seconds of the noise clips that calibrate pruning
 
@@ -290,7 +291,40 @@ def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: 
             if cuda:
                 torch.cuda.synchronize(device)
     sort = "cuda_time_total" if cuda else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=70)
+    text = prof.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=70)
+    if cuda:
+        launches = sorted((e.time_range.start, e.name, e.device_time) for e in prof.events()
+                          if e.device_type == torch.autograd.DeviceType.CUDA)
+        layers = getattr(base_model(model.llm).config, "num_hidden_layers", 0)
+        text += "\n\n" + launch_roles([(name, us) for _, name, us in launches], steps, layers)
+    return text
+
+
+def launch_roles(launches: list[tuple[str, float]], steps: int, layers: int) -> str:
+    """A table of the device time a step spends in each kernel's roles, from the kernels of `steps` identical steps
+    in launch order (name, µs). A kernel launched m x `layers` + r times a step plays m roles a layer (its i-th
+    launch of a layer plays role i % m: o, gate/up and down for the fused step's products) and r roles outside the
+    layers (the head, say), each averaged over the steps."""
+    per_step = len(launches) // steps if steps else 0
+    if not per_step or per_step * steps != len(launches) or not layers:
+        return f"(no roles: {len(launches)} kernels over {steps} steps)"
+    roles: dict[tuple[str, str], list[float]] = {}
+    for i in range(steps):
+        seen: dict[str, int] = {}
+        step = launches[i * per_step:(i + 1) * per_step]
+        count = {name: sum(1 for n, _ in step if n == name) for name, _ in step}
+        for name, us in step:
+            j = seen.get(name, 0)
+            seen[name] = j + 1
+            m = count[name] // layers
+            role = f"{j % m + 1} of {m} a layer" if j < m * layers else f"outside layers, {j - m * layers + 1}"
+            roles.setdefault((name, role), []).append(us)
+    rows = sorted(roles.items(), key=lambda kv: -sum(kv[1]))
+    lines = ["| kernel | role | calls a step | µs a call | µs a step |", "|---|---|---|---|---|"]
+    for (name, role), times in rows:
+        calls = len(times) / steps
+        lines.append(f"| {name[:60]} | {role} | {calls:g} | {sum(times) / len(times):.1f} | {sum(times) / steps:.1f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
