@@ -291,6 +291,20 @@ def test_bench_profiles_a_static_decode_step_and_skips_transformers_generate(tmp
     assert data["hf_generate_ms_per_token"] is None and "aten::" in data["profile"]
 
 
+def test_profile_roles_split_a_kernel_by_its_place_in_the_layer():
+    """A kernel launched 3 times a layer plus once after the layers (the fused step's products and its head) is
+    read as three roles a layer and one outside, each averaged over the steps."""
+    from sota.tools.bench import launch_roles
+
+    step = [("embed", 1.0)] + [("qkv", 2.0), ("proj", 4.0), ("proj", 5.0), ("proj", 6.0)] * 2 + [("proj", 9.0)]
+    rows = launch_roles(step * 3, steps=3, layers=2).splitlines()[2:]
+    cells = {tuple(c.strip() for c in row.strip("|").split("|")[:2]): row.split("|")[3:6] for row in rows}
+    assert [float(v) for v in cells[("proj", "2 of 3 a layer")]] == [2, 5.0, 10.0]
+    assert [float(v) for v in cells[("proj", "outside layers, 1")]] == [1, 9.0, 9.0]
+    assert [float(v) for v in cells[("qkv", "1 of 1 a layer")]] == [2, 2.0, 4.0]
+    assert "no roles" in launch_roles(step[:-1] * 2 + step, steps=3, layers=2)
+
+
 def test_bench_summarizes_several_result_files_one_row_per_backend(tmp_path, capsys):
     from sota.tools import bench
 
