@@ -80,7 +80,10 @@ class Codes:
         self.dense = int4.dequantize(q, scales, zeros, group)
 
     def __call__(self, x):
-        return F.linear(x, self.dense.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        # as the kernels multiply: the codes' exact weights, float32 sums, one rounding of the output (a bf16 copy of
+        # the weights would differ from them by more than the kernels' summation order does)
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self.dense, bias).to(x.dtype)
 
 
 def test_fused_step_follows_per_layer_widths_of_a_pruned_model():
@@ -186,6 +189,8 @@ def run_ops(t, inputs=None):
     ops.proj(src["o"], t["w_gu"], out["act"], norm=t["norm"], eps=1e-5, gated=True)
     out["head"] = torch.zeros(b, 3 * inter, **new)
     ops.proj(t["x"], t["w_head"], out["head"], norm=t["norm"], eps=1e-5)
+    out["token"] = torch.zeros(b, dtype=torch.long, device=t["x"].device)
+    ops.argmax(src["head"], out["token"])
     return out
 
 
@@ -216,6 +221,7 @@ def assert_kernels_match(got, t, dtype):
         excess = (got[name].float() - want).abs() - allowed
         assert (excess <= 0).all(), (f"{name}: {int((excess > 0).sum())} values out of tolerance, the worst by "
                                      f"{excess.max().item():.3g}")
+    assert torch.equal(got["token"], ref["token"])
     slot = int(t["start"] + t["step"])
     untouched = [i for i in range(t["k"].shape[2]) if i != slot]
     assert torch.equal(got["k"][:, :, untouched], t["k"][:, :, untouched])   # only the step's slot is written
@@ -258,6 +264,28 @@ def test_the_int4_row_kernel_outside_the_step_matches_its_codes(tmp_path):
     for name in ("40x96", "24x256"):
         want = got[f"{name} want"]
         assert (got[name].float() - want).abs().max() <= 0.02 * want.abs().max(), name
+
+
+ARGMAX = """
+x = torch.full((3, 10000), -5.0)
+x[0, 7000] = x[0, 9000] = 2.0                  # a tie across programs: the first wins
+x[0, 100] = 1.5
+x[1] = -torch.arange(10000.0) - 1.0            # all negative
+x[2, 4095] = x[2, 4096] = 3.0                  # a tie across a block boundary
+x = x.bfloat16()
+scratch = ops.argmax_scratch(x)
+first, second = torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+ops.argmax(x, first, scratch)
+ops.argmax(x, second, scratch)                 # the kernel left its scratch ready for another launch
+torch.save(dict(first=first, second=second, keys=scratch[0], counts=scratch[1]), os.environ["OUT"])
+"""
+
+
+@TRITON
+def test_the_argmax_kernel_picks_the_first_maximum_across_programs(tmp_path):
+    got = interpreted(ARGMAX, tmp_path)
+    assert got["first"].tolist() == [7000, 0, 4095] and got["second"].tolist() == [7000, 0, 4095]
+    assert (got["keys"] == torch.iinfo(torch.int64).min).all() and (got["counts"] == 0).all()
 
 
 @pytest.mark.gpu
@@ -343,7 +371,7 @@ def test_every_candidate_configuration_matches_the_torch_operations_on_cuda(kern
 # read as int32 words), the rest 32-bit.
 POINTERS = {"q_ptr": "*bf16", "w_ptr": "*bf16", "sz_ptr": "*i32", "q_codes_ptr": "*i32", "last_pos_ptr": "*i64",
             "step_ptr": "*i64", "start_ptr": "*i64", "valid_ptr": "*i1", "part_ptr": "*fp32",
-            "count_ptr": "*i32"}
+            "count_ptr": "*i32", "key_ptr": "*i64", "token_ptr": "*i64", "x_ptr": "*bf16"}
 KERNELS = {  # kernel: its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths)
     "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=512, STAGES=3),
     "proj_int4": dict(NORM=True, GATED=True, RESIDUAL=True, GROUP=128, BLOCK_N=16, BLOCK_W=32, EVEN=True,
@@ -352,6 +380,7 @@ KERNELS = {  # kernel: its constexprs, as the step launches it on an H100 (Llama
     "qkv_rope_int4": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=8, BLOCK_W=32, EVEN=False,
                           STAGES=3),
     "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, SPLIT_L=128, BLOCK_L=64),
+    "argmax": dict(BLOCK=4096),
 }
 
 

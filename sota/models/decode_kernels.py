@@ -1,4 +1,4 @@
-"""The fused decode step's three operations (`generate.backend=fused`): Triton kernels on CUDA, torch on a CPU.
+"""The fused decode step's operations (`generate.backend=fused`): Triton kernels on CUDA, torch on a CPU.
 
 A Llama-family decoder layer's one-token step is five launches of three operations:
 - `qkv_rope`: RMSNorm of the residual stream, the fused q/k/v product (plus its bias, if any), rotary on q and
@@ -6,11 +6,12 @@ A Llama-family decoder layer's one-token step is five launches of three operatio
 - `attend`: each query head against its key/value head's cache, over the positions the step may see (online
   softmax: the scores never leave the kernel), the cache split over programs whose shares the last one merges;
 - `proj`, three times: o_proj plus the residual; RMSNorm then gate/up with the SiLU gate applied; down_proj plus
-  the residual. The lm_head is one more `proj`, with the final RMSNorm.
+  the residual. The lm_head is one more `proj`, with the final RMSNorm, and `argmax` picks the token in one
+  launch.
 
 Batch-1 decoding of a small LLM is bound by kernel count: compiled, SmolLM2-135M's step ran 395 kernels in
 0.88 ms of GPU time at 18x its bandwidth floor, about 13 a layer (experiments/2026-12-03_export_h200). Here a
-layer is five kernels and a step 5 x layers + 4.
+layer is five kernels and a step 5 x layers + 3 (the token's row of the table, the head, the argmax).
 
 Each matrix-vector product streams its weight rows once, in blocks of `BLOCK_N` rows by `BLOCK_K` inputs, and
 reduces in float32. A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes
@@ -24,7 +25,8 @@ transformers' own arithmetic up to summation order. The torch functions do the s
 the kernels (through Triton's interpreter) to them.
 
 Device scalars (`start`, `step`) and the per-row positions are read inside the kernels, so a CUDA graph of the
-step replays correctly as they advance.
+step replays correctly as they advance. Where a kernel's programs share one result (attention's split cache, the
+argmax), the last program to finish, known by an atomic count, finishes it and resets the count.
 """
 
 from __future__ import annotations
@@ -195,6 +197,28 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt
     o = F.scaled_dot_product_attention(q.view(b, heads, 1, d).float(), k_cache.float(), v_cache.float(),
                                        attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads)
     out.copy_(o.reshape(b, heads * d))
+
+
+def argmax_scratch(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton argmax's working memory: a key a row (int64, at its minimum) and a count a row of its finished
+    programs (int32 zeros); the kernel leaves both so."""
+    b = logits.shape[0]
+    return (torch.full((b,), torch.iinfo(torch.int64).min, dtype=torch.int64, device=logits.device),
+            torch.zeros(b, dtype=torch.int32, device=logits.device))
+
+
+def argmax(logits: torch.Tensor, token: torch.Tensor,
+           scratch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """token [B] (int64) = the index of each row's largest logit, the first on ties, as torch.argmax. On Triton, one
+    launch: each program reduces a block of the row and the row's last program writes the token."""
+    if on_triton(logits):
+        keys, counts = scratch if scratch is not None else argmax_scratch(logits)
+        block = _kernels().ARGMAX_BLOCK.value
+        n = logits.shape[1]
+        _kernels().argmax[(-(-n // block), logits.shape[0])](logits, keys, counts, token, n, logits.stride(0),
+                                                             BLOCK=block)
+        return
+    torch.argmax(logits, dim=-1, out=token)
 
 
 def _pow2(n: int) -> int:

@@ -148,6 +148,7 @@ class FusedStep:
         vocab = self.head.shape[0] if isinstance(self.head, torch.Tensor) else self.head.out_features
         self.logits = torch.zeros(b, vocab, **new)
         self.scratch = None     # the attention's working memory, once the caches' shape is known
+        self.argmax_scratch = ops.argmax_scratch(self.logits) if ops.on_triton(self.logits) else None
 
     def __call__(self, token: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
                  prompt_valid: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -168,5 +169,5 @@ class FusedStep:
             ops.proj(self.h_mid, layer.gate_up, act, norm=layer.mlp_norm, eps=self.eps, gated=True)
             ops.proj(act, layer.down, self.h, residual=self.h_mid)
         ops.proj(self.h, self.head, self.logits, norm=self.norm, eps=self.eps)
-        torch.argmax(self.logits, dim=-1, out=token)
+        ops.argmax(self.logits, token, self.argmax_scratch)
         return token

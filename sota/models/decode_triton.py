@@ -23,10 +23,11 @@ PROJ = ((1, 512, 1, 4), (1, 1024, 1, 4), (2, 512, 1, 4), (2, 1024, 1, 8), (4, 12
 ROPE = ((2, 512, 1, 4), (2, 1024, 1, 4), (4, 256, 1, 4), (4, 512, 1, 4), (8, 128, 1, 4), (8, 256, 1, 4),
         (16, 64, 1, 2), (16, 128, 1, 4), (2, 512, 3, 4), (4, 256, 3, 4))          # BLOCK_R, BLOCK_K, STAGES, warps
 # Attention splits the cache into SPLIT_L slots a program; the last program of a head merges their shares.
-ATTEND = ((32, 32, 2), (64, 32, 2), (64, 64, 4), (128, 32, 4), (128, 64, 4), (256, 64, 4))   # SPLIT_L, BLOCK_L, warps
+ATTEND = ((32, 32, 2), (64, 32, 2), (64, 64, 4), (128, 64, 4), (256, 64, 4), (512, 64, 4))   # SPLIT_L, BLOCK_L, warps
 ATTEND_ONE = (16, 16, 1)     # SOTA_TRITON_AUTOTUNE=0: small, so short test caches still split
 SPLIT_MIN = min(row[0] for row in ATTEND + (ATTEND_ONE,))     # sizes the shares' buffer
 SHARES = tl.constexpr(16)    # shares the merge loads at once
+ARGMAX_BLOCK = tl.constexpr(4096)   # logits a program of the argmax
 NORM_BLOCK = tl.constexpr(512)   # features a load of the RMS reduction (four loads a step)
 # Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads). Few
 # rows a program and long steps along K won on an H100 with the weights cold, as a step streams them.
@@ -390,33 +391,58 @@ def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_pt
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
-    head = (b * HEADS + h) * splits_max
-    if lo < seen:                                   # splits past the step's slot hold nothing
-        share = part_ptr + (head + s) * W
-        tl.store(share + d, acc, mask=d_ok)
-        tl.store(share + D, m_i)
-        tl.store(share + D + 1, l_i)
-    # Every thread's shares are written before the count moves; acq_rel makes them visible to the last program.
-    tl.debug_barrier()
-    done = tl.atomic_add(count_ptr + b * HEADS + h, 1, sem="acq_rel", scope="gpu")
-    if done == tl.num_programs(1) - 1:
-        # All shares at once (SHARES a load): the merge costs one round trip to L2, not one a share.
-        j = tl.arange(0, SHARES)
-        m_all = tl.max(tl.full((SHARES,), -1e30, tl.float32), axis=0)
-        l_all = tl.sum(tl.zeros((SHARES,), tl.float32), axis=0)
-        out = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for j0 in range(0, tl.cdiv(seen, SPLIT_L), SHARES):
-            j_ok = j0 + j < tl.cdiv(seen, SPLIT_L)
-            share = part_ptr + (head + j0 + j) * W
-            m_j = tl.load(share + D, mask=j_ok, other=-1e30, cache_modifier=".cg")    # from L2: other SMs wrote it
-            l_j = tl.load(share + D + 1, mask=j_ok, other=0.0, cache_modifier=".cg")
-            a_j = tl.load(share[:, None] + d[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0,
-                          cache_modifier=".cg")
-            m_new = tl.maximum(m_all, tl.max(m_j, axis=0))
-            c_j = tl.exp(m_j - m_new)
-            a = tl.exp(m_all - m_new)
-            out = out * a + tl.sum(a_j * c_j[:, None], axis=0)
-            l_all = l_all * a + tl.sum(l_j * c_j, axis=0)
-            m_all = m_new
-        tl.store(o_ptr + b * stride_q + h * D + d, (out / l_all).to(dt), mask=d_ok)
-        tl.atomic_xchg(count_ptr + b * HEADS + h, 0)            # ready for the next launch
+    if tl.num_programs(1) == 1:                     # the whole cache in one program: nothing to merge
+        tl.store(o_ptr + b * stride_q + h * D + d, (acc / l_i).to(dt), mask=d_ok)
+    else:
+        head = (b * HEADS + h) * splits_max
+        if lo < seen:                                   # splits past the step's slot hold nothing
+            share = part_ptr + (head + s) * W
+            tl.store(share + d, acc, mask=d_ok)
+            tl.store(share + D, m_i)
+            tl.store(share + D + 1, l_i)
+        # Every thread's shares are written before the count moves; acq_rel makes them visible to the last program.
+        tl.debug_barrier()
+        done = tl.atomic_add(count_ptr + b * HEADS + h, 1, sem="acq_rel", scope="gpu")
+        if done == tl.num_programs(1) - 1:
+            # All shares at once (SHARES a load): the merge costs one round trip to L2, not one a share.
+            j = tl.arange(0, SHARES)
+            m_all = tl.max(tl.full((SHARES,), -1e30, tl.float32), axis=0)
+            l_all = tl.sum(tl.zeros((SHARES,), tl.float32), axis=0)
+            out = tl.zeros((BLOCK_D,), dtype=tl.float32)
+            for j0 in range(0, tl.cdiv(seen, SPLIT_L), SHARES):
+                j_ok = j0 + j < tl.cdiv(seen, SPLIT_L)
+                share = part_ptr + (head + j0 + j) * W
+                # from L2 (".cg"): other SMs wrote the shares
+                m_j = tl.load(share + D, mask=j_ok, other=-1e30, cache_modifier=".cg")
+                l_j = tl.load(share + D + 1, mask=j_ok, other=0.0, cache_modifier=".cg")
+                a_j = tl.load(share[:, None] + d[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0,
+                              cache_modifier=".cg")
+                m_new = tl.maximum(m_all, tl.max(m_j, axis=0))
+                c_j = tl.exp(m_j - m_new)
+                a = tl.exp(m_all - m_new)
+                out = out * a + tl.sum(a_j * c_j[:, None], axis=0)
+                l_all = l_all * a + tl.sum(l_j * c_j, axis=0)
+                m_all = m_new
+            tl.store(o_ptr + b * stride_q + h * D + d, (out / l_all).to(dt), mask=d_ok)
+            tl.atomic_xchg(count_ptr + b * HEADS + h, 0)            # ready for the next launch
+
+
+@triton.jit
+def argmax(x_ptr, key_ptr, count_ptr, token_ptr, N, stride_x, BLOCK: tl.constexpr):
+    # Program (p, b): the largest of its BLOCK logits of row b as one int64 key that orders by value, then by the
+    # lower index (torch.argmax's first maximum): the float's bits made to order as integers, above the index's
+    # complement. An atomic max gathers the row's key; the row's last program turns it into the token and resets
+    # the key and the count, so a graph can replay the launch.
+    p, b = tl.program_id(0), tl.program_id(1)
+    i = p * BLOCK + tl.arange(0, BLOCK)
+    v = tl.load(x_ptr + b * stride_x + i, mask=i < N, other=float("-inf")).to(tl.float32)
+    bits = v.to(tl.int32, bitcast=True)
+    order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)       # negative floats: larger magnitude, smaller key
+    key = (order.to(tl.int64) << 32) | (4294967295 - i.to(tl.int64))
+    key = tl.where(i < N, key, -9223372036854775807 - 1)
+    tl.atomic_max(key_ptr + b, tl.max(key, axis=0), sem="relaxed", scope="gpu")
+    done = tl.atomic_add(count_ptr + b, 1, sem="acq_rel", scope="gpu")
+    if done == tl.num_programs(0) - 1:
+        best = tl.atomic_xchg(key_ptr + b, -9223372036854775807 - 1, sem="acq_rel", scope="gpu")
+        tl.store(token_ptr + b, 4294967295 - (best & 4294967295))
+        tl.atomic_xchg(count_ptr + b, 0)
