@@ -236,9 +236,10 @@ def test_triton_kernels_match_the_torch_operations(group, tmp_path):
     both residual products, float weights and compact int4 codes (group 16): the kernels give the torch
     operations' values. Interpreted in float32 here: the interpreter truncates float32 to bf16 where a GPU rounds
     to nearest, so bf16 is checked on the device."""
-    t = kernel_inputs(torch.float32, int4_group=group)
-    got = interpreted(f"torch.save(run_ops(kernel_inputs(torch.float32, int4_group={group})), os.environ['OUT'])",
-                      tmp_path)
+    hidden = 200 if group == 0 else 80     # float rows longer than the one configuration's step: its RMS pass
+    t = kernel_inputs(torch.float32, hidden=hidden, int4_group=group)
+    got = interpreted(f"torch.save(run_ops(kernel_inputs(torch.float32, hidden={hidden}, int4_group={group})), "
+                      "os.environ['OUT'])", tmp_path)
     assert_kernels_match(got, t, torch.float32)
 
 
@@ -372,11 +373,11 @@ def test_every_candidate_configuration_matches_the_torch_operations_on_cuda(kern
 POINTERS = {"q_ptr": "*bf16", "w_ptr": "*bf16", "sz_ptr": "*i32", "q_codes_ptr": "*i32", "last_pos_ptr": "*i64",
             "step_ptr": "*i64", "start_ptr": "*i64", "valid_ptr": "*i1", "part_ptr": "*fp32",
             "count_ptr": "*i32", "key_ptr": "*i64", "token_ptr": "*i64", "x_ptr": "*bf16"}
-KERNELS = {  # kernel: its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths)
-    "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=512, STAGES=3),
+KERNELS = {  # kernel: its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths; proj whole-row)
+    "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=1024, STAGES=3, WHOLE=True),
     "proj_int4": dict(NORM=True, GATED=True, RESIDUAL=True, GROUP=128, BLOCK_N=16, BLOCK_W=32, EVEN=True,
                       STAGES=3),
-    "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1),
+    "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1, WHOLE=False),
     "qkv_rope_int4": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=8, BLOCK_W=32, EVEN=False,
                           STAGES=3),
     "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, SPLIT_L=128, BLOCK_L=64),

@@ -19,9 +19,12 @@ from sota.utils.triton_support import autotuned
 # more bytes in flight where a product has few programs.
 PROJ = ((1, 512, 1, 4), (1, 1024, 1, 4), (2, 512, 1, 4), (2, 1024, 1, 8), (4, 128, 1, 2), (4, 256, 1, 4),
         (4, 512, 1, 4), (8, 64, 1, 2), (8, 128, 1, 4), (8, 256, 1, 4), (16, 128, 1, 4), (16, 256, 1, 8),
-        (1, 512, 3, 4), (2, 512, 3, 4), (2, 1024, 3, 8), (4, 256, 3, 4))           # BLOCK_N, BLOCK_K, STAGES, warps
+        (1, 512, 3, 4), (2, 512, 3, 4), (2, 1024, 3, 8), (4, 256, 3, 4), (4, 1024, 1, 8),
+        (8, 1024, 1, 8))                                                             # BLOCK_N, BLOCK_K, STAGES, warps
 ROPE = ((2, 512, 1, 4), (2, 1024, 1, 4), (4, 256, 1, 4), (4, 512, 1, 4), (8, 128, 1, 4), (8, 256, 1, 4),
-        (16, 64, 1, 2), (16, 128, 1, 4), (2, 512, 3, 4), (4, 256, 3, 4))          # BLOCK_R, BLOCK_K, STAGES, warps
+        (16, 64, 1, 2), (16, 128, 1, 4), (2, 512, 3, 4), (4, 256, 3, 4), (4, 1024, 1, 8),
+        (8, 1024, 1, 8))                                                             # BLOCK_R, BLOCK_K, STAGES, warps
+PROJ_ONE = (4, 128, 1, 1)    # SOTA_TRITON_AUTOTUNE=0: rows of up to 128 in one step, longer rows in several
 # Attention splits the cache into SPLIT_L slots a program; the last program of a head merges their shares.
 ATTEND = ((32, 32, 2), (64, 32, 2), (64, 64, 4), (128, 64, 4), (256, 64, 4), (512, 64, 4))   # SPLIT_L, BLOCK_L, warps
 ATTEND_ONE = (16, 16, 1)     # SOTA_TRITON_AUTOTUNE=0: small, so short test caches still split
@@ -35,6 +38,11 @@ PROJ_INT4 = ((4, 128, 1, 2), (4, 128, 1, 4), (8, 128, 1, 2), (8, 128, 1, 4), (16
              (8, 64, 1, 2), (16, 64, 1, 2), (32, 64, 1, 2), (8, 64, 3, 2))              # BLOCK_N, BLOCK_W, STAGES, warps
 ROPE_INT4 = ((2, 128, 1, 1), (2, 128, 1, 2), (4, 128, 1, 2), (4, 128, 1, 4), (2, 64, 1, 1), (4, 64, 1, 2),
              (8, 64, 1, 2), (8, 32, 1, 4))                                          # BLOCK_R, BLOCK_W, STAGES, warps
+
+
+def whole_row(args):
+    """The row in one step along K: its RMS comes from the product's own load."""
+    return args["K"] <= args["BLOCK_K"]
 
 
 def even_words(args):
@@ -83,23 +91,43 @@ def normed(x_row, nw_ptr, kk, K, rstd, dt: tl.constexpr):
 
 
 @triton.jit
-def float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, stride_w, rstd, dt: tl.constexpr,
+def float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, stride_w, rstd, eps, dt: tl.constexpr,
                NORM: tl.constexpr, TWO: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-               STAGES: tl.constexpr):
-    """W[rows_a] . x and (TWO) W[rows_b] . x over float weights, x RMS-normed first (NORM)."""
-    acc_a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):    # STAGES > 1: loads run ahead through shared memory
-        kk = k0 + tl.arange(0, BLOCK_K)
-        if NORM:
-            xk = normed(x_row, nw_ptr, kk, K, rstd, dt)[None, :]
-        else:
-            xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)[None, :]
+               STAGES: tl.constexpr, WHOLE: tl.constexpr):
+    """W[rows_a] . x and (TWO) W[rows_b] . x over float weights, x RMS-normed first (NORM). WHOLE (K <= BLOCK_K):
+    the row in one step, its RMS (`rstd` unused) from the same load as the product's, so the weights' loads do not
+    wait on a reduction pass: for small models that pass is a round trip to memory of its own."""
+    if WHOLE:
+        kk = tl.arange(0, BLOCK_K)
         ok = r_ok[:, None] & (kk < K)[None, :]
-        acc_a += tl.load(w_ptr + rows_a[:, None] * stride_w + kk[None, :], mask=ok, other=0.0).to(tl.float32) * xk
+        w_a = tl.load(w_ptr + rows_a[:, None] * stride_w + kk[None, :], mask=ok, other=0.0).to(tl.float32)
+        w_b = w_a
         if TWO:
-            acc_b += tl.load(w_ptr + rows_b[:, None] * stride_w + kk[None, :], mask=ok, other=0.0).to(tl.float32) * xk
-    return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1)
+            w_b = tl.load(w_ptr + rows_b[:, None] * stride_w + kk[None, :], mask=ok, other=0.0).to(tl.float32)
+        xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
+        if NORM:
+            nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            xk = rms_scaled(xk, nw, tl.rsqrt(tl.sum(xk * xk, axis=0) / K + eps), dt)
+        y_a = tl.sum(w_a * xk[None, :], axis=1)
+        y_b = tl.sum(w_b * xk[None, :], axis=1)
+    else:
+        acc_a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+        acc_b = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):  # STAGES > 1: loads run ahead through shared memory
+            kk = k0 + tl.arange(0, BLOCK_K)
+            if NORM:
+                xk = normed(x_row, nw_ptr, kk, K, rstd, dt)[None, :]
+            else:
+                xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)[None, :]
+            ok = r_ok[:, None] & (kk < K)[None, :]
+            w = tl.load(w_ptr + rows_a[:, None] * stride_w + kk[None, :], mask=ok, other=0.0)
+            acc_a += w.to(tl.float32) * xk
+            if TWO:
+                w = tl.load(w_ptr + rows_b[:, None] * stride_w + kk[None, :], mask=ok, other=0.0)
+                acc_b += w.to(tl.float32) * xk
+        y_a = tl.sum(acc_a, axis=1)
+        y_b = tl.sum(acc_b, axis=1)
+    return y_a, y_b
 
 
 @triton.jit
@@ -228,22 +256,22 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, s
 def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
               eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, INT4: tl.constexpr,
               GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
-              EVEN: tl.constexpr, STAGES: tl.constexpr):
+              EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
     pid, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = y_ptr.dtype.element_ty
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     x_row = x_ptr + b * stride_x
     rstd = 1.0
-    if NORM:
+    if NORM and not WHOLE:
         rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     # GATED: the up rows sit N rows below the gate rows
     if INT4:
         y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, stride_w, sz_rows, one, rstd, dt,
                           NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES)
     else:
-        y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, stride_w, rstd, dt, NORM, GATED, BLOCK_N,
-                           BLOCK_K, STAGES)
+        y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, stride_w, rstd, eps, dt, NORM, GATED,
+                           BLOCK_N, BLOCK_K, STAGES, WHOLE)
     y = rnd(y, dt)
     if GATED:
         y = rnd(rnd(y * tl.sigmoid(y), dt) * rnd(up, dt), dt)
@@ -252,14 +280,15 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
     tl.store(y_ptr + b * stride_y + rn, y.to(dt), mask=n_ok)
 
 
-@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K", "STAGES"), PROJ, (4, 64, 1, 1)),
+@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K", "STAGES"), PROJ, PROJ_ONE),
                  key=["N", "K", "NORM", "GATED", "RESIDUAL"])
+@triton.heuristics({"WHOLE": whole_row})
 @triton.jit
 def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
          NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
     proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, 0, 1, eps,
-              NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True, STAGES)
+              NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True, STAGES, WHOLE)
 
 
 @triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W", "STAGES"), PROJ_INT4, (8, 4, 1, 1)),
@@ -270,7 +299,7 @@ def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
               eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, GROUP: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr):
     proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
-              eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES)
+              eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES, False)
 
 
 @triton.jit
@@ -278,7 +307,8 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
-                  BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr):
+                  BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
+                  WHOLE: tl.constexpr):
     # A program owns BLOCK_R rotary pairs of one head: rows j and j + D/2, which rotary mixes.
     pid, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = q_ptr.dtype.element_ty
@@ -289,13 +319,15 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     j_ok = j < HALF
     rows = head * D + j
     x_row = x_ptr + b * stride_x
-    rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
+    rstd = 1.0
+    if not WHOLE:
+        rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     if INT4:
         y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, stride_w, sz_rows, one, rstd,
                            dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES)
     else:
-        y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, stride_w, rstd, dt, True, True,
-                            BLOCK_R, BLOCK_K, STAGES)
+        y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, stride_w, rstd, eps, dt, True, True,
+                            BLOCK_R, BLOCK_K, STAGES, WHOLE)
     if HAS_BIAS:
         y1 += tl.load(bias_ptr + rows, mask=j_ok, other=0.0).to(tl.float32)
         y2 += tl.load(bias_ptr + rows + HALF, mask=j_ok, other=0.0).to(tl.float32)
@@ -325,16 +357,17 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     tl.store(vc_ptr + cache + HALF, y2.to(dt), mask=is_v)
 
 
-@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES"), ROPE, (4, 64, 1, 1)),
+@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES"), ROPE, PROJ_ONE),
                  key=["K", "HEADS", "KV_HEADS", "D"])
+@triton.heuristics({"WHOLE": whole_row})
 @triton.jit
 def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
              q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch, stride_cl, eps,
              HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, w_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, 0, 1, stride_q, stride_cb, stride_ch, stride_cl, eps,
-                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True, STAGES)
+                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True, STAGES, WHOLE)
 
 
 @triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES"), ROPE_INT4, (4, 4, 1, 1)),
@@ -348,7 +381,7 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
                   EVEN: tl.constexpr, STAGES: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
-                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES)
+                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES, False)
 
 
 @triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE), key=["L", "HEADS", "KV_HEADS", "D"])
