@@ -147,7 +147,7 @@ class FusedStep:
         self.act = torch.zeros(b, max(lay.intermediate for lay in self.layers), **new)
         vocab = self.head.shape[0] if isinstance(self.head, torch.Tensor) else self.head.out_features
         self.logits = torch.zeros(b, vocab, **new)
-        self.scratch = None     # the attention's working memory, once the caches' shape is known
+        self.attend_scratch = None     # the attention's working memory, once the caches' shape is known
         self.argmax_scratch = ops.argmax_scratch(self.logits) if ops.on_triton(self.logits) else None
 
     def __call__(self, token: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
@@ -157,14 +157,14 @@ class FusedStep:
             torch.index_select(self.embed.weight, 0, token, out=self.h)
         else:                                             # an int4 token table: its own lookup
             self.h.copy_(self.embed(token))
-        if self.scratch is None and ops.on_triton(self.h):
-            self.scratch = ops.attend_scratch(self.q, caches[0][0])
+        if self.attend_scratch is None and ops.on_triton(self.h):
+            self.attend_scratch = ops.attend_scratch(self.q, caches[0][0])
         for layer, (keys, values) in zip(self.layers, caches):
             width = layer.heads * self.head_dim
             q, attn, act = self.q[:, :width], self.attn[:, :width], self.act[:, :layer.intermediate]
             ops.qkv_rope(self.h, layer.attn_norm, self.eps, layer.qkv, layer.qkv_bias, self.cos, self.sin,
                          last_pos, step, start, q, keys, values, layer.heads, layer.kv_heads)
-            ops.attend(q, keys, values, prompt_valid, step, start, attn, self.scale, self.scratch)
+            ops.attend(q, keys, values, prompt_valid, step, start, attn, self.scale, self.attend_scratch)
             ops.proj(attn, layer.o, self.h_mid, residual=self.h)
             ops.proj(self.h_mid, layer.gate_up, act, norm=layer.mlp_norm, eps=self.eps, gated=True)
             ops.proj(act, layer.down, self.h, residual=self.h_mid)
