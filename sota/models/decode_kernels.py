@@ -163,15 +163,14 @@ def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bi
     v_cache.index_copy_(2, slot, v.view(b, kv_heads, 1, d))
 
 
-def attend_scratch(q: torch.Tensor, k_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton attention's working memory for these shapes: each program's share of a head's attention (float32
-    [B, heads, splits, D + 2]) and a count a head of its finished programs (int32 zeros, which the kernel leaves at
-    zero). A step allocates it once; its graph replays over the same buffers."""
-    b, _, max_len, d = k_cache.shape
-    heads = q.shape[1] // d
+def attend_scratch(batch: int, heads: int, max_len: int, head_dim: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton attention's working memory for a cache of `max_len` slots: each program's share of a head's
+    attention (float32 [B, heads, splits, D + 2]) and a count a head of its finished programs (int32 zeros, which
+    the kernel leaves at zero). A step allocates it once; its graph replays over the same buffers."""
     splits = -(-max_len // _kernels().SPLIT_MIN)
-    return (torch.empty(b, heads, splits, d + 2, dtype=torch.float32, device=q.device),
-            torch.zeros(b, heads, dtype=torch.int32, device=q.device))
+    return (torch.empty(batch, heads, splits, head_dim + 2, dtype=torch.float32, device=device),
+            torch.zeros(batch, heads, dtype=torch.int32, device=device))
 
 
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt_valid: torch.Tensor,
@@ -183,7 +182,7 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt
     b, kv_heads, max_len, d = k_cache.shape
     heads = q.shape[1] // d
     if on_triton(q):
-        part, counts = scratch if scratch is not None else attend_scratch(q, k_cache)
+        part, counts = scratch if scratch is not None else attend_scratch(b, heads, max_len, d, q.device)
         grid = lambda meta: (heads, -(-max_len // meta["SPLIT_L"]), b)  # noqa: E731
         _kernels().attend[grid](
             q, k_cache, v_cache, prompt_valid, step, start, out, part, counts, max_len, part.shape[2], scale,

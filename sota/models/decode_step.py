@@ -147,8 +147,10 @@ class FusedStep:
         self.act = torch.zeros(b, max(lay.intermediate for lay in self.layers), **new)
         vocab = self.head.shape[0] if isinstance(self.head, torch.Tensor) else self.head.out_features
         self.logits = torch.zeros(b, vocab, **new)
-        self.attend_scratch = None     # the attention's working memory, once the caches' shape is known
-        self.argmax_scratch = ops.argmax_scratch(self.logits) if ops.on_triton(self.logits) else None
+        triton = ops.on_triton(self.logits)
+        self.attend_scratch = (ops.attend_scratch(b, self.q.shape[1] // self.head_dim, max_len, self.head_dim, dev)
+                               if triton else None)
+        self.argmax_scratch = ops.argmax_scratch(self.logits) if triton else None
 
     def __call__(self, token: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
                  prompt_valid: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -157,8 +159,6 @@ class FusedStep:
             torch.index_select(self.embed.weight, 0, token, out=self.h)
         else:                                             # an int4 token table: its own lookup
             self.h.copy_(self.embed(token))
-        if self.attend_scratch is None and ops.on_triton(self.h):
-            self.attend_scratch = ops.attend_scratch(self.q, caches[0][0])
         for layer, (keys, values) in zip(self.layers, caches):
             width = layer.heads * self.head_dim
             q, attn, act = self.q[:, :width], self.attn[:, :width], self.act[:, :layer.intermediate]

@@ -31,6 +31,7 @@ ATTEND_ONE = (16, 16, 1)     # SOTA_TRITON_AUTOTUNE=0: small, so short test cach
 SPLIT_MIN = min(row[0] for row in ATTEND + (ATTEND_ONE,))     # sizes the shares' buffer
 SHARES = tl.constexpr(16)    # shares the merge loads at once
 ARGMAX_BLOCK = tl.constexpr(4096)   # logits a program of the argmax
+KEY_MIN = tl.constexpr(-2**63)      # the argmax's empty key (decode_kernels.argmax_scratch starts there)
 NORM_BLOCK = tl.constexpr(512)   # features a load of the RMS reduction (four loads a step)
 # Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads). Few
 # rows a program and long steps along K won on an H100 with the weights cold, as a step streams them.
@@ -74,7 +75,13 @@ def inv_rms(x_row, K, eps, BLOCK_K: tl.constexpr):
         c = tl.load(x_row + k3, mask=k3 < K, other=0.0).to(tl.float32)
         d = tl.load(x_row + k4, mask=k4 < K, other=0.0).to(tl.float32)
         ss += (a * a + b * b) + (c * c + d * d)
-    return tl.rsqrt(tl.sum(ss, axis=0) / K + eps)
+    return rsqrt_mean(ss, K, eps)
+
+
+@triton.jit
+def rsqrt_mean(squares, K, eps):
+    # transformers' RMSNorm scale from a block of squared features (zeros past K)
+    return tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
 
 
 @triton.jit
@@ -88,6 +95,14 @@ def normed(x_row, nw_ptr, kk, K, rstd, dt: tl.constexpr):
     xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
     nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
     return rms_scaled(xk, nw, rstd, dt)
+
+
+@triton.jit
+def last_to_finish(count_ptr, programs):
+    """Counts this program as finished; True for the last of `programs` sharing `count_ptr`, which then sees every
+    other program's writes (each thread's are done before the count moves; acq_rel publishes them)."""
+    tl.debug_barrier()
+    return tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu") == programs - 1
 
 
 @triton.jit
@@ -107,7 +122,7 @@ def float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, stride_w, rstd, ep
         xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
         if NORM:
             nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-            xk = rms_scaled(xk, nw, tl.rsqrt(tl.sum(xk * xk, axis=0) / K + eps), dt)
+            xk = rms_scaled(xk, nw, rsqrt_mean(xk * xk, K, eps), dt)
         y_a = tl.sum(w_a * xk[None, :], axis=1)
         y_b = tl.sum(w_b * xk[None, :], axis=1)
     else:
@@ -433,17 +448,15 @@ def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_pt
             tl.store(share + d, acc, mask=d_ok)
             tl.store(share + D, m_i)
             tl.store(share + D + 1, l_i)
-        # Every thread's shares are written before the count moves; acq_rel makes them visible to the last program.
-        tl.debug_barrier()
-        done = tl.atomic_add(count_ptr + b * HEADS + h, 1, sem="acq_rel", scope="gpu")
-        if done == tl.num_programs(1) - 1:
+        if last_to_finish(count_ptr + b * HEADS + h, tl.num_programs(1)):
             # All shares at once (SHARES a load): the merge costs one round trip to L2, not one a share.
+            used = tl.cdiv(seen, SPLIT_L)
             j = tl.arange(0, SHARES)
             m_all = tl.max(tl.full((SHARES,), -1e30, tl.float32), axis=0)
             l_all = tl.sum(tl.zeros((SHARES,), tl.float32), axis=0)
             out = tl.zeros((BLOCK_D,), dtype=tl.float32)
-            for j0 in range(0, tl.cdiv(seen, SPLIT_L), SHARES):
-                j_ok = j0 + j < tl.cdiv(seen, SPLIT_L)
+            for j0 in range(0, used, SHARES):
+                j_ok = j0 + j < used
                 share = part_ptr + (head + j0 + j) * W
                 # from L2 (".cg"): other SMs wrote the shares
                 m_j = tl.load(share + D, mask=j_ok, other=-1e30, cache_modifier=".cg")
@@ -472,10 +485,9 @@ def argmax(x_ptr, key_ptr, count_ptr, token_ptr, N, stride_x, BLOCK: tl.constexp
     bits = v.to(tl.int32, bitcast=True)
     order = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)       # negative floats: larger magnitude, smaller key
     key = (order.to(tl.int64) << 32) | (4294967295 - i.to(tl.int64))
-    key = tl.where(i < N, key, -9223372036854775807 - 1)
+    key = tl.where(i < N, key, KEY_MIN)
     tl.atomic_max(key_ptr + b, tl.max(key, axis=0), sem="relaxed", scope="gpu")
-    done = tl.atomic_add(count_ptr + b, 1, sem="acq_rel", scope="gpu")
-    if done == tl.num_programs(0) - 1:
-        best = tl.atomic_xchg(key_ptr + b, -9223372036854775807 - 1, sem="acq_rel", scope="gpu")
+    if last_to_finish(count_ptr + b, tl.num_programs(0)):
+        best = tl.atomic_xchg(key_ptr + b, KEY_MIN, sem="acq_rel", scope="gpu")
         tl.store(token_ptr + b, 4294967295 - (best & 4294967295))
         tl.atomic_xchg(count_ptr + b, 0)

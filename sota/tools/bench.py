@@ -28,6 +28,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +313,7 @@ def launch_roles(launches: list[tuple[str, float]], steps: int, layers: int) -> 
     for i in range(steps):
         seen: dict[str, int] = {}
         step = launches[i * per_step:(i + 1) * per_step]
-        count = {name: sum(1 for n, _ in step if n == name) for name, _ in step}
+        count = Counter(name for name, _ in step)
         for name, us in step:
             j = seen.get(name, 0)
             seen[name] = j + 1
