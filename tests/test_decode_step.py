@@ -230,13 +230,13 @@ def assert_kernels_match(got, t, dtype):
 
 
 @TRITON
-@pytest.mark.parametrize("group", [0, 16])
-def test_triton_kernels_match_the_torch_operations(group, tmp_path):
+@pytest.mark.parametrize(("group", "hidden"), [(0, 200), (16, 80), (8, 32)])
+def test_triton_kernels_match_the_torch_operations(group, hidden, tmp_path):
     """Grouped-query heads, a head size that is no power of two, a q/k/v bias, left-padded prompts, the gated MLP,
-    both residual products, float weights and compact int4 codes (group 16): the kernels give the torch
-    operations' values. Interpreted in float32 here: the interpreter truncates float32 to bf16 where a GPU rounds
-    to nearest, so bf16 is checked on the device."""
-    hidden = 200 if group == 0 else 80     # float rows longer than the one configuration's step: its RMS pass
+    both residual products, float weights and compact int4 codes: the kernels give the torch operations' values.
+    Rows longer than the one configuration's step (float 200, int4 80) take the RMS pass; int4 rows of 32 fit one
+    step and take their RMS from its loads. Interpreted in float32 here: the interpreter truncates float32 to bf16
+    where a GPU rounds to nearest, so bf16 is checked on the device."""
     t = kernel_inputs(torch.float32, hidden=hidden, int4_group=group)
     got = interpreted(f"torch.save(run_ops(kernel_inputs(torch.float32, hidden={hidden}, int4_group={group})), "
                       "os.environ['OUT'])", tmp_path)
@@ -265,6 +265,27 @@ def test_the_int4_row_kernel_outside_the_step_matches_its_codes(tmp_path):
     for name in ("40x96", "24x256"):
         want = got[f"{name} want"]
         assert (got[name].float() - want).abs().max() <= 0.02 * want.abs().max(), name
+
+
+EMBED = """
+import types
+g = torch.Generator().manual_seed(2)
+codes = Codes(torch.randn(40, 160, generator=g), 32)     # 20 words a row: a partial block of the lookup
+table = types.SimpleNamespace(table=codes)
+token = torch.tensor([3, 39, 0])
+out = torch.zeros(3, 160, dtype=torch.bfloat16)
+ops.embed(token, table, out)
+torch.save(dict(got=out, want=codes.dense[token].bfloat16()), os.environ["OUT"])
+"""
+
+
+@TRITON
+def test_the_int4_token_lookup_kernel_dequantizes_the_rows_asked_for(tmp_path):
+    """Each row as `int4.dequantize` gives it, within the one unit of bf16 that the interpreter's truncation (a GPU
+    rounds to nearest) may take."""
+    got = interpreted(EMBED, tmp_path)
+    want = got["want"].float()
+    assert ((got["got"].float() - want).abs() <= 2.0 ** -7 * want.abs()).all()
 
 
 ARGMAX = """
@@ -376,12 +397,13 @@ POINTERS = {"q_ptr": "*bf16", "w_ptr": "*bf16", "sz_ptr": "*i32", "q_codes_ptr":
 KERNELS = {  # kernel: its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths; proj whole-row)
     "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=1024, STAGES=3, WHOLE=True),
     "proj_int4": dict(NORM=True, GATED=True, RESIDUAL=True, GROUP=128, BLOCK_N=16, BLOCK_W=32, EVEN=True,
-                      STAGES=3),
+                      STAGES=3, WHOLE=True),
     "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1, WHOLE=False),
     "qkv_rope_int4": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=8, BLOCK_W=32, EVEN=False,
-                          STAGES=3),
+                          STAGES=3, WHOLE=False),
     "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, SPLIT_L=128, BLOCK_L=64),
     "argmax": dict(BLOCK=4096),
+    "embed_int4": dict(GROUP=64, BLOCK_W=64),
 }
 
 
@@ -400,7 +422,7 @@ def test_the_kernels_compile_for_a_gpu(name):
     while not isinstance(fn, triton.runtime.JITFunction):   # under the autotuner and heuristics
         fn = fn.fn
     constexprs = KERNELS[name]
-    pointers = POINTERS | ({"q_ptr": "*i32"} if name == "proj_int4" else {})     # there q_ptr is the codes
+    pointers = POINTERS | ({"q_ptr": "*i32"} if name in ("proj_int4", "embed_int4") else {})   # there, the codes
     signature = {a: pointers.get(a, "*bf16") if a.endswith("_ptr") else "fp32" if a in ("eps", "scale") else "i32"
                  for a in fn.arg_names if a not in constexprs}
     aligned = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in signature

@@ -1,6 +1,7 @@
 """The fused decode step's operations (`generate.backend=fused`): Triton kernels on CUDA, torch on a CPU.
 
 A Llama-family decoder layer's one-token step is five launches of three operations:
+- `embed`: the token's row of the table (an int4 table's dequantized in one launch);
 - `qkv_rope`: RMSNorm of the residual stream, the fused q/k/v product (plus its bias, if any), rotary on q and
   k, and k and v written into the static cache at the step's slot;
 - `attend`: each query head against its key/value head's cache, over the positions the step may see (online
@@ -196,6 +197,23 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt
     o = F.scaled_dot_product_attention(q.view(b, heads, 1, d).float(), k_cache.float(), v_cache.float(),
                                        attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads)
     out.copy_(o.reshape(b, heads * d))
+
+
+def embed(token: torch.Tensor, table: nn.Module, out: torch.Tensor) -> None:
+    """out [B, hidden] = the token table's rows `token` [B], in place: an nn.Embedding's, or an int4 table's
+    (`Int4Embedding`) dequantized by one Triton launch where its codes are packed for Triton, else by the
+    module's own lookup."""
+    inner = getattr(table, "table", None)          # an Int4Embedding's Int4Linear
+    if type(table) is nn.Embedding:
+        torch.index_select(table.weight, 0, token, out=out)
+    elif inner is not None and on_triton(out) and inner.packing == "triton":
+        q, sz, group = _words(int4_codes(inner))
+        k = out.shape[1]
+        block = _kernels().EMBED_BLOCK.value
+        _kernels().embed_int4[(-(-k // (8 * block)), token.shape[0])](token, q, sz, out, k, q.stride(0), sz.shape[1],
+                                                                      out.stride(0), GROUP=group, BLOCK_W=block)
+    else:
+        out.copy_(table(token))
 
 
 def argmax_scratch(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

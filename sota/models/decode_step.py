@@ -155,10 +155,7 @@ class FusedStep:
     def __call__(self, token: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
                  prompt_valid: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """The next greedy token of each row (into `token`) after writing this step's keys and values."""
-        if type(self.embed) is nn.Embedding:
-            torch.index_select(self.embed.weight, 0, token, out=self.h)
-        else:                                             # an int4 token table: its own lookup
-            self.h.copy_(self.embed(token))
+        ops.embed(token, self.embed, self.h)
         for layer, (keys, values) in zip(self.layers, caches):
             width = layer.heads * self.head_dim
             q, attn, act = self.q[:, :width], self.attn[:, :width], self.act[:, :layer.intermediate]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from sota.utils.triton_support import autotuned
+from sota.utils.triton_support import autotuned, interpreted
 
 
 # Autotuning candidates, few because each compiles on first use in a process (the interpreter, and
@@ -32,7 +32,13 @@ SPLIT_MIN = min(row[0] for row in ATTEND + (ATTEND_ONE,))     # sizes the shares
 SHARES = tl.constexpr(16)    # shares the merge loads at once
 ARGMAX_BLOCK = tl.constexpr(4096)   # logits a program of the argmax
 KEY_MIN = tl.constexpr(-2**63)      # the argmax's empty key (decode_kernels.argmax_scratch starts there)
+EMBED_BLOCK = tl.constexpr(64)   # words (8 features each) a program of the int4 token lookup
 NORM_BLOCK = tl.constexpr(512)   # features a load of the RMS reduction (four loads a step)
+# bf16 and fp16 models on a device multiply int4 codes in f16x2, two codes an instruction (`word_dot`); the inputs
+# are scaled by X_SCALE into fp16 so a word's four products a lane stay in its range. Triton's interpreter runs no
+# inline assembly: there, and for float32 models, the float32 form runs.
+PACKED = tl.constexpr(not interpreted())
+X_SCALE = tl.constexpr(2.0 ** -6)
 # Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads). Few
 # rows a program and long steps along K won on an H100 with the weights cold, as a step streams them.
 PROJ_INT4 = ((4, 128, 1, 2), (4, 128, 1, 4), (8, 128, 1, 2), (8, 128, 1, 4), (16, 128, 1, 4), (8, 64, 1, 1),
@@ -44,6 +50,11 @@ ROPE_INT4 = ((2, 128, 1, 1), (2, 128, 1, 2), (4, 128, 1, 2), (4, 128, 1, 4), (2,
 def whole_row(args):
     """The row in one step along K: its RMS comes from the product's own load."""
     return args["K"] <= args["BLOCK_K"]
+
+
+def whole_words(args):
+    """As `whole_row`, for int4 codes read as words of 8."""
+    return args["K"] // 8 <= args["BLOCK_W"]
 
 
 def even_words(args):
@@ -201,32 +212,82 @@ def int4_words(acc, q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, x0, x1,
 
 
 @triton.jit
-def x_pair(x_row, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr, NORM: tl.constexpr):
-    # inputs k + c and k + c + 1 (c even) of a bf16 row as one 32-bit load; normed (NORM) as `normed` does
-    v = tl.load(x_row.to(tl.pointer_type(tl.int32)) + (k + c) // 2, mask=k_ok, other=0)
-    a, b = pair_lo(v), pair_hi(v)
-    if NORM:
-        w = tl.load(nw_ptr.to(tl.pointer_type(tl.int32)) + (k + c) // 2, mask=k_ok, other=0)
-        a = rms_scaled(a, pair_lo(w), rstd, dt)
-        b = rms_scaled(b, pair_hi(w), rstd, dt)
+def f16_pair(a, b):
+    # two float32 as one f16x2 word, a in the low half
+    return tl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,f,f", [a, b], dtype=tl.int32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def word_dot(u, x15, x04, x37, x26):
+    # sum of (q - 8) * x over a word's 8 codes, as float32: each mask-and-or makes two codes fp16 1024 + q (bits
+    # 0-3 and 16-19) or 1024 + 16 q (bits 4-7 and 20-23), one subtraction or multiply-add a pair makes them q - 8
+    # exactly, and four f16x2 multiply-adds take the products against the inputs' pairs (codes 1 and 5, 0 and 4,
+    # 3 and 7, 2 and 6: x15 holds x1 low and x5 high).
+    return tl.inline_asm_elementwise(
+        """{
+        .reg .b32 h, t0, t1, t2, t3, acc, m8, s16, o16;
+        .reg .b16 lo, hi;
+        .reg .f32 flo, fhi;
+        mov.b32 m8, 0x64086408;
+        mov.b32 s16, 0x2c002c00;
+        mov.b32 o16, 0xd480d480;
+        shr.u32 h, $1, 8;
+        lop3.b32 t0, $1, 0x000f000f, 0x64006400, 0xea;
+        lop3.b32 t1, $1, 0x00f000f0, 0x64006400, 0xea;
+        lop3.b32 t2, h, 0x000f000f, 0x64006400, 0xea;
+        lop3.b32 t3, h, 0x00f000f0, 0x64006400, 0xea;
+        sub.f16x2 t0, t0, m8;
+        fma.rn.f16x2 t1, t1, s16, o16;
+        sub.f16x2 t2, t2, m8;
+        fma.rn.f16x2 t3, t3, s16, o16;
+        mul.rn.f16x2 acc, t0, $2;
+        fma.rn.f16x2 acc, t1, $3, acc;
+        fma.rn.f16x2 acc, t2, $4, acc;
+        fma.rn.f16x2 acc, t3, $5, acc;
+        mov.b32 {lo, hi}, acc;
+        cvt.f32.f16 flo, lo;
+        cvt.f32.f16 fhi, hi;
+        add.f32 $0, flo, fhi;
+        }""",
+        "=f,r,r,r,r,r", [u, x15, x04, x37, x26], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def int4_packed(acc, q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, x15, x04, x37, x26, xs, WPG: tl.constexpr):
+    # As `int4_words` with `word_dot`'s f16x2 products
+    u = tl.load(q_ptr + rows[:, None] * stride_w + ww[None, :], mask=ok, other=0)
+    p = word_dot(u, x15[None, :], x04[None, :], x37[None, :], x26[None, :])
+    sz = tl.load(sz_ptr + (ww // WPG)[None, :] * sz_rows + rows[:, None] * one, mask=ok, other=0)
+    return acc + pair_lo(sz) * p + pair_hi(sz) * xs[None, :]
+
+
+@triton.jit
+def load_pair(row, k, k_ok, c: tl.constexpr, dt: tl.constexpr):
+    # features k + c and k + c + 1 (c even) of a row as float32: a bf16 row's as one 32-bit load
+    if dt == tl.bfloat16:
+        v = tl.load(row.to(tl.pointer_type(tl.int32)) + (k + c) // 2, mask=k_ok, other=0)
+        return pair_lo(v), pair_hi(v)
+    a = tl.load(row + k + c, mask=k_ok, other=0.0).to(tl.float32)
+    b = tl.load(row + k + c + 1, mask=k_ok, other=0.0).to(tl.float32)
     return a, b
 
 
 @triton.jit
-def x_one(x_row, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr, NORM: tl.constexpr):
-    xc = tl.load(x_row + k + c, mask=k_ok, other=0.0).to(tl.float32)
-    if NORM:
-        xc = rms_scaled(xc, tl.load(nw_ptr + k + c, mask=k_ok, other=0.0).to(tl.float32), rstd, dt)
-    return xc
+def normed_pair(a, b, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr):
+    # features k + c and k + c + 1, loaded as a and b, RMS-normed as `normed` does
+    wa, wb = load_pair(nw_ptr, k, k_ok, c, dt)
+    return rms_scaled(a, wa, rstd, dt), rms_scaled(b, wb, rstd, dt)
 
 
 @triton.jit
-def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, sz_rows, one, rstd,
+def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, sz_rows, one, rstd, eps,
               dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
-              BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr):
+              BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
     """As `float_sums` over compact int4 codes read as int32 words of 8 codes, BLOCK_W words a row a step: each
     input is loaded (and normed) once a step for all of a thread's rows, each code costs a shift, a mask-and-or and
-    a multiply-add, and each word's scale and zero apply once."""
+    a multiply-add, and each word's scale and zero apply once. WHOLE (K <= 8 BLOCK_W): as in `float_sums`, the RMS
+    comes from the step's own loads."""
     PRECISE: tl.constexpr = dt == tl.float32
     WPG: tl.constexpr = GROUP // 8
     w = tl.arange(0, BLOCK_W)
@@ -241,29 +302,45 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, s
             w_ok = ww < KW
         ok = r_ok[:, None] & w_ok[None, :]
         k = ww * 8
-        if dt == tl.bfloat16:
-            x0, x1 = x_pair(x_row, nw_ptr, k, w_ok, rstd, 0, dt, NORM)
-            x2, x3 = x_pair(x_row, nw_ptr, k, w_ok, rstd, 2, dt, NORM)
-            x4, x5 = x_pair(x_row, nw_ptr, k, w_ok, rstd, 4, dt, NORM)
-            x6, x7 = x_pair(x_row, nw_ptr, k, w_ok, rstd, 6, dt, NORM)
-        else:
-            x0, x1 = x_one(x_row, nw_ptr, k, w_ok, rstd, 0, dt, NORM), x_one(x_row, nw_ptr, k, w_ok, rstd, 1, dt, NORM)
-            x2, x3 = x_one(x_row, nw_ptr, k, w_ok, rstd, 2, dt, NORM), x_one(x_row, nw_ptr, k, w_ok, rstd, 3, dt, NORM)
-            x4, x5 = x_one(x_row, nw_ptr, k, w_ok, rstd, 4, dt, NORM), x_one(x_row, nw_ptr, k, w_ok, rstd, 5, dt, NORM)
-            x6, x7 = x_one(x_row, nw_ptr, k, w_ok, rstd, 6, dt, NORM), x_one(x_row, nw_ptr, k, w_ok, rstd, 7, dt, NORM)
+        x0, x1 = load_pair(x_row, k, w_ok, 0, dt)
+        x2, x3 = load_pair(x_row, k, w_ok, 2, dt)
+        x4, x5 = load_pair(x_row, k, w_ok, 4, dt)
+        x6, x7 = load_pair(x_row, k, w_ok, 6, dt)
+        if NORM:
+            if WHOLE:
+                rstd = rsqrt_mean(((x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3))
+                                  + ((x4 * x4 + x5 * x5) + (x6 * x6 + x7 * x7)), K, eps)
+            x0, x1 = normed_pair(x0, x1, nw_ptr, k, w_ok, rstd, 0, dt)
+            x2, x3 = normed_pair(x2, x3, nw_ptr, k, w_ok, rstd, 2, dt)
+            x4, x5 = normed_pair(x4, x5, nw_ptr, k, w_ok, rstd, 4, dt)
+            x6, x7 = normed_pair(x6, x7, nw_ptr, k, w_ok, rstd, 6, dt)
         even = (x0 + x2) + (x4 + x6)
         odd = (x1 + x3) + (x5 + x7)
         xs = even + odd
-        # sum(f * x) - ex = sum(q * x) - 8 * sum(x), f = 2**e + q (q when PRECISE)
-        if PRECISE:
-            ex = 8.0 * xs
+        if PACKED and not PRECISE:
+            xs = xs * X_SCALE
+            x15 = f16_pair(x1 * X_SCALE, x5 * X_SCALE)
+            x04 = f16_pair(x0 * X_SCALE, x4 * X_SCALE)
+            x37 = f16_pair(x3 * X_SCALE, x7 * X_SCALE)
+            x26 = f16_pair(x2 * X_SCALE, x6 * X_SCALE)
+            acc_a = int4_packed(acc_a, q_ptr, sz_ptr, rows_a, ok, ww, stride_w, sz_rows, one, x15, x04, x37, x26, xs,
+                                WPG)
+            if TWO:
+                acc_b = int4_packed(acc_b, q_ptr, sz_ptr, rows_b, ok, ww, stride_w, sz_rows, one, x15, x04, x37, x26,
+                                    xs, WPG)
         else:
-            ex = 24.0 * even + 264.0 * odd
-        acc_a = int4_words(acc_a, q_ptr, sz_ptr, rows_a, ok, ww, stride_w, sz_rows, one,
-                           x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, WPG, PRECISE)
-        if TWO:
-            acc_b = int4_words(acc_b, q_ptr, sz_ptr, rows_b, ok, ww, stride_w, sz_rows, one,
+            # sum(f * x) - ex = sum(q * x) - 8 * sum(x), f = 2**e + q (q when PRECISE)
+            if PRECISE:
+                ex = 8.0 * xs
+            else:
+                ex = 24.0 * even + 264.0 * odd
+            acc_a = int4_words(acc_a, q_ptr, sz_ptr, rows_a, ok, ww, stride_w, sz_rows, one,
                                x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, WPG, PRECISE)
+            if TWO:
+                acc_b = int4_words(acc_b, q_ptr, sz_ptr, rows_b, ok, ww, stride_w, sz_rows, one,
+                                   x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, WPG, PRECISE)
+    if PACKED and not PRECISE:
+        return tl.sum(acc_a, axis=1) * (1.0 / X_SCALE), tl.sum(acc_b, axis=1) * (1.0 / X_SCALE)
     return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1)
 
 
@@ -282,8 +359,8 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
         rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     # GATED: the up rows sit N rows below the gate rows
     if INT4:
-        y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, stride_w, sz_rows, one, rstd, dt,
-                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES)
+        y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, stride_w, sz_rows, one, rstd, eps, dt,
+                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES, WHOLE)
     else:
         y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, stride_w, rstd, eps, dt, NORM, GATED,
                            BLOCK_N, BLOCK_K, STAGES, WHOLE)
@@ -308,13 +385,14 @@ def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y,
 
 @triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W", "STAGES"), PROJ_INT4, (8, 4, 1, 1)),
                  key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL"])
-@triton.heuristics({"EVEN": even_words})
+@triton.heuristics({"EVEN": even_words, "WHOLE": whole_words})
 @triton.jit(do_not_specialize=["one"])
 def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
               eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, GROUP: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr):
+              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
+              WHOLE: tl.constexpr):
     proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
-              eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES, False)
+              eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES, WHOLE)
 
 
 @triton.jit
@@ -339,7 +417,7 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
         rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     if INT4:
         y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, stride_w, sz_rows, one, rstd,
-                           dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES)
+                           eps, dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES, WHOLE)
     else:
         y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, stride_w, rstd, eps, dt, True, True,
                             BLOCK_R, BLOCK_K, STAGES, WHOLE)
@@ -387,16 +465,16 @@ def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, ste
 
 @triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES"), ROPE_INT4, (4, 4, 1, 1)),
                  key=["K", "GROUP", "HEADS", "KV_HEADS", "D"])
-@triton.heuristics({"EVEN": even_words})
+@triton.heuristics({"EVEN": even_words, "WHOLE": whole_words})
 @triton.jit(do_not_specialize=["one"])
 def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
-                  EVEN: tl.constexpr, STAGES: tl.constexpr):
+                  EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
-                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES, False)
+                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES, WHOLE)
 
 
 @triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE), key=["L", "HEADS", "KV_HEADS", "D"])
@@ -471,6 +549,25 @@ def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_pt
                 m_all = m_new
             tl.store(o_ptr + b * stride_q + h * D + d, (out / l_all).to(dt), mask=d_ok)
             tl.atomic_xchg(count_ptr + b * HEADS + h, 0)            # ready for the next launch
+
+
+@triton.jit
+def embed_int4(token_ptr, q_ptr, sz_ptr, out_ptr, K, stride_w, sz_rows, stride_o, GROUP: tl.constexpr,
+               BLOCK_W: tl.constexpr):
+    # Row `token` of an int4 token table, dequantized as `int4.dequantize` does and rounded to bf16 as the table's
+    # lookup returns it: program (block of BLOCK_W words, batch row). (q - 8) * scale is exact in float32, so one
+    # rounding of the sum follows torch's two.
+    pid, b = tl.program_id(0), tl.program_id(1)
+    t = tl.load(token_ptr + b)
+    ww = pid * BLOCK_W + tl.arange(0, BLOCK_W)
+    ok = ww < K // 8
+    u = tl.load(q_ptr + t * stride_w + ww, mask=ok, other=0)
+    sz = tl.load(sz_ptr + (ww // (GROUP // 8)) * sz_rows + t, mask=ok, other=0)
+    c = tl.arange(0, 8)
+    q = ((u[:, None] >> (8 * (c // 2) + 4 * (1 - c % 2))[None, :]) & 15).to(tl.float32)
+    w = (q - 8.0) * pair_lo(sz)[:, None] + pair_hi(sz)[:, None]
+    tl.store(out_ptr + b * stride_o + (ww * 8)[:, None] + c[None, :],
+             w.to(tl.bfloat16).to(out_ptr.dtype.element_ty), mask=ok[:, None])
 
 
 @triton.jit
