@@ -11,10 +11,11 @@ dequantized as ``(q - 8) * scale + zero``), and the two layouts that hold them (
 - ``auto``: ``torchao`` on CUDA, ``compact`` on the CPU (where torchao's layout has no kernel).
 
 On CUDA the compact layout has two kernels (``quant.int4_kernel``), each with its own packing:
-- ``tinygemm`` (the default): as above, the faster of the two at batch 1 as measured on an H200;
+- ``tinygemm`` (the default): as above;
 - ``triton``: ``sota.compress.int4_triton``, which reads the codes as stored (two a byte, no row padding);
-  1.9-4.4x faster than tinygemm on 128 rows of the Llama-3.2-3B shapes (prefill), 1.5-1.9x slower on one
-  (experiments/2026-12-05_int4_kernels_h200).
+  1.9-4.4x faster than tinygemm on 128 rows of the Llama-3.2-3B shapes (prefill;
+  experiments/2026-12-05_int4_kernels_h200). On one row, with its products in f16x2, it is faster than tinygemm
+  on the q/k/v and gate/up products and slower on o and down (experiments/2026-12-06_packed_int4_h100).
 The CPU always runs torch's CPU kernel.
 """
 from __future__ import annotations

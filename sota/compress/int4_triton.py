@@ -5,8 +5,8 @@ the high nibble; scales and zeros are tinygemm's ``scale_and_zero`` ([groups, ro
 ``(q - 8) * scale + zero``. Two kernels read them:
 
 - for a few rows of activations (a decode step), the fused decode step's int4 product
-  (``sota.models.decode_kernels.int4_rows``): each program streams a block of output rows' codes as int32 words
-  and reduces them against x in fp32;
+  (``sota.models.decode_kernels.int4_rows``): each program streams a block of output rows' codes as int32 words,
+  takes each word's products against x in f16x2 and sums the words in fp32;
 - ``_gemm`` for many rows (prefill, the encoder): the codes dequantized tile by tile into a tensor-core product.
 
 Neither calls cuBLAS, so an all-int4 model allocates no cuBLAS workspace. On an H200

@@ -17,8 +17,10 @@ layer is five kernels and a step 5 x layers + 3 (the token's row of the table, t
 Each matrix-vector product streams its weight rows once, in blocks of `BLOCK_N` rows by `BLOCK_K` inputs, and
 reduces in float32. A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes
 two a byte, tinygemm's scales and zeros); on CUDA the kernels read the codes as `quant.int4_kernel=triton` stores
-them, as int32 words of 8 codes: a code costs a shift, a mask-and-or (it becomes the float 2**e + q by its bits)
-and a multiply-add, and each input is loaded once a step for all of a thread's rows.
+them, as int32 words of 8 codes, each input loaded once a step for all of a thread's rows. In bf16 and fp16 models
+a word's codes are dequantized and multiplied two at a time in f16x2 and its sum is kept in float32 (a device;
+experiments/2026-12-06_packed_int4_h100); in float32 models, and in Triton's interpreter, a code becomes the float
+2**e + q by its bits and costs a float32 multiply-add.
 
 Every value a transformers module hands on is rounded to the model's dtype where that module rounds it (the
 norm's output, each projection's, rotary's products, SiLU, the residual sums), so the step follows

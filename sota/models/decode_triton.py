@@ -285,9 +285,10 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, s
               dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
               BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
     """As `float_sums` over compact int4 codes read as int32 words of 8 codes, BLOCK_W words a row a step: each
-    input is loaded (and normed) once a step for all of a thread's rows, each code costs a shift, a mask-and-or and
-    a multiply-add, and each word's scale and zero apply once. WHOLE (K <= 8 BLOCK_W): as in `float_sums`, the RMS
-    comes from the step's own loads."""
+    input is loaded (and normed) once a step for all of a thread's rows, each word's codes are multiplied in
+    f16x2 (`word_dot`; PACKED) or each costs a shift, a mask-and-or and a float32 multiply-add (`int4_words`), and
+    each word's scale and zero apply once. WHOLE (K <= 8 BLOCK_W): as in `float_sums`, the RMS comes from the
+    step's own loads."""
     PRECISE: tl.constexpr = dt == tl.float32
     WPG: tl.constexpr = GROUP // 8
     w = tl.arange(0, BLOCK_W)
