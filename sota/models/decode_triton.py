@@ -35,8 +35,9 @@ KEY_MIN = tl.constexpr(-2**63)      # the argmax's empty key (decode_kernels.arg
 EMBED_BLOCK = tl.constexpr(64)   # words (8 features each) a program of the int4 token lookup
 NORM_BLOCK = tl.constexpr(512)   # features a load of the RMS reduction (four loads a step)
 # bf16 and fp16 models on a device multiply int4 codes in f16x2, two codes an instruction (`word_dot`); the inputs
-# are scaled by X_SCALE into fp16 so a word's four products a lane stay in its range. Triton's interpreter runs no
-# inline assembly: there, and for float32 models, the float32 form runs.
+# are scaled by X_SCALE into fp16 so a word's four products a lane stay in its range: inputs up to 2**17 in
+# magnitude; under 2**-8 they keep fewer bits (fp16 subnormals, spaced 2**-18 in the inputs' units). Triton's
+# interpreter runs no inline assembly: there, and for float32 models, the float32 form runs.
 PACKED = tl.constexpr(not interpreted())
 X_SCALE = tl.constexpr(2.0 ** -6)
 # Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads). Few
