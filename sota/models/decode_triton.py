@@ -194,10 +194,20 @@ def pair_hi(v):
 
 
 @triton.jit
+def word_tile(q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, WPG: tl.constexpr):
+    # Words [rows, BLOCK_W] of compact int4 codes, and each word's (scale, zero) bf16 pair as one int32. `one`
+    # (never specialized) keeps the compiler from reading rows as the contiguous axis of the pairs' load, which
+    # would transpose the tile.
+    u = tl.load(q_ptr + rows[:, None] * stride_w + ww[None, :], mask=ok, other=0)
+    sz = tl.load(sz_ptr + (ww // WPG)[None, :] * sz_rows + rows[:, None] * one, mask=ok, other=0)
+    return u, sz
+
+
+@triton.jit
 def int4_words(acc, q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, x0, x1, x2, x3, x4, x5, x6, x7, ex, xs,
                WPG: tl.constexpr, PRECISE: tl.constexpr):
     # Words [rows, BLOCK_W] of compact int4 codes against the inputs of their 8 codes.
-    u = tl.load(q_ptr + rows[:, None] * stride_w + ww[None, :], mask=ok, other=0)
+    u, sz = word_tile(q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, WPG)
     p = code_float(u, 0, PRECISE) * x0[None, :] - ex[None, :]
     p += code_float(u, 1, PRECISE) * x1[None, :]
     p += code_float(u, 2, PRECISE) * x2[None, :]
@@ -206,9 +216,7 @@ def int4_words(acc, q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, x0, x1,
     p += code_float(u, 5, PRECISE) * x5[None, :]
     p += code_float(u, 6, PRECISE) * x6[None, :]
     p += code_float(u, 7, PRECISE) * x7[None, :]
-    # p = sum(q * x) - 8 * sum(x) over the word; a weight is (q - 8) * scale + zero. `one` (never specialized)
-    # keeps the compiler from reading rows as the contiguous axis of this load, which would transpose the tile.
-    sz = tl.load(sz_ptr + (ww // WPG)[None, :] * sz_rows + rows[:, None] * one, mask=ok, other=0)
+    # p = sum(q * x) - 8 * sum(x) over the word; a weight is (q - 8) * scale + zero
     return acc + pair_lo(sz) * p + pair_hi(sz) * xs[None, :]
 
 
@@ -257,9 +265,8 @@ def word_dot(u, x15, x04, x37, x26):
 @triton.jit
 def int4_packed(acc, q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, x15, x04, x37, x26, xs, WPG: tl.constexpr):
     # As `int4_words` with `word_dot`'s f16x2 products
-    u = tl.load(q_ptr + rows[:, None] * stride_w + ww[None, :], mask=ok, other=0)
+    u, sz = word_tile(q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, WPG)
     p = word_dot(u, x15[None, :], x04[None, :], x37[None, :], x26[None, :])
-    sz = tl.load(sz_ptr + (ww // WPG)[None, :] * sz_rows + rows[:, None] * one, mask=ok, other=0)
     return acc + pair_lo(sz) * p + pair_hi(sz) * xs[None, :]
 
 
@@ -291,6 +298,7 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, s
     each word's scale and zero apply once. WHOLE (K <= 8 BLOCK_W): as in `float_sums`, the RMS comes from the
     step's own loads."""
     PRECISE: tl.constexpr = dt == tl.float32
+    PACK: tl.constexpr = PACKED and not PRECISE
     WPG: tl.constexpr = GROUP // 8
     w = tl.arange(0, BLOCK_W)
     acc_a = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
@@ -319,7 +327,7 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, s
         even = (x0 + x2) + (x4 + x6)
         odd = (x1 + x3) + (x5 + x7)
         xs = even + odd
-        if PACKED and not PRECISE:
+        if PACK:
             xs = xs * X_SCALE
             x15 = f16_pair(x1 * X_SCALE, x5 * X_SCALE)
             x04 = f16_pair(x0 * X_SCALE, x4 * X_SCALE)
@@ -341,7 +349,7 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, s
             if TWO:
                 acc_b = int4_words(acc_b, q_ptr, sz_ptr, rows_b, ok, ww, stride_w, sz_rows, one,
                                    x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, WPG, PRECISE)
-    if PACKED and not PRECISE:
+    if PACK:
         return tl.sum(acc_a, axis=1) * (1.0 / X_SCALE), tl.sum(acc_b, axis=1) * (1.0 / X_SCALE)
     return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1)
 
