@@ -184,7 +184,8 @@ def run_ops(t, inputs=None):
     out["attn"] = torch.zeros(b, heads * d, **new)
     ops.attend(src["q"], src["k"], src["v"], t["valid"], t["step"], t["start"], out["attn"], d ** -0.5)
     out["o"] = torch.zeros(b, hidden, **new)
-    ops.proj(src["attn"], t["w_o"], out["o"], residual=t["x"])
+    # o with room for its parts' sums: it may split its inputs over programs (the one configuration does)
+    ops.proj(src["attn"], t["w_o"], out["o"], residual=t["x"], scratch=ops.proj_scratch(b, hidden, t["x"].device))
     out["act"] = torch.zeros(b, inter, **new)
     ops.proj(src["o"], t["w_gu"], out["act"], norm=t["norm"], eps=1e-5, gated=True)
     out["head"] = torch.zeros(b, 3 * inter, **new)
@@ -288,6 +289,43 @@ def test_the_int4_token_lookup_kernel_dequantizes_the_rows_asked_for(tmp_path):
     assert ((got["got"].float() - want).abs() <= 2.0 ** -7 * want.abs()).all()
 
 
+SPLIT = """
+from sota.models import decode_triton
+g = torch.Generator().manual_seed(3)
+x, r = torch.randn(2, 1024, generator=g), torch.randn(2, 40, generator=g)
+out = {}
+for name, w in (("float", torch.randn(40, 1024, generator=g)), ("int4", Codes(torch.randn(40, 1024, generator=g), 32))):
+    scratch = ops.proj_scratch(2, 64, x.device)
+    scratch[0].fill_(float("nan"))                 # every part writes its sums before the last one reads them
+    for tuner, row in ((decode_triton.proj, dict(BLOCK_N=16, BLOCK_K=128)), (decode_triton.proj_int4,
+                                                                             dict(BLOCK_N=16, BLOCK_W=16))):
+        tuner.configs = [triton.Config(row | dict(STAGES=1, SPLIT=4), num_warps=1)]
+        tuner.cache.clear()
+    y = torch.zeros(2, 40)
+    ops.proj(x, w, y, residual=r, scratch=scratch)
+    again = torch.zeros(2, 40)
+    ops.proj(x, w, again, residual=r, scratch=scratch)   # the counts were left at zero for the next launch
+    out[name] = y
+    out[name + " again"] = again
+    out[name + " want"] = r + x @ (w.dense if name == "int4" else w).t()
+    out[name + " parts"], out[name + " counts"] = scratch
+torch.save(out, os.environ["OUT"])
+"""
+
+
+@TRITON
+def test_a_product_split_over_programs_adds_its_parts_once(tmp_path):
+    """A product split into 4 parts of its inputs (1024: 8 steps of 128, 2 a part), 3 blocks of rows (40, the last
+    partial): each block's last part adds all four parts' sums, and resets its count for the next launch."""
+    got = interpreted("import triton\n" + SPLIT, tmp_path)
+    for name in ("float", "int4"):
+        want = got[name + " want"]
+        torch.testing.assert_close(got[name], want, atol=1e-3, rtol=1e-4)
+        assert torch.equal(got[name + " again"], got[name])
+        assert (got[name + " counts"] == 0).all()
+        assert not got[name + " parts"].flatten()[:2 * 4 * 40].isnan().any()   # it split: each part wrote its sums
+
+
 ARGMAX = """
 x = torch.full((3, 10000), -5.0)
 x[0, 7000] = x[0, 9000] = 2.0                  # a tie across programs: the first wins
@@ -333,8 +371,8 @@ def on_cuda(t):
 
 
 # Each autotuned kernel's candidates (decode_triton's tables) and the names of their columns.
-TABLES = {"proj": ("PROJ", ("BLOCK_N", "BLOCK_K", "STAGES")),
-          "proj_int4": ("PROJ_INT4", ("BLOCK_N", "BLOCK_W", "STAGES")),
+TABLES = {"proj": ("PROJ", ("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT")),
+          "proj_int4": ("PROJ_INT4", ("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT")),
           "qkv_rope": ("ROPE", ("BLOCK_R", "BLOCK_K", "STAGES")),
           "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES")), "attend": ("ATTEND", ("SPLIT_L", "BLOCK_L"))}
 
@@ -344,7 +382,8 @@ import triton
 from sota.models import decode_triton
 tuner = getattr(decode_triton, {kernel!r})
 table, names = TABLES[{kernel!r}]
-blocks = {{row[:2]: row for row in getattr(decode_triton, table)}}   # the interpreter ignores warps and look-ahead
+blocks = {{row[:2] + row[3:-1]: row for row in getattr(decode_triton, table)}}   # the interpreter ignores warps and
+                                                                               # look-ahead
 for row in blocks.values():
     tuner.configs = [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1])]
     tuner.cache.clear()
@@ -394,10 +433,16 @@ def test_every_candidate_configuration_matches_the_torch_operations_on_cuda(kern
 POINTERS = {"q_ptr": "*bf16", "w_ptr": "*bf16", "sz_ptr": "*i32", "q_codes_ptr": "*i32", "last_pos_ptr": "*i64",
             "step_ptr": "*i64", "start_ptr": "*i64", "valid_ptr": "*i1", "part_ptr": "*fp32",
             "count_ptr": "*i32", "key_ptr": "*i64", "token_ptr": "*i64", "x_ptr": "*bf16"}
-KERNELS = {  # kernel: its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths; proj whole-row)
-    "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=1024, STAGES=3, WHOLE=True),
+KERNELS = {  # kernel (and a variant): its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths)
+    "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=1024, STAGES=3, SPLIT=1, WHOLE=True),
+    "proj split": dict(NORM=False, GATED=False, RESIDUAL=True, BLOCK_N=4, BLOCK_K=512, STAGES=1, SPLIT=4,
+                       WHOLE=False),
     "proj_int4": dict(NORM=True, GATED=True, RESIDUAL=True, GROUP=128, BLOCK_N=16, BLOCK_W=32, EVEN=True,
-                      STAGES=3, WHOLE=True),
+                      STAGES=3, SPLIT=1, WHOLE=True),
+    "proj_int4 normed": dict(NORM=True, GATED=True, RESIDUAL=False, GROUP=128, BLOCK_N=4, BLOCK_W=128, EVEN=True,
+                             STAGES=1, SPLIT=1, WHOLE=False),
+    "proj_int4 split": dict(NORM=False, GATED=False, RESIDUAL=True, GROUP=128, BLOCK_N=4, BLOCK_W=128, EVEN=True,
+                            STAGES=1, SPLIT=4, WHOLE=False),
     "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1, WHOLE=False),
     "qkv_rope_int4": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=8, BLOCK_W=32, EVEN=False,
                           STAGES=3, WHOLE=False),
@@ -418,11 +463,12 @@ def test_the_kernels_compile_for_a_gpu(name):
 
     from sota.models import decode_triton
 
-    fn = getattr(decode_triton, name)
+    kernel_name = name.split()[0]
+    fn = getattr(decode_triton, kernel_name)
     while not isinstance(fn, triton.runtime.JITFunction):   # under the autotuner and heuristics
         fn = fn.fn
     constexprs = KERNELS[name]
-    pointers = POINTERS | ({"q_ptr": "*i32"} if name in ("proj_int4", "embed_int4") else {})   # there, the codes
+    pointers = POINTERS | ({"q_ptr": "*i32"} if kernel_name in ("proj_int4", "embed_int4") else {})   # the codes
     signature = {a: pointers.get(a, "*bf16") if a.endswith("_ptr") else "fp32" if a in ("eps", "scale") else "i32"
                  for a in fn.arg_names if a not in constexprs}
     aligned = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in signature

@@ -15,7 +15,10 @@ Batch-1 decoding of a small LLM is bound by kernel count: compiled, SmolLM2-135M
 layer is five kernels and a step 5 x layers + 3 (the token's row of the table, the head, the argmax).
 
 Each matrix-vector product streams its weight rows once, in blocks of `BLOCK_N` rows by `BLOCK_K` inputs, and
-reduces in float32. A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes
+reduces in float32. A product's first step of loads goes out before its RMS pass, so that pass's round trips to
+memory overlap the weights' (a row that fits one step takes its RMS from that step's inputs). Products with few
+rows and long ones (o and down) may split their inputs over programs, for more bytes in flight: each part writes
+its sums and the block's last part to finish adds them up in a fixed order. A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes
 two a byte, tinygemm's scales and zeros); on CUDA the kernels read the codes as `quant.int4_kernel=triton` stores
 them, as int32 words of 8 codes, each input loaded once a step for all of a thread's rows. In bf16 and fp16 models
 a word's codes are dequantized and multiplied two at a time in f16x2 and its sum is kept in float32 (a device;
@@ -83,12 +86,22 @@ def _product(h: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) 
     return F.linear(h, weight, bias) if isinstance(weight, torch.Tensor) else weight(h)
 
 
+def proj_scratch(batch: int, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Working memory for Triton products of up to `rows` rows that split their inputs over programs: each part's
+    sums (float32 [B, parts, rows]) and a count a block of rows of its finished parts (int32 zeros, which the kernel
+    leaves at zero). A step allocates it once; its graph replays over the same buffers."""
+    return (torch.empty(batch, _kernels().SPLIT_MAX, rows, dtype=torch.float32, device=device),
+            torch.zeros(batch * rows, dtype=torch.int32, device=device))
+
+
 def proj(x: torch.Tensor, weight: Weight, out: torch.Tensor, *, residual: torch.Tensor | None = None,
-         norm: torch.Tensor | None = None, eps: float = 0.0, gated: bool = False) -> None:
+         norm: torch.Tensor | None = None, eps: float = 0.0, gated: bool = False,
+         scratch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """out = W . x, in place, for x [B, K]: `norm` applies RMSNorm (that weight, `eps`) to x first; `gated` reads
-    W as [gate; up] and gives SiLU(gate) * up; `residual` is added last."""
+    W as [gate; up] and gives SiLU(gate) * up; `residual` is added last. On Triton, a product whose rows fit
+    `scratch` (`proj_scratch`) may split its inputs over programs, as its autotuning finds faster."""
     if on_triton(x):
-        _proj_triton(x, weight, int4_codes(weight), out, residual, norm, eps, gated)
+        _proj_triton(x, weight, int4_codes(weight), out, residual, norm, eps, gated, scratch)
         return
     h = _rms(x, norm, eps) if norm is not None else x
     y = _product(h, weight)
@@ -102,21 +115,24 @@ def proj(x: torch.Tensor, weight: Weight, out: torch.Tensor, *, residual: torch.
 
 def _proj_triton(x: torch.Tensor, weight: Weight | None, codes: tuple[torch.Tensor, torch.Tensor, int] | None,
                  out: torch.Tensor, residual: torch.Tensor | None, norm: torch.Tensor | None, eps: float,
-                 gated: bool) -> None:
+                 gated: bool, scratch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     n, k = out.shape[1], x.shape[1]
     flags = dict(NORM=norm is not None, GATED=gated, RESIDUAL=residual is not None)
     res = x if residual is None else residual
     nw = x if norm is None else norm
-    grid = lambda meta: (-(-n // meta["BLOCK_N"]), x.shape[0])  # noqa: E731
+    fits = scratch is not None and scratch[0].shape[0] >= x.shape[0] and scratch[0].shape[2] >= n
+    part, counts = scratch if fits else (out, out)
+    splits = part.shape[1] if fits else 1
+    grid = lambda meta: (-(-n // meta["BLOCK_N"]) * meta["SPLIT"], x.shape[0])  # noqa: E731
     if codes is None:
-        _kernels().proj[grid](x, weight, out, res, nw, n, k, x.stride(0), weight.stride(0), out.stride(0),
-                              res.stride(0), eps, **flags)
+        _kernels().proj[grid](x, weight, out, res, nw, part, counts, n, k, x.stride(0), weight.stride(0),
+                              out.stride(0), res.stride(0), eps, splits, **flags)
         return
     q, sz, group = _words(codes)
     if x.dtype == torch.bfloat16 and (x.stride(0) % 2 or x.data_ptr() % 4):
         x = x.clone()                          # the kernel reads bf16 inputs in 32-bit pairs: rows 4-byte aligned
-    _kernels().proj_int4[grid](x, q, sz, out, res, nw, n, k, x.stride(0), q.stride(0), out.stride(0), res.stride(0),
-                               sz.shape[1], 1, eps, GROUP=group, **flags)
+    _kernels().proj_int4[grid](x, q, sz, out, res, nw, part, counts, n, k, x.stride(0), q.stride(0), out.stride(0),
+                               res.stride(0), sz.shape[1], 1, eps, splits, GROUP=group, **flags)
 
 
 def int4_rows(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, group: int,

@@ -151,6 +151,8 @@ class FusedStep:
         self.attend_scratch = (ops.attend_scratch(b, self.q.shape[1] // self.head_dim, max_len, self.head_dim, dev)
                                if triton else None)
         self.argmax_scratch = ops.argmax_scratch(self.logits) if triton else None
+        # o and down write the residual stream: their products may split their inputs over programs
+        self.proj_scratch = ops.proj_scratch(b, hidden, dev) if triton else None
 
     def __call__(self, token: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
                  prompt_valid: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -162,9 +164,9 @@ class FusedStep:
             ops.qkv_rope(self.h, layer.attn_norm, self.eps, layer.qkv, layer.qkv_bias, self.cos, self.sin,
                          last_pos, step, start, q, keys, values, layer.heads, layer.kv_heads)
             ops.attend(q, keys, values, prompt_valid, step, start, attn, self.scale, self.attend_scratch)
-            ops.proj(attn, layer.o, self.h_mid, residual=self.h)
+            ops.proj(attn, layer.o, self.h_mid, residual=self.h, scratch=self.proj_scratch)
             ops.proj(self.h_mid, layer.gate_up, act, norm=layer.mlp_norm, eps=self.eps, gated=True)
-            ops.proj(act, layer.down, self.h, residual=self.h_mid)
+            ops.proj(act, layer.down, self.h, residual=self.h_mid, scratch=self.proj_scratch)
         ops.proj(self.h, self.head, self.logits, norm=self.norm, eps=self.eps)
         ops.argmax(self.logits, token, self.argmax_scratch)
         return token

@@ -17,14 +17,20 @@ from sota.utils.triton_support import autotuned, interpreted
 # Products with long rows (K in the thousands) want few rows a program and long strides along K; SmolLM2's
 # 576-wide rows, more rows a program. STAGES > 1 has Triton load steps ahead through shared memory, which keeps
 # more bytes in flight where a product has few programs.
-PROJ = ((1, 512, 1, 4), (1, 1024, 1, 4), (2, 512, 1, 4), (2, 1024, 1, 8), (4, 128, 1, 2), (4, 256, 1, 4),
-        (4, 512, 1, 4), (8, 64, 1, 2), (8, 128, 1, 4), (8, 256, 1, 4), (16, 128, 1, 4), (16, 256, 1, 8),
-        (1, 512, 3, 4), (2, 512, 3, 4), (2, 1024, 3, 8), (4, 256, 3, 4), (4, 1024, 1, 8),
-        (8, 1024, 1, 8))                                                             # BLOCK_N, BLOCK_K, STAGES, warps
+# SPLIT > 1 splits K into that many parts, one program each, where `split_k` allows: more programs, so more
+# bytes in flight, for products with few rows and long ones.
+PROJ = ((1, 512, 1, 1, 4), (1, 1024, 1, 1, 4), (2, 512, 1, 1, 4), (2, 1024, 1, 1, 8), (4, 128, 1, 1, 2),
+        (4, 256, 1, 1, 4), (4, 512, 1, 1, 4), (8, 64, 1, 1, 2), (8, 128, 1, 1, 4), (8, 256, 1, 1, 4),
+        (16, 128, 1, 1, 4), (16, 256, 1, 1, 8), (1, 512, 3, 1, 4), (2, 512, 3, 1, 4), (2, 1024, 3, 1, 8),
+        (4, 256, 3, 1, 4), (4, 1024, 1, 1, 8), (8, 1024, 1, 1, 8), (2, 512, 1, 2, 4), (2, 1024, 1, 2, 8),
+        (4, 256, 1, 4, 4), (4, 512, 1, 4, 4))                               # BLOCK_N, BLOCK_K, STAGES, SPLIT, warps
 ROPE = ((2, 512, 1, 4), (2, 1024, 1, 4), (4, 256, 1, 4), (4, 512, 1, 4), (8, 128, 1, 4), (8, 256, 1, 4),
         (16, 64, 1, 2), (16, 128, 1, 4), (2, 512, 3, 4), (4, 256, 3, 4), (4, 1024, 1, 8),
         (8, 1024, 1, 8))                                                             # BLOCK_R, BLOCK_K, STAGES, warps
-PROJ_ONE = (4, 128, 1, 1)    # SOTA_TRITON_AUTOTUNE=0: rows of up to 128 in one step, longer rows in several
+# SOTA_TRITON_AUTOTUNE=0: rows of up to 128 in one step, longer rows in several, split in two where they may
+PROJ_ONE = (4, 128, 1, 2, 1)
+ROPE_ONE = (4, 128, 1, 1)
+SPLIT_MAX = 8                # the most parts of a split product (sizes decode_kernels.proj_scratch)
 # Attention splits the cache into SPLIT_L slots a program; the last program of a head merges their shares.
 ATTEND = ((32, 32, 2), (64, 32, 2), (64, 64, 4), (128, 64, 4), (256, 64, 4), (512, 64, 4))   # SPLIT_L, BLOCK_L, warps
 ATTEND_ONE = (16, 16, 1)     # SOTA_TRITON_AUTOTUNE=0: small, so short test caches still split
@@ -33,7 +39,7 @@ SHARES = tl.constexpr(16)    # shares the merge loads at once
 ARGMAX_BLOCK = tl.constexpr(4096)   # logits a program of the argmax
 KEY_MIN = tl.constexpr(-2**63)      # the argmax's empty key (decode_kernels.argmax_scratch starts there)
 EMBED_BLOCK = tl.constexpr(64)   # words (8 features each) a program of the int4 token lookup
-NORM_BLOCK = tl.constexpr(512)   # features a load of the RMS reduction (four loads a step)
+NORM_BLOCK = tl.constexpr(1024)  # features a load of the RMS reduction (four loads a step)
 # bf16 and fp16 models on a device multiply int4 codes in f16x2, two codes an instruction (`word_dot`); the inputs
 # are scaled by X_SCALE into fp16 so a word's four products a lane stay in its range: inputs up to 2**17 in
 # magnitude; under 2**-8 they keep fewer bits (fp16 subnormals, spaced 2**-18 in the inputs' units). Triton's
@@ -42,8 +48,11 @@ PACKED = tl.constexpr(not interpreted())
 X_SCALE = tl.constexpr(2.0 ** -6)
 # Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads). Few
 # rows a program and long steps along K won on an H100 with the weights cold, as a step streams them.
-PROJ_INT4 = ((4, 128, 1, 2), (4, 128, 1, 4), (8, 128, 1, 2), (8, 128, 1, 4), (16, 128, 1, 4), (8, 64, 1, 1),
-             (8, 64, 1, 2), (16, 64, 1, 2), (32, 64, 1, 2), (8, 64, 3, 2))              # BLOCK_N, BLOCK_W, STAGES, warps
+PROJ_INT4 = ((4, 128, 1, 1, 2), (4, 128, 1, 1, 4), (8, 128, 1, 1, 2), (8, 128, 1, 1, 4), (16, 128, 1, 1, 4),
+             (8, 64, 1, 1, 1), (8, 64, 1, 1, 2), (16, 64, 1, 1, 2), (32, 64, 1, 1, 2), (8, 64, 3, 1, 2),
+             (4, 128, 1, 2, 4), (4, 128, 1, 4, 4), (8, 128, 1, 4, 4), (4, 64, 1, 2, 2), (4, 64, 1, 3, 2),
+             (8, 64, 1, 4, 2), (8, 64, 1, 8, 2))                            # BLOCK_N, BLOCK_W, STAGES, SPLIT, warps
+PROJ_INT4_ONE = (8, 4, 1, 2, 1)
 ROPE_INT4 = ((2, 128, 1, 1), (2, 128, 1, 2), (4, 128, 1, 2), (4, 128, 1, 4), (2, 64, 1, 1), (4, 64, 1, 2),
              (8, 64, 1, 2), (8, 32, 1, 4))                                          # BLOCK_R, BLOCK_W, STAGES, warps
 
@@ -58,9 +67,24 @@ def whole_words(args):
     return args["K"] // 8 <= args["BLOCK_W"]
 
 
+def long_row(args):
+    """The row runs past the RMS pass's first four loads (`row_start`): the pass loops over the rest."""
+    return args["K"] > 4 * NORM_BLOCK.value
+
+
 def even_words(args):
     """No bounds checks along K where its words split into whole steps."""
     return args["K"] // 8 % args["BLOCK_W"] == 0
+
+
+def split_k(args):
+    """The table's SPLIT where a product may split K, else 1: its launch has room for the parts' sums (SPLITS), its
+    epilogue needs one sum a row (not GATED), and the parts share its steps evenly."""
+    step = 8 * args["BLOCK_W"] if "BLOCK_W" in args else args["BLOCK_K"]
+    split = args["SPLIT"]
+    if args["GATED"] or split > args["SPLITS"] or triton.cdiv(args["K"], step) % split:
+        return 1
+    return split
 
 
 def _configs(names, table, one):
@@ -75,18 +99,34 @@ def rnd(v, dt: tl.constexpr):
 
 
 @triton.jit
-def inv_rms(x_row, K, eps, BLOCK_K: tl.constexpr):
-    # Four blocks a step, loaded together: each step waits on memory once, and a 3072-wide row takes two steps,
-    # not twelve round trips ahead of the product.
-    ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    for k0 in range(0, K, 4 * BLOCK_K):
-        k1 = k0 + tl.arange(0, BLOCK_K)
-        k2, k3, k4 = k1 + BLOCK_K, k1 + 2 * BLOCK_K, k1 + 3 * BLOCK_K
-        a = tl.load(x_row + k1, mask=k1 < K, other=0.0).to(tl.float32)
-        b = tl.load(x_row + k2, mask=k2 < K, other=0.0).to(tl.float32)
-        c = tl.load(x_row + k3, mask=k3 < K, other=0.0).to(tl.float32)
-        d = tl.load(x_row + k4, mask=k4 < K, other=0.0).to(tl.float32)
-        ss += (a * a + b * b) + (c * c + d * d)
+def row_start(x_row, K, BLOCK_K: tl.constexpr):
+    # The row's first 4 BLOCK_K features (all of rows up to 4096 long) in four loads, for the RMS: issued along
+    # with a product's first step of loads, so that their round trips to memory overlap.
+    k1 = tl.arange(0, BLOCK_K)
+    k2, k3, k4 = k1 + BLOCK_K, k1 + 2 * BLOCK_K, k1 + 3 * BLOCK_K
+    a = tl.load(x_row + k1, mask=k1 < K, other=0.0)
+    b = tl.load(x_row + k2, mask=k2 < K, other=0.0)
+    c = tl.load(x_row + k3, mask=k3 < K, other=0.0)
+    d = tl.load(x_row + k4, mask=k4 < K, other=0.0)
+    return a, b, c, d
+
+
+@triton.jit
+def inv_rms(x_row, K, eps, a, b, c, d, BLOCK_K: tl.constexpr, LONG: tl.constexpr):
+    # The RMS scale from the row's first four blocks (`row_start`) and (LONG: K > 4 BLOCK_K) the rest, four blocks a
+    # step: each step waits on memory once. Rows that fit the first blocks take no loop, which would keep the
+    # compiler from issuing the product's first loads ahead of the reduction.
+    a, b, c, d = a.to(tl.float32), b.to(tl.float32), c.to(tl.float32), d.to(tl.float32)
+    ss = (a * a + b * b) + (c * c + d * d)
+    if LONG:
+        for k0 in range(4 * BLOCK_K, K, 4 * BLOCK_K):
+            k1 = k0 + tl.arange(0, BLOCK_K)
+            k2, k3, k4 = k1 + BLOCK_K, k1 + 2 * BLOCK_K, k1 + 3 * BLOCK_K
+            a = tl.load(x_row + k1, mask=k1 < K, other=0.0).to(tl.float32)
+            b = tl.load(x_row + k2, mask=k2 < K, other=0.0).to(tl.float32)
+            c = tl.load(x_row + k3, mask=k3 < K, other=0.0).to(tl.float32)
+            d = tl.load(x_row + k4, mask=k4 < K, other=0.0).to(tl.float32)
+            ss += (a * a + b * b) + (c * c + d * d)
     return rsqrt_mean(ss, K, eps)
 
 
@@ -103,13 +143,6 @@ def rms_scaled(x, nw, rstd, dt: tl.constexpr):
 
 
 @triton.jit
-def normed(x_row, nw_ptr, kk, K, rstd, dt: tl.constexpr):
-    xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
-    nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-    return rms_scaled(xk, nw, rstd, dt)
-
-
-@triton.jit
 def last_to_finish(count_ptr, programs):
     """Counts this program as finished; True for the last of `programs` sharing `count_ptr`, which then sees every
     other program's writes (each thread's are done before the count moves; acq_rel publishes them)."""
@@ -118,43 +151,57 @@ def last_to_finish(count_ptr, programs):
 
 
 @triton.jit
-def float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, stride_w, rstd, eps, dt: tl.constexpr,
+def float_loads(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, k0, hi, stride_w, NORM: tl.constexpr,
+                TWO: tl.constexpr, BLOCK_K: tl.constexpr):
+    # One step's loads of float weights, inputs and norm weights, issued together: a step waits on memory once.
+    kk = k0 + tl.arange(0, BLOCK_K)
+    k_ok = kk < hi
+    ok = r_ok[:, None] & k_ok[None, :]
+    w_a = tl.load(w_ptr + rows_a[:, None] * stride_w + kk[None, :], mask=ok, other=0.0)
+    w_b = w_a
+    if TWO:
+        w_b = tl.load(w_ptr + rows_b[:, None] * stride_w + kk[None, :], mask=ok, other=0.0)
+    xk = tl.load(x_row + kk, mask=k_ok, other=0.0).to(tl.float32)
+    nw = xk
+    if NORM:
+        nw = tl.load(nw_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+    return w_a, w_b, xk, nw
+
+
+@triton.jit
+def float_step(acc_a, acc_b, w_a, w_b, xk, nw, rstd, dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr):
+    if NORM:
+        xk = rms_scaled(xk, nw, rstd, dt)
+    acc_a += w_a.to(tl.float32) * xk[None, :]
+    if TWO:
+        acc_b += w_b.to(tl.float32) * xk[None, :]
+    return acc_a, acc_b
+
+
+@triton.jit
+def float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, lo, hi, stride_w, eps, dt: tl.constexpr,
                NORM: tl.constexpr, TWO: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-               STAGES: tl.constexpr, WHOLE: tl.constexpr):
-    """W[rows_a] . x and (TWO) W[rows_b] . x over float weights, x RMS-normed first (NORM). WHOLE (K <= BLOCK_K):
-    the row in one step, its RMS (`rstd` unused) from the same load as the product's, so the weights' loads do not
-    wait on a reduction pass: for small models that pass is a round trip to memory of its own."""
-    if WHOLE:
-        kk = tl.arange(0, BLOCK_K)
-        ok = r_ok[:, None] & (kk < K)[None, :]
-        w_a = tl.load(w_ptr + rows_a[:, None] * stride_w + kk[None, :], mask=ok, other=0.0).to(tl.float32)
-        w_b = w_a
-        if TWO:
-            w_b = tl.load(w_ptr + rows_b[:, None] * stride_w + kk[None, :], mask=ok, other=0.0).to(tl.float32)
-        xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)
-        if NORM:
-            nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-            xk = rms_scaled(xk, nw, rsqrt_mean(xk * xk, K, eps), dt)
-        y_a = tl.sum(w_a * xk[None, :], axis=1)
-        y_b = tl.sum(w_b * xk[None, :], axis=1)
-    else:
-        acc_a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-        acc_b = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-        for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):  # STAGES > 1: loads run ahead through shared memory
-            kk = k0 + tl.arange(0, BLOCK_K)
-            if NORM:
-                xk = normed(x_row, nw_ptr, kk, K, rstd, dt)[None, :]
-            else:
-                xk = tl.load(x_row + kk, mask=kk < K, other=0.0).to(tl.float32)[None, :]
-            ok = r_ok[:, None] & (kk < K)[None, :]
-            w = tl.load(w_ptr + rows_a[:, None] * stride_w + kk[None, :], mask=ok, other=0.0)
-            acc_a += w.to(tl.float32) * xk
-            if TWO:
-                w = tl.load(w_ptr + rows_b[:, None] * stride_w + kk[None, :], mask=ok, other=0.0)
-                acc_b += w.to(tl.float32) * xk
-        y_a = tl.sum(acc_a, axis=1)
-        y_b = tl.sum(acc_b, axis=1)
-    return y_a, y_b
+               STAGES: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr):
+    """W[rows_a] . x and (TWO) W[rows_b] . x over float weights and inputs [lo, hi), x RMS-normed first (NORM).
+    The first step's loads go out before the RMS pass, whose round trips to memory then overlap theirs; WHOLE
+    (K <= BLOCK_K: the row in one step) takes the RMS from that step's own inputs, with no pass at all."""
+    acc_a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    w_a, w_b, xk, nw = float_loads(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, lo, hi, stride_w, NORM, TWO, BLOCK_K)
+    rstd = 1.0
+    if NORM:
+        if WHOLE:
+            rstd = rsqrt_mean(xk * xk, K, eps)
+        else:
+            tl.debug_barrier()                  # keeps the compiler from issuing the step's loads after the row's
+            ra, rb, rc, rd = row_start(x_row, K, NORM_BLOCK)
+            rstd = inv_rms(x_row, K, eps, ra, rb, rc, rd, NORM_BLOCK, LONG)
+    acc_a, acc_b = float_step(acc_a, acc_b, w_a, w_b, xk, nw, rstd, dt, NORM, TWO)
+    for k0 in tl.range(lo + BLOCK_K, hi, BLOCK_K, num_stages=STAGES):  # STAGES > 1: loads run ahead (shared memory)
+        w_a, w_b, xk, nw = float_loads(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, k0, hi, stride_w, NORM, TWO,
+                                       BLOCK_K)
+        acc_a, acc_b = float_step(acc_a, acc_b, w_a, w_b, xk, nw, rstd, dt, NORM, TWO)
+    return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1)
 
 
 @triton.jit
@@ -204,10 +251,9 @@ def word_tile(q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, WPG: tl.const
 
 
 @triton.jit
-def int4_words(acc, q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, x0, x1, x2, x3, x4, x5, x6, x7, ex, xs,
-               WPG: tl.constexpr, PRECISE: tl.constexpr):
-    # Words [rows, BLOCK_W] of compact int4 codes against the inputs of their 8 codes.
-    u, sz = word_tile(q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, WPG)
+def int4_words(acc, u, sz, x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, PRECISE: tl.constexpr):
+    # Words u [rows, BLOCK_W] of compact int4 codes, with their (scale, zero) pairs sz, against the inputs of their
+    # 8 codes.
     p = code_float(u, 0, PRECISE) * x0[None, :] - ex[None, :]
     p += code_float(u, 1, PRECISE) * x1[None, :]
     p += code_float(u, 2, PRECISE) * x2[None, :]
@@ -263,9 +309,8 @@ def word_dot(u, x15, x04, x37, x26):
 
 
 @triton.jit
-def int4_packed(acc, q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, x15, x04, x37, x26, xs, WPG: tl.constexpr):
+def int4_packed(acc, u, sz, x15, x04, x37, x26, xs):
     # As `int4_words` with `word_dot`'s f16x2 products
-    u, sz = word_tile(q_ptr, sz_ptr, rows, ok, ww, stride_w, sz_rows, one, WPG)
     p = word_dot(u, x15[None, :], x04[None, :], x37[None, :], x26[None, :])
     return acc + pair_lo(sz) * p + pair_hi(sz) * xs[None, :]
 
@@ -282,98 +327,108 @@ def load_pair(row, k, k_ok, c: tl.constexpr, dt: tl.constexpr):
 
 
 @triton.jit
-def normed_pair(a, b, nw_ptr, k, k_ok, rstd, c: tl.constexpr, dt: tl.constexpr):
-    # features k + c and k + c + 1, loaded as a and b, RMS-normed as `normed` does
-    wa, wb = load_pair(nw_ptr, k, k_ok, c, dt)
-    return rms_scaled(a, wa, rstd, dt), rms_scaled(b, wb, rstd, dt)
+def int4_loads(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one, dt: tl.constexpr,
+               NORM: tl.constexpr, TWO: tl.constexpr, WPG: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+    # One step's loads: words [w0, w0 + BLOCK_W) of the rows' codes and their scales, the inputs of their codes and
+    # (NORM) the norm's weights, issued together: a step waits on memory once.
+    ww = w0 + tl.arange(0, BLOCK_W)
+    if EVEN:
+        w_ok = tl.full((BLOCK_W,), 1, tl.int1)
+    else:
+        w_ok = ww < hi
+    ok = r_ok[:, None] & w_ok[None, :]
+    u_a, sz_a = word_tile(q_ptr, sz_ptr, rows_a, ok, ww, stride_w, sz_rows, one, WPG)
+    u_b, sz_b = u_a, sz_a
+    if TWO:
+        u_b, sz_b = word_tile(q_ptr, sz_ptr, rows_b, ok, ww, stride_w, sz_rows, one, WPG)
+    k = ww * 8
+    x0, x1 = load_pair(x_row, k, w_ok, 0, dt)
+    x2, x3 = load_pair(x_row, k, w_ok, 2, dt)
+    x4, x5 = load_pair(x_row, k, w_ok, 4, dt)
+    x6, x7 = load_pair(x_row, k, w_ok, 6, dt)
+    n0, n1, n2, n3, n4, n5, n6, n7 = x0, x1, x2, x3, x4, x5, x6, x7
+    if NORM:
+        n0, n1 = load_pair(nw_ptr, k, w_ok, 0, dt)
+        n2, n3 = load_pair(nw_ptr, k, w_ok, 2, dt)
+        n4, n5 = load_pair(nw_ptr, k, w_ok, 4, dt)
+        n6, n7 = load_pair(nw_ptr, k, w_ok, 6, dt)
+    return u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7
 
 
 @triton.jit
-def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, stride_w, sz_rows, one, rstd, eps,
-              dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
-              BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
-    """As `float_sums` over compact int4 codes read as int32 words of 8 codes, BLOCK_W words a row a step: each
-    input is loaded (and normed) once a step for all of a thread's rows, each word's codes are multiplied in
-    f16x2 (`word_dot`; PACKED) or each costs a shift, a mask-and-or and a float32 multiply-add (`int4_words`), and
-    each word's scale and zero apply once. WHOLE (K <= 8 BLOCK_W): as in `float_sums`, the RMS comes from the
-    step's own loads."""
+def int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7,
+              rstd, dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr):
+    # One step's products from `int4_loads`: each input normed (NORM) once for all of a thread's rows, each word's
+    # codes multiplied in f16x2 (PACKED, not float32) or as floats, each word's scale and zero applied once.
     PRECISE: tl.constexpr = dt == tl.float32
-    PACK: tl.constexpr = PACKED and not PRECISE
+    if NORM:
+        x0, x1 = rms_scaled(x0, n0, rstd, dt), rms_scaled(x1, n1, rstd, dt)
+        x2, x3 = rms_scaled(x2, n2, rstd, dt), rms_scaled(x3, n3, rstd, dt)
+        x4, x5 = rms_scaled(x4, n4, rstd, dt), rms_scaled(x5, n5, rstd, dt)
+        x6, x7 = rms_scaled(x6, n6, rstd, dt), rms_scaled(x7, n7, rstd, dt)
+    even = (x0 + x2) + (x4 + x6)
+    odd = (x1 + x3) + (x5 + x7)
+    xs = even + odd
+    if PACKED and not PRECISE:
+        xs = xs * X_SCALE
+        x15 = f16_pair(x1 * X_SCALE, x5 * X_SCALE)
+        x04 = f16_pair(x0 * X_SCALE, x4 * X_SCALE)
+        x37 = f16_pair(x3 * X_SCALE, x7 * X_SCALE)
+        x26 = f16_pair(x2 * X_SCALE, x6 * X_SCALE)
+        acc_a = int4_packed(acc_a, u_a, sz_a, x15, x04, x37, x26, xs)
+        if TWO:
+            acc_b = int4_packed(acc_b, u_b, sz_b, x15, x04, x37, x26, xs)
+    else:
+        # sum(f * x) - ex = sum(q * x) - 8 * sum(x), f = 2**e + q (q when PRECISE)
+        if PRECISE:
+            ex = 8.0 * xs
+        else:
+            ex = 24.0 * even + 264.0 * odd
+        acc_a = int4_words(acc_a, u_a, sz_a, x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, PRECISE)
+        if TWO:
+            acc_b = int4_words(acc_b, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, PRECISE)
+    return acc_a, acc_b
+
+
+@triton.jit
+def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, lo, hi, stride_w, sz_rows, one, eps,
+              dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
+              BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr,
+              LONG: tl.constexpr):
+    """As `float_sums` over compact int4 codes read as int32 words of 8 codes, words [lo, hi) BLOCK_W a row a
+    step (`int4_loads`, `int4_step`). WHOLE (K <= 8 BLOCK_W): the RMS from the one step's own inputs."""
     WPG: tl.constexpr = GROUP // 8
-    w = tl.arange(0, BLOCK_W)
+    PACK: tl.constexpr = PACKED and dt != tl.float32
     acc_a = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
-    KW = K // 8
-    for w0 in tl.range(0, KW, BLOCK_W, num_stages=STAGES):
-        ww = w0 + w
-        if EVEN:
-            w_ok = tl.full((BLOCK_W,), 1, tl.int1)
+    u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7 = int4_loads(
+        x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, lo, hi, stride_w, sz_rows, one, dt, NORM, TWO, WPG,
+        BLOCK_W, EVEN)
+    rstd = 1.0
+    if NORM:
+        if WHOLE:
+            rstd = rsqrt_mean(((x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3))
+                              + ((x4 * x4 + x5 * x5) + (x6 * x6 + x7 * x7)), K, eps)
         else:
-            w_ok = ww < KW
-        ok = r_ok[:, None] & w_ok[None, :]
-        k = ww * 8
-        x0, x1 = load_pair(x_row, k, w_ok, 0, dt)
-        x2, x3 = load_pair(x_row, k, w_ok, 2, dt)
-        x4, x5 = load_pair(x_row, k, w_ok, 4, dt)
-        x6, x7 = load_pair(x_row, k, w_ok, 6, dt)
-        if NORM:
-            if WHOLE:
-                rstd = rsqrt_mean(((x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3))
-                                  + ((x4 * x4 + x5 * x5) + (x6 * x6 + x7 * x7)), K, eps)
-            x0, x1 = normed_pair(x0, x1, nw_ptr, k, w_ok, rstd, 0, dt)
-            x2, x3 = normed_pair(x2, x3, nw_ptr, k, w_ok, rstd, 2, dt)
-            x4, x5 = normed_pair(x4, x5, nw_ptr, k, w_ok, rstd, 4, dt)
-            x6, x7 = normed_pair(x6, x7, nw_ptr, k, w_ok, rstd, 6, dt)
-        even = (x0 + x2) + (x4 + x6)
-        odd = (x1 + x3) + (x5 + x7)
-        xs = even + odd
-        if PACK:
-            xs = xs * X_SCALE
-            x15 = f16_pair(x1 * X_SCALE, x5 * X_SCALE)
-            x04 = f16_pair(x0 * X_SCALE, x4 * X_SCALE)
-            x37 = f16_pair(x3 * X_SCALE, x7 * X_SCALE)
-            x26 = f16_pair(x2 * X_SCALE, x6 * X_SCALE)
-            acc_a = int4_packed(acc_a, q_ptr, sz_ptr, rows_a, ok, ww, stride_w, sz_rows, one, x15, x04, x37, x26, xs,
-                                WPG)
-            if TWO:
-                acc_b = int4_packed(acc_b, q_ptr, sz_ptr, rows_b, ok, ww, stride_w, sz_rows, one, x15, x04, x37, x26,
-                                    xs, WPG)
-        else:
-            # sum(f * x) - ex = sum(q * x) - 8 * sum(x), f = 2**e + q (q when PRECISE)
-            if PRECISE:
-                ex = 8.0 * xs
-            else:
-                ex = 24.0 * even + 264.0 * odd
-            acc_a = int4_words(acc_a, q_ptr, sz_ptr, rows_a, ok, ww, stride_w, sz_rows, one,
-                               x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, WPG, PRECISE)
-            if TWO:
-                acc_b = int4_words(acc_b, q_ptr, sz_ptr, rows_b, ok, ww, stride_w, sz_rows, one,
-                                   x0, x1, x2, x3, x4, x5, x6, x7, ex, xs, WPG, PRECISE)
+            tl.debug_barrier()                  # keeps the compiler from issuing the step's loads after the row's
+            ra, rb, rc, rd = row_start(x_row, K, NORM_BLOCK)
+            rstd = inv_rms(x_row, K, eps, ra, rb, rc, rd, NORM_BLOCK, LONG)
+    acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
+                             n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO)
+    for w0 in tl.range(lo + BLOCK_W, hi, BLOCK_W, num_stages=STAGES):
+        u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7 = int4_loads(
+            x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one, dt, NORM, TWO, WPG,
+            BLOCK_W, EVEN)
+        acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
+                                 n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO)
     if PACK:
         return tl.sum(acc_a, axis=1) * (1.0 / X_SCALE), tl.sum(acc_b, axis=1) * (1.0 / X_SCALE)
     return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1)
 
 
 @triton.jit
-def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
-              eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, INT4: tl.constexpr,
-              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
-              EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
-    pid, b = tl.program_id(0), tl.program_id(1)
-    dt: tl.constexpr = y_ptr.dtype.element_ty
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = rn < N
-    x_row = x_ptr + b * stride_x
-    rstd = 1.0
-    if NORM and not WHOLE:
-        rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
-    # GATED: the up rows sit N rows below the gate rows
-    if INT4:
-        y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, stride_w, sz_rows, one, rstd, eps, dt,
-                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES, WHOLE)
-    else:
-        y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, stride_w, rstd, eps, dt, NORM, GATED,
-                           BLOCK_N, BLOCK_K, STAGES, WHOLE)
+def proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt: tl.constexpr, GATED: tl.constexpr,
+             RESIDUAL: tl.constexpr):
     y = rnd(y, dt)
     if GATED:
         y = rnd(rnd(y * tl.sigmoid(y), dt) * rnd(up, dt), dt)
@@ -382,27 +437,71 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride
     tl.store(y_ptr + b * stride_y + rn, y.to(dt), mask=n_ok)
 
 
-@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K", "STAGES"), PROJ, PROJ_ONE),
-                 key=["N", "K", "NORM", "GATED", "RESIDUAL"])
-@triton.heuristics({"WHOLE": whole_row})
 @triton.jit
-def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
-         NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
-    proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, 0, 1, eps,
-              NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True, STAGES, WHOLE)
+def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
+              stride_r, sz_rows, one, eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
+              INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+              BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr,
+              LONG: tl.constexpr, SPLIT: tl.constexpr):
+    # Program (block of BLOCK_N rows x SPLIT parts of K, batch row). SPLIT > 1: each part writes its float32 sums
+    # to `part`; the block's last part to finish adds them up in order (the same sums whatever the finishing order)
+    # and applies the epilogue.
+    pid, b = tl.program_id(0), tl.program_id(1)
+    dt: tl.constexpr = y_ptr.dtype.element_ty
+    blk, s = pid // SPLIT, pid % SPLIT
+    rn = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    x_row = x_ptr + b * stride_x
+    # GATED: the up rows sit N rows below the gate rows
+    if INT4:
+        per = tl.cdiv(K // 8, BLOCK_W * SPLIT) * BLOCK_W            # whole steps a part (`split_k` divides them)
+        lo = s * per
+        y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, lo, tl.minimum(lo + per, K // 8),
+                          stride_w, sz_rows, one, eps, dt, NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES, WHOLE,
+                          LONG)
+    else:
+        per = tl.cdiv(K, BLOCK_K * SPLIT) * BLOCK_K
+        lo = s * per
+        y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, lo, tl.minimum(lo + per, K), stride_w, eps,
+                           dt, NORM, GATED, BLOCK_N, BLOCK_K, STAGES, WHOLE, LONG)
+    if SPLIT == 1:
+        proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt, GATED, RESIDUAL)
+    else:
+        tl.store(part_ptr + (b * SPLIT + s) * N + rn, y, mask=n_ok)
+        count = count_ptr + b * tl.cdiv(N, BLOCK_N) + blk
+        if last_to_finish(count, SPLIT):
+            parts = (b * SPLIT + tl.arange(0, SPLIT)) * N
+            # from L2 (".cg"): other SMs wrote the parts
+            y = tl.sum(tl.load(part_ptr + parts[:, None] + rn[None, :], mask=n_ok[None, :], other=0.0,
+                               cache_modifier=".cg"), axis=0)
+            proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt, GATED, RESIDUAL)
+            tl.atomic_xchg(count, 0)                                 # ready for the next launch
 
 
-@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W", "STAGES"), PROJ_INT4, (8, 4, 1, 1)),
-                 key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL"])
-@triton.heuristics({"EVEN": even_words, "WHOLE": whole_words})
+@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT"), PROJ, PROJ_ONE),
+                 key=["N", "K", "NORM", "GATED", "RESIDUAL", "SPLITS"])
+@triton.heuristics({"WHOLE": whole_row, "LONG": long_row, "SPLIT": split_k})
+@triton.jit
+def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
+         SPLITS, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
+         BLOCK_K: tl.constexpr, STAGES: tl.constexpr, SPLIT: tl.constexpr, WHOLE: tl.constexpr,
+         LONG: tl.constexpr):
+    proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
+              stride_r, 0, 1, eps, NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True, STAGES, WHOLE, LONG,
+              SPLIT)
+
+
+@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT"), PROJ_INT4, PROJ_INT4_ONE),
+                 key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL", "SPLITS"])
+@triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row, "SPLIT": split_k})
 @triton.jit(do_not_specialize=["one"])
-def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
-              eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, GROUP: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
-              WHOLE: tl.constexpr):
-    proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, N, K, stride_x, stride_w, stride_y, stride_r, sz_rows, one,
-              eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES, WHOLE)
+def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
+              stride_r, sz_rows, one, eps, SPLITS, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
+              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, STAGES: tl.constexpr,
+              SPLIT: tl.constexpr, EVEN: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr):
+    proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
+              stride_r, sz_rows, one, eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES,
+              WHOLE, LONG, SPLIT)
 
 
 @triton.jit
@@ -411,7 +510,7 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
                   BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
-                  WHOLE: tl.constexpr):
+                  WHOLE: tl.constexpr, LONG: tl.constexpr):
     # A program owns BLOCK_R rotary pairs of one head: rows j and j + D/2, which rotary mixes.
     pid, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = q_ptr.dtype.element_ty
@@ -422,15 +521,12 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     j_ok = j < HALF
     rows = head * D + j
     x_row = x_ptr + b * stride_x
-    rstd = 1.0
-    if not WHOLE:
-        rstd = inv_rms(x_row, K, eps, NORM_BLOCK)
     if INT4:
-        y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, stride_w, sz_rows, one, rstd,
-                           eps, dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES, WHOLE)
+        y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, 0, K // 8, stride_w, sz_rows,
+                           one, eps, dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES, WHOLE, LONG)
     else:
-        y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, stride_w, rstd, eps, dt, True, True,
-                            BLOCK_R, BLOCK_K, STAGES, WHOLE)
+        y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, 0, K, stride_w, eps, dt, True, True,
+                            BLOCK_R, BLOCK_K, STAGES, WHOLE, LONG)
     if HAS_BIAS:
         y1 += tl.load(bias_ptr + rows, mask=j_ok, other=0.0).to(tl.float32)
         y2 += tl.load(bias_ptr + rows + HALF, mask=j_ok, other=0.0).to(tl.float32)
@@ -460,31 +556,33 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     tl.store(vc_ptr + cache + HALF, y2.to(dt), mask=is_v)
 
 
-@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES"), ROPE, PROJ_ONE),
+@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES"), ROPE, ROPE_ONE),
                  key=["K", "HEADS", "KV_HEADS", "D"])
-@triton.heuristics({"WHOLE": whole_row})
+@triton.heuristics({"WHOLE": whole_row, "LONG": long_row})
 @triton.jit
 def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
              q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch, stride_cl, eps,
              HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
+             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr,
+             LONG: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, w_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, 0, 1, stride_q, stride_cb, stride_ch, stride_cl, eps,
-                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True, STAGES, WHOLE)
+                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True, STAGES, WHOLE, LONG)
 
 
 @triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES"), ROPE_INT4, (4, 4, 1, 1)),
                  key=["K", "GROUP", "HEADS", "KV_HEADS", "D"])
-@triton.heuristics({"EVEN": even_words, "WHOLE": whole_words})
+@triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row})
 @triton.jit(do_not_specialize=["one"])
 def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
-                  EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr):
+                  EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
-                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES, WHOLE)
+                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES, WHOLE,
+                  LONG)
 
 
 @triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE), key=["L", "HEADS", "KV_HEADS", "D"])
