@@ -377,6 +377,17 @@ TABLES = {"proj": ("PROJ", ("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT")),
           "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES")), "attend": ("ATTEND", ("SPLIT_L", "BLOCK_L"))}
 
 
+def test_split_products_split_in_powers_of_two():
+    """A split block's last part loads all parts' sums as one tile, whose size Triton's compiler takes only as a
+    power of two (its interpreter takes any), up to the scratch's SPLIT_MAX."""
+    decode_triton = pytest.importorskip("sota.models.decode_triton")
+    for table in ("PROJ", "PROJ_INT4", "PROJ_ONE", "PROJ_INT4_ONE"):
+        rows = getattr(decode_triton, table)
+        for row in rows if isinstance(rows[0], tuple) else (rows,):
+            split = row[3]
+            assert split & (split - 1) == 0 and split <= decode_triton.SPLIT_MAX, (table, row)
+
+
 EVERY_CONFIGURATION = """
 import triton
 from sota.models import decode_triton

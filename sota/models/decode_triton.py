@@ -17,8 +17,8 @@ from sota.utils.triton_support import autotuned, interpreted
 # Products with long rows (K in the thousands) want few rows a program and long strides along K; SmolLM2's
 # 576-wide rows, more rows a program. STAGES > 1 has Triton load steps ahead through shared memory, which keeps
 # more bytes in flight where a product has few programs.
-# SPLIT > 1 splits K into that many parts, one program each, where `split_k` allows: more programs, so more
-# bytes in flight, for products with few rows and long ones.
+# SPLIT > 1 (a power of two) splits K into that many parts, one program each, where `split_k` allows: more
+# programs, so more bytes in flight, for products with few rows and long ones.
 PROJ = ((1, 512, 1, 1, 4), (1, 1024, 1, 1, 4), (2, 512, 1, 1, 4), (2, 1024, 1, 1, 8), (4, 128, 1, 1, 2),
         (4, 256, 1, 1, 4), (4, 512, 1, 1, 4), (8, 64, 1, 1, 2), (8, 128, 1, 1, 4), (8, 256, 1, 1, 4),
         (16, 128, 1, 1, 4), (16, 256, 1, 1, 8), (1, 512, 3, 1, 4), (2, 512, 3, 1, 4), (2, 1024, 3, 1, 8),
@@ -50,7 +50,7 @@ X_SCALE = tl.constexpr(2.0 ** -6)
 # rows a program and long steps along K won on an H100 with the weights cold, as a step streams them.
 PROJ_INT4 = ((4, 128, 1, 1, 2), (4, 128, 1, 1, 4), (8, 128, 1, 1, 2), (8, 128, 1, 1, 4), (16, 128, 1, 1, 4),
              (8, 64, 1, 1, 1), (8, 64, 1, 1, 2), (16, 64, 1, 1, 2), (32, 64, 1, 1, 2), (8, 64, 3, 1, 2),
-             (4, 128, 1, 2, 4), (4, 128, 1, 4, 4), (8, 128, 1, 4, 4), (4, 64, 1, 2, 2), (4, 64, 1, 3, 2),
+             (4, 128, 1, 2, 4), (4, 128, 1, 4, 4), (8, 128, 1, 4, 4), (4, 64, 1, 2, 2), (4, 64, 1, 4, 2),
              (8, 64, 1, 4, 2), (8, 64, 1, 8, 2))                            # BLOCK_N, BLOCK_W, STAGES, SPLIT, warps
 PROJ_INT4_ONE = (8, 4, 1, 2, 1)
 ROPE_INT4 = ((2, 128, 1, 1), (2, 128, 1, 2), (4, 128, 1, 2), (4, 128, 1, 4), (2, 64, 1, 1), (4, 64, 1, 2),
