@@ -18,9 +18,12 @@ Each matrix-vector product streams its weight rows once, in blocks of `BLOCK_N` 
 reduces in float32. A product's first step of loads goes out before its RMS pass, so that pass's round trips to
 memory overlap the weights' (a row that fits one step takes its RMS from that step's inputs). Products with few
 rows and long ones (o and down) may split their inputs over programs, for more bytes in flight: each part writes
-its sums and the block's last part to finish adds them up in a fixed order. A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes
-two a byte, tinygemm's scales and zeros); on CUDA the kernels read the codes as `quant.int4_kernel=triton` stores
-them, as int32 words of 8 codes, each input loaded once a step for all of a thread's rows. In bf16 and fp16 models
+its sums and the block's last part to finish adds them up in a fixed order
+(experiments/2026-12-06_split_products_h100).
+
+A weight is a float tensor or a compact int4 layer (`sota.compress.int4.Int4Linear`: codes two a byte, tinygemm's
+scales and zeros); on CUDA the kernels read the codes as `quant.int4_kernel=triton` stores them, as int32 words of
+8 codes, each input loaded once a step for all of a thread's rows. In bf16 and fp16 models
 a word's codes are dequantized and multiplied two at a time in f16x2 and its sum is kept in float32 (a device;
 experiments/2026-12-06_packed_int4_h100); in float32 models, and in Triton's interpreter, a code becomes the float
 2**e + q by its bits and costs a float32 multiply-add.
