@@ -374,7 +374,8 @@ def on_cuda(t):
 TABLES = {"proj": ("PROJ", ("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT")),
           "proj_int4": ("PROJ_INT4", ("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT")),
           "qkv_rope": ("ROPE", ("BLOCK_R", "BLOCK_K", "STAGES")),
-          "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES")), "attend": ("ATTEND", ("SPLIT_L", "BLOCK_L"))}
+          "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES")),
+          "attend": ("ATTEND", ("SPLIT_L", "BLOCK_L"))}
 
 
 def test_split_products_split_in_powers_of_two():
