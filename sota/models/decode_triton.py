@@ -68,7 +68,7 @@ def whole_words(args):
 
 
 def long_row(args):
-    """The row runs past the RMS pass's first four loads (`row_start`): the pass loops over the rest."""
+    """The row runs past the RMS pass's first four loads (`inv_rms`): the pass loops over the rest."""
     return args["K"] > 4 * NORM_BLOCK.value
 
 
@@ -99,24 +99,18 @@ def rnd(v, dt: tl.constexpr):
 
 
 @triton.jit
-def row_start(x_row, K, BLOCK_K: tl.constexpr):
-    # The row's first 4 BLOCK_K features (all of rows up to 4096 long) in four loads, for the RMS: issued along
-    # with a product's first step of loads, so that their round trips to memory overlap.
+def inv_rms(x_row, K, eps, BLOCK_K: tl.constexpr, LONG: tl.constexpr):
+    # The RMS scale of a row, called once a product's first step of loads is out: the row's first 4 BLOCK_K
+    # features (all of rows up to 4096 long) load in four loads while those are in flight, so their round trips
+    # overlap. The barrier keeps the compiler from issuing the product's loads after these; so does any loop, so
+    # only LONG rows (K > 4 BLOCK_K) loop over the rest, four blocks a step.
+    tl.debug_barrier()
     k1 = tl.arange(0, BLOCK_K)
     k2, k3, k4 = k1 + BLOCK_K, k1 + 2 * BLOCK_K, k1 + 3 * BLOCK_K
-    a = tl.load(x_row + k1, mask=k1 < K, other=0.0)
-    b = tl.load(x_row + k2, mask=k2 < K, other=0.0)
-    c = tl.load(x_row + k3, mask=k3 < K, other=0.0)
-    d = tl.load(x_row + k4, mask=k4 < K, other=0.0)
-    return a, b, c, d
-
-
-@triton.jit
-def inv_rms(x_row, K, eps, a, b, c, d, BLOCK_K: tl.constexpr, LONG: tl.constexpr):
-    # The RMS scale from the row's first four blocks (`row_start`) and (LONG: K > 4 BLOCK_K) the rest, four blocks a
-    # step: each step waits on memory once. Rows that fit the first blocks take no loop, which would keep the
-    # compiler from issuing the product's first loads ahead of the reduction.
-    a, b, c, d = a.to(tl.float32), b.to(tl.float32), c.to(tl.float32), d.to(tl.float32)
+    a = tl.load(x_row + k1, mask=k1 < K, other=0.0).to(tl.float32)
+    b = tl.load(x_row + k2, mask=k2 < K, other=0.0).to(tl.float32)
+    c = tl.load(x_row + k3, mask=k3 < K, other=0.0).to(tl.float32)
+    d = tl.load(x_row + k4, mask=k4 < K, other=0.0).to(tl.float32)
     ss = (a * a + b * b) + (c * c + d * d)
     if LONG:
         for k0 in range(4 * BLOCK_K, K, 4 * BLOCK_K):
@@ -193,9 +187,7 @@ def float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, lo, hi, stride_w, 
         if WHOLE:
             rstd = rsqrt_mean(xk * xk, K, eps)
         else:
-            tl.debug_barrier()                  # keeps the compiler from issuing the step's loads after the row's
-            ra, rb, rc, rd = row_start(x_row, K, NORM_BLOCK)
-            rstd = inv_rms(x_row, K, eps, ra, rb, rc, rd, NORM_BLOCK, LONG)
+            rstd = inv_rms(x_row, K, eps, NORM_BLOCK, LONG)    # while the first step's loads are in flight
     acc_a, acc_b = float_step(acc_a, acc_b, w_a, w_b, xk, nw, rstd, dt, NORM, TWO)
     for k0 in tl.range(lo + BLOCK_K, hi, BLOCK_K, num_stages=STAGES):  # STAGES > 1: loads run ahead (shared memory)
         w_a, w_b, xk, nw = float_loads(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, k0, hi, stride_w, NORM, TWO,
@@ -410,9 +402,7 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, lo, hi, str
             rstd = rsqrt_mean(((x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3))
                               + ((x4 * x4 + x5 * x5) + (x6 * x6 + x7 * x7)), K, eps)
         else:
-            tl.debug_barrier()                  # keeps the compiler from issuing the step's loads after the row's
-            ra, rb, rc, rd = row_start(x_row, K, NORM_BLOCK)
-            rstd = inv_rms(x_row, K, eps, ra, rb, rc, rd, NORM_BLOCK, LONG)
+            rstd = inv_rms(x_row, K, eps, NORM_BLOCK, LONG)    # while the first step's loads are in flight
     acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
                              n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO)
     for w0 in tl.range(lo + BLOCK_W, hi, BLOCK_W, num_stages=STAGES):
