@@ -254,15 +254,15 @@ for n, k, group in ((40, 96, 32), (24, 256, 64)):           # a partial last ste
     ops.int4_rows(x, codes.qdata, codes.scale_and_zero, group, y)
     out[f"{n}x{k}"] = y
     out[f"{n}x{k} want"] = x.float() @ codes.dense.t()
-torch.save(out, os.environ["OUT"])
+result = out
 """
 
 
 @TRITON
-def test_the_int4_row_kernel_outside_the_step_matches_its_codes(tmp_path):
+def test_the_int4_row_kernel_outside_the_step_matches_its_codes(small_kernels):
     """`int4_rows` (the row kernel of `quant.int4_kernel=triton`) on bf16 rows: each code read by its bits against
     the dequantized weight. The interpreter truncates to bf16 where a GPU rounds, hence the tolerance."""
-    got = interpreted(INT4_ROWS, tmp_path)
+    got = small_kernels["int4_rows"]
     for name in ("40x96", "24x256"):
         want = got[f"{name} want"]
         assert (got[name].float() - want).abs().max() <= 0.02 * want.abs().max(), name
@@ -276,20 +276,21 @@ table = types.SimpleNamespace(table=codes)
 token = torch.tensor([3, 39, 0])
 out = torch.zeros(3, 160, dtype=torch.bfloat16)
 ops.embed(token, table, out)
-torch.save(dict(got=out, want=codes.dense[token].bfloat16()), os.environ["OUT"])
+result = dict(got=out, want=codes.dense[token].bfloat16())
 """
 
 
 @TRITON
-def test_the_int4_token_lookup_kernel_dequantizes_the_rows_asked_for(tmp_path):
+def test_the_int4_token_lookup_kernel_dequantizes_the_rows_asked_for(small_kernels):
     """Each row as `int4.dequantize` gives it, within the one unit of bf16 that the interpreter's truncation (a GPU
     rounds to nearest) may take."""
-    got = interpreted(EMBED, tmp_path)
+    got = small_kernels["embed"]
     want = got["want"].float()
     assert ((got["got"].float() - want).abs() <= 2.0 ** -7 * want.abs()).all()
 
 
 SPLIT = """
+import triton
 from sota.models import decode_triton
 g = torch.Generator().manual_seed(3)
 x, r = torch.randn(2, 1024, generator=g), torch.randn(2, 40, generator=g)
@@ -309,15 +310,15 @@ for name, w in (("float", torch.randn(40, 1024, generator=g)), ("int4", Codes(to
     out[name + " again"] = again
     out[name + " want"] = r + x @ (w.dense if name == "int4" else w).t()
     out[name + " parts"], out[name + " counts"] = scratch
-torch.save(out, os.environ["OUT"])
+result = out
 """
 
 
 @TRITON
-def test_a_product_split_over_programs_adds_its_parts_once(tmp_path):
+def test_a_product_split_over_programs_adds_its_parts_once(small_kernels):
     """A product split into 4 parts of its inputs (1024: 8 steps of 128, 2 a part), 3 blocks of rows (40, the last
     partial): each block's last part adds all four parts' sums, and resets its count for the next launch."""
-    got = interpreted("import triton\n" + SPLIT, tmp_path)
+    got = small_kernels["split"]
     for name in ("float", "int4"):
         want = got[name + " want"]
         torch.testing.assert_close(got[name], want, atol=1e-3, rtol=1e-4)
@@ -337,15 +338,33 @@ scratch = ops.argmax_scratch(x)
 first, second = torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long)
 ops.argmax(x, first, scratch)
 ops.argmax(x, second, scratch)                 # the kernel left its scratch ready for another launch
-torch.save(dict(first=first, second=second, keys=scratch[0], counts=scratch[1]), os.environ["OUT"])
+result = dict(first=first, second=second, keys=scratch[0], counts=scratch[1])
 """
 
 
 @TRITON
-def test_the_argmax_kernel_picks_the_first_maximum_across_programs(tmp_path):
-    got = interpreted(ARGMAX, tmp_path)
+def test_the_argmax_kernel_picks_the_first_maximum_across_programs(small_kernels):
+    got = small_kernels["argmax"]
     assert got["first"].tolist() == [7000, 0, 4095] and got["second"].tolist() == [7000, 0, 4095]
     assert (got["keys"] == torch.iinfo(torch.int64).min).all() and (got["counts"] == 0).all()
+
+
+# The small kernels' checks run in one interpreted process (each process first spends seconds importing), each
+# snippet in a scope of its own; the split check goes last, as it sets the products' configurations.
+SMALL = {"int4_rows": INT4_ROWS, "embed": EMBED, "argmax": ARGMAX, "split": SPLIT}
+RUN_SMALL = """
+results = {}
+for name, code in SMALL.items():
+    scope = dict(globals())
+    exec(code, scope)
+    results[name] = scope["result"]
+torch.save(results, os.environ["OUT"])
+"""
+
+
+@pytest.fixture(scope="module")
+def small_kernels(tmp_path_factory):
+    return interpreted(RUN_SMALL, tmp_path_factory.mktemp("small_kernels"))
 
 
 @pytest.mark.gpu
