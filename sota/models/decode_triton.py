@@ -99,28 +99,28 @@ def rnd(v, dt: tl.constexpr):
 
 
 @triton.jit
+def squares(x_row, k0, K, BLOCK_K: tl.constexpr):
+    # the sum of squares of features [k0, k0 + 4 BLOCK_K) of a row, in four loads issued together
+    k1 = k0 + tl.arange(0, BLOCK_K)
+    k2, k3, k4 = k1 + BLOCK_K, k1 + 2 * BLOCK_K, k1 + 3 * BLOCK_K
+    a = tl.load(x_row + k1, mask=k1 < K, other=0.0).to(tl.float32)
+    b = tl.load(x_row + k2, mask=k2 < K, other=0.0).to(tl.float32)
+    c = tl.load(x_row + k3, mask=k3 < K, other=0.0).to(tl.float32)
+    d = tl.load(x_row + k4, mask=k4 < K, other=0.0).to(tl.float32)
+    return (a * a + b * b) + (c * c + d * d)
+
+
+@triton.jit
 def inv_rms(x_row, K, eps, BLOCK_K: tl.constexpr, LONG: tl.constexpr):
     # The RMS scale of a row, called once a product's first step of loads is out: the row's first 4 BLOCK_K
     # features (all of rows up to 4096 long) load in four loads while those are in flight, so their round trips
     # overlap. The barrier keeps the compiler from issuing the product's loads after these; so does any loop, so
     # only LONG rows (K > 4 BLOCK_K) loop over the rest, four blocks a step.
     tl.debug_barrier()
-    k1 = tl.arange(0, BLOCK_K)
-    k2, k3, k4 = k1 + BLOCK_K, k1 + 2 * BLOCK_K, k1 + 3 * BLOCK_K
-    a = tl.load(x_row + k1, mask=k1 < K, other=0.0).to(tl.float32)
-    b = tl.load(x_row + k2, mask=k2 < K, other=0.0).to(tl.float32)
-    c = tl.load(x_row + k3, mask=k3 < K, other=0.0).to(tl.float32)
-    d = tl.load(x_row + k4, mask=k4 < K, other=0.0).to(tl.float32)
-    ss = (a * a + b * b) + (c * c + d * d)
+    ss = squares(x_row, 0, K, BLOCK_K)
     if LONG:
         for k0 in range(4 * BLOCK_K, K, 4 * BLOCK_K):
-            k1 = k0 + tl.arange(0, BLOCK_K)
-            k2, k3, k4 = k1 + BLOCK_K, k1 + 2 * BLOCK_K, k1 + 3 * BLOCK_K
-            a = tl.load(x_row + k1, mask=k1 < K, other=0.0).to(tl.float32)
-            b = tl.load(x_row + k2, mask=k2 < K, other=0.0).to(tl.float32)
-            c = tl.load(x_row + k3, mask=k3 < K, other=0.0).to(tl.float32)
-            d = tl.load(x_row + k4, mask=k4 < K, other=0.0).to(tl.float32)
-            ss += (a * a + b * b) + (c * c + d * d)
+            ss += squares(x_row, k0, K, BLOCK_K)
     return rsqrt_mean(ss, K, eps)
 
 
@@ -349,9 +349,9 @@ def int4_loads(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, strid
 
 @triton.jit
 def int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7,
-              rstd, dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr):
+              rstd, dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr, PACK: tl.constexpr):
     # One step's products from `int4_loads`: each input normed (NORM) once for all of a thread's rows, each word's
-    # codes multiplied in f16x2 (PACKED, not float32) or as floats, each word's scale and zero applied once.
+    # codes multiplied in f16x2 (PACK) or as floats, each word's scale and zero applied once.
     PRECISE: tl.constexpr = dt == tl.float32
     if NORM:
         x0, x1 = rms_scaled(x0, n0, rstd, dt), rms_scaled(x1, n1, rstd, dt)
@@ -361,7 +361,7 @@ def int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7
     even = (x0 + x2) + (x4 + x6)
     odd = (x1 + x3) + (x5 + x7)
     xs = even + odd
-    if PACKED and not PRECISE:
+    if PACK:
         xs = xs * X_SCALE
         x15 = f16_pair(x1 * X_SCALE, x5 * X_SCALE)
         x04 = f16_pair(x0 * X_SCALE, x4 * X_SCALE)
@@ -404,13 +404,13 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, lo, hi, str
         else:
             rstd = inv_rms(x_row, K, eps, NORM_BLOCK, LONG)    # while the first step's loads are in flight
     acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
-                             n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO)
+                             n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO, PACK)
     for w0 in tl.range(lo + BLOCK_W, hi, BLOCK_W, num_stages=STAGES):
         u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7 = int4_loads(
             x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one, dt, NORM, TWO, WPG,
             BLOCK_W, EVEN)
         acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
-                                 n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO)
+                                 n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO, PACK)
     if PACK:
         return tl.sum(acc_a, axis=1) * (1.0 / X_SCALE), tl.sum(acc_b, axis=1) * (1.0 / X_SCALE)
     return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1)
@@ -442,18 +442,19 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
     rn = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     x_row = x_ptr + b * stride_x
+    # Part s's range of the row, in whole steps (`split_k` divides them): int32 words of codes, or features.
+    STEP: tl.constexpr = BLOCK_W if INT4 else BLOCK_K
+    total = K // 8 if INT4 else K
+    per = tl.cdiv(total, STEP * SPLIT) * STEP
+    lo = s * per
+    hi = tl.minimum(lo + per, total)
     # GATED: the up rows sit N rows below the gate rows
     if INT4:
-        per = tl.cdiv(K // 8, BLOCK_W * SPLIT) * BLOCK_W            # whole steps a part (`split_k` divides them)
-        lo = s * per
-        y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, lo, tl.minimum(lo + per, K // 8),
-                          stride_w, sz_rows, one, eps, dt, NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES, WHOLE,
-                          LONG)
+        y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, lo, hi, stride_w, sz_rows, one, eps, dt,
+                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES, WHOLE, LONG)
     else:
-        per = tl.cdiv(K, BLOCK_K * SPLIT) * BLOCK_K
-        lo = s * per
-        y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, lo, tl.minimum(lo + per, K), stride_w, eps,
-                           dt, NORM, GATED, BLOCK_N, BLOCK_K, STAGES, WHOLE, LONG)
+        y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, lo, hi, stride_w, eps, dt, NORM, GATED, BLOCK_N,
+                           BLOCK_K, STAGES, WHOLE, LONG)
     if SPLIT == 1:
         proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt, GATED, RESIDUAL)
     else:
