@@ -301,7 +301,7 @@ for name, w in (("float", torch.randn(40, 1024, generator=g)), ("int4", Codes(to
     scratch = ops.proj_scratch(2, 64, x.device)
     scratch[0].fill_(float("nan"))                 # every part writes its sums before the last one reads them
     for tuner, row in ((decode_triton.proj, dict(BLOCK_N=16, BLOCK_K=128)), (decode_triton.proj_int4,
-                                                                             dict(BLOCK_N=16, BLOCK_W=16))):
+                                                                             dict(BLOCK_N=16, BLOCK_W=16, AHEAD=1))):
         tuner.configs = [triton.Config(row | dict(STAGES=1, SPLIT=4), num_warps=1)]
         tuner.cache.clear()
     y = torch.zeros(2, 40)
@@ -393,9 +393,9 @@ def on_cuda(t):
 
 # Each autotuned kernel's candidates (decode_triton's tables) and the names of their columns.
 TABLES = {"proj": ("PROJ", ("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT")),
-          "proj_int4": ("PROJ_INT4", ("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT")),
+          "proj_int4": ("PROJ_INT4", ("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT", "AHEAD")),
           "qkv_rope": ("ROPE", ("BLOCK_R", "BLOCK_K", "STAGES")),
-          "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES")),
+          "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES", "AHEAD")),
           "attend": ("ATTEND", ("SPLIT_L", "BLOCK_L"))}
 
 
@@ -466,22 +466,30 @@ def test_every_candidate_configuration_matches_the_torch_operations_on_cuda(kern
 POINTERS = {"q_ptr": "*bf16", "w_ptr": "*bf16", "sz_ptr": "*i32", "q_codes_ptr": "*i32", "last_pos_ptr": "*i64",
             "step_ptr": "*i64", "start_ptr": "*i64", "valid_ptr": "*i1", "part_ptr": "*fp32",
             "count_ptr": "*i32", "key_ptr": "*i64", "token_ptr": "*i64", "x_ptr": "*bf16"}
-KERNELS = {  # kernel (and a variant): its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths)
+KERNELS = {  # kernel (and a variant): its constexprs, as the step launches it on an H100 (Llama-3.2-3B's widths);
+    # a variant named "pdl" waits on the kernel before it (PDL), as on a device of compute capability 9.0 on
     "proj": dict(NORM=True, GATED=True, RESIDUAL=True, BLOCK_N=4, BLOCK_K=1024, STAGES=3, SPLIT=1, WHOLE=True,
                  LONG=False),
     "proj split": dict(NORM=False, GATED=False, RESIDUAL=True, BLOCK_N=4, BLOCK_K=512, STAGES=1, SPLIT=4,
                        WHOLE=False, LONG=False),
     "proj_int4": dict(NORM=True, GATED=True, RESIDUAL=True, GROUP=128, BLOCK_N=16, BLOCK_W=32, EVEN=True,
-                      STAGES=3, SPLIT=1, WHOLE=True, LONG=False),
+                      STAGES=3, SPLIT=1, AHEAD=0, WHOLE=True, LONG=False),
     "proj_int4 normed": dict(NORM=True, GATED=True, RESIDUAL=False, GROUP=128, BLOCK_N=4, BLOCK_W=128, EVEN=True,
-                             STAGES=1, SPLIT=1, WHOLE=False, LONG=False),
+                             STAGES=1, SPLIT=1, AHEAD=0, WHOLE=False, LONG=False),
     "proj_int4 split": dict(NORM=False, GATED=False, RESIDUAL=True, GROUP=128, BLOCK_N=4, BLOCK_W=128, EVEN=True,
-                            STAGES=1, SPLIT=4, WHOLE=False, LONG=False),
+                            STAGES=1, SPLIT=4, AHEAD=0, WHOLE=False, LONG=False),
     "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1, WHOLE=False,
                      LONG=False),
     "qkv_rope_int4": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=8, BLOCK_W=32, EVEN=False,
-                          STAGES=3, WHOLE=False, LONG=False),
+                          STAGES=3, AHEAD=0, WHOLE=False, LONG=False),
+    "qkv_rope_int4 ahead": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=4, BLOCK_W=128,
+                                EVEN=True, STAGES=1, AHEAD=1, WHOLE=False, LONG=False),
+    "proj_int4 ahead pdl": dict(NORM=True, GATED=True, RESIDUAL=False, GROUP=128, BLOCK_N=16, BLOCK_W=64,
+                                EVEN=True, STAGES=1, SPLIT=1, AHEAD=1, WHOLE=False, LONG=False),
+    "proj split pdl": dict(NORM=False, GATED=False, RESIDUAL=True, BLOCK_N=4, BLOCK_K=512, STAGES=1, SPLIT=4,
+                           WHOLE=False, LONG=False),
     "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, SPLIT_L=128, BLOCK_L=64),
+    "attend pdl": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, SPLIT_L=128, BLOCK_L=64),
     "argmax": dict(BLOCK=4096),
     "embed_int4": dict(GROUP=64, BLOCK_W=64),
 }
@@ -502,7 +510,7 @@ def test_the_kernels_compile_for_a_gpu(name):
     fn = getattr(decode_triton, kernel_name)
     while not isinstance(fn, triton.runtime.JITFunction):   # under the autotuner and heuristics
         fn = fn.fn
-    constexprs = KERNELS[name]
+    constexprs = {"PDL": "pdl" in name} | KERNELS[name]
     pointers = POINTERS | ({"q_ptr": "*i32"} if kernel_name in ("proj_int4", "embed_int4") else {})   # the codes
     signature = {a: pointers.get(a, "*bf16") if a.endswith("_ptr") else "fp32" if a in ("eps", "scale") else "i32"
                  for a in fn.arg_names if a not in constexprs}

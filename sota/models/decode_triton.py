@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from sota.utils.triton_support import autotuned, interpreted
 
@@ -47,14 +48,19 @@ NORM_BLOCK = tl.constexpr(1024)  # features a load of the RMS reduction (four lo
 PACKED = tl.constexpr(not interpreted())
 X_SCALE = tl.constexpr(2.0 ** -6)
 # Compact int4, read as int32 words of 8 codes: BLOCK_W words of each row a step, 4 a thread (16-byte loads). Few
-# rows a program and long steps along K won on an H100 with the weights cold, as a step streams them.
-PROJ_INT4 = ((4, 128, 1, 1, 2), (4, 128, 1, 1, 4), (8, 128, 1, 1, 2), (8, 128, 1, 1, 4), (16, 128, 1, 1, 4),
-             (8, 64, 1, 1, 1), (8, 64, 1, 1, 2), (16, 64, 1, 1, 2), (32, 64, 1, 1, 2), (8, 64, 3, 1, 2),
-             (4, 128, 1, 2, 4), (4, 128, 1, 4, 4), (8, 128, 1, 4, 4), (4, 64, 1, 2, 2), (4, 64, 1, 4, 2),
-             (8, 64, 1, 4, 2), (8, 64, 1, 8, 2))                            # BLOCK_N, BLOCK_W, STAGES, SPLIT, warps
-PROJ_INT4_ONE = (8, 4, 1, 2, 1)     # SOTA_TRITON_AUTOTUNE=0: short steps, split in two where they may
-ROPE_INT4 = ((2, 128, 1, 1), (2, 128, 1, 2), (4, 128, 1, 2), (4, 128, 1, 4), (2, 64, 1, 1), (4, 64, 1, 2),
-             (8, 64, 1, 2), (8, 32, 1, 4))                                          # BLOCK_R, BLOCK_W, STAGES, warps
+# rows a program and long steps along K won on an H100 with the weights cold, as a step streams them. AHEAD = 1
+# loads each step's codes and scales one step ahead, in registers (`int4_sums`).
+PROJ_INT4 = ((4, 128, 1, 1, 0, 2), (4, 128, 1, 1, 0, 4), (8, 128, 1, 1, 0, 2), (8, 128, 1, 1, 0, 4),
+             (16, 128, 1, 1, 0, 4), (8, 64, 1, 1, 0, 1), (8, 64, 1, 1, 0, 2), (16, 64, 1, 1, 0, 2),
+             (32, 64, 1, 1, 0, 2), (8, 64, 3, 1, 0, 2), (4, 128, 1, 2, 0, 4), (4, 128, 1, 4, 0, 4),
+             (8, 128, 1, 4, 0, 4), (4, 64, 1, 2, 0, 2), (4, 64, 1, 4, 0, 2), (8, 64, 1, 4, 0, 2), (8, 64, 1, 8, 0, 2),
+             (8, 64, 1, 1, 1, 2), (16, 64, 1, 1, 1, 2), (32, 64, 1, 1, 1, 2), (4, 128, 1, 2, 1, 4),
+             (8, 64, 1, 4, 1, 2))                                    # BLOCK_N, BLOCK_W, STAGES, SPLIT, AHEAD, warps
+PROJ_INT4_ONE = (8, 4, 1, 2, 1, 1)  # SOTA_TRITON_AUTOTUNE=0: short steps, split in two where they may, loads ahead
+ROPE_INT4 = ((2, 128, 1, 0, 1), (2, 128, 1, 0, 2), (4, 128, 1, 0, 2), (4, 128, 1, 0, 4), (2, 64, 1, 0, 1),
+             (4, 64, 1, 0, 2), (8, 64, 1, 0, 2), (8, 32, 1, 0, 4), (4, 128, 1, 1, 4), (4, 64, 1, 1, 2),
+             (8, 64, 1, 1, 2))                                               # BLOCK_R, BLOCK_W, STAGES, AHEAD, warps
+ROPE_INT4_ONE = (4, 4, 1, 1, 1)
 
 
 def whole_row(args):
@@ -145,20 +151,43 @@ def last_to_finish(count_ptr, programs):
 
 
 @triton.jit
-def float_loads(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, k0, hi, stride_w, NORM: tl.constexpr,
-                TWO: tl.constexpr, BLOCK_K: tl.constexpr):
-    # One step's loads of float weights, inputs and norm weights, issued together: a step waits on memory once.
+def prior_done(PDL: tl.constexpr):
+    """PDL (a launch as a programmatic dependent, `decode_kernels`): waits for the kernel before this one to finish
+    (its writes are visible after), then lets the next kernel launch, whose programs issue their weights' loads
+    while this one runs. A kernel reads nothing an earlier one writes before this call."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
+def float_weights(w_ptr, rows_a, rows_b, r_ok, k0, hi, stride_w, TWO: tl.constexpr, BLOCK_K: tl.constexpr):
     kk = k0 + tl.arange(0, BLOCK_K)
-    k_ok = kk < hi
-    ok = r_ok[:, None] & k_ok[None, :]
+    ok = r_ok[:, None] & (kk < hi)[None, :]
     w_a = tl.load(w_ptr + rows_a[:, None] * stride_w + kk[None, :], mask=ok, other=0.0)
     w_b = w_a
     if TWO:
         w_b = tl.load(w_ptr + rows_b[:, None] * stride_w + kk[None, :], mask=ok, other=0.0)
+    return w_a, w_b
+
+
+@triton.jit
+def float_inputs(x_row, nw_ptr, k0, hi, NORM: tl.constexpr, BLOCK_K: tl.constexpr):
+    kk = k0 + tl.arange(0, BLOCK_K)
+    k_ok = kk < hi
     xk = tl.load(x_row + kk, mask=k_ok, other=0.0).to(tl.float32)
     nw = xk
     if NORM:
         nw = tl.load(nw_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+    return xk, nw
+
+
+@triton.jit
+def float_loads(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, k0, hi, stride_w, NORM: tl.constexpr,
+                TWO: tl.constexpr, BLOCK_K: tl.constexpr):
+    # One step's loads of float weights, inputs and norm weights, issued together: a step waits on memory once.
+    w_a, w_b = float_weights(w_ptr, rows_a, rows_b, r_ok, k0, hi, stride_w, TWO, BLOCK_K)
+    xk, nw = float_inputs(x_row, nw_ptr, k0, hi, NORM, BLOCK_K)
     return w_a, w_b, xk, nw
 
 
@@ -175,13 +204,16 @@ def float_step(acc_a, acc_b, w_a, w_b, xk, nw, rstd, dt: tl.constexpr, NORM: tl.
 @triton.jit
 def float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, lo, hi, stride_w, eps, dt: tl.constexpr,
                NORM: tl.constexpr, TWO: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-               STAGES: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr):
+               STAGES: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr, PDL: tl.constexpr):
     """W[rows_a] . x and (TWO) W[rows_b] . x over float weights and inputs [lo, hi), x RMS-normed first (NORM).
-    The first step's loads go out before the RMS pass, whose round trips to memory then overlap theirs; WHOLE
-    (K <= BLOCK_K: the row in one step) takes the RMS from that step's own inputs, with no pass at all."""
+    The first step's weights load before the wait on the kernel before (`prior_done`), and its inputs before the
+    RMS pass, whose round trips to memory then overlap theirs; WHOLE (K <= BLOCK_K: the row in one step) takes the
+    RMS from that step's own inputs, with no pass at all."""
     acc_a = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    w_a, w_b, xk, nw = float_loads(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, lo, hi, stride_w, NORM, TWO, BLOCK_K)
+    w_a, w_b = float_weights(w_ptr, rows_a, rows_b, r_ok, lo, hi, stride_w, TWO, BLOCK_K)
+    prior_done(PDL)
+    xk, nw = float_inputs(x_row, nw_ptr, lo, hi, NORM, BLOCK_K)
     rstd = 1.0
     if NORM:
         if WHOLE:
@@ -319,20 +351,31 @@ def load_pair(row, k, k_ok, c: tl.constexpr, dt: tl.constexpr):
 
 
 @triton.jit
-def int4_loads(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one, dt: tl.constexpr,
-               NORM: tl.constexpr, TWO: tl.constexpr, WPG: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
-    # One step's loads: words [w0, w0 + BLOCK_W) of the rows' codes and their scales, the inputs of their codes and
-    # (NORM) the norm's weights, issued together: a step waits on memory once.
+def step_words(w0, hi, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+    # a step's words [w0, w0 + BLOCK_W) and which lie before `hi`
     ww = w0 + tl.arange(0, BLOCK_W)
     if EVEN:
-        w_ok = tl.full((BLOCK_W,), 1, tl.int1)
-    else:
-        w_ok = ww < hi
+        return ww, tl.full((BLOCK_W,), 1, tl.int1)
+    return ww, ww < hi
+
+
+@triton.jit
+def int4_weights(q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one, TWO: tl.constexpr,
+                 WPG: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+    ww, w_ok = step_words(w0, hi, BLOCK_W, EVEN)
     ok = r_ok[:, None] & w_ok[None, :]
     u_a, sz_a = word_tile(q_ptr, sz_ptr, rows_a, ok, ww, stride_w, sz_rows, one, WPG)
     u_b, sz_b = u_a, sz_a
     if TWO:
         u_b, sz_b = word_tile(q_ptr, sz_ptr, rows_b, ok, ww, stride_w, sz_rows, one, WPG)
+    return u_a, sz_a, u_b, sz_b
+
+
+@triton.jit
+def int4_inputs(x_row, nw_ptr, w0, hi, dt: tl.constexpr, NORM: tl.constexpr, BLOCK_W: tl.constexpr,
+                EVEN: tl.constexpr):
+    # the inputs of a step's words' codes and (NORM) the norm's weights
+    ww, w_ok = step_words(w0, hi, BLOCK_W, EVEN)
     k = ww * 8
     x0, x1 = load_pair(x_row, k, w_ok, 0, dt)
     x2, x3 = load_pair(x_row, k, w_ok, 2, dt)
@@ -344,6 +387,18 @@ def int4_loads(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, strid
         n2, n3 = load_pair(nw_ptr, k, w_ok, 2, dt)
         n4, n5 = load_pair(nw_ptr, k, w_ok, 4, dt)
         n6, n7 = load_pair(nw_ptr, k, w_ok, 6, dt)
+    return x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7
+
+
+@triton.jit
+def int4_loads(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one, dt: tl.constexpr,
+               NORM: tl.constexpr, TWO: tl.constexpr, WPG: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr):
+    # One step's loads: words [w0, w0 + BLOCK_W) of the rows' codes and their scales, the inputs of their codes and
+    # (NORM) the norm's weights, issued together: a step waits on memory once.
+    u_a, sz_a, u_b, sz_b = int4_weights(q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one, TWO, WPG,
+                                        BLOCK_W, EVEN)
+    x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7 = int4_inputs(x_row, nw_ptr, w0, hi, dt, NORM,
+                                                                                 BLOCK_W, EVEN)
     return u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7
 
 
@@ -386,16 +441,19 @@ def int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7
 def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, lo, hi, stride_w, sz_rows, one, eps,
               dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
               BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr,
-              LONG: tl.constexpr):
+              LONG: tl.constexpr, PDL: tl.constexpr, AHEAD: tl.constexpr):
     """As `float_sums` over compact int4 codes read as int32 words of 8 codes, words [lo, hi) BLOCK_W a row a
-    step (`int4_loads`, `int4_step`). WHOLE (K <= 8 BLOCK_W): the RMS from the one step's own inputs."""
+    step (`int4_loads`, `int4_step`). WHOLE (K <= 8 BLOCK_W): the RMS from the one step's own inputs. AHEAD: each
+    step's codes load one step ahead, in registers."""
     WPG: tl.constexpr = GROUP // 8
     PACK: tl.constexpr = PACKED and dt != tl.float32
     acc_a = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
-    u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7 = int4_loads(
-        x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, lo, hi, stride_w, sz_rows, one, dt, NORM, TWO, WPG,
-        BLOCK_W, EVEN)
+    u_a, sz_a, u_b, sz_b = int4_weights(q_ptr, sz_ptr, rows_a, rows_b, r_ok, lo, hi, stride_w, sz_rows, one, TWO, WPG,
+                                        BLOCK_W, EVEN)
+    prior_done(PDL)
+    x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7 = int4_inputs(x_row, nw_ptr, lo, hi, dt, NORM,
+                                                                                 BLOCK_W, EVEN)
     rstd = 1.0
     if NORM:
         if WHOLE:
@@ -403,14 +461,28 @@ def int4_sums(x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, K, lo, hi, str
                               + ((x4 * x4 + x5 * x5) + (x6 * x6 + x7 * x7)), K, eps)
         else:
             rstd = inv_rms(x_row, K, eps, NORM_BLOCK, LONG)    # while the first step's loads are in flight
-    acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
-                             n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO, PACK)
-    for w0 in tl.range(lo + BLOCK_W, hi, BLOCK_W, num_stages=STAGES):
-        u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7 = int4_loads(
-            x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one, dt, NORM, TWO, WPG,
-            BLOCK_W, EVEN)
+    if AHEAD:
+        # The next step's codes and scales load before this step's arithmetic, and its inputs after (from L2,
+        # a shorter trip): a step's loads are in flight while the step before it multiplies.
+        for w0 in tl.range(lo + BLOCK_W, hi, BLOCK_W, num_stages=1):
+            v_a, vz_a, v_b, vz_b = int4_weights(q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one,
+                                                TWO, WPG, BLOCK_W, EVEN)
+            acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
+                                     n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO, PACK)
+            u_a, sz_a, u_b, sz_b = v_a, vz_a, v_b, vz_b
+            x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7 = int4_inputs(x_row, nw_ptr, w0, hi, dt,
+                                                                                         NORM, BLOCK_W, EVEN)
         acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
                                  n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO, PACK)
+    else:
+        acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
+                                 n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO, PACK)
+        for w0 in tl.range(lo + BLOCK_W, hi, BLOCK_W, num_stages=STAGES):
+            u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7, n0, n1, n2, n3, n4, n5, n6, n7 = int4_loads(
+                x_row, nw_ptr, q_ptr, sz_ptr, rows_a, rows_b, r_ok, w0, hi, stride_w, sz_rows, one, dt, NORM, TWO,
+                WPG, BLOCK_W, EVEN)
+            acc_a, acc_b = int4_step(acc_a, acc_b, u_a, sz_a, u_b, sz_b, x0, x1, x2, x3, x4, x5, x6, x7,
+                                     n0, n1, n2, n3, n4, n5, n6, n7, rstd, dt, NORM, TWO, PACK)
     if PACK:
         return tl.sum(acc_a, axis=1) * (1.0 / X_SCALE), tl.sum(acc_b, axis=1) * (1.0 / X_SCALE)
     return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1)
@@ -432,7 +504,7 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
               stride_r, sz_rows, one, eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
               INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
               BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr,
-              LONG: tl.constexpr, SPLIT: tl.constexpr):
+              LONG: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr, AHEAD: tl.constexpr):
     # Program (block of BLOCK_N rows x SPLIT parts of K, batch row). SPLIT > 1: each part writes its float32 sums
     # to `part`; the block's last part to finish adds them up in order (the same sums whatever the finishing order)
     # and applies the epilogue.
@@ -451,10 +523,10 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
     # GATED: the up rows sit N rows below the gate rows
     if INT4:
         y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, lo, hi, stride_w, sz_rows, one, eps, dt,
-                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES, WHOLE, LONG)
+                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES, WHOLE, LONG, PDL, AHEAD)
     else:
         y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, lo, hi, stride_w, eps, dt, NORM, GATED, BLOCK_N,
-                           BLOCK_K, STAGES, WHOLE, LONG)
+                           BLOCK_K, STAGES, WHOLE, LONG, PDL)
     if SPLIT == 1:
         proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt, GATED, RESIDUAL)
     else:
@@ -476,23 +548,24 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
 def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
          SPLITS, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
          BLOCK_K: tl.constexpr, STAGES: tl.constexpr, SPLIT: tl.constexpr, WHOLE: tl.constexpr,
-         LONG: tl.constexpr):
+         LONG: tl.constexpr, PDL: tl.constexpr):
     proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
               stride_r, 0, 1, eps, NORM, GATED, RESIDUAL, False, 8, BLOCK_N, BLOCK_K, 1, True, STAGES, WHOLE, LONG,
-              SPLIT)
+              SPLIT, PDL, False)
 
 
-@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT"), PROJ_INT4, PROJ_INT4_ONE),
+@triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT", "AHEAD"), PROJ_INT4, PROJ_INT4_ONE),
                  key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL", "SPLITS"])
 @triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row, "SPLIT": split_k})
 @triton.jit(do_not_specialize=["one"])
 def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
               stride_r, sz_rows, one, eps, SPLITS, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
               GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, STAGES: tl.constexpr,
-              SPLIT: tl.constexpr, EVEN: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr):
+              SPLIT: tl.constexpr, AHEAD: tl.constexpr, EVEN: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr,
+              PDL: tl.constexpr):
     proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
               stride_r, sz_rows, one, eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES,
-              WHOLE, LONG, SPLIT)
+              WHOLE, LONG, SPLIT, PDL, AHEAD)
 
 
 @triton.jit
@@ -501,7 +574,7 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
                   BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
-                  WHOLE: tl.constexpr, LONG: tl.constexpr):
+                  WHOLE: tl.constexpr, LONG: tl.constexpr, PDL: tl.constexpr, AHEAD: tl.constexpr):
     # A program owns BLOCK_R rotary pairs of one head: rows j and j + D/2, which rotary mixes.
     pid, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = q_ptr.dtype.element_ty
@@ -514,10 +587,10 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     x_row = x_ptr + b * stride_x
     if INT4:
         y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, 0, K // 8, stride_w, sz_rows,
-                           one, eps, dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES, WHOLE, LONG)
+                           one, eps, dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES, WHOLE, LONG, PDL, AHEAD)
     else:
         y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, 0, K, stride_w, eps, dt, True, True,
-                            BLOCK_R, BLOCK_K, STAGES, WHOLE, LONG)
+                            BLOCK_R, BLOCK_K, STAGES, WHOLE, LONG, PDL)
     if HAS_BIAS:
         y1 += tl.load(bias_ptr + rows, mask=j_ok, other=0.0).to(tl.float32)
         y2 += tl.load(bias_ptr + rows + HALF, mask=j_ok, other=0.0).to(tl.float32)
@@ -555,13 +628,13 @@ def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, ste
              q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch, stride_cl, eps,
              HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
              BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr,
-             LONG: tl.constexpr):
+             LONG: tl.constexpr, PDL: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, w_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, 0, 1, stride_q, stride_cb, stride_ch, stride_cl, eps,
-                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True, STAGES, WHOLE, LONG)
+                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True, STAGES, WHOLE, LONG, PDL, False)
 
 
-@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES"), ROPE_INT4, (4, 4, 1, 1)),
+@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES", "AHEAD"), ROPE_INT4, ROPE_INT4_ONE),
                  key=["K", "GROUP", "HEADS", "KV_HEADS", "D"])
 @triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row})
 @triton.jit(do_not_specialize=["one"])
@@ -569,11 +642,12 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
-                  EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr):
+                  EVEN: tl.constexpr, STAGES: tl.constexpr, AHEAD: tl.constexpr, WHOLE: tl.constexpr,
+                  LONG: tl.constexpr, PDL: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
                   stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES, WHOLE,
-                  LONG)
+                  LONG, PDL, AHEAD)
 
 
 @triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE), key=["L", "HEADS", "KV_HEADS", "D"])
@@ -581,7 +655,7 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
 def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_ptr, count_ptr, L, splits_max, scale,
            stride_q, stride_cb, stride_ch, stride_cl, stride_valid,
            HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-           SPLIT_L: tl.constexpr, BLOCK_L: tl.constexpr):
+           SPLIT_L: tl.constexpr, BLOCK_L: tl.constexpr, PDL: tl.constexpr):
     # Program (h, s, b): query head h of row b over cache slots [s * SPLIT_L, (s + 1) * SPLIT_L), so a step's
     # attention runs on heads x splits programs, not one serial walk a head. Each writes its share (running max,
     # sum of weights, weighted values) to `part`; the last of a head's programs to finish merges the shares.
@@ -590,6 +664,7 @@ def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_pt
     W: tl.constexpr = D + 2                         # a share: D weighted values, the max, the sum
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
+    prior_done(PDL)
     q = tl.load(q_ptr + b * stride_q + h * D + d, mask=d_ok, other=0.0).to(tl.float32)
     kv = h // (HEADS // KV_HEADS)
     start = tl.load(start_ptr)
@@ -652,11 +727,12 @@ def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_pt
 
 @triton.jit
 def embed_int4(token_ptr, q_ptr, sz_ptr, out_ptr, K, stride_w, sz_rows, stride_o, GROUP: tl.constexpr,
-               BLOCK_W: tl.constexpr):
+               BLOCK_W: tl.constexpr, PDL: tl.constexpr):
     # Row `token` of an int4 token table, dequantized as `int4.dequantize` does and rounded to bf16 as the table's
     # lookup returns it: program (block of BLOCK_W words, batch row). (q - 8) * scale is exact in float32, so one
     # rounding of the sum follows torch's two.
     pid, b = tl.program_id(0), tl.program_id(1)
+    prior_done(PDL)
     t = tl.load(token_ptr + b)
     ww = pid * BLOCK_W + tl.arange(0, BLOCK_W)
     ok = ww < K // 8
@@ -670,12 +746,13 @@ def embed_int4(token_ptr, q_ptr, sz_ptr, out_ptr, K, stride_w, sz_rows, stride_o
 
 
 @triton.jit
-def argmax(x_ptr, key_ptr, count_ptr, token_ptr, N, stride_x, BLOCK: tl.constexpr):
+def argmax(x_ptr, key_ptr, count_ptr, token_ptr, N, stride_x, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # Program (p, b): the largest of its BLOCK logits of row b as one int64 key that orders by value, then by the
     # lower index (torch.argmax's first maximum): the float's bits made to order as integers, above the index's
     # complement. An atomic max gathers the row's key; the row's last program turns it into the token and resets
     # the key and the count, so a graph can replay the launch.
     p, b = tl.program_id(0), tl.program_id(1)
+    prior_done(PDL)
     i = p * BLOCK + tl.arange(0, BLOCK)
     v = tl.load(x_ptr + b * stride_x + i, mask=i < N, other=float("-inf")).to(tl.float32)
     bits = v.to(tl.int32, bitcast=True)

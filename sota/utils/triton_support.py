@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @functools.cache
@@ -27,3 +31,20 @@ def autotuned() -> bool:
     under the interpreter, and not with SOTA_TRITON_AUTOTUNE=0: one small configuration then, which checks values,
     not speed (the GPU test tier runs so)."""
     return not interpreted() and os.environ.get("SOTA_TRITON_AUTOTUNE", "1") != "0"
+
+
+def dependent_launch(device: torch.device) -> bool:
+    """Whether Triton kernels on `device` launch as programmatic dependents (CUDA compute capability 9.0 on:
+    Hopper): a kernel's programs may start while the kernel before it in the stream finishes, and issue their
+    loads of what no earlier kernel writes (weights) before they wait on it. Not under the interpreter, and not
+    with SOTA_TRITON_PDL=0 (each kernel then starts once the one before has finished)."""
+    if interpreted() or device.type != "cuda" or os.environ.get("SOTA_TRITON_PDL", "1") == "0":
+        return False
+    return _capability(device.index)[0] >= 9
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    import torch
+
+    return torch.cuda.get_device_capability(index)
