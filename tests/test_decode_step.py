@@ -542,6 +542,22 @@ def test_the_fused_backend_in_the_interpreter_answers_as_the_static_backend(tmp_
     assert got["used"] and got["fused"] == got["static"]
 
 
+def test_kernels_launch_as_programmatic_dependents_only_where_the_device_has_it(monkeypatch):
+    from sota.utils import triton_support
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(triton_support, "_hopper_on", lambda index: True)
+    monkeypatch.delenv("SOTA_TRITON_PDL", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert triton_support.dependent_launch(cuda)
+    assert not triton_support.dependent_launch(torch.device("cpu"))
+    monkeypatch.setenv("SOTA_TRITON_PDL", "0")
+    assert not triton_support.dependent_launch(cuda)
+    monkeypatch.delenv("SOTA_TRITON_PDL")
+    monkeypatch.setattr(triton_support, "_hopper_on", lambda index: False)     # an A100, or a ROCm device
+    assert not triton_support.dependent_launch(cuda)
+
+
 def test_models_the_step_cannot_read_decode_with_the_compiled_step_and_say_why():
     model = decisive_model(5)                               # LoRA-style trainable weights: projections stay apart
     dec = Decoders(model.llm, "fused", max_new_tokens=4).get(1, 8)

@@ -40,11 +40,12 @@ def dependent_launch(device: torch.device) -> bool:
     with SOTA_TRITON_PDL=0 (each kernel then starts once the one before has finished)."""
     if interpreted() or device.type != "cuda" or os.environ.get("SOTA_TRITON_PDL", "1") == "0":
         return False
-    return _capability(device.index)[0] >= 9
+    return _hopper_on(device.index)
 
 
 @functools.cache
-def _capability(index: int | None) -> tuple[int, int]:
+def _hopper_on(index: int | None) -> bool:
     import torch
 
-    return torch.cuda.get_device_capability(index)
+    # ROCm builds name their devices "cuda" too, with capabilities of their own numbering
+    return torch.version.hip is None and torch.cuda.get_device_capability(index)[0] >= 9
