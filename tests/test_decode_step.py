@@ -416,7 +416,7 @@ from sota.models import decode_triton
 tuner = getattr(decode_triton, {kernel!r})
 table, names = TABLES[{kernel!r}]
 blocks = {{row[:2] + row[3:-1]: row for row in getattr(decode_triton, table)}}   # the interpreter ignores warps and
-                                                                               # look-ahead
+                                                                               # STAGES (Triton's pipelining)
 for row in blocks.values():
     tuner.configs = [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1])]
     tuner.cache.clear()
@@ -486,13 +486,11 @@ KERNELS = {  # kernel (and a variant): its constexprs, as the step launches it o
                                 EVEN=True, STAGES=1, AHEAD=1, WHOLE=False, LONG=False),
     "proj_int4 ahead pdl": dict(NORM=True, GATED=True, RESIDUAL=False, GROUP=128, BLOCK_N=16, BLOCK_W=64,
                                 EVEN=True, STAGES=1, SPLIT=1, AHEAD=1, WHOLE=False, LONG=False),
-    "proj split pdl": dict(NORM=False, GATED=False, RESIDUAL=True, BLOCK_N=4, BLOCK_K=512, STAGES=1, SPLIT=4,
-                           WHOLE=False, LONG=False),
     "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, SPLIT_L=128, BLOCK_L=64),
-    "attend pdl": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, SPLIT_L=128, BLOCK_L=64),
     "argmax": dict(BLOCK=4096),
     "embed_int4": dict(GROUP=64, BLOCK_W=64),
 }
+KERNELS |= {f"{name} pdl": KERNELS[name] for name in ("proj split", "attend")}
 
 
 @TRITON
