@@ -351,9 +351,44 @@ def test_the_argmax_kernel_picks_the_first_maximum_across_programs(small_kernels
     assert (got["keys"] == torch.iinfo(torch.int64).min).all() and (got["counts"] == 0).all()
 
 
+ATTEND = """
+import triton
+import torch.nn.functional as F
+from sota.models import decode_triton
+g = torch.Generator().manual_seed(4)
+b, heads, kv_heads, max_len, d = 2, 4, 2, 40, 24
+q = torch.randn(b, heads * d, generator=g)
+keys, values = torch.randn(b, kv_heads, max_len, d, generator=g), torch.randn(b, kv_heads, max_len, d, generator=g)
+cols = torch.arange(max_len)
+valid = (cols[None] >= torch.tensor([[2], [9]])) & (cols[None] < 12)
+start = torch.tensor(12)
+out = {}
+for split_l, block_l in ((16, 8), (32, 8)):
+    decode_triton.attend.configs = [triton.Config(dict(SPLIT_L=split_l, BLOCK_L=block_l), num_warps=1)]
+    decode_triton.attend.cache.clear()
+    for step in (0, 3, 7, 13, 27):
+        got = torch.zeros(b, heads * d)
+        ops.attend(q, keys, values, valid, torch.tensor(step), start, got, d ** -0.5)
+        mask = valid | ((cols >= start) & (cols <= start + step))[None]
+        want = F.scaled_dot_product_attention(q.view(b, heads, 1, d), keys, values, attn_mask=mask[:, None, None],
+                                              scale=d ** -0.5, enable_gqa=True)
+        out[f"{split_l} {block_l} {step}"] = torch.stack((got, want.reshape(b, heads * d)))
+result = out
+"""
+
+
+@TRITON
+def test_attention_reads_the_steps_own_slot_in_any_tile_of_a_program(small_kernels):
+    """A program loads its first tile's earlier slots before it waits on the kernel that writes this step's slot,
+    and that slot after: here the step's slot (12 + step) falls in a program's first tile (19 and 39 with 16 slots
+    a program, 39 with 32), in a later tile of it (12, 15, 25; 12, 15, 19, 25), and splits past it hold nothing."""
+    for name, (got, want) in small_kernels["attend"].items():
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
+
+
 # The small kernels' checks run in one interpreted process (each process first spends seconds importing), each
 # snippet in a scope of its own; the split check goes last, as it sets the products' configurations.
-SMALL = {"int4_rows": INT4_ROWS, "embed": EMBED, "argmax": ARGMAX, "split": SPLIT}
+SMALL = {"int4_rows": INT4_ROWS, "embed": EMBED, "argmax": ARGMAX, "attend": ATTEND, "split": SPLIT}
 RUN_SMALL = """
 results = {}
 for name, code in SMALL.items():

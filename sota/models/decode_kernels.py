@@ -5,7 +5,9 @@ A Llama-family decoder layer's one-token step is five launches of three operatio
 - `qkv_rope`: RMSNorm of the residual stream, the fused q/k/v product (plus its bias, if any), rotary on q and
   k, and k and v written into the static cache at the step's slot;
 - `attend`: each query head against its key/value head's cache, over the positions the step may see (online
-  softmax: the scores never leave the kernel), the cache split over programs whose shares the last one merges;
+  softmax: the scores never leave the kernel), the cache split over programs whose shares the last one merges.
+  Only q and this step's slot come from `qkv_rope`: a program's first tile of earlier slots loads before it
+  waits on that kernel (PDL, below);
 - `proj`, three times: o_proj plus the residual; RMSNorm then gate/up with the SiLU gate applied; down_proj plus
   the residual. The lm_head is one more `proj`, with the final RMSNorm, and `argmax` picks the token in one
   launch.

@@ -32,9 +32,12 @@ ROPE = ((2, 512, 1, 4), (2, 1024, 1, 4), (4, 256, 1, 4), (4, 512, 1, 4), (8, 128
 PROJ_ONE = (4, 128, 1, 2, 1)
 ROPE_ONE = (4, 128, 1, 1)
 SPLIT_MAX = 8                # the most parts of a split product (sizes decode_kernels.proj_scratch)
-# Attention splits the cache into SPLIT_L slots a program; the last program of a head merges their shares.
-ATTEND = ((32, 32, 2), (64, 32, 2), (64, 64, 4), (128, 64, 4), (256, 64, 4), (512, 64, 4))   # SPLIT_L, BLOCK_L, warps
-ATTEND_ONE = (16, 16, 1)     # SOTA_TRITON_AUTOTUNE=0: small, so short test caches still split
+# Attention splits the cache into SPLIT_L slots a program; the last program of a head merges their shares. A
+# program's first BLOCK_L slots load before it waits on the kernel before (`attend`): rows whose SPLIT_L is BLOCK_L
+# load all of theirs then.
+ATTEND = ((32, 32, 2), (64, 32, 2), (64, 64, 4), (128, 64, 4), (256, 64, 4), (512, 64, 4), (128, 128, 4),
+          (256, 256, 8))                                                                      # SPLIT_L, BLOCK_L, warps
+ATTEND_ONE = (16, 8, 1)      # SOTA_TRITON_AUTOTUNE=0: small, so short test caches still split, in two tiles
 SPLIT_MIN = min(row[0] for row in ATTEND + (ATTEND_ONE,))     # sizes the shares' buffer
 SHARES = tl.constexpr(16)    # shares the merge loads at once
 ARGMAX_BLOCK = tl.constexpr(4096)   # logits a program of the argmax
@@ -650,6 +653,17 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
                   LONG, PDL, AHEAD)
 
 
+@triton.jit
+def attend_tile(q, k, v, visible, scale, m_i, l_i, acc):
+    # online softmax over one tile of cache slots: the running max, sum of weights and weighted values
+    sc = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(sc, axis=0))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(sc - m_new)
+    acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+    return m_new, l_i * alpha + tl.sum(p, axis=0), acc
+
+
 @triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE), key=["L", "HEADS", "KV_HEADS", "D"])
 @triton.jit
 def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_ptr, count_ptr, L, splits_max, scale,
@@ -664,33 +678,42 @@ def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_pt
     W: tl.constexpr = D + 2                         # a share: D weighted values, the max, the sum
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
-    prior_done(PDL)
-    q = tl.load(q_ptr + b * stride_q + h * D + d, mask=d_ok, other=0.0).to(tl.float32)
     kv = h // (HEADS // KV_HEADS)
+    # The kernel before (qkv_rope) writes q and this step's slot of the caches, nothing else this kernel reads: the
+    # positions, the prompt's mask and the earlier slots of the program's first tile load before the wait (PDL),
+    # while that kernel finishes. Cache slots load from L2 (".cg"): an SM's L1 may hold a line of this step's slot
+    # from before qkv_rope wrote it.
     start = tl.load(start_ptr)
     seen = start + tl.load(step_ptr) + 1            # the cache's slots up to this step's
+    now = seen - 1                                  # this step's slot
     base = b * stride_cb + kv * stride_ch
+    lo = s * SPLIT_L
+    hi = tl.minimum(lo + SPLIT_L, seen)
+    cols = lo + tl.arange(0, BLOCK_L)
+    in_range = cols < hi
+    prompt = tl.load(valid_ptr + b * stride_valid + cols, mask=in_range, other=0)
+    visible = in_range & ((prompt != 0) | (cols >= start))
+    tile = base + cols[:, None] * stride_cl + d[None, :]
+    earlier = (in_range & (cols != now))[:, None] & d_ok[None, :]
+    k = tl.load(kc_ptr + tile, mask=earlier, other=0.0, cache_modifier=".cg")
+    v = tl.load(vc_ptr + tile, mask=earlier, other=0.0, cache_modifier=".cg")
+    prior_done(PDL)
+    q = tl.load(q_ptr + b * stride_q + h * D + d, mask=d_ok, other=0.0).to(tl.float32)
+    this = (cols == now)[:, None] & d_ok[None, :]
+    k = tl.where(this, tl.load(kc_ptr + tile, mask=this, other=0.0, cache_modifier=".cg"), k)
+    v = tl.where(this, tl.load(vc_ptr + tile, mask=this, other=0.0, cache_modifier=".cg"), v)
     m_i = tl.max(tl.full((BLOCK_L,), -1e30, tl.float32), axis=0)
     l_i = tl.sum(tl.zeros((BLOCK_L,), tl.float32), axis=0)
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    lo = s * SPLIT_L
-    hi = tl.minimum(lo + SPLIT_L, seen)
-    for l0 in range(lo, hi, BLOCK_L):
-        cols = l0 + tl.arange(0, BLOCK_L)
-        in_range = cols < hi
-        prompt = tl.load(valid_ptr + b * stride_valid + cols, mask=in_range, other=0)
-        visible = in_range & ((prompt != 0) | (cols >= start))
-        tile = base + cols[:, None] * stride_cl + d[None, :]
-        ok = in_range[:, None] & d_ok[None, :]
-        k = tl.load(kc_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-        v = tl.load(vc_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-        sc = tl.where(visible, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(sc, axis=0))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(sc - m_new)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        m_i = m_new
+    m_i, l_i, acc = attend_tile(q, k, v, visible, scale, m_i, l_i, acc)
+    for l0 in range(lo + BLOCK_L, hi, BLOCK_L):    # the rest of the program's slots, after the wait
+        slots = l0 + tl.arange(0, BLOCK_L)
+        ok = slots < hi
+        prompt = tl.load(valid_ptr + b * stride_valid + slots, mask=ok, other=0)
+        at = base + slots[:, None] * stride_cl + d[None, :]
+        k = tl.load(kc_ptr + at, mask=ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
+        v = tl.load(vc_ptr + at, mask=ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
+        m_i, l_i, acc = attend_tile(q, k, v, ok & ((prompt != 0) | (slots >= start)), scale, m_i, l_i, acc)
     if tl.num_programs(1) == 1:                     # the whole cache in one program: nothing to merge
         tl.store(o_ptr + b * stride_q + h * D + d, (acc / l_i).to(dt), mask=d_ok)
     else:
