@@ -1,12 +1,18 @@
 #!/bin/bash
-# The sweep's points (resumed where an earlier call left them), their results and fresh-process benches to $OUT.
-python3 sweep.py sweep=mini_tpot_export sweep_dir=/tmp/sweep workers=1 +sweep.base.init_from=/tmp/mini/checkpoints/last.ckpt \
-  +sweep.base.corpus.on_missing_voice=skip > $OUT/sweep.log 2>&1
-echo "sweep rc=$?"
-mkdir -p $OUT/results
+# The two points of conf/sweep/mini_tpot_export.yaml on the trained `mini`, one at a time (resumed where an earlier
+# call left them); their results, logs and fresh-process benches to $OUT.
+mkdir -p "$OUT/results"
+. /tmp/st/env.sh
+export SOTA_CACHE=/tmp/sota_cache
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+cp /tmp/mini/results.json $OUT/base_mini_results.json
+t0=$(date +%s)
+timeout -s TERM $1 python3 sweep.py sweep=mini_tpot_export sweep_dir=/tmp/sweep workers=1 \
+  +sweep.base.init_from=/tmp/mini/checkpoints/last.ckpt +sweep.base.corpus.on_missing_voice=skip > $OUT/sweep.log 2>&1
+echo "sweep rc=$? [$(( $(date +%s) - t0 ))s]"
 for p in /tmp/sweep/points/*; do
-  [ -f $p/results.json ] && cp $p/results.json $OUT/results/$(basename $p).json
-  [ -f $p/run.log ] && cp $p/run.log $OUT/results/$(basename $p).log
+  cp $p/results.json $OUT/results/$(basename $p).json 2>/dev/null
+  tail -c 200000 $p/stdout.log > $OUT/results/$(basename $p).stdout.log 2>/dev/null
+  tail -c 50000 $p/stderr.log > $OUT/results/$(basename $p).stderr.log 2>/dev/null
 done
-cp /tmp/sweep/frontier.csv /tmp/sweep/sweep.log $OUT/ 2>/dev/null
-ls -R /tmp/sweep | head -40
+cp /tmp/sweep/frontier.csv $OUT/ 2>/dev/null; tail -5 $OUT/sweep.log
