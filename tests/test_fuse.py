@@ -48,6 +48,22 @@ def test_fusing_float_projections_keeps_logits_and_unfusing_restores_the_weights
     assert torch.equal(llm_logits(model.llm), before)
 
 
+def test_a_group_fused_under_inference_mode_unfuses_outside_it():
+    """Lightning's test loop decodes under inference mode, so the groups it fuses hold inference tensors; the
+    export after it unfuses them outside that mode, into ordinary tensors."""
+    model = frozen(model_of(hidden=32))
+    state = plain_state(model.llm)
+    with torch.inference_mode():
+        fuse.fuse(model.llm)
+    assert model.llm.model.layers[0].self_attn.qkv_fused.weight.is_inference()
+    assert fuse.unfuse(model.llm) == 2 * model.llm.config.num_hidden_layers
+    for k, v in model.llm.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    attn = model.llm.model.layers[0].self_attn
+    assert not attn.q_proj.weight.is_inference()
+    assert attn.q_proj.weight.clone().add_(1).shape == attn.q_proj.weight.shape    # an ordinary tensor
+
+
 def test_a_part_called_out_of_order_computes_its_own_rows():
     model = frozen(model_of(hidden=32))
     attn = model.llm.model.layers[0].self_attn

