@@ -425,8 +425,10 @@ def test_each_mode_on_cuda(mode):
     if mode == "official":
         assert out["timer"] == WALL_NO_SYNC and "no torch.cuda.synchronize()" in out["notes"][0]
         assert "never reset" in out["peak_memory_source"] and out["nvml_memory_mb"] is None
+        assert out["warmup_peak_memory_mb"] is None
     else:
-        assert out["timer"] == CUDA_EVENTS and "reset before measuring" in out["peak_memory_source"]
+        assert out["timer"] == CUDA_EVENTS and "reset after the warm-up" in out["peak_memory_source"]
+        assert out["warmup_peak_memory_mb"] > 0
         assert out["e2e_ms"] > 0 and out["real_clips"] == 2 and out["real_peak_memory_mb"] > 0
         try:
             import pynvml  # noqa: F401

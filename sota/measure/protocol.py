@@ -45,8 +45,10 @@ KEYS: dict[str, str] = {
     "real_tpot_ms": "median TPOT over real clips",
     "real_e2e_ms": "median end-to-end latency of a full greedy answer over real clips",
     "real_rtf": "median real-time factor over real clips (each answer's e2e / its clip's seconds)",
-    "peak_memory_mb": "GPU: torch.cuda.max_memory_allocated (strict: reset before measuring; official: never "
+    "peak_memory_mb": "GPU: torch.cuda.max_memory_allocated (strict: reset after the warm-up; official: never "
                       "reset); CPU: peak RSS of the process",
+    "warmup_peak_memory_mb": "strict GPU: max_memory_allocated over the warm-up iterations, whose first calls "
+                             "compile and autotune (one-off costs the peak above leaves out)",
     "peak_memory_source": "what peak_memory_mb is",
     "peak_reserved_mb": "GPU: torch.cuda.max_memory_reserved (allocator cache included); null on CPU",
     "real_peak_memory_mb": "strict GPU: max_memory_allocated over the real clips alone (reset before them)",
