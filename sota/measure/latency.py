@@ -351,20 +351,24 @@ def _timed(model: AudioLLM, proto: Protocol, conf: _Settings, clip: Clip, real: 
 def _time_real(model: AudioLLM, proto: Protocol, conf: _Settings, real: list[Clip], device: str, backend: str,
                counter: _TokenCounter | None, decoders: Decoders | None, result: dict[str, Any]) -> None:
     """TTFT, TPOT and whole answers over the real clips, each at batch 1 (strict mode)."""
-    if proto.reset_peak:
-        reset_peak(device)
     rt = Timer(device, sync=proto.sync)
     rtfs: list[float] = []
+    peaks: list[float] = []
     repeats = max(1, conf.repeats)
     for c in real:
-        _run(model, c, device, rt, warmup=1, iterations=repeats, decoders=decoders)
+        _run(model, c, device, rt, warmup=1, iterations=0, decoders=decoders)
+        if proto.reset_peak:
+            reset_peak(device)      # after the clip's warm-up, as for the protocol clip (a new length may autotune)
+        _run(model, c, device, rt, warmup=0, iterations=repeats, decoders=decoders)
         for ms, _ in _e2e(model, c, device, rt, repeats, conf.max_new_tokens, counter, backend, decoders):
             rtfs.append(ms / 1000.0 / c.seconds)
+        if device.startswith("cuda"):
+            peaks.append(torch.cuda.max_memory_allocated(torch.device(device)) / MB)
     result.update(real_clips=len(real), real_audio_s=float(np.mean([c.seconds for c in real])),
                   real_ttft_ms=rt.stats("ttft").median, real_tpot_ms=rt.stats("decode").median,
                   real_e2e_ms=rt.stats("e2e").median, real_rtf=_median(rtfs))
-    if device.startswith("cuda"):
-        result["real_peak_memory_mb"] = torch.cuda.max_memory_allocated(torch.device(device)) / MB
+    if peaks:
+        result["real_peak_memory_mb"] = max(peaks)
 
 
 def _memory_notes(result: dict[str, Any], proto: Protocol, device: str, cpu_note: str) -> None:

@@ -51,7 +51,8 @@ KEYS: dict[str, str] = {
                              "compile and autotune (one-off costs the peak above leaves out)",
     "peak_memory_source": "what peak_memory_mb is",
     "peak_reserved_mb": "GPU: torch.cuda.max_memory_reserved (allocator cache included); null on CPU",
-    "real_peak_memory_mb": "strict GPU: max_memory_allocated over the real clips alone (reset before them)",
+    "real_peak_memory_mb": "strict GPU: max_memory_allocated over the real clips alone (reset after each one's "
+                           "warm-up; the largest of the clips)",
     "nvml_memory_mb": "strict GPU: the process's GPU memory as NVML sees it after measuring (CUDA context, "
                       "allocator cache, libraries); null with a note when unavailable",
     "peak_rss_mb": "peak resident memory of the process (lifetime, cannot be reset)",
