@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from sota.measure.clips import Clip, clips_from_batches, noise_clip
-from sota.measure.memory import CPU_MEMORY_NOTE, MB, nvml_process_memory_mb, peak, reset_peak
+from sota.measure.memory import CPU_MEMORY_NOTE, nvml_process_memory_mb, peak, reset_peak
 from sota.measure.protocol import (BREAKDOWN, KEYS, OFFICIAL_CPU_NOTE, OFFICIAL_NOTE, Protocol, check, for_mode,
                                    resolve_device, setting)
 from sota.measure.timer import Timer
@@ -363,7 +363,7 @@ def _time_real(model: AudioLLM, proto: Protocol, conf: _Settings, real: list[Cli
         for ms, _ in _e2e(model, c, device, rt, repeats, conf.max_new_tokens, counter, backend, decoders):
             rtfs.append(ms / 1000.0 / c.seconds)
         if device.startswith("cuda"):
-            peaks.append(torch.cuda.max_memory_allocated(torch.device(device)) / MB)
+            peaks.append(peak(device)[0])
     result.update(real_clips=len(real), real_audio_s=float(np.mean([c.seconds for c in real])),
                   real_ttft_ms=rt.stats("ttft").median, real_tpot_ms=rt.stats("decode").median,
                   real_e2e_ms=rt.stats("e2e").median, real_rtf=_median(rtfs))

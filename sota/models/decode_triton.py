@@ -654,6 +654,16 @@ def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr
 
 
 @triton.jit
+def slot_tile(valid_row, base, stride_cl, d, l0, hi, start, BLOCK_L: tl.constexpr):
+    # cache slots [l0, l0 + BLOCK_L) before `hi`: which lie in range, which the step may see (a prompt token, or
+    # one generated since `start`), and their keys' and values' offsets
+    slots = l0 + tl.arange(0, BLOCK_L)
+    ok = slots < hi
+    prompt = tl.load(valid_row + slots, mask=ok, other=0)
+    return slots, ok, ok & ((prompt != 0) | (slots >= start)), base + slots[:, None] * stride_cl + d[None, :]
+
+
+@triton.jit
 def attend_tile(q, k, v, visible, scale, m_i, l_i, acc):
     # online softmax over one tile of cache slots: the running max, sum of weights and weighted values
     sc = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale, float("-inf"))
@@ -689,11 +699,8 @@ def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_pt
     base = b * stride_cb + kv * stride_ch
     lo = s * SPLIT_L
     hi = tl.minimum(lo + SPLIT_L, seen)
-    cols = lo + tl.arange(0, BLOCK_L)
-    in_range = cols < hi
-    prompt = tl.load(valid_ptr + b * stride_valid + cols, mask=in_range, other=0)
-    visible = in_range & ((prompt != 0) | (cols >= start))
-    tile = base + cols[:, None] * stride_cl + d[None, :]
+    valid_row = valid_ptr + b * stride_valid
+    cols, in_range, visible, tile = slot_tile(valid_row, base, stride_cl, d, lo, hi, start, BLOCK_L)
     earlier = (in_range & (cols != now))[:, None] & d_ok[None, :]
     k = tl.load(kc_ptr + tile, mask=earlier, other=0.0, cache_modifier=".cg")
     v = tl.load(vc_ptr + tile, mask=earlier, other=0.0, cache_modifier=".cg")
@@ -707,13 +714,10 @@ def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_pt
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     m_i, l_i, acc = attend_tile(q, k, v, visible, scale, m_i, l_i, acc)
     for l0 in range(lo + BLOCK_L, hi, BLOCK_L):    # the rest of the program's slots, after the wait
-        slots = l0 + tl.arange(0, BLOCK_L)
-        ok = slots < hi
-        prompt = tl.load(valid_ptr + b * stride_valid + slots, mask=ok, other=0)
-        at = base + slots[:, None] * stride_cl + d[None, :]
+        _, ok, seen_here, at = slot_tile(valid_row, base, stride_cl, d, l0, hi, start, BLOCK_L)
         k = tl.load(kc_ptr + at, mask=ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
         v = tl.load(vc_ptr + at, mask=ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
-        m_i, l_i, acc = attend_tile(q, k, v, ok & ((prompt != 0) | (slots >= start)), scale, m_i, l_i, acc)
+        m_i, l_i, acc = attend_tile(q, k, v, seen_here, scale, m_i, l_i, acc)
     if tl.num_programs(1) == 1:                     # the whole cache in one program: nothing to merge
         tl.store(o_ptr + b * stride_q + h * D + d, (acc / l_i).to(dt), mask=d_ok)
     else:
