@@ -49,13 +49,15 @@ def test_fusing_float_projections_keeps_logits_and_unfusing_restores_the_weights
 
 
 def test_a_group_fused_under_inference_mode_unfuses_outside_it():
-    """Lightning's test loop decodes under inference mode, so the groups it fuses hold inference tensors; the
-    export after it unfuses them outside that mode, into ordinary tensors."""
+    """Lightning's test loop decodes under inference mode, so the groups it fuses hold inference tensors, and its
+    teardown then moves the module outside that mode (parameters keep their objects, with new data); the export
+    after it unfuses them into ordinary tensors."""
     model = frozen(model_of(hidden=32))
     state = plain_state(model.llm)
     with torch.inference_mode():
         fuse.fuse(model.llm)
     assert model.llm.model.layers[0].self_attn.qkv_fused.weight.is_inference()
+    model.llm.double().float()     # as a move to another device: no view of these weights may be taken now
     assert fuse.unfuse(model.llm) == 2 * model.llm.config.num_hidden_layers
     for k, v in model.llm.state_dict().items():
         assert torch.equal(v, state[k]), k

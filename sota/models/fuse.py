@@ -72,15 +72,10 @@ class FusedLinear(nn.Module):
     def member(self, i: int) -> nn.Module:
         """Member `i` as a layer of its own again: a plain linear holding its rows (sliced in the weight's layout)."""
         start, stop = self.rows(i)
-        # A group fused while decoding under inference mode (Lightning's test loop) holds inference tensors, which
-        # only that mode may slice; the copies made outside it are ordinary tensors.
-        with torch.inference_mode(self.weight.is_inference()):
-            weight = self.weight.detach()[start:stop]
-            bias = None if self.bias is None else self.bias.detach()[start:stop]
-        lin = nn.Linear(weight.shape[1], stop - start, bias=bias is not None, device="meta")
-        lin.weight = nn.Parameter(_owned(weight), requires_grad=False)
-        if bias is not None:
-            lin.bias = nn.Parameter(bias.clone(), requires_grad=False)
+        lin = nn.Linear(self.weight.shape[1], stop - start, bias=self.bias is not None, device="meta")
+        lin.weight = nn.Parameter(_rows(self.weight, start, stop), requires_grad=False)
+        if self.bias is not None:
+            lin.bias = nn.Parameter(_rows(self.bias, start, stop), requires_grad=False)
         return lin
 
     def extra_repr(self) -> str:
@@ -202,6 +197,20 @@ def fuse(llm: nn.Module) -> dict[str, int]:
     for why, where in skipped.items():
         log.info("projections left unfused (%s), first at %s", why, where)
     return fused
+
+
+def _rows(t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of a fused weight as a tensor of its own. A group fused while decoding under inference
+    mode (Lightning's test loop) holds inference tensors; once the module has moved outside that mode (Lightning's
+    teardown), its parameters are no longer inference tensors, yet torch refuses any view of them, in either mode
+    ("Inference tensors do not track version counter"). So a plain tensor's rows are gathered by a copying op,
+    never a view; a torchao tensor's are sliced in its own layout, in the mode its tensors were made in."""
+    with torch.no_grad():
+        if type(t) in (torch.Tensor, nn.Parameter):
+            return torch.index_select(t, 0, torch.arange(start, stop, device=t.device))
+        with torch.inference_mode(t.is_inference()):
+            part = t.detach()[start:stop]
+        return _owned(part)
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:
