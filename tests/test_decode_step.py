@@ -590,6 +590,27 @@ def test_kernels_launch_as_programmatic_dependents_only_where_the_device_has_it(
     assert not triton_support.dependent_launch(cuda)
 
 
+@TRITON
+def test_autotuning_results_are_kept_on_disk_where_triton_can(monkeypatch):
+    """Each sweep point and each measurement from export is a fresh process: the kernels' autotuners keep their
+    timings in Triton's cache (Triton 3.4 on), so a later process need not compile and time every candidate."""
+    import inspect
+
+    triton = pytest.importorskip("triton")
+    from triton.runtime.autotuner import Autotuner
+
+    from sota.compress import int4_triton
+    from sota.models import decode_triton
+    from sota.utils import triton_support
+
+    tuners = {decode_triton.proj, decode_triton.proj_int4, decode_triton.qkv_rope, decode_triton.qkv_rope_int4,
+              decode_triton.attend, *(k for k in int4_triton._kernels() if isinstance(k, Autotuner))}
+    kept = "cache_results" in inspect.signature(triton.autotune).parameters and not triton_support.interpreted()
+    assert len(tuners) == 6 and all(t.cache_results == kept for t in tuners)     # the step's five and the gemm
+    monkeypatch.setattr(triton, "autotune", lambda configs, key, prune_configs_by=None: None)   # before 3.4
+    assert triton_support.tuning_options() == {}
+
+
 def test_models_the_step_cannot_read_decode_with_the_compiled_step_and_say_why():
     model = decisive_model(5)                               # LoRA-style trainable weights: projections stay apart
     dec = Decoders(model.llm, "fused", max_new_tokens=4).get(1, 8)

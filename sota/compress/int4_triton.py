@@ -21,7 +21,7 @@ import functools
 import torch
 
 from sota.models import decode_kernels
-from sota.utils.triton_support import autotuned, available  # noqa: F401 - callers ask this module
+from sota.utils.triton_support import autotuned, available, tuning_options  # noqa: F401 - callers ask this module
 
 # Activation rows up to which the reduction kernel runs (one program per row and block of outputs); above them
 # the tensor-core kernel, whose tiles span at least 16 rows.
@@ -38,7 +38,7 @@ def _kernels():  # noqa: ANN202 - the jitted functions, built once Triton is nee
                    for bm in (16, 64) for bn in (64, 128) for bk in (64, 128) for w in (4,) for s in (3,)]
         return configs if autotuned() else configs[:1]
 
-    @triton.autotune(configs=gemm_configs(), key=["N", "K", "GROUP"])
+    @triton.autotune(configs=gemm_configs(), key=["N", "K", "GROUP"], **tuning_options())
     @triton.jit
     def _gemm(x_ptr, q_ptr, sz_ptr, y_ptr, M, N, K, rows, stride_xm, stride_ym,
               GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):

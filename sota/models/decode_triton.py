@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from sota.utils.triton_support import autotuned, interpreted
+from sota.utils.triton_support import autotuned, interpreted, tuning_options
 
 
 # Autotuning candidates, few because each compiles on first use in a process (the interpreter, and
@@ -94,6 +94,9 @@ def split_k(args):
     if args["GATED"] or split > args["SPLITS"] or triton.cdiv(args["K"], step) % split:
         return 1
     return split
+
+
+TUNING = tuning_options()   # the autotuners' timings kept on disk, where this Triton can
 
 
 def _configs(names, table, one):
@@ -545,7 +548,7 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
 
 
 @triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT"), PROJ, PROJ_ONE),
-                 key=["N", "K", "NORM", "GATED", "RESIDUAL", "SPLITS"])
+                 key=["N", "K", "NORM", "GATED", "RESIDUAL", "SPLITS"], **TUNING)
 @triton.heuristics({"WHOLE": whole_row, "LONG": long_row, "SPLIT": split_k})
 @triton.jit
 def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
@@ -558,7 +561,7 @@ def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x
 
 
 @triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT", "AHEAD"), PROJ_INT4, PROJ_INT4_ONE),
-                 key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL", "SPLITS"])
+                 key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL", "SPLITS"], **TUNING)
 @triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row, "SPLIT": split_k})
 @triton.jit(do_not_specialize=["one"])
 def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
@@ -624,7 +627,7 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
 
 
 @triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES"), ROPE, ROPE_ONE),
-                 key=["K", "HEADS", "KV_HEADS", "D"])
+                 key=["K", "HEADS", "KV_HEADS", "D"], **TUNING)
 @triton.heuristics({"WHOLE": whole_row, "LONG": long_row})
 @triton.jit
 def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
@@ -638,7 +641,7 @@ def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, ste
 
 
 @triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES", "AHEAD"), ROPE_INT4, ROPE_INT4_ONE),
-                 key=["K", "GROUP", "HEADS", "KV_HEADS", "D"])
+                 key=["K", "GROUP", "HEADS", "KV_HEADS", "D"], **TUNING)
 @triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row})
 @triton.jit(do_not_specialize=["one"])
 def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
@@ -674,7 +677,8 @@ def attend_tile(q, k, v, visible, scale, m_i, l_i, acc):
     return m_new, l_i * alpha + tl.sum(p, axis=0), acc
 
 
-@triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE), key=["L", "HEADS", "KV_HEADS", "D"])
+@triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE), key=["L", "HEADS", "KV_HEADS", "D"],
+                 **TUNING)
 @triton.jit
 def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_ptr, count_ptr, L, splits_max, scale,
            stride_q, stride_cb, stride_ch, stride_cl, stride_valid,

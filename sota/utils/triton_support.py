@@ -33,6 +33,20 @@ def autotuned() -> bool:
     return not interpreted() and os.environ.get("SOTA_TRITON_AUTOTUNE", "1") != "0"
 
 
+def tuning_options() -> dict[str, bool]:
+    """`triton.autotune`'s keyword arguments: autotuning results kept on disk where this Triton can (3.4 on,
+    `cache_results`), in Triton's cache (TRITON_CACHE_DIR, else ~/.triton/cache). A later process then takes the
+    configuration an earlier one timed fastest for the same kernel source, shape, candidates and GPU architecture,
+    instead of compiling and timing every candidate again, which takes minutes at the 3B shape; each sweep point and
+    each measurement from export is a fresh process. GPUs of one architecture (an H100 and an H200) share entries:
+    on a cluster whose nodes differ in GPU but share a home directory, point TRITON_CACHE_DIR at node-local disk."""
+    import inspect
+
+    import triton
+
+    return {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
 def dependent_launch(device: torch.device) -> bool:
     """Whether Triton kernels on `device` launch as programmatic dependents (CUDA compute capability 9.0 on:
     Hopper): a kernel's programs may start while the kernel before it in the stream finishes, and issue their
