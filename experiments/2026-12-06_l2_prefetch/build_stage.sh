@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 W=.stage/s1/wheels; M=.stage/mm2; T=$(mktemp -d)
 rm -rf .stage/s1 $M && mkdir -p $W $M/a $M/b $M/c $M/d
-BIN="--only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 --implementation cp --no-deps -q -d $W"
+BIN="--only-binary=:all: --python-version 3.12 --implementation cp --no-deps -q -d $W"
+for n in 2014 _2_17 _2_24 _2_28; do BIN="$BIN --platform manylinux${n}_x86_64"; done
 pip download $BIN jiwer rapidfuzz torch-pruning gguf soundfile cffi pycparser soxr espeakng-loader torchao==0.17.0 \
   hydra-core==1.3.2 omegaconf==2.3.0 "bitsandbytes>=0.45" optuna colorlog alembic sqlalchemy mako greenlet
 pip wheel -q --no-deps -w $W antlr4-python3-runtime==4.9.3 aac-metrics==0.5.4

@@ -1,7 +1,8 @@
 #!/bin/bash
 # 3B int4 (token table int4 too), PDL on, profiled by kernel role: the int4 products prefetching their codes into
-# L2 before they wait (this tree with prefetch.diff applied), then the kernels as they were before (.stage/old/decode_triton.py, carried), on
-# the same machine; then 3B bf16 (the ratio's other side) and the fused step's GPU tests with this tree.
+# L2 before they wait (this tree with prefetch.diff applied), then the kernels as they were before
+# (.stage/old/decode_triton.py, carried), on the same machine; then 3B bf16 (the ratio's other side) and the fused
+# step's GPU tests with this tree.
 mkdir -p "$OUT"
 [ -f /tmp/st/env.sh ] || { bash experiments/2026-12-06_split_products_h100/a.sh > $OUT/stage.log 2>&1; echo "stage rc=$?"; }
 . /tmp/st/env.sh

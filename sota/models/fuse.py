@@ -70,7 +70,7 @@ class FusedLinear(nn.Module):
         return nn.functional.linear(x, self.weight[start:stop], bias)
 
     def member(self, i: int) -> nn.Module:
-        """Member `i` as a layer of its own again: a plain linear holding its rows (sliced in the weight's layout)."""
+        """Member `i` as a layer of its own again: a plain linear holding its rows (`_rows`)."""
         start, stop = self.rows(i)
         lin = nn.Linear(self.weight.shape[1], stop - start, bias=self.bias is not None, device="meta")
         lin.weight = nn.Parameter(_rows(self.weight, start, stop), requires_grad=False)
