@@ -98,6 +98,22 @@ def test_int8_weights_are_fused_in_their_own_layout_and_sliced_back_exactly():
         assert torch.equal(after[k].qdata, qdata) and torch.equal(after[k].scale, scale), k
 
 
+def test_int8_weights_fused_under_inference_mode_unfuse_after_a_move():
+    """As the float case: fused in Lightning's test loop, moved by its teardown, then exported."""
+    model = model_of(hidden=64)
+    quant.quantize(model, qcfg("int8_weight"), "cpu")
+    frozen(model)
+    state = {k: (v.qdata.clone(), v.scale.clone()) for k, v in model.llm.state_dict().items() if hasattr(v, "qdata")}
+    with torch.inference_mode():
+        fuse.fuse(model.llm)
+    assert model.llm.model.layers[0].mlp.gate_up_fused.weight.is_inference()
+    model.llm._apply(lambda t: t.clone())       # a move: every tensor replaced outside inference mode
+    assert fuse.unfuse(model.llm) == 2 * model.llm.config.num_hidden_layers
+    after = model.llm.state_dict()
+    for k, (qdata, scale) in state.items():
+        assert torch.equal(after[k].qdata, qdata) and torch.equal(after[k].scale, scale), k
+
+
 class OtherLayout(torch.Tensor):
     pass
 
