@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -349,6 +351,21 @@ def test_bench_takes_an_int4_kernel_only_for_an_export(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--from", "x", "--int4-kernel", "marlin"])
     assert "invalid choice: 'marlin'" in capsys.readouterr().err
+
+
+def test_bench_from_a_directory_that_is_no_export_says_so_before_building(tmp_path, capsys):
+    from sota.tools import bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--from", str(tmp_path)])
+    assert f"--from: {tmp_path}: no sota.json; not a directory written by python -m sota.export" in (
+        capsys.readouterr().err)
+
+
+def test_sota_bench_is_the_bench_by_its_short_name(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sota.bench", "--from", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--from: " in proc.stderr and "no sota.json" in proc.stderr
 
 
 def test_bench_refuses_cuda_without_cuda(monkeypatch):

@@ -363,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    if args.from_dir is not None:
+        from sota.export import read
+
+        try:
+            read.spec(args.from_dir)        # before anything is built: the directory is an export this code reads
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(f"--from: {e}")
     if args.int4_kernel is not None and args.from_dir is None:
         parser.error("--int4-kernel replaces an export's kernel (with --from); a built model takes the "
                      "quant.int4_kernel override")
@@ -404,8 +411,6 @@ def main(argv: list[str] | None = None) -> int:
         memory_trace.start()
     torch.manual_seed(int(first.get("seed", 0)))
     if args.from_dir is not None:
-        from sota.export import read
-
         model, record = read.load(args.from_dir, device, args.int4_kernel), read.spec(args.from_dir)["compression"]
     else:
         model, record = build(first, device)
