@@ -278,6 +278,16 @@ def test_int8_embeddings_of_an_older_torchao_are_refused_with_the_reason(tmp_pat
         write.export(model, cfg, record, tmp_path / "out", source="test", device="cpu")
 
 
+def test_verify_checks_both_directories_before_rebuilding(tmp_path, capsys):
+    from sota.export import verify
+
+    assert verify.main([str(tmp_path), str(tmp_path / "out")]) == 2
+    assert f"sota.export.verify: {tmp_path}: no results.json" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text(json.dumps({"status": "ok", "config": {}}))   # nothing to rebuild from
+    assert verify.main([str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "no sota.json; not a directory written by python -m sota.export" in capsys.readouterr().err
+
+
 def test_only_a_finished_run_is_rebuilt(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         rebuild.finished_run(tmp_path)

@@ -76,7 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--limit", type=int, default=None, help="at most this many test clips")
     args = parser.parse_args(argv)
-    result = compare(args.run_dir, args.export_dir, args.device, args.limit)
+    from sota.errors import ConfigError
+    from sota.export import read, rebuild
+
+    try:
+        rebuild.finished_run(args.run_dir)      # both checked before the run's model is rebuilt (minutes)
+        read.spec(args.export_dir)
+        result = compare(args.run_dir, args.export_dir, args.device, args.limit)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"sota.export.verify: {err}", file=sys.stderr)
+        return 2
     for a, b in result["pairs"]:
         if a != b:
             print(f"run:    {a}\nexport: {b}\n")
