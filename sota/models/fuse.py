@@ -210,16 +210,10 @@ def _rows(t: torch.Tensor, start: int, stop: int) -> torch.Tensor:
             return torch.index_select(t, 0, torch.arange(start, stop, device=t.device))
         with torch.inference_mode(t.is_inference()):
             part = t.detach()[start:stop]
-        return _owned(part)
-
-
-def _owned(t: torch.Tensor) -> torch.Tensor:
-    """A slice as a tensor of its own (contiguous, not sharing the fused storage), in its own layout."""
-    if type(t) is torch.Tensor:
-        return t.contiguous().clone()
-    names, attrs = t.__tensor_flatten__()
-    inner = {n: getattr(t, n).contiguous().clone() for n in names}
-    return type(t).__tensor_unflatten__(inner, attrs, t.shape, None)
+        # its inner tensors copied, so the rows hold no view of the fused storage
+        names, attrs = part.__tensor_flatten__()
+        inner = {n: getattr(part, n).contiguous().clone() for n in names}
+        return type(part).__tensor_unflatten__(inner, attrs, part.shape, None)
 
 
 def unfuse(llm: nn.Module) -> int:

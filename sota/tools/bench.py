@@ -363,11 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    exported = None
     if args.from_dir is not None:
         from sota.export import read
 
         try:
-            read.spec(args.from_dir)        # before anything is built: the directory is an export this code reads
+            exported = read.spec(args.from_dir)     # before anything is built: an export this code reads
         except (FileNotFoundError, ValueError) as e:
             parser.error(f"--from: {e}")
     if args.int4_kernel is not None and args.from_dir is None:
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         memory_trace.start()
     torch.manual_seed(int(first.get("seed", 0)))
     if args.from_dir is not None:
-        model, record = read.load(args.from_dir, device, args.int4_kernel), read.spec(args.from_dir)["compression"]
+        model, record = read.load(args.from_dir, device, args.int4_kernel), exported["compression"]
     else:
         model, record = build(first, device)
     build_s = time.perf_counter() - t0
