@@ -611,6 +611,32 @@ def test_autotuning_results_are_kept_on_disk_where_triton_can(monkeypatch):
     assert triton_support.tuning_options() == {}
 
 
+TUNED_BY_BATCH = """
+import triton
+from sota.models import decode_triton
+tuners = {kernel: getattr(decode_triton, kernel) for kernel in TABLES}
+for kernel, tuner in tuners.items():     # two candidates, so the tuner keys its picks; timed by block size here
+    table, names = TABLES[kernel]
+    tuner.configs = [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1])
+                     for row in getattr(decode_triton, table)[:2]]
+    tuner._bench = lambda *args, config, **kwargs: float(sum(config.kwargs.values()))
+for b in (2, 1):
+    for group in (0, 16):
+        run_ops(kernel_inputs(torch.float32, b=b, int4_group=group))
+torch.save({kernel: sorted({key[tuner.keys.index("BATCH")] for key in tuner.cache})
+            for kernel, tuner in tuners.items()}, os.environ["OUT"])
+"""
+
+
+@TRITON
+def test_autotuning_picks_blocks_for_each_batch_size(tmp_path):
+    """Evaluation decodes batches of up to 64, measurement one row: the blocks tuned at one must not serve the
+    other (the tuning is also kept on disk, across processes). Each autotuned kernel of the step keys its tuning on
+    the batch rounded up to a power of two."""
+    tuned = interpreted(TUNED_BY_BATCH, tmp_path)
+    assert tuned == {kernel: [1, 2] for kernel in TABLES}
+
+
 def test_models_the_step_cannot_read_decode_with_the_compiled_step_and_say_why():
     model = decisive_model(5)                               # LoRA-style trainable weights: projections stay apart
     dec = Decoders(model.llm, "fused", max_new_tokens=4).get(1, 8)

@@ -38,9 +38,11 @@ def _kernels():  # noqa: ANN202 - the jitted functions, built once Triton is nee
                    for bm in (16, 64) for bn in (64, 128) for bk in (64, 128) for w in (4,) for s in (3,)]
         return configs if autotuned() else configs[:1]
 
-    @triton.autotune(configs=gemm_configs(), key=["N", "K", "GROUP"], **tuning_options())
-    @triton.jit
-    def _gemm(x_ptr, q_ptr, sz_ptr, y_ptr, M, N, K, rows, stride_xm, stride_ym,
+    # M_POW2 (the rows rounded up to a power of two) is a key of the tuning alone: an evaluation's batched prompts
+    # and a measurement's single one want different tiles, and the kept timings outlive the process.
+    @triton.autotune(configs=gemm_configs(), key=["N", "K", "GROUP", "M_POW2"], **tuning_options())
+    @triton.jit(do_not_specialize=["M_POW2"])
+    def _gemm(x_ptr, q_ptr, sz_ptr, y_ptr, M, N, K, rows, stride_xm, stride_ym, M_POW2,
               GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_m, pid_n = tl.program_id(0), tl.program_id(1)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -82,7 +84,8 @@ def _launch(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, 
         decode_kernels.int4_rows(x, codes, scale_and_zero, group_size, y)
     else:
         gemm[lambda meta: (-(-m // meta["BLOCK_M"]), -(-out_features // meta["BLOCK_N"]))](
-            x, codes, scale_and_zero, y, m, out_features, k, rows, x.stride(0), y.stride(0), GROUP=group_size)
+            x, codes, scale_and_zero, y, m, out_features, k, rows, x.stride(0), y.stride(0), 1 << (m - 1).bit_length(),
+            GROUP=group_size)
     return y
 
 

@@ -97,6 +97,8 @@ def split_k(args):
 
 
 TUNING = tuning_options()   # the autotuners' timings kept on disk, where this Triton can
+# Every autotuned kernel takes BATCH, the batch rounded up to a power of two, as a key of its tuning alone: the
+# blocks that win at batch 64 (evaluation) lose at batch 1 (measurement), and the kept timings outlive the process.
 
 
 def _configs(names, table, one):
@@ -548,11 +550,11 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
 
 
 @triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT"), PROJ, PROJ_ONE),
-                 key=["N", "K", "NORM", "GATED", "RESIDUAL", "SPLITS"], **TUNING)
+                 key=["N", "K", "NORM", "GATED", "RESIDUAL", "SPLITS", "BATCH"], **TUNING)
 @triton.heuristics({"WHOLE": whole_row, "LONG": long_row, "SPLIT": split_k})
-@triton.jit
+@triton.jit(do_not_specialize=["BATCH"])
 def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y, stride_r, eps,
-         SPLITS, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
+         SPLITS, BATCH, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
          BLOCK_K: tl.constexpr, STAGES: tl.constexpr, SPLIT: tl.constexpr, WHOLE: tl.constexpr,
          LONG: tl.constexpr, PDL: tl.constexpr):
     proj_body(x_ptr, w_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
@@ -561,14 +563,14 @@ def proj(x_ptr, w_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x
 
 
 @triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT", "AHEAD"), PROJ_INT4, PROJ_INT4_ONE),
-                 key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL", "SPLITS"], **TUNING)
+                 key=["N", "K", "GROUP", "NORM", "GATED", "RESIDUAL", "SPLITS", "BATCH"], **TUNING)
 @triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row, "SPLIT": split_k})
-@triton.jit(do_not_specialize=["one"])
+@triton.jit(do_not_specialize=["one", "BATCH"])
 def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
-              stride_r, sz_rows, one, eps, SPLITS, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
-              GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, STAGES: tl.constexpr,
-              SPLIT: tl.constexpr, AHEAD: tl.constexpr, EVEN: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr,
-              PDL: tl.constexpr):
+              stride_r, sz_rows, one, eps, SPLITS, BATCH, NORM: tl.constexpr, GATED: tl.constexpr,
+              RESIDUAL: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+              STAGES: tl.constexpr, SPLIT: tl.constexpr, AHEAD: tl.constexpr, EVEN: tl.constexpr, WHOLE: tl.constexpr,
+              LONG: tl.constexpr, PDL: tl.constexpr):
     proj_body(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
               stride_r, sz_rows, one, eps, NORM, GATED, RESIDUAL, True, GROUP, BLOCK_N, 16, BLOCK_W, EVEN, STAGES,
               WHOLE, LONG, SPLIT, PDL, AHEAD)
@@ -627,11 +629,11 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
 
 
 @triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES"), ROPE, ROPE_ONE),
-                 key=["K", "HEADS", "KV_HEADS", "D"], **TUNING)
+                 key=["K", "HEADS", "KV_HEADS", "D", "BATCH"], **TUNING)
 @triton.heuristics({"WHOLE": whole_row, "LONG": long_row})
-@triton.jit
+@triton.jit(do_not_specialize=["BATCH"])
 def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-             q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch, stride_cl, eps,
+             q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch, stride_cl, eps, BATCH,
              HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
              BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr,
              LONG: tl.constexpr, PDL: tl.constexpr):
@@ -641,12 +643,12 @@ def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, ste
 
 
 @triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES", "AHEAD"), ROPE_INT4, ROPE_INT4_ONE),
-                 key=["K", "GROUP", "HEADS", "KV_HEADS", "D"], **TUNING)
+                 key=["K", "GROUP", "HEADS", "KV_HEADS", "D", "BATCH"], **TUNING)
 @triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row})
-@triton.jit(do_not_specialize=["one"])
+@triton.jit(do_not_specialize=["one", "BATCH"])
 def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
                   q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
-                  stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
+                  stride_cl, eps, BATCH, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
                   HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
                   EVEN: tl.constexpr, STAGES: tl.constexpr, AHEAD: tl.constexpr, WHOLE: tl.constexpr,
                   LONG: tl.constexpr, PDL: tl.constexpr):
@@ -677,11 +679,11 @@ def attend_tile(q, k, v, visible, scale, m_i, l_i, acc):
     return m_new, l_i * alpha + tl.sum(p, axis=0), acc
 
 
-@triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE), key=["L", "HEADS", "KV_HEADS", "D"],
-                 **TUNING)
-@triton.jit
+@triton.autotune(configs=_configs(("SPLIT_L", "BLOCK_L"), ATTEND, ATTEND_ONE),
+                 key=["L", "HEADS", "KV_HEADS", "D", "BATCH"], **TUNING)
+@triton.jit(do_not_specialize=["BATCH"])
 def attend(q_ptr, kc_ptr, vc_ptr, valid_ptr, step_ptr, start_ptr, o_ptr, part_ptr, count_ptr, L, splits_max, scale,
-           stride_q, stride_cb, stride_ch, stride_cl, stride_valid,
+           stride_q, stride_cb, stride_ch, stride_cl, stride_valid, BATCH,
            HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
            SPLIT_L: tl.constexpr, BLOCK_L: tl.constexpr, PDL: tl.constexpr):
     # Program (h, s, b): query head h of row b over cache slots [s * SPLIT_L, (s + 1) * SPLIT_L), so a step's
