@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -288,9 +289,29 @@ def test_bench_profiles_a_static_decode_step_and_skips_transformers_generate(tmp
                        "--no-hf-generate", "--profile", "static", "--out", str(out_file)]) == 0
     printed = capsys.readouterr().out
     assert "transformers generate: – ms/token" in printed
-    assert "## decode step kernels (static, without its graph, 20 steps)" in printed and "aten::" in printed
+    assert "## decode step kernels (static, without its graph, one after another, 20 steps)" in printed
+    assert "aten::" in printed
     data = json.loads(out_file.read_text())
     assert data["hf_generate_ms_per_token"] is None and "aten::" in data["profile"]
+
+
+def test_the_profiled_steps_launch_their_kernels_one_after_another(tmp_path, monkeypatch):
+    """A programmatic dependent (the fused step's kernels on a Hopper GPU) starts before the kernel it follows has
+    finished and waits for it: profiled so, each kernel's time would hold that wait. The profiled steps run with
+    SOTA_TRITON_PDL=0, and only they."""
+    from sota.models.decoding import StaticDecoder
+    from sota.tools import bench
+
+    monkeypatch.delenv("SOTA_TRITON_PDL", raising=False)
+    seen = []
+    step = StaticDecoder._decode
+    monkeypatch.setattr(StaticDecoder, "_decode", lambda self: seen.append(os.environ.get("SOTA_TRITON_PDL"))
+                        or step(self))
+    assert bench.main(["model=tiny", "measure=strict", "measure.iterations=2", "measure.warmup=1",
+                       "measure.e2e_repeats=1", "generate.max_new_tokens=4", "--backends", "static",
+                       "--no-hf-generate", "--profile", "static", "--out", str(tmp_path / "bench.json")]) == 0
+    assert seen[-21:] == ["0"] * 21 and None in seen[:-21]    # the warm-up and 20 profiled steps; the bench's
+    assert "SOTA_TRITON_PDL" not in os.environ
 
 
 def test_profile_roles_split_a_kernel_by_its_place_in_the_layer():
