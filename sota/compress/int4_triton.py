@@ -84,7 +84,7 @@ def _launch(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, 
         decode_kernels.int4_rows(x, codes, scale_and_zero, group_size, y)
     else:
         gemm[lambda meta: (-(-m // meta["BLOCK_M"]), -(-out_features // meta["BLOCK_N"]))](
-            x, codes, scale_and_zero, y, m, out_features, k, rows, x.stride(0), y.stride(0), 1 << (m - 1).bit_length(),
+            x, codes, scale_and_zero, y, m, out_features, k, rows, x.stride(0), y.stride(0), decode_kernels.pow2(m),
             GROUP=group_size)
     return y
 

@@ -145,13 +145,13 @@ def _proj_triton(x: torch.Tensor, weight: Weight | None, codes: tuple[torch.Tens
     grid = lambda meta: (-(-n // meta["BLOCK_N"]) * meta["SPLIT"], x.shape[0])  # noqa: E731
     if codes is None:
         _kernels().proj[grid](x, weight, out, res, nw, part, counts, n, k, x.stride(0), weight.stride(0),
-                              out.stride(0), res.stride(0), eps, splits, _pow2(x.shape[0]), **flags)
+                              out.stride(0), res.stride(0), eps, splits, pow2(x.shape[0]), **flags)
         return
     q, sz, group = _words(codes)
     if x.dtype == torch.bfloat16 and (x.stride(0) % 2 or x.data_ptr() % 4):
         x = x.clone()                          # the kernel reads bf16 inputs in 32-bit pairs: rows 4-byte aligned
     _kernels().proj_int4[grid](x, q, sz, out, res, nw, part, counts, n, k, x.stride(0), q.stride(0), out.stride(0),
-                               res.stride(0), sz.shape[1], 1, eps, splits, _pow2(x.shape[0]), GROUP=group, **flags)
+                               res.stride(0), sz.shape[1], 1, eps, splits, pow2(x.shape[0]), GROUP=group, **flags)
 
 
 def int4_rows(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor, group: int,
@@ -174,7 +174,7 @@ def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bi
         codes = int4_codes(weight)
         bias = bias if codes is None else weight.bias
         shared = (cos, sin, last_pos, step, start, q_out, k_cache, v_cache)
-        strides = (q_out.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps, _pow2(x.shape[0]))
+        strides = (q_out.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps, pow2(x.shape[0]))
         flags = dict(HEADS=heads, KV_HEADS=kv_heads, D=d, HAS_BIAS=bias is not None, **_launch(x))
         b_ptr = x if bias is None else bias
         if codes is None:
@@ -224,8 +224,8 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, prompt
         grid = lambda meta: (heads, -(-max_len // meta["SPLIT_L"]), b)  # noqa: E731
         _kernels().attend[grid](
             q, k_cache, v_cache, prompt_valid, step, start, out, part, counts, max_len, part.shape[2], scale,
-            q.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), prompt_valid.stride(0), _pow2(b),
-            HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_D=_pow2(d), **_launch(q))
+            q.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), prompt_valid.stride(0), pow2(b),
+            HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_D=pow2(d), **_launch(q))
         return
     cols = torch.arange(max_len, device=q.device)
     visible = prompt_valid | ((cols >= start) & (cols <= start + step))[None]
@@ -276,5 +276,6 @@ def argmax(logits: torch.Tensor, token: torch.Tensor,
     torch.argmax(logits, dim=-1, out=token)
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
+    """The least power of two >= n (n >= 1): block sizes, and the batch sizes the kernels' tuning tells apart."""
     return 1 << (n - 1).bit_length()

@@ -98,7 +98,8 @@ def split_k(args):
 
 TUNING = tuning_options()   # the autotuners' timings kept on disk, where this Triton can
 # Every autotuned kernel takes BATCH, the batch rounded up to a power of two, as a key of its tuning alone: the
-# blocks that win at batch 64 (evaluation) lose at batch 1 (measurement), and the kept timings outlive the process.
+# blocks that win at batch 64 (evaluation) need not win at batch 1 (measurement), and the kept timings outlive the
+# process.
 
 
 def _configs(names, table, one):
