@@ -156,6 +156,27 @@ def test_audio_that_is_not_finite_truncated_or_silent_is_a_bad_file(tmp_path):
         load_audio(tmp_path / "zero.wav")
 
 
+def test_clips_read_by_threads_come_back_in_order_with_each_bad_file_in_its_place(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from sota.data.audio import BadAudioFile, read_clips
+
+    paths = []
+    for i in range(12):
+        sf.write(tmp_path / f"{i}.wav", _tone(0.2 + 0.01 * i), 16000)
+        paths.append(tmp_path / f"{i}.wav")
+    sf.write(tmp_path / "zero.wav", np.zeros(800, dtype="float32"), 16000)
+    paths[3], paths[7] = tmp_path / "missing.wav", tmp_path / "zero.wav"
+    clips = read_clips(paths, workers=4)
+    assert [type(c) for c in clips] == [type(c) for c in read_clips(paths, workers=1)]
+    assert isinstance(clips[3], BadAudioFile) and "missing.wav" in str(clips[3])
+    assert isinstance(clips[7], BadAudioFile) and "zero.wav" in str(clips[7])
+    for i, clip in enumerate(clips):
+        if i not in (3, 7):
+            assert clip.size == int(16000 * (0.2 + 0.01 * i))
+
+
 def test_a_pruning_method_with_a_ratio_of_zero_is_refused(compose_cfg):
     with pytest.raises(ConfigError, match="prune.ratio=0 with prune.method=width prunes nothing"):
         validate(compose_cfg("prune=width", "prune.ratio=0"))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
-from sota.data.audio import SAMPLE_RATE, BadAudioFile, load_audio
+from sota.data.audio import SAMPLE_RATE, BadAudioFile, read_clips
 from sota.data.features import cache_key, cached_encode
 from sota.data import real_speech
 from sota.data.manifest import Sample, on_bad_file_problem, read_manifest
@@ -128,16 +128,16 @@ class AudioDataModule(L.LightningDataModule):
 
     def _load(self, split: str) -> ClipDataset:
         samples, waves = [], []
-        for s in self.samples(split):
-            try:
-                waves.append(load_audio(s.path))
-            except BadAudioFile as err:
+        rows = self.samples(split)
+        for s, wave in zip(rows, read_clips([s.path for s in rows])):
+            if isinstance(wave, BadAudioFile):
                 if self.on_bad_file == "error":
-                    raise BadAudioFile(f"{err} (split {split}; set data.on_bad_file=skip to skip it)") from None
-                log.warning("skipping: %s", err)
-                self.skipped.append(str(err))
+                    raise BadAudioFile(f"{wave} (split {split}; set data.on_bad_file=skip to skip it)") from None
+                log.warning("skipping: %s", wave)
+                self.skipped.append(str(wave))
                 continue
             samples.append(s)
+            waves.append(wave)
         if not samples:
             raise ValueError(f"split {split!r}: every audio file was unusable")
         features = None
