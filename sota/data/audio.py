@@ -67,15 +67,17 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
 def read_clips(paths: Sequence[str | Path], workers: int | None = None) -> list[np.ndarray | BadAudioFile]:
     """`load_audio` of each path, in order: its audio, or the error that makes it unusable. A pool of threads
-    reads them (by default one a core, at most 16): libsndfile, numpy and soxr release the GIL for the bulk of a
-    clip, and a training split holds thousands."""
+    reads them (by default one for each core the process may use, at most 16): libsndfile, numpy and soxr release
+    the GIL for the bulk of a clip, and a training split holds thousands."""
     def one(path: str | Path) -> np.ndarray | BadAudioFile:
         try:
             return load_audio(path)
         except BadAudioFile as err:
             return err
 
-    workers = workers or min(16, os.cpu_count() or 1)
+    # the cores this process may run on (a cluster job's share), not the machine's
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = workers or min(16, cores)
     if workers == 1 or len(paths) < 2:
         return [one(p) for p in paths]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audio") as pool:
