@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
+from sota.utils.cpus import usable_cpus
 
 SAMPLE_RATE = 16_000
 
@@ -75,9 +76,7 @@ def read_clips(paths: Sequence[str | Path], workers: int | None = None) -> list[
         except BadAudioFile as err:
             return err
 
-    # the cores this process may run on (a cluster job's share), not the machine's
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = workers or min(16, cores)
+    workers = workers or min(16, usable_cpus())
     if workers == 1 or len(paths) < 2:
         return [one(p) for p in paths]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audio") as pool:

@@ -30,6 +30,7 @@ from typing import Any
 from sota.sweep.children import Children
 from sota.sweep.points import Point
 from sota.utils import gpu_share
+from sota.utils.cpus import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,6 @@ def child_env(threads: int | None, extra: Mapping[str, str] | None = None) -> di
             env.setdefault(var, str(threads))
     env.update(extra or {})
     return env
-
-
-def usable_cpus() -> int:
-    """The cores this process may run on (a container's share, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def threads_per_point(setting: Any, workers: int) -> int | None:
