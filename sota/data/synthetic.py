@@ -29,6 +29,7 @@ from sota.data import augment as augmentation
 from sota.data import grammar, scenes, sentences, voices as voice_pool
 from sota.data.corpus_spec import (GENERATOR_VERSION, SAMPLE_RATE, SPLITS, TASK_IDS, SyntheticCorpusSpec, fingerprint,
                                     usable_voices)
+from sota.utils.cpus import usable_cpus
 
 __all__ = ["build_corpus", "transcript"]
 
@@ -305,13 +306,13 @@ def build_corpus(spec: SyntheticCorpusSpec, root: str | Path, workers: int | Non
     Manifests: {"annotation": [{"path", "text", "task", "duration"[, "speaker"][, "references"]}, ...]} with paths
     relative to the manifest's folder. The build happens in a temp folder that is renamed into place when
     complete, so an interrupted build never leaves a corpus that looks finished. Same spec, voices and installed
-    recordings -> byte-identical manifests and wavs, whatever `workers` is (default: one process per core;
+    recordings -> byte-identical manifests and wavs, whatever `workers` is (default: one process per core this process may use;
     1: all in this process). Voices are checked before anything is built; a cached corpus needs none installed.
     """
     if not isinstance(spec, SyntheticCorpusSpec):
         raise TypeError(f"spec must be a SyntheticCorpusSpec, got {type(spec).__name__}")
     if workers is None:
-        workers = os.cpu_count() or 1
+        workers = usable_cpus()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)
