@@ -647,6 +647,20 @@ def test_models_the_step_cannot_read_decode_with_the_compiled_step_and_say_why()
     assert decode_step.unsupported(tiny("llama").model) is not None    # not a causal LM with a head
 
 
+def test_a_quantized_layout_the_step_cannot_read_is_named_with_the_settings_it_can():
+    from sota.compress import quant
+
+    from test_fuse import frozen
+    from test_quant import model_of, qcfg
+
+    model = model_of(hidden=64)
+    quant.quantize(model, qcfg("int8_weight"), "cpu")               # torchao's Int8Tensor weights
+    frozen(model)
+    dec = Decoders(model.llm, "fused", max_new_tokens=4).get(1, 8)
+    assert dec.fused is None and "Int8Tensor" in dec.note
+    assert "quant.int4_layout=compact" in dec.note and "quant.int4_kernel=triton" in dec.note
+
+
 @pytest.mark.gpu
 @CUDA
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "int4"])

@@ -61,7 +61,8 @@ def _readable(module: nn.Module | None, dtype: torch.dtype, device: str, bias: b
     weight, own_bias = operand(module)
     if isinstance(weight, torch.Tensor):
         if type(weight) not in (torch.Tensor, nn.Parameter) or weight.dtype != dtype:
-            return f"weights in {type(weight).__name__} / {weight.dtype} (the step reads plain {dtype} tensors)"
+            return (f"weights in {type(weight).__name__} / {weight.dtype} (the step reads plain {dtype} tensors, "
+                    "and int4 as quant.int4_layout=compact stores it, with quant.int4_kernel=triton on CUDA)")
     else:
         group = weight.group_size
         if device == "cuda" and weight.packing != "triton":
