@@ -10,9 +10,4 @@ t0=$(date +%s)
 timeout -s TERM $1 python3 sweep.py sweep=mini_tpot_export sweep_dir=/tmp/sweep workers=1 \
   +sweep.base.init_from=/tmp/mini/checkpoints/last.ckpt +sweep.base.corpus.on_missing_voice=skip > $OUT/sweep.log 2>&1
 echo "sweep rc=$? [$(( $(date +%s) - t0 ))s]"
-for p in /tmp/sweep/points/*; do
-  cp $p/results.json $OUT/results/$(basename $p).json 2>/dev/null
-  tail -c 200000 $p/stdout.log > $OUT/results/$(basename $p).stdout.log 2>/dev/null
-  tail -c 50000 $p/stderr.log > $OUT/results/$(basename $p).stderr.log 2>/dev/null
-done
-cp /tmp/sweep/frontier.csv $OUT/ 2>/dev/null; tail -5 $OUT/sweep.log
+bash experiments/2026-12-06_mini_tpot_export/collect.sh

@@ -306,8 +306,9 @@ def build_corpus(spec: SyntheticCorpusSpec, root: str | Path, workers: int | Non
     Manifests: {"annotation": [{"path", "text", "task", "duration"[, "speaker"][, "references"]}, ...]} with paths
     relative to the manifest's folder. The build happens in a temp folder that is renamed into place when
     complete, so an interrupted build never leaves a corpus that looks finished. Same spec, voices and installed
-    recordings -> byte-identical manifests and wavs, whatever `workers` is (default: one process per core this process may use;
-    1: all in this process). Voices are checked before anything is built; a cached corpus needs none installed.
+    recordings -> byte-identical manifests and wavs, whatever `workers` is (default: one process per core this
+    process may use; 1: all in this process). Voices are checked before anything is built; a cached corpus needs
+    none installed.
     """
     if not isinstance(spec, SyntheticCorpusSpec):
         raise TypeError(f"spec must be a SyntheticCorpusSpec, got {type(spec).__name__}")
