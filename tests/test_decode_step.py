@@ -171,27 +171,41 @@ def kernel_inputs(dtype, b=2, heads=4, kv_heads=2, d=48, hidden=80, inter=56, ma
         heads=heads, kv_heads=kv_heads, d=d, hidden=hidden, inter=inter)
 
 
-def run_ops(t, inputs=None):
+def run_ops(t, inputs=None, only=None):
     """Every operation once on copies of `t`'s tensors, each on the previous one's output, or (`inputs`: another
-    run's outputs, on the CPU) each on that run's input to it."""
+    run's outputs, on the CPU) each on that run's input to it; `only` (with `inputs`): just the operations that
+    compute these outputs."""
     b, heads, kv_heads, d, hidden, inter = (t["x"].shape[0], t["heads"], t["kv_heads"], t["d"], t["hidden"],
                                             t["inter"])
     new = dict(dtype=t["x"].dtype, device=t["x"].device)
-    out = {"k": t["k"].clone(), "v": t["v"].clone(), "q": torch.zeros(b, heads * d, **new)}
-    ops.qkv_rope(t["x"], t["norm"], 1e-5, t["w"], t["bias"], t["cos"], t["sin"], t["last_pos"], t["step"],
-                 t["start"], out["q"], out["k"], out["v"], heads, kv_heads)
+    src = inputs
+    out = {}
+
+    def runs(*names):
+        return only is None or any(name in only for name in names)
+
+    if runs("q", "k", "v"):
+        out.update(k=t["k"].clone(), v=t["v"].clone(), q=torch.zeros(b, heads * d, **new))
+        ops.qkv_rope(t["x"], t["norm"], 1e-5, t["w"], t["bias"], t["cos"], t["sin"], t["last_pos"], t["step"],
+                     t["start"], out["q"], out["k"], out["v"], heads, kv_heads)
     src = out if inputs is None else inputs
-    out["attn"] = torch.zeros(b, heads * d, **new)
-    ops.attend(src["q"], src["k"], src["v"], t["valid"], t["step"], t["start"], out["attn"], d ** -0.5)
-    out["o"] = torch.zeros(b, hidden, **new)
-    # o with room for its parts' sums: it may split its inputs over programs (the one configuration does)
-    ops.proj(src["attn"], t["w_o"], out["o"], residual=t["x"], scratch=ops.proj_scratch(b, hidden, t["x"].device))
-    out["act"] = torch.zeros(b, inter, **new)
-    ops.proj(src["o"], t["w_gu"], out["act"], norm=t["norm"], eps=1e-5, gated=True)
-    out["head"] = torch.zeros(b, 3 * inter, **new)
-    ops.proj(t["x"], t["w_head"], out["head"], norm=t["norm"], eps=1e-5)
-    out["token"] = torch.zeros(b, dtype=torch.long, device=t["x"].device)
-    ops.argmax(src["head"], out["token"])
+    if runs("attn"):
+        out["attn"] = torch.zeros(b, heads * d, **new)
+        ops.attend(src["q"], src["k"], src["v"], t["valid"], t["step"], t["start"], out["attn"], d ** -0.5)
+    if runs("o"):
+        out["o"] = torch.zeros(b, hidden, **new)
+        # o with room for its parts' sums: it may split its inputs over programs (the one configuration does)
+        ops.proj(src["attn"], t["w_o"], out["o"], residual=t["x"],
+                 scratch=ops.proj_scratch(b, hidden, t["x"].device))
+    if runs("act"):
+        out["act"] = torch.zeros(b, inter, **new)
+        ops.proj(src["o"], t["w_gu"], out["act"], norm=t["norm"], eps=1e-5, gated=True)
+    if runs("head"):
+        out["head"] = torch.zeros(b, 3 * inter, **new)
+        ops.proj(t["x"], t["w_head"], out["head"], norm=t["norm"], eps=1e-5)
+    if runs("token"):
+        out["token"] = torch.zeros(b, dtype=torch.long, device=t["x"].device)
+        ops.argmax(src["head"], out["token"])
     return out
 
 
@@ -206,12 +220,13 @@ def interpreted(code, tmp_path):
     return torch.load(tmp_path / "out.pt", weights_only=True)
 
 
-def assert_kernels_match(got, t, dtype):
-    """Each kernel against the torch operation on the kernels' own inputs: chained, a unit in the last place of
-    one bf16 value (q, say) moves everything after it, and the comparison would measure that rounding."""
+def assert_kernels_match(got, t, dtype, inputs=None):
+    """Each kernel against the torch operation on the kernels' own inputs (or `inputs`, where `got` holds another
+    run's outputs with some computed from these): chained, a unit in the last place of one bf16 value (q, say)
+    moves everything after it, and the comparison would measure that rounding."""
     atol, rtol = (1e-5, 1e-5) if dtype == torch.float32 else (2e-2, 1.6e-2)
     got = {k: v.cpu() for k, v in got.items()}
-    ref = run_ops(t, inputs=got)
+    ref = run_ops(t, inputs=got if inputs is None else {k: v.cpu() for k, v in inputs.items()})
     for name in ("q", "k", "v", "attn", "o", "act", "head"):
         want = ref[name].float()
         allowed = atol + rtol * want.abs()
@@ -431,6 +446,9 @@ TABLES = {"proj": ("PROJ", ("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT")),
           "qkv_rope": ("ROPE", ("BLOCK_R", "BLOCK_K", "STAGES")),
           "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES", "AHEAD")),
           "attend": ("ATTEND", ("SPLIT_L", "BLOCK_L"))}
+# Which outputs of `run_ops` each autotuned kernel computes.
+KERNEL_OUTPUTS = {"proj": ("o", "act", "head"), "proj_int4": ("o", "act", "head"), "qkv_rope": ("q", "k", "v"),
+                  "qkv_rope_int4": ("q", "k", "v"), "attend": ("attn",)}
 
 
 def test_split_products_split_in_powers_of_two():
@@ -444,6 +462,8 @@ def test_split_products_split_in_powers_of_two():
             assert split & (split - 1) == 0 and split <= decode_triton.SPLIT_MAX, (table, row)
 
 
+# The chain once with the one configuration a kernel, then, from its inputs, the tuned kernel's operations alone
+# with each row (the rest would repeat the same work: int4 q/k/v alone takes 15-20 s a run in the interpreter).
 EVERY_CONFIGURATION = """
 import triton
 from sota.models import decode_triton
@@ -451,12 +471,14 @@ tuner = getattr(decode_triton, {kernel!r})
 table, names = TABLES[{kernel!r}]
 blocks = {{row[:2] + row[3:-1]: row for row in getattr(decode_triton, table)}}   # the interpreter ignores warps and
                                                                                # STAGES (Triton's pipelining)
+t = kernel_inputs(torch.float32, int4_group={group})
+chain = run_ops(t)
+rows = {{}}
 for row in blocks.values():
     tuner.configs = [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1])]
     tuner.cache.clear()
-    t = kernel_inputs(torch.float32, int4_group={group})
-    assert_kernels_match(run_ops(t), t, torch.float32)
-torch.save({{}}, os.environ["OUT"])
+    rows[repr(row)] = run_ops(t, inputs=chain, only=KERNEL_OUTPUTS[{kernel!r}])
+torch.save(dict(chain=chain, rows=rows), os.environ["OUT"])
 """
 
 
@@ -465,9 +487,21 @@ torch.save({{}}, os.environ["OUT"])
 @pytest.mark.parametrize("kernel", sorted(TABLES))
 def test_every_candidate_configuration_matches_the_torch_operations(kernel, tmp_path):
     """Each row of the kernel's autotuning table (block sizes, look-ahead) in the interpreter, float32 (int4 codes
-    in groups of 16 for the int4 kernels): the masks and strides hold whichever row a device picks. Slow: the
-    interpreter runs every operation once a row."""
-    interpreted(EVERY_CONFIGURATION.format(kernel=kernel, group=16 if kernel.endswith("int4") else 0), tmp_path)
+    in groups of 16 for the int4 kernels): the masks and strides hold whichever row a device picks. The torch
+    operations run here, outside the interpreter. Slow: the interpreter runs the kernel's operations once a row."""
+    from sota.models import decode_triton
+
+    group = 16 if kernel.endswith("int4") else 0
+    got = interpreted(EVERY_CONFIGURATION.format(kernel=kernel, group=group), tmp_path)
+    table, _ = TABLES[kernel]
+    assert len(got["rows"]) == len({row[:2] + row[3:-1] for row in getattr(decode_triton, table)})
+    t = kernel_inputs(torch.float32, int4_group=group)
+    for row, outputs in got["rows"].items():
+        assert set(outputs) == set(KERNEL_OUTPUTS[kernel])
+        try:
+            assert_kernels_match({**got["chain"], **outputs}, t, torch.float32, inputs=got["chain"])
+        except AssertionError as error:
+            raise AssertionError(f"{table} row {row}: {error}") from None
 
 
 @pytest.mark.gpu
@@ -628,6 +662,7 @@ torch.save({kernel: sorted({key[tuner.keys.index("BATCH")] for key in tuner.cach
 """
 
 
+@pytest.mark.slow  # a minute in the interpreter: the default tier stays under 8 minutes on 2 cores
 @TRITON
 def test_autotuning_picks_blocks_for_each_batch_size(tmp_path):
     """Evaluation decodes batches of up to 64, measurement one row: the blocks tuned at one must not serve the
