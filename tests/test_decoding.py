@@ -89,6 +89,19 @@ def test_beam_search_with_a_static_backend_is_refused_up_front(compose_cfg):
         validate_cfg(cfg)
 
 
+def test_the_fused_backend_stores_int4_as_its_step_reads_it(compose_cfg):
+    """On CUDA, quant's own int4 defaults are torchao's tinygemm tiles, which the fused step cannot read:
+    backend=fused chooses the compact codes and the Triton kernel; a choice on the command line still wins."""
+    from sota.compress import quant
+
+    cfg = compose_cfg("quant=int4_weight", "backend=fused")
+    assert (cfg.generate.backend, cfg.quant.int4_layout, cfg.quant.int4_kernel) == ("fused", "compact", "triton")
+    assert quant.uses_compact_int4(cfg.quant, "cuda") and quant.int4_kernel(cfg.quant) == "triton"
+    compiled = compose_cfg("quant=int4_weight", "backend=compiled").quant
+    assert not quant.uses_compact_int4(compiled, "cuda") and quant.int4_kernel(compiled) == "tinygemm"
+    chosen = compose_cfg("backend=fused", "quant=int4_weight", "quant.int4_layout=torchao", "quant.int4_kernel=tinygemm")
+    assert (chosen.quant.int4_layout, chosen.quant.int4_kernel) == ("torchao", "tinygemm")
+
 def test_bitsandbytes_layers_fall_back_to_eager():
     pytest.importorskip("bitsandbytes")
     from omegaconf import OmegaConf
