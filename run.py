@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> float | None:
     from sota.errors import ConfigError
 
     try:
-        validate(cfg)  # before torch and Lightning are imported: a typo costs a second, not the imports
+        validate(cfg)  # before anything is built: a typo costs the imports its type checks need, not a run
         from sota.tasks import run
 
         quiet.lightning_through_root()  # Lightning is imported and Hydra's logging set up by now
