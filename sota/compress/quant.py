@@ -151,7 +151,7 @@ def _validate_int4_layout(cfg: Any, kind: str, algorithm: str, out: list[str]) -
     if resolved == "compact" and algorithm in ("hqq", "awq"):
         out.append(f"quant.algorithm={algorithm} runs through torchao's int4 layout: it needs "
                    f"quant.int4_layout=torchao (CUDA), got {layout} ({resolved} on {kind}; backend=fused sets "
-                   f"compact, the layout its step reads)")
+                   "compact, the layout its step reads)")
 
 
 def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
