@@ -265,14 +265,6 @@ def test_eval_on_an_unlabelled_test_set_writes_predictions_only(trained, tmp_pat
     assert bad.returncode != 0 and "empty transcript" in bad.stderr
 
 
-def test_static_decoders_of_validation_are_not_reused_after_the_model_changes(tmp_path):
-    """Validation decodes the float32 model; the bf16 cast after training must get fresh caches and graphs
-    (same eval batch size for validation and test, so the decoder would otherwise be reused)."""
-    run(tmp_path, "backend=static", "quant=bf16", "data.eval_batch_size=4", "measure=none")
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert res["status"] == "ok" and res["metrics"]["asr/wer"] is not None
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("quant", ["bf16", "int8_weight", "int4_weight"])
@@ -286,10 +278,14 @@ def test_train_compress_evaluate_and_measure_on_cuda(tmp_path, quant):
     assert not res["efficiency"]["device"].startswith("cpu") and res["efficiency"]["tpot_ms"] > 0  # the GPU's name
 
 
-def test_compare_with_records_where_two_backends_agree(trained, tmp_path):
+def test_static_decoding_after_the_bf16_cast_agrees_with_eager(trained, tmp_path):
+    """Validation decodes the float32 model; the bf16 cast after training must get fresh caches and graphs
+    (same eval batch size for validation and test, so the decoder would otherwise be reused). compare_with
+    records where the two backends agree."""
     run(tmp_path, "backend=static", "quant=bf16", "generate.compare_with=eager", "data.eval_batch_size=4",
         "measure=none")
     res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "ok" and res["metrics"]["asr/wer"] is not None
     a = res["agreement"]
     assert (a["backend"], a["reference"], a["answers"]) == ("static", "eager", 4)
     assert a["identical"] + a["differ"] == 4 and a["decisive"] == 0, a["divergences"]
