@@ -55,7 +55,6 @@ def test_validation_reports_every_problem_at_once(compose_cfg):
         assert key in text
 
 
-
 # Refused by validation, which run.py calls before any work (test_preemption: one message, exit status 2).
 def test_init_from_a_missing_file_is_refused(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"init_from=.*nope\.ckpt: no such file"):
@@ -65,6 +64,7 @@ def test_init_from_a_missing_file_is_refused(compose_cfg, tmp_path):
 def test_an_unknown_compile_choice_is_refused(compose_cfg):
     with pytest.raises(ConfigError, match="compile must be one of none, llm, layers; got 'all'"):
         validate(compose_cfg("compile=all"))
+
 
 @pytest.mark.parametrize("bucket", ["0.03", "6.0", "0"])
 def test_an_encoder_bucket_off_the_frame_grid_or_past_the_context_is_rejected(compose_cfg, bucket):

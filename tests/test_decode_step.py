@@ -178,7 +178,6 @@ def run_ops(t, inputs=None, only=None):
     b, heads, kv_heads, d, hidden, inter = (t["x"].shape[0], t["heads"], t["kv_heads"], t["d"], t["hidden"],
                                             t["inter"])
     new = dict(dtype=t["x"].dtype, device=t["x"].device)
-    src = inputs
     out = {}
 
     def runs(*names):
@@ -462,6 +461,14 @@ def test_split_products_split_in_powers_of_two():
             assert split & (split - 1) == 0 and split <= decode_triton.SPLIT_MAX, (table, row)
 
 
+def interpreted_rows(table):
+    """The rows of decode_triton's autotuning `table` that differ in the interpreter, which ignores warps and
+    STAGES (Triton's pipelining)."""
+    from sota.models import decode_triton
+
+    return list({row[:2] + row[3:-1]: row for row in getattr(decode_triton, table)}.values())
+
+
 # The chain once with the one configuration a kernel, then, from its inputs, the tuned kernel's operations alone
 # with each row (the rest would repeat the same work: int4 q/k/v alone takes 15-20 s a run in the interpreter).
 EVERY_CONFIGURATION = """
@@ -469,12 +476,10 @@ import triton
 from sota.models import decode_triton
 tuner = getattr(decode_triton, {kernel!r})
 table, names = TABLES[{kernel!r}]
-blocks = {{row[:2] + row[3:-1]: row for row in getattr(decode_triton, table)}}   # the interpreter ignores warps and
-                                                                               # STAGES (Triton's pipelining)
 t = kernel_inputs(torch.float32, int4_group={group})
 chain = run_ops(t)
 rows = {{}}
-for row in blocks.values():
+for row in interpreted_rows(table):
     tuner.configs = [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1])]
     tuner.cache.clear()
     rows[repr(row)] = run_ops(t, inputs=chain, only=KERNEL_OUTPUTS[{kernel!r}])
@@ -489,12 +494,10 @@ def test_every_candidate_configuration_matches_the_torch_operations(kernel, tmp_
     """Each row of the kernel's autotuning table (block sizes, look-ahead) in the interpreter, float32 (int4 codes
     in groups of 16 for the int4 kernels): the masks and strides hold whichever row a device picks. The torch
     operations run here, outside the interpreter. Slow: the interpreter runs the kernel's operations once a row."""
-    from sota.models import decode_triton
-
     group = 16 if kernel.endswith("int4") else 0
     got = interpreted(EVERY_CONFIGURATION.format(kernel=kernel, group=group), tmp_path)
     table, _ = TABLES[kernel]
-    assert len(got["rows"]) == len({row[:2] + row[3:-1] for row in getattr(decode_triton, table)})
+    assert list(got["rows"]) == [repr(row) for row in interpreted_rows(table)]
     t = kernel_inputs(torch.float32, int4_group=group)
     for row, outputs in got["rows"].items():
         assert set(outputs) == set(KERNEL_OUTPUTS[kernel])

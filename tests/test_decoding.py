@@ -99,8 +99,10 @@ def test_the_fused_backend_stores_int4_as_its_step_reads_it(compose_cfg):
     assert quant.uses_compact_int4(cfg.quant, "cuda") and quant.int4_kernel(cfg.quant) == "triton"
     compiled = compose_cfg("quant=int4_weight", "backend=compiled").quant
     assert not quant.uses_compact_int4(compiled, "cuda") and quant.int4_kernel(compiled) == "tinygemm"
-    chosen = compose_cfg("backend=fused", "quant=int4_weight", "quant.int4_layout=torchao", "quant.int4_kernel=tinygemm")
+    chosen = compose_cfg("backend=fused", "quant=int4_weight", "quant.int4_layout=torchao",
+                         "quant.int4_kernel=tinygemm")
     assert (chosen.quant.int4_layout, chosen.quant.int4_kernel) == ("torchao", "tinygemm")
+
 
 def test_bitsandbytes_layers_fall_back_to_eager():
     pytest.importorskip("bitsandbytes")
