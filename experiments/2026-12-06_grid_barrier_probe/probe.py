@@ -139,8 +139,11 @@ class Chain:
         g = torch.Generator(device=device).manual_seed(0)
         self.q = torch.randint(-2**31, 2**31 - 1, (layers * self.layer_words,), generator=g, device=device,
                                dtype=torch.int64).to(torch.int32)
-        # codes - 8 have variance 21.25: a scale (K x 21.25)^-1/2 keeps each entry's size
-        self.s = torch.cat([torch.full((n,), (k * 21.25) ** -0.5) for n, k in phases] * layers).to(device)
+        # codes - 8 have mean -0.5 and mean square 21.5: a scale of (K x 21.5)^-1/2 keeps each entry's size, and a
+        # random sign a row keeps the mean from adding up along the chain (it overflowed 112 phases of 3b_layer)
+        size = torch.cat([torch.full((n,), (k * 21.5) ** -0.5) for n, k in phases] * layers)
+        sign = torch.randint(0, 2, size.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        self.s = (size * sign).to(device)
 
     def words(self, layer: int, i: int) -> tuple[int, int]:
         """Offsets of phase i of `layer` in q (words) and s (rows)."""
@@ -230,6 +233,9 @@ def check() -> None:
             v = c.buffers(x)
             c.run_chain(v, torch.zeros(1, dtype=torch.int32), cfg, programs=1)
             torch.testing.assert_close(c.out_of(v), want, rtol=1e-4, atol=1e-5)
+    # the timed shapes keep the vector's size along the chain, so their answers can be checked (8 phases here)
+    out = Chain(2, SHAPES["3b_layer"], "cpu").reference(torch.randn(SHAPES["3b_layer"][0][1]))
+    assert 0.5 < out.norm() / out.numel() ** 0.5 < 2, f"3b_layer drifts the vector's size: {out.norm()}"
     print("answers match")
 
 
