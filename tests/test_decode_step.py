@@ -198,7 +198,8 @@ def run_ops(t, inputs=None, only=None):
                  scratch=ops.proj_scratch(b, hidden, t["x"].device))
     if runs("act"):
         out["act"] = torch.zeros(b, inter, **new)
-        ops.proj(src["o"], t["w_gu"], out["act"], norm=t["norm"], eps=1e-5, gated=True)
+        ops.proj(src["o"], t["w_gu"], out["act"], norm=t["norm"], eps=1e-5, gated=True,
+                 scratch=ops.proj_scratch(b, 2 * inter, t["x"].device))
     if runs("head"):
         out["head"] = torch.zeros(b, 3 * inter, **new)
         ops.proj(t["x"], t["w_head"], out["head"], norm=t["norm"], eps=1e-5)
@@ -306,41 +307,54 @@ def test_the_int4_token_lookup_kernel_dequantizes_the_rows_asked_for(small_kerne
 
 
 SPLIT = """
+import torch.nn.functional as F
 import triton
 from sota.models import decode_triton
 g = torch.Generator().manual_seed(3)
-x, r = torch.randn(2, 1024, generator=g), torch.randn(2, 40, generator=g)
 out = {}
-for name, w in (("float", torch.randn(40, 1024, generator=g)), ("int4", Codes(torch.randn(40, 1024, generator=g), 32))):
-    scratch = ops.proj_scratch(2, 64, x.device)
-    scratch[0].fill_(float("nan"))                 # every part writes its sums before the last one reads them
-    for tuner, row in ((decode_triton.proj, dict(BLOCK_N=16, BLOCK_K=128)), (decode_triton.proj_int4,
-                                                                             dict(BLOCK_N=16, BLOCK_W=16, AHEAD=1))):
-        tuner.configs = [triton.Config(row | dict(STAGES=1, SPLIT=4), num_warps=1)]
-        tuner.cache.clear()
-    y = torch.zeros(2, 40)
-    ops.proj(x, w, y, residual=r, scratch=scratch)
-    again = torch.zeros(2, 40)
-    ops.proj(x, w, again, residual=r, scratch=scratch)   # the counts were left at zero for the next launch
-    out[name] = y
-    out[name + " again"] = again
-    out[name + " want"] = r + x @ (w.dense if name == "int4" else w).t()
-    out[name + " parts"], out[name + " counts"] = scratch
+# (residual, 4 parts of 1024 inputs, 40 rows), (normed and gated, 3 parts of 768 inputs, 40 gate and 40 up rows)
+for shape, split, k in (("residual", 4, 1024), ("gated", 3, 768)):
+    x, r, nw = torch.randn(2, k, generator=g), torch.randn(2, 40, generator=g), 1 + torch.randn(k, generator=g) / 4
+    for kind in ("float", "int4"):
+        w = torch.randn(80 if shape == "gated" else 40, k, generator=g)
+        w = Codes(w, 32) if kind == "int4" else w
+        scratch = ops.proj_scratch(2, 80, x.device)
+        scratch[0].fill_(float("nan"))                 # every part writes its sums before the last one reads them
+        for tuner, row in ((decode_triton.proj, dict(BLOCK_N=16, BLOCK_K=128)),
+                           (decode_triton.proj_int4, dict(BLOCK_N=16, BLOCK_W=16, AHEAD=1))):
+            tuner.configs = [triton.Config(row | dict(STAGES=1, SPLIT=split), num_warps=1)]
+            tuner.cache.clear()
+        args = dict(norm=nw, eps=1e-5, gated=True) if shape == "gated" else dict(residual=r)
+        y, again = torch.zeros(2, 40), torch.zeros(2, 40)
+        ops.proj(x, w, y, scratch=scratch, **args)
+        ops.proj(x, w, again, scratch=scratch, **args)   # the counts were left at zero for the next launch
+        name = f"{kind} {shape}"
+        dense = w.dense if kind == "int4" else w
+        if shape == "gated":
+            gate, up = (F.rms_norm(x, (k,), nw, 1e-5) @ dense.t()).chunk(2, dim=-1)
+            out[name + " want"] = F.silu(gate) * up
+        else:
+            out[name + " want"] = r + x @ dense.t()
+        out[name], out[name + " again"] = y, again
+        out[name + " parts"], out[name + " counts"] = scratch
+        out[name + " written"] = 2 * split * (80 if shape == "gated" else 40)
 result = out
 """
 
 
 @TRITON
 def test_a_product_split_over_programs_adds_its_parts_once(small_kernels):
-    """A product split into 4 parts of its inputs (1024: 8 steps of 128, 2 a part), 3 blocks of rows (40, the last
-    partial): each block's last part adds all four parts' sums, and resets its count for the next launch."""
+    """A product split into parts of its inputs, 3 blocks of rows (40, the last partial): 4 parts of 1024 inputs
+    (8 steps of 128, 2 a part) with a residual, and 3 parts of 768 normed inputs, gated (each part's gate and up
+    sums). Each block's last part adds all parts' sums, and resets its count for the next launch."""
     got = small_kernels["split"]
-    for name in ("float", "int4"):
+    for name in ("float residual", "int4 residual", "float gated", "int4 gated"):
         want = got[name + " want"]
         torch.testing.assert_close(got[name], want, atol=1e-3, rtol=1e-4)
         assert torch.equal(got[name + " again"], got[name])
         assert (got[name + " counts"] == 0).all()
-        assert not got[name + " parts"].flatten()[:2 * 4 * 40].isnan().any()   # it split: each part wrote its sums
+        written = got[name + " parts"].flatten()[:got[name + " written"]]
+        assert not written.isnan().any()                 # it split: each part wrote its sums
 
 
 ARGMAX = """
@@ -450,15 +464,13 @@ KERNEL_OUTPUTS = {"proj": ("o", "act", "head"), "proj_int4": ("o", "act", "head"
                   "qkv_rope_int4": ("q", "k", "v"), "attend": ("attn",)}
 
 
-def test_split_products_split_in_powers_of_two():
-    """A split block's last part loads all parts' sums as one tile, whose size Triton's compiler takes only as a
-    power of two (its interpreter takes any), up to the scratch's SPLIT_MAX."""
+def test_split_products_fit_the_scratch():
+    """The step's scratch (`proj_scratch`) holds SPLIT_MAX parts' sums: no table splits a product further."""
     decode_triton = pytest.importorskip("sota.models.decode_triton")
     for table in ("PROJ", "PROJ_INT4", "PROJ_ONE", "PROJ_INT4_ONE"):
         rows = getattr(decode_triton, table)
         for row in rows if isinstance(rows[0], tuple) else (rows,):
-            split = row[3]
-            assert split & (split - 1) == 0 and split <= decode_triton.SPLIT_MAX, (table, row)
+            assert 1 <= row[3] <= decode_triton.SPLIT_MAX, (table, row)
 
 
 def interpreted_rows(table):
@@ -549,6 +561,8 @@ KERNELS = {  # kernel (and a variant): its constexprs, as the step launches it o
                              STAGES=1, SPLIT=1, AHEAD=0, WHOLE=False, LONG=False),
     "proj_int4 split": dict(NORM=False, GATED=False, RESIDUAL=True, GROUP=128, BLOCK_N=4, BLOCK_W=128, EVEN=True,
                             STAGES=1, SPLIT=4, AHEAD=0, WHOLE=False, LONG=False),
+    "proj_int4 split gated": dict(NORM=True, GATED=True, RESIDUAL=False, GROUP=128, BLOCK_N=4, BLOCK_W=128,
+                                  EVEN=True, STAGES=1, SPLIT=3, AHEAD=0, WHOLE=False, LONG=False),
     "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1, WHOLE=False,
                      LONG=False),
     "qkv_rope_int4": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=8, BLOCK_W=32, EVEN=False,
@@ -561,7 +575,7 @@ KERNELS = {  # kernel (and a variant): its constexprs, as the step launches it o
     "argmax": dict(BLOCK=4096),
     "embed_int4": dict(GROUP=64, BLOCK_W=64),
 }
-KERNELS |= {f"{name} pdl": KERNELS[name] for name in ("proj split", "attend")}
+KERNELS |= {f"{name} pdl": KERNELS[name] for name in ("proj split", "proj_int4 split gated", "attend")}
 
 
 @TRITON

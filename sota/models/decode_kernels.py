@@ -106,9 +106,10 @@ def _product(h: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) 
 
 
 def proj_scratch(batch: int, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Working memory for Triton products of up to `rows` rows that split their inputs over programs: each part's
-    sums (float32 [B, parts, rows]) and a count a block of rows of its finished parts (int32 zeros, which the kernel
-    leaves at zero). A step allocates it once; its graph replays over the same buffers."""
+    """Working memory for Triton products of up to `rows` rows (a gated product's gate and up rows both count) that
+    split their inputs over programs: each part's sums (float32 [B, parts, rows]) and a count a block of rows of its
+    finished parts (int32 zeros, which the kernel leaves at zero). A step allocates it once; its graph replays over
+    the same buffers."""
     return (torch.empty(batch, _kernels().SPLIT_MAX, rows, dtype=torch.float32, device=device),
             torch.zeros(batch * rows, dtype=torch.int32, device=device))
 
@@ -139,7 +140,8 @@ def _proj_triton(x: torch.Tensor, weight: Weight | None, codes: tuple[torch.Tens
     flags = dict(NORM=norm is not None, GATED=gated, RESIDUAL=residual is not None, **_launch(x))
     res = x if residual is None else residual
     nw = x if norm is None else norm
-    fits = scratch is not None and scratch[0].shape[0] >= x.shape[0] and scratch[0].shape[2] >= n
+    sums = 2 * n if gated else n                   # a part's sums: a gated product's gate and up rows
+    fits = scratch is not None and scratch[0].shape[0] >= x.shape[0] and scratch[0].shape[2] >= sums
     part, counts = scratch if fits else (out, out)
     splits = part.shape[1] if fits else 1
     grid = lambda meta: (-(-n // meta["BLOCK_N"]) * meta["SPLIT"], x.shape[0])  # noqa: E731

@@ -152,8 +152,9 @@ class FusedStep:
         self.attend_scratch = (ops.attend_scratch(b, self.q.shape[1] // self.head_dim, max_len, self.head_dim, dev)
                                if triton else None)
         self.argmax_scratch = ops.argmax_scratch(self.logits) if triton else None
-        # o and down write the residual stream: their products may split their inputs over programs
-        self.proj_scratch = ops.proj_scratch(b, hidden, dev) if triton else None
+        # o, gate/up and down may split their inputs over programs: room for the widest one's sums
+        rows = max(hidden, 2 * self.act.shape[1])
+        self.proj_scratch = ops.proj_scratch(b, rows, dev) if triton else None
 
     def __call__(self, token: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
                  prompt_valid: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -166,7 +167,8 @@ class FusedStep:
                          last_pos, step, start, q, keys, values, layer.heads, layer.kv_heads)
             ops.attend(q, keys, values, prompt_valid, step, start, attn, self.scale, self.attend_scratch)
             ops.proj(attn, layer.o, self.h_mid, residual=self.h, scratch=self.proj_scratch)
-            ops.proj(self.h_mid, layer.gate_up, act, norm=layer.mlp_norm, eps=self.eps, gated=True)
+            ops.proj(self.h_mid, layer.gate_up, act, norm=layer.mlp_norm, eps=self.eps, gated=True,
+                     scratch=self.proj_scratch)
             ops.proj(act, layer.down, self.h, residual=self.h_mid, scratch=self.proj_scratch)
         ops.proj(self.h, self.head, self.logits, norm=self.norm, eps=self.eps)
         ops.argmax(self.logits, token, self.argmax_scratch)

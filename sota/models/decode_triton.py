@@ -18,13 +18,14 @@ from sota.utils.triton_support import autotuned, interpreted, tuning_options
 # Products with long rows (K in the thousands) want few rows a program and long strides along K; SmolLM2's
 # 576-wide rows, more rows a program. STAGES > 1 has Triton load steps ahead through shared memory, which keeps
 # more bytes in flight where a product has few programs.
-# SPLIT > 1 (a power of two) splits K into that many parts, one program each, where `split_k` allows: more
-# programs, so more bytes in flight, for products with few rows and long ones.
+# SPLIT > 1 splits K into that many parts, one program each, where `split_k` allows: more programs, so more bytes
+# in flight, for products with few rows and long ones. SPLIT = 3 takes a row of 3 x 1024 features (the 3B shape's
+# hidden size) in one step a program.
 PROJ = ((1, 512, 1, 1, 4), (1, 1024, 1, 1, 4), (2, 512, 1, 1, 4), (2, 1024, 1, 1, 8), (4, 128, 1, 1, 2),
         (4, 256, 1, 1, 4), (4, 512, 1, 1, 4), (8, 64, 1, 1, 2), (8, 128, 1, 1, 4), (8, 256, 1, 1, 4),
         (16, 128, 1, 1, 4), (16, 256, 1, 1, 8), (1, 512, 3, 1, 4), (2, 512, 3, 1, 4), (2, 1024, 3, 1, 8),
         (4, 256, 3, 1, 4), (4, 1024, 1, 1, 8), (8, 1024, 1, 1, 8), (2, 512, 1, 2, 4), (2, 1024, 1, 2, 8),
-        (4, 256, 1, 4, 4), (4, 512, 1, 4, 4))                               # BLOCK_N, BLOCK_K, STAGES, SPLIT, warps
+        (4, 256, 1, 4, 4), (4, 512, 1, 4, 4), (2, 1024, 1, 3, 8))           # BLOCK_N, BLOCK_K, STAGES, SPLIT, warps
 ROPE = ((2, 512, 1, 4), (2, 1024, 1, 4), (4, 256, 1, 4), (4, 512, 1, 4), (8, 128, 1, 4), (8, 256, 1, 4),
         (16, 64, 1, 2), (16, 128, 1, 4), (2, 512, 3, 4), (4, 256, 3, 4), (4, 1024, 1, 8),
         (8, 1024, 1, 8))                                                             # BLOCK_R, BLOCK_K, STAGES, warps
@@ -58,7 +59,8 @@ PROJ_INT4 = ((4, 128, 1, 1, 0, 2), (4, 128, 1, 1, 0, 4), (8, 128, 1, 1, 0, 2), (
              (32, 64, 1, 1, 0, 2), (8, 64, 3, 1, 0, 2), (4, 128, 1, 2, 0, 4), (4, 128, 1, 4, 0, 4),
              (8, 128, 1, 4, 0, 4), (4, 64, 1, 2, 0, 2), (4, 64, 1, 4, 0, 2), (8, 64, 1, 4, 0, 2), (8, 64, 1, 8, 0, 2),
              (8, 64, 1, 1, 1, 2), (16, 64, 1, 1, 1, 2), (32, 64, 1, 1, 1, 2), (4, 128, 1, 2, 1, 4),
-             (8, 64, 1, 4, 1, 2))                                    # BLOCK_N, BLOCK_W, STAGES, SPLIT, AHEAD, warps
+             (8, 64, 1, 4, 1, 2), (4, 128, 1, 3, 0, 4), (8, 128, 1, 3, 0, 4),
+             (4, 128, 1, 8, 0, 4))                                   # BLOCK_N, BLOCK_W, STAGES, SPLIT, AHEAD, warps
 PROJ_INT4_ONE = (8, 4, 1, 2, 1, 1)  # SOTA_TRITON_AUTOTUNE=0: short steps, split in two where they may, loads ahead
 ROPE_INT4 = ((2, 128, 1, 0, 1), (2, 128, 1, 0, 2), (4, 128, 1, 0, 2), (4, 128, 1, 0, 4), (2, 64, 1, 0, 1),
              (4, 64, 1, 0, 2), (8, 64, 1, 0, 2), (8, 32, 1, 0, 4), (4, 128, 1, 1, 4), (4, 64, 1, 1, 2),
@@ -87,11 +89,11 @@ def even_words(args):
 
 
 def split_k(args):
-    """The table's SPLIT where a product may split K, else 1: its launch has room for the parts' sums (SPLITS), its
-    epilogue needs one sum a row (not GATED), and the parts share its steps evenly."""
+    """The table's SPLIT where a product may split K, else 1: its launch has room for the parts' sums (SPLITS), and
+    the parts share its steps evenly."""
     step = 8 * args["BLOCK_W"] if "BLOCK_W" in args else args["BLOCK_K"]
     split = args["SPLIT"]
-    if args["GATED"] or split > args["SPLITS"] or triton.cdiv(args["K"], step) % split:
+    if split > args["SPLITS"] or triton.cdiv(args["K"], step) % split:
         return 1
     return split
 
@@ -515,8 +517,8 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
               BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr,
               LONG: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr, AHEAD: tl.constexpr):
     # Program (block of BLOCK_N rows x SPLIT parts of K, batch row). SPLIT > 1: each part writes its float32 sums
-    # to `part`; the block's last part to finish adds them up in order (the same sums whatever the finishing order)
-    # and applies the epilogue.
+    # to `part` (GATED: its gate sums, then its up sums, 2N a part); the block's last part to finish adds them up in
+    # order (the same sums whatever the finishing order) and applies the epilogue.
     pid, b = tl.program_id(0), tl.program_id(1)
     dt: tl.constexpr = y_ptr.dtype.element_ty
     blk, s = pid // SPLIT, pid % SPLIT
@@ -539,13 +541,21 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
     if SPLIT == 1:
         proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt, GATED, RESIDUAL)
     else:
-        tl.store(part_ptr + (b * SPLIT + s) * N + rn, y, mask=n_ok)
+        WIDTH: tl.constexpr = 2 if GATED else 1
+        part = part_ptr + (b * SPLIT + s) * WIDTH * N + rn
+        tl.store(part, y, mask=n_ok)
+        if GATED:
+            tl.store(part + N, up, mask=n_ok)
         count = count_ptr + b * tl.cdiv(N, BLOCK_N) + blk
         if last_to_finish(count, SPLIT):
-            parts = (b * SPLIT + tl.arange(0, SPLIT)) * N
-            # from L2 (".cg"): other SMs wrote the parts
-            y = tl.sum(tl.load(part_ptr + parts[:, None] + rn[None, :], mask=n_ok[None, :], other=0.0,
-                               cache_modifier=".cg"), axis=0)
+            y = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            up = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for j in tl.static_range(SPLIT):
+                # from L2 (".cg"): other SMs wrote the parts
+                part = part_ptr + (b * SPLIT + j) * WIDTH * N + rn
+                y += tl.load(part, mask=n_ok, other=0.0, cache_modifier=".cg")
+                if GATED:
+                    up += tl.load(part + N, mask=n_ok, other=0.0, cache_modifier=".cg")
             proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt, GATED, RESIDUAL)
             tl.atomic_xchg(count, 0)                                 # ready for the next launch
 
