@@ -315,8 +315,9 @@ out = {}
 # (residual, 4 parts of 1024 inputs, 40 rows), (normed and gated, 3 parts of 768 inputs, 40 gate and 40 up rows)
 for shape, split, k in (("residual", 4, 1024), ("gated", 3, 768)):
     x, r, nw = torch.randn(2, k, generator=g), torch.randn(2, 40, generator=g), 1 + torch.randn(k, generator=g) / 4
+    rows = 80 if shape == "gated" else 40          # a gated product's gate rows, then its up rows
     for kind in ("float", "int4"):
-        w = torch.randn(80 if shape == "gated" else 40, k, generator=g)
+        w = torch.randn(rows, k, generator=g)
         w = Codes(w, 32) if kind == "int4" else w
         scratch = ops.proj_scratch(2, 80, x.device)
         scratch[0].fill_(float("nan"))                 # every part writes its sums before the last one reads them
@@ -337,7 +338,7 @@ for shape, split, k in (("residual", 4, 1024), ("gated", 3, 768)):
             out[name + " want"] = r + x @ dense.t()
         out[name], out[name + " again"] = y, again
         out[name + " parts"], out[name + " counts"] = scratch
-        out[name + " written"] = 2 * split * (80 if shape == "gated" else 40)
+        out[name + " written"] = 2 * split * rows      # each batch row's parts' sums
 result = out
 """
 
