@@ -185,8 +185,10 @@ def run_ops(t, inputs=None, only=None):
 
     if runs("q", "k", "v"):
         out.update(k=t["k"].clone(), v=t["v"].clone(), q=torch.zeros(b, heads * d, **new))
+        # with room for its parts' sums, as o below
         ops.qkv_rope(t["x"], t["norm"], 1e-5, t["w"], t["bias"], t["cos"], t["sin"], t["last_pos"], t["step"],
-                     t["start"], out["q"], out["k"], out["v"], heads, kv_heads)
+                     t["start"], out["q"], out["k"], out["v"], heads, kv_heads,
+                     ops.proj_scratch(b, (heads + 2 * kv_heads) * d, t["x"].device))
     src = out if inputs is None else inputs
     if runs("attn"):
         out["attn"] = torch.zeros(b, heads * d, **new)
@@ -358,6 +360,49 @@ def test_a_product_split_over_programs_adds_its_parts_once(small_kernels):
         assert not written.isnan().any()                 # it split: each part wrote its sums
 
 
+QKV_SPLIT = """
+import triton
+from sota.models import decode_triton
+out = {}
+# 768 inputs, float in 6 steps of 128 and int4 in 6 steps of 16 words: 3 parts of 2 steps; pairs in blocks of 16
+# (24 pairs a head: its second block partial), q/k/v with a bias
+for tuner, row in ((decode_triton.qkv_rope, dict(BLOCK_R=16, BLOCK_K=128)),
+                   (decode_triton.qkv_rope_int4, dict(BLOCK_R=16, BLOCK_W=16, AHEAD=1))):
+    tuner.configs = [triton.Config(row | dict(STAGES=1, SPLIT=3), num_warps=1)]
+    tuner.cache.clear()
+for group in (0, 32):
+    t = kernel_inputs(torch.float32, hidden=768, int4_group=group)
+    rows = (t["heads"] + 2 * t["kv_heads"]) * t["d"]
+    scratch = ops.proj_scratch(2, rows, t["x"].device)
+    scratch[0].fill_(float("nan"))                 # every part writes its sums before the last one reads them
+    name = "int4" if group else "float"
+    for run in ("", " again"):                     # the counts were left at zero for the next launch
+        q, k, v = torch.zeros(2, t["heads"] * t["d"]), t["k"].clone(), t["v"].clone()
+        ops.qkv_rope(t["x"], t["norm"], 1e-5, t["w"], t["bias"], t["cos"], t["sin"], t["last_pos"], t["step"],
+                     t["start"], q, k, v, t["heads"], t["kv_heads"], scratch)
+        out[name + run] = dict(q=q, k=k, v=v)
+    out[name + " parts"], out[name + " counts"] = scratch
+    out[name + " written"] = 2 * 3 * rows          # each batch row's parts' sums
+result = out
+"""
+
+
+@TRITON
+@pytest.mark.parametrize("group", [0, 32])
+def test_q_k_v_split_over_programs_adds_its_parts_before_rotary(small_kernels, group):
+    """q/k/v split into 3 parts of its normed inputs: each part writes both rows of its rotary pairs, and a block's
+    last part adds them up, adds the bias, rotates and writes q and the cache's slot, as the torch operation does
+    (float weights, and int4 codes in groups of 32)."""
+    name = "int4" if group else "float"
+    got = small_kernels["qkv split"]
+    want = run_ops(kernel_inputs(torch.float32, hidden=768, int4_group=group), only=("q", "k", "v"))
+    for out in ("q", "k", "v"):
+        torch.testing.assert_close(got[name][out], want[out], atol=1e-4, rtol=1e-4, msg=out)
+        assert torch.equal(got[name + " again"][out], got[name][out])
+    assert (got[name + " counts"] == 0).all()
+    assert not got[name + " parts"].flatten()[:got[name + " written"]].isnan().any()
+
+
 ARGMAX = """
 x = torch.full((3, 10000), -5.0)
 x[0, 7000] = x[0, 9000] = 2.0                  # a tie across programs: the first wins
@@ -415,8 +460,9 @@ def test_attention_reads_the_steps_own_slot_in_any_tile_of_a_program(small_kerne
 
 
 # The small kernels' checks run in one interpreted process (each process first spends seconds importing), each
-# snippet in a scope of its own; the split check goes last, as it sets the products' configurations.
-SMALL = {"int4_rows": INT4_ROWS, "embed": EMBED, "argmax": ARGMAX, "attend": ATTEND, "split": SPLIT}
+# snippet in a scope of its own; the split checks go last, as they set the products' configurations.
+SMALL = {"int4_rows": INT4_ROWS, "embed": EMBED, "argmax": ARGMAX, "attend": ATTEND, "split": SPLIT,
+         "qkv split": QKV_SPLIT}
 RUN_SMALL = """
 results = {}
 for name, code in SMALL.items():
@@ -457,8 +503,8 @@ def on_cuda(t):
 # Each autotuned kernel's candidates (decode_triton's tables) and the names of their columns.
 TABLES = {"proj": ("PROJ", ("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT")),
           "proj_int4": ("PROJ_INT4", ("BLOCK_N", "BLOCK_W", "STAGES", "SPLIT", "AHEAD")),
-          "qkv_rope": ("ROPE", ("BLOCK_R", "BLOCK_K", "STAGES")),
-          "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES", "AHEAD")),
+          "qkv_rope": ("ROPE", ("BLOCK_R", "BLOCK_K", "STAGES", "SPLIT")),
+          "qkv_rope_int4": ("ROPE_INT4", ("BLOCK_R", "BLOCK_W", "STAGES", "SPLIT", "AHEAD")),
           "attend": ("ATTEND", ("SPLIT_L", "BLOCK_L"))}
 # Which outputs of `run_ops` each autotuned kernel computes.
 KERNEL_OUTPUTS = {"proj": ("o", "act", "head"), "proj_int4": ("o", "act", "head"), "qkv_rope": ("q", "k", "v"),
@@ -468,7 +514,7 @@ KERNEL_OUTPUTS = {"proj": ("o", "act", "head"), "proj_int4": ("o", "act", "head"
 def test_split_products_fit_the_scratch():
     """The step's scratch (`proj_scratch`) holds SPLIT_MAX parts' sums: no table splits a product further."""
     decode_triton = pytest.importorskip("sota.models.decode_triton")
-    for table in ("PROJ", "PROJ_INT4", "PROJ_ONE", "PROJ_INT4_ONE"):
+    for table in ("PROJ", "PROJ_INT4", "PROJ_ONE", "PROJ_INT4_ONE", "ROPE", "ROPE_INT4", "ROPE_ONE", "ROPE_INT4_ONE"):
         rows = getattr(decode_triton, table)
         for row in rows if isinstance(rows[0], tuple) else (rows,):
             assert 1 <= row[3] <= decode_triton.SPLIT_MAX, (table, row)
@@ -545,6 +591,36 @@ def test_every_candidate_configuration_matches_the_torch_operations_on_cuda(kern
         tuner.cache.clear()
 
 
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("kernel", ["qkv_rope", "qkv_rope_int4"])
+def test_q_k_v_split_rows_match_the_torch_operation_on_cuda(kernel):
+    """Each row of q/k/v's tables that splits its inputs, at the 3B shape's hidden size (3,072: every such row
+    splits there), bf16, against the torch operation: within a unit in the last place of each rounded value."""
+    import triton
+
+    from sota.models import decode_triton
+
+    tuner = getattr(decode_triton, kernel)
+    table, names = TABLES[kernel]
+    splits = [row for row in getattr(decode_triton, table) if row[3] > 1]
+    t = kernel_inputs(torch.bfloat16, hidden=3072, int4_group=32 if kernel.endswith("int4") else 0)
+    want = run_ops(t, only=("q", "k", "v"))
+    chosen = tuner.configs
+    try:
+        for row in splits:
+            tuner.configs = [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1])]
+            tuner.cache.clear()
+            got = run_ops(on_cuda(t), only=("q", "k", "v"))
+            for out in ("q", "k", "v"):
+                excess = (got[out].float().cpu() - want[out].float()).abs() - (2e-2 + 1.6e-2 * want[out].float().abs())
+                assert (excess <= 0).all(), (row, out, excess.max().item())
+    finally:
+        tuner.configs = chosen
+        tuner.cache.clear()
+    assert splits
+
+
 # Argument types for compiling the kernels without a device: pointers by name (int4 codes and their scales are
 # read as int32 words), the rest 32-bit.
 POINTERS = {"q_ptr": "*bf16", "w_ptr": "*bf16", "sz_ptr": "*i32", "q_codes_ptr": "*i32", "last_pos_ptr": "*i64",
@@ -564,19 +640,24 @@ KERNELS = {  # kernel (and a variant): its constexprs, as the step launches it o
                             STAGES=1, SPLIT=4, AHEAD=0, WHOLE=False, LONG=False),
     "proj_int4 split gated": dict(NORM=True, GATED=True, RESIDUAL=False, GROUP=128, BLOCK_N=4, BLOCK_W=128,
                                   EVEN=True, STAGES=1, SPLIT=3, AHEAD=0, WHOLE=False, LONG=False),
-    "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1, WHOLE=False,
-                     LONG=False),
+    "qkv_rope": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=4, BLOCK_K=512, STAGES=1, SPLIT=1,
+                     WHOLE=False, LONG=False),
+    "qkv_rope split": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=True, BLOCK_R=2, BLOCK_K=1024, STAGES=1, SPLIT=3,
+                           WHOLE=False, LONG=False),
     "qkv_rope_int4": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=8, BLOCK_W=32, EVEN=False,
-                          STAGES=3, AHEAD=0, WHOLE=False, LONG=False),
+                          STAGES=3, SPLIT=1, AHEAD=0, WHOLE=False, LONG=False),
     "qkv_rope_int4 ahead": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=4, BLOCK_W=128,
-                                EVEN=True, STAGES=1, AHEAD=1, WHOLE=False, LONG=False),
+                                EVEN=True, STAGES=1, SPLIT=1, AHEAD=1, WHOLE=False, LONG=False),
+    "qkv_rope_int4 split": dict(HEADS=24, KV_HEADS=8, D=128, HAS_BIAS=False, GROUP=128, BLOCK_R=4, BLOCK_W=128,
+                                EVEN=True, STAGES=1, SPLIT=3, AHEAD=0, WHOLE=False, LONG=False),
     "proj_int4 ahead pdl": dict(NORM=True, GATED=True, RESIDUAL=False, GROUP=128, BLOCK_N=16, BLOCK_W=64,
                                 EVEN=True, STAGES=1, SPLIT=1, AHEAD=1, WHOLE=False, LONG=False),
     "attend": dict(HEADS=24, KV_HEADS=8, D=128, BLOCK_D=128, SPLIT_L=128, BLOCK_L=64),
     "argmax": dict(BLOCK=4096),
     "embed_int4": dict(GROUP=64, BLOCK_W=64),
 }
-KERNELS |= {f"{name} pdl": KERNELS[name] for name in ("proj split", "proj_int4 split gated", "attend")}
+KERNELS |= {f"{name} pdl": KERNELS[name] for name in ("proj split", "proj_int4 split gated", "qkv_rope_int4 split",
+                                                       "attend")}
 
 
 @TRITON

@@ -106,10 +106,10 @@ def _product(h: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) 
 
 
 def proj_scratch(batch: int, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Working memory for Triton products of up to `rows` rows (a gated product's gate and up rows both count) that
-    split their inputs over programs: each part's sums (float32 [B, parts, rows]) and a count a block of rows of its
-    finished parts (int32 zeros, which the kernel leaves at zero). A step allocates it once; its graph replays over
-    the same buffers."""
+    """Working memory for Triton products of up to `rows` rows (a gated product's gate and up rows both count, and
+    q/k/v's all) that split their inputs over programs: each part's sums (float32 [B, parts, rows]) and a count a
+    block of rows of its finished parts (int32 zeros, which the kernel leaves at zero). A step allocates it once;
+    its graph replays over the same buffers."""
     return (torch.empty(batch, _kernels().SPLIT_MAX, rows, dtype=torch.float32, device=device),
             torch.zeros(batch * rows, dtype=torch.int32, device=device))
 
@@ -165,18 +165,24 @@ def int4_rows(x: torch.Tensor, codes: torch.Tensor, scale_and_zero: torch.Tensor
 
 def qkv_rope(x: torch.Tensor, norm: torch.Tensor, eps: float, weight: Weight, bias: torch.Tensor | None,
              cos: torch.Tensor, sin: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
-             q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int, kv_heads: int) -> None:
+             q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int, kv_heads: int,
+             scratch: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """RMSNorm(x), the fused q/k/v product (plus `bias`), rotary at each row's position `last_pos + 1 + step`; q
     into `q_out` [B, heads x D], k and v into the caches [B, kv_heads, max_len, D] at slot `start + step`. An int4
-    layer's bias is its own: pass None."""
+    layer's bias is its own: pass None. On Triton, where q/k/v's rows fit `scratch` (`proj_scratch`), the product
+    may split its inputs over programs, as its autotuning finds faster."""
     d = k_cache.shape[-1]
     if on_triton(x):
         total = heads + 2 * kv_heads
-        grid = lambda meta: (total * -(-(d // 2) // meta["BLOCK_R"]), x.shape[0])  # noqa: E731
+        fits = scratch is not None and scratch[0].shape[0] >= x.shape[0] and scratch[0].shape[2] >= total * d
+        part, counts = scratch if fits else (x, x)
+        splits = part.shape[1] if fits else 1
+        grid = lambda meta: (total * -(-(d // 2) // meta["BLOCK_R"]) * meta["SPLIT"], x.shape[0])  # noqa: E731
         codes = int4_codes(weight)
         bias = bias if codes is None else weight.bias
-        shared = (cos, sin, last_pos, step, start, q_out, k_cache, v_cache)
-        strides = (q_out.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps, pow2(x.shape[0]))
+        shared = (cos, sin, last_pos, step, start, q_out, k_cache, v_cache, part, counts)
+        strides = (q_out.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps, splits,
+                   pow2(x.shape[0]))
         flags = dict(HEADS=heads, KV_HEADS=kv_heads, D=d, HAS_BIAS=bias is not None, **_launch(x))
         b_ptr = x if bias is None else bias
         if codes is None:

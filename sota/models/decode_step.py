@@ -152,8 +152,9 @@ class FusedStep:
         self.attend_scratch = (ops.attend_scratch(b, self.q.shape[1] // self.head_dim, max_len, self.head_dim, dev)
                                if triton else None)
         self.argmax_scratch = ops.argmax_scratch(self.logits) if triton else None
-        # o, gate/up and down may split their inputs over programs: room for the widest one's sums
-        rows = max(hidden, 2 * self.act.shape[1])
+        # every product may split its inputs over programs: room for the widest one's sums
+        rows = max(hidden, 2 * self.act.shape[1], *((lay.heads + 2 * lay.kv_heads) * self.head_dim
+                                                    for lay in self.layers))
         self.proj_scratch = ops.proj_scratch(b, rows, dev) if triton else None
 
     def __call__(self, token: torch.Tensor, last_pos: torch.Tensor, step: torch.Tensor, start: torch.Tensor,
@@ -164,7 +165,7 @@ class FusedStep:
             width = layer.heads * self.head_dim
             q, attn, act = self.q[:, :width], self.attn[:, :width], self.act[:, :layer.intermediate]
             ops.qkv_rope(self.h, layer.attn_norm, self.eps, layer.qkv, layer.qkv_bias, self.cos, self.sin,
-                         last_pos, step, start, q, keys, values, layer.heads, layer.kv_heads)
+                         last_pos, step, start, q, keys, values, layer.heads, layer.kv_heads, self.proj_scratch)
             ops.attend(q, keys, values, prompt_valid, step, start, attn, self.scale, self.attend_scratch)
             ops.proj(attn, layer.o, self.h_mid, residual=self.h, scratch=self.proj_scratch)
             ops.proj(self.h_mid, layer.gate_up, act, norm=layer.mlp_norm, eps=self.eps, gated=True,

@@ -26,13 +26,14 @@ PROJ = ((1, 512, 1, 1, 4), (1, 1024, 1, 1, 4), (2, 512, 1, 1, 4), (2, 1024, 1, 1
         (16, 128, 1, 1, 4), (16, 256, 1, 1, 8), (1, 512, 3, 1, 4), (2, 512, 3, 1, 4), (2, 1024, 3, 1, 8),
         (4, 256, 3, 1, 4), (4, 1024, 1, 1, 8), (8, 1024, 1, 1, 8), (2, 512, 1, 2, 4), (2, 1024, 1, 2, 8),
         (4, 256, 1, 4, 4), (4, 512, 1, 4, 4), (2, 1024, 1, 3, 8))           # BLOCK_N, BLOCK_K, STAGES, SPLIT, warps
-ROPE = ((2, 512, 1, 4), (2, 1024, 1, 4), (4, 256, 1, 4), (4, 512, 1, 4), (8, 128, 1, 4), (8, 256, 1, 4),
-        (16, 64, 1, 2), (16, 128, 1, 4), (2, 512, 3, 4), (4, 256, 3, 4), (4, 1024, 1, 8),
-        (8, 1024, 1, 8))                                                             # BLOCK_R, BLOCK_K, STAGES, warps
+ROPE = ((2, 512, 1, 1, 4), (2, 1024, 1, 1, 4), (4, 256, 1, 1, 4), (4, 512, 1, 1, 4), (8, 128, 1, 1, 4),
+        (8, 256, 1, 1, 4), (16, 64, 1, 1, 2), (16, 128, 1, 1, 4), (2, 512, 3, 1, 4), (4, 256, 3, 1, 4),
+        (4, 1024, 1, 1, 8), (8, 1024, 1, 1, 8), (2, 1024, 1, 3, 8),
+        (4, 512, 1, 3, 4))                                                    # BLOCK_R, BLOCK_K, STAGES, SPLIT, warps
 # SOTA_TRITON_AUTOTUNE=0: rows of up to 128 in one step, longer rows in several, split in two where they may
 PROJ_ONE = (4, 128, 1, 2, 1)
-ROPE_ONE = (4, 128, 1, 1)
-SPLIT_MAX = 8                # the most parts of a split product (sizes decode_kernels.proj_scratch)
+ROPE_ONE = (4, 128, 1, 2, 1)
+SPLIT_MAX = 8                # the most parts of a split product or q/k/v (sizes decode_kernels.proj_scratch)
 # Attention splits the cache into SPLIT_L slots a program; the last program of a head merges their shares. A
 # program's first BLOCK_L slots load before it waits on the kernel before (`attend`): rows whose SPLIT_L is BLOCK_L
 # load all of theirs then.
@@ -62,10 +63,11 @@ PROJ_INT4 = ((4, 128, 1, 1, 0, 2), (4, 128, 1, 1, 0, 4), (8, 128, 1, 1, 0, 2), (
              (8, 64, 1, 4, 1, 2), (4, 128, 1, 3, 0, 4), (8, 128, 1, 3, 0, 4),
              (4, 128, 1, 8, 0, 4))                                   # BLOCK_N, BLOCK_W, STAGES, SPLIT, AHEAD, warps
 PROJ_INT4_ONE = (8, 4, 1, 2, 1, 1)  # SOTA_TRITON_AUTOTUNE=0: short steps, split in two where they may, loads ahead
-ROPE_INT4 = ((2, 128, 1, 0, 1), (2, 128, 1, 0, 2), (4, 128, 1, 0, 2), (4, 128, 1, 0, 4), (2, 64, 1, 0, 1),
-             (4, 64, 1, 0, 2), (8, 64, 1, 0, 2), (8, 32, 1, 0, 4), (4, 128, 1, 1, 4), (4, 64, 1, 1, 2),
-             (8, 64, 1, 1, 2))                                               # BLOCK_R, BLOCK_W, STAGES, AHEAD, warps
-ROPE_INT4_ONE = (4, 4, 1, 1, 1)
+ROPE_INT4 = ((2, 128, 1, 1, 0, 1), (2, 128, 1, 1, 0, 2), (4, 128, 1, 1, 0, 2), (4, 128, 1, 1, 0, 4),
+             (2, 64, 1, 1, 0, 1), (4, 64, 1, 1, 0, 2), (8, 64, 1, 1, 0, 2), (8, 32, 1, 1, 0, 4), (4, 128, 1, 1, 1, 4),
+             (4, 64, 1, 1, 1, 2), (8, 64, 1, 1, 1, 2), (2, 128, 1, 3, 0, 4), (4, 128, 1, 3, 0, 4),
+             (2, 64, 1, 3, 0, 2))                             # BLOCK_R, BLOCK_W, STAGES, SPLIT, AHEAD, warps
+ROPE_INT4_ONE = (4, 4, 1, 2, 1, 1)
 
 
 def whole_row(args):
@@ -588,28 +590,11 @@ def proj_int4(x_ptr, q_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
 
 
 @triton.jit
-def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
-                  stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
-                  BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
-                  WHOLE: tl.constexpr, LONG: tl.constexpr, PDL: tl.constexpr, AHEAD: tl.constexpr):
-    # A program owns BLOCK_R rotary pairs of one head: rows j and j + D/2, which rotary mixes.
-    pid, b = tl.program_id(0), tl.program_id(1)
-    dt: tl.constexpr = q_ptr.dtype.element_ty
+def rope_out(y1, y2, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr, q_ptr, kc_ptr, vc_ptr, head, j,
+             j_ok, rows, b, stride_q, stride_cb, stride_ch, stride_cl, dt: tl.constexpr, HEADS: tl.constexpr,
+             KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr):
+    # The pairs' sums plus the bias, rotated at the row's position: q to its buffer, k and v to the cache's slot.
     HALF: tl.constexpr = D // 2
-    per_head = tl.cdiv(HALF, BLOCK_R)
-    head = pid // per_head
-    j = (pid % per_head) * BLOCK_R + tl.arange(0, BLOCK_R)
-    j_ok = j < HALF
-    rows = head * D + j
-    x_row = x_ptr + b * stride_x
-    if INT4:
-        y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, 0, K // 8, stride_w, sz_rows,
-                           one, eps, dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES, WHOLE, LONG, PDL, AHEAD)
-    else:
-        y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, 0, K, stride_w, eps, dt, True, True,
-                            BLOCK_R, BLOCK_K, STAGES, WHOLE, LONG, PDL)
     if HAS_BIAS:
         y1 += tl.load(bias_ptr + rows, mask=j_ok, other=0.0).to(tl.float32)
         y2 += tl.load(bias_ptr + rows + HALF, mask=j_ok, other=0.0).to(tl.float32)
@@ -639,34 +624,90 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     tl.store(vc_ptr + cache + HALF, y2.to(dt), mask=is_v)
 
 
-@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES"), ROPE, ROPE_ONE),
-                 key=["K", "HEADS", "KV_HEADS", "D", "BATCH"], **TUNING)
-@triton.heuristics({"WHOLE": whole_row, "LONG": long_row})
+@triton.jit
+def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
+                  q_ptr, kc_ptr, vc_ptr, part_ptr, count_ptr, K, stride_x, stride_w, sz_rows, one, stride_q,
+                  stride_cb, stride_ch, stride_cl, eps, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
+                  BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr,
+                  WHOLE: tl.constexpr, LONG: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr,
+                  AHEAD: tl.constexpr):
+    # Program (block of BLOCK_R rotary pairs of one head x SPLIT parts of K, batch row): rows j and j + D/2, which
+    # rotary mixes. SPLIT > 1: as `proj_body`, each part writes both rows' float32 sums to `part` (a part holds
+    # every row of q/k/v) and the block's last part to finish adds them up in order and applies the epilogue.
+    pid, b = tl.program_id(0), tl.program_id(1)
+    dt: tl.constexpr = q_ptr.dtype.element_ty
+    HALF: tl.constexpr = D // 2
+    ROWS: tl.constexpr = (HEADS + 2 * KV_HEADS) * D
+    blk, s = pid // SPLIT, pid % SPLIT
+    per_head = tl.cdiv(HALF, BLOCK_R)
+    head = blk // per_head
+    j = (blk % per_head) * BLOCK_R + tl.arange(0, BLOCK_R)
+    j_ok = j < HALF
+    rows = head * D + j
+    x_row = x_ptr + b * stride_x
+    STEP: tl.constexpr = BLOCK_W if INT4 else BLOCK_K
+    total = K // 8 if INT4 else K
+    per = tl.cdiv(total, STEP * SPLIT) * STEP
+    lo = s * per
+    hi = tl.minimum(lo + per, total)
+    if INT4:
+        y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, lo, hi, stride_w, sz_rows,
+                           one, eps, dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES, WHOLE, LONG, PDL, AHEAD)
+    else:
+        y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, lo, hi, stride_w, eps, dt, True, True,
+                            BLOCK_R, BLOCK_K, STAGES, WHOLE, LONG, PDL)
+    if SPLIT == 1:
+        rope_out(y1, y2, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr, q_ptr, kc_ptr, vc_ptr, head,
+                 j, j_ok, rows, b, stride_q, stride_cb, stride_ch, stride_cl, dt, HEADS, KV_HEADS, D, HAS_BIAS,
+                 BLOCK_R)
+    else:
+        part = part_ptr + (b * SPLIT + s) * ROWS + rows
+        tl.store(part, y1, mask=j_ok)
+        tl.store(part + HALF, y2, mask=j_ok)
+        count = count_ptr + b * (HEADS + 2 * KV_HEADS) * per_head + blk
+        if last_to_finish(count, SPLIT):
+            y1 = tl.zeros((BLOCK_R,), dtype=tl.float32)
+            y2 = tl.zeros((BLOCK_R,), dtype=tl.float32)
+            for i in tl.static_range(SPLIT):
+                part = part_ptr + (b * SPLIT + i) * ROWS + rows     # from L2 (".cg"): other SMs wrote the parts
+                y1 += tl.load(part, mask=j_ok, other=0.0, cache_modifier=".cg")
+                y2 += tl.load(part + HALF, mask=j_ok, other=0.0, cache_modifier=".cg")
+            rope_out(y1, y2, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr, q_ptr, kc_ptr, vc_ptr,
+                     head, j, j_ok, rows, b, stride_q, stride_cb, stride_ch, stride_cl, dt, HEADS, KV_HEADS, D,
+                     HAS_BIAS, BLOCK_R)
+            tl.atomic_xchg(count, 0)                                 # ready for the next launch
+
+
+@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES", "SPLIT"), ROPE, ROPE_ONE),
+                 key=["K", "HEADS", "KV_HEADS", "D", "SPLITS", "BATCH"], **TUNING)
+@triton.heuristics({"WHOLE": whole_row, "LONG": long_row, "SPLIT": split_k})
 @triton.jit(do_not_specialize=["BATCH"])
 def qkv_rope(x_ptr, nw_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-             q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch, stride_cl, eps, BATCH,
-             HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr, WHOLE: tl.constexpr,
-             LONG: tl.constexpr, PDL: tl.constexpr):
+             q_ptr, kc_ptr, vc_ptr, part_ptr, count_ptr, K, stride_x, stride_w, stride_q, stride_cb, stride_ch,
+             stride_cl, eps, SPLITS, BATCH, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
+             HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+             SPLIT: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr, PDL: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, w_ptr, w_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, 0, 1, stride_q, stride_cb, stride_ch, stride_cl, eps,
-                  HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True, STAGES, WHOLE, LONG, PDL, False)
+                  q_ptr, kc_ptr, vc_ptr, part_ptr, count_ptr, K, stride_x, stride_w, 0, 1, stride_q, stride_cb,
+                  stride_ch, stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, False, 8, BLOCK_R, BLOCK_K, 1, True,
+                  STAGES, WHOLE, LONG, SPLIT, PDL, False)
 
 
-@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES", "AHEAD"), ROPE_INT4, ROPE_INT4_ONE),
-                 key=["K", "GROUP", "HEADS", "KV_HEADS", "D", "BATCH"], **TUNING)
-@triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row})
+@triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_W", "STAGES", "SPLIT", "AHEAD"), ROPE_INT4, ROPE_INT4_ONE),
+                 key=["K", "GROUP", "HEADS", "KV_HEADS", "D", "SPLITS", "BATCH"], **TUNING)
+@triton.heuristics({"EVEN": even_words, "WHOLE": whole_words, "LONG": long_row, "SPLIT": split_k})
 @triton.jit(do_not_specialize=["one", "BATCH"])
 def qkv_rope_int4(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
-                  stride_cl, eps, BATCH, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
-                  EVEN: tl.constexpr, STAGES: tl.constexpr, AHEAD: tl.constexpr, WHOLE: tl.constexpr,
-                  LONG: tl.constexpr, PDL: tl.constexpr):
+                  q_ptr, kc_ptr, vc_ptr, part_ptr, count_ptr, K, stride_x, stride_w, sz_rows, one, stride_q,
+                  stride_cb, stride_ch, stride_cl, eps, SPLITS, BATCH, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
+                  D: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
+                  BLOCK_W: tl.constexpr, EVEN: tl.constexpr, STAGES: tl.constexpr, SPLIT: tl.constexpr,
+                  AHEAD: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr, PDL: tl.constexpr):
     qkv_rope_body(x_ptr, nw_ptr, q_codes_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr,
-                  q_ptr, kc_ptr, vc_ptr, K, stride_x, stride_w, sz_rows, one, stride_q, stride_cb, stride_ch,
-                  stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16, BLOCK_W, EVEN, STAGES, WHOLE,
-                  LONG, PDL, AHEAD)
+                  q_ptr, kc_ptr, vc_ptr, part_ptr, count_ptr, K, stride_x, stride_w, sz_rows, one, stride_q,
+                  stride_cb, stride_ch, stride_cl, eps, HEADS, KV_HEADS, D, HAS_BIAS, True, GROUP, BLOCK_R, 16,
+                  BLOCK_W, EVEN, STAGES, WHOLE, LONG, SPLIT, PDL, AHEAD)
 
 
 @triton.jit

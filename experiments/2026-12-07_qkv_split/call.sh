@@ -1,0 +1,22 @@
+#!/bin/bash
+# One GPU (carry .stage/s1), about 9 minutes: q/k/v's split rows against torch on the device, then 3B int4 (token
+# table int4 too) by the fused step without q/k/v's split (qkv.diff reversed, in a copy of the tree) and with it,
+# profiled by kernel role. `bf16.sh`, the call after, times 3B bf16 with it.
+mkdir -p "$OUT"
+[ -f /tmp/st/env.sh ] || { bash experiments/2026-12-06_split_products_h100/a.sh > $OUT/stage.log 2>&1; echo "stage rc=$?"; }
+. /tmp/st/env.sh
+t0=$(date +%s)
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+timeout 80 python3 -m pytest -q -m gpu tests/test_decode_step.py -p no:cacheprovider -k "q_k_v_split_rows" \
+  > $OUT/gpu_tests.log 2>&1
+echo "gpu tests rc=$?"; tail -2 $OUT/gpu_tests.log
+rm -rf /tmp/before && mkdir /tmp/before && tar --exclude=./.stage --exclude=./.git -cf - . | tar -C /tmp/before -xf -
+(cd /tmp/before && patch -R -p1 < experiments/2026-12-07_qkv_split/qkv.diff > $OUT/unapply.log 2>&1; echo "unapply rc=$?")
+run() {  # DIR TAG QUANT TIMEOUT EXTRA
+  (cd $1 && PYTHONPATH=$1:$PYTHONPATH TAG=$2 EXTRA="$5" BACKENDS=fused \
+    bash experiments/2026-12-06_split_products_h100/one.sh meta-llama/Llama-3.2-3B-Instruct $3 128 $4)
+  echo "[$(( $(date +%s) - t0 ))s]"
+}
+run /tmp/before _before int4t 160 ""
+run $PWD _qkv int4t 240 "--profile fused"
+for f in $OUT/fc_*.log; do echo "$f"; grep -E "^\| fused" $f | head -2; grep -A9 "| kernel | role" $f | head -9; done
