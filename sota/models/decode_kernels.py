@@ -18,11 +18,11 @@ layer is five kernels and a step 5 x layers + 3 (the token's row of the table, t
 
 Each matrix-vector product streams its weight rows once, in blocks of `BLOCK_N` rows by `BLOCK_K` inputs, and
 reduces in float32. A product's first step of loads goes out before its RMS pass, so that pass's round trips to
-memory overlap the weights' (a row that fits one step takes its RMS from that step's inputs). Products with few
-rows and long ones (o and down) may split their inputs over programs, for more bytes in flight: each part writes
-its sums and the block's last part to finish adds them up in a fixed order
-(experiments/2026-12-06_split_products_h100). An int4 product may load each step's codes one step ahead, in
-registers (`AHEAD`, a column of its autotuning table).
+memory overlap the weights' (a row that fits one step takes its RMS from that step's inputs). Any product may
+split its inputs over programs, for more bytes in flight and fewer dependent steps a program: each part writes its
+sums (gate/up: both; q/k/v: both rows of its rotary pairs) and the block's last part to finish adds them up in a
+fixed order before the epilogue (experiments/2026-12-06_split_products_h100, 2026-12-07_gated_split). An int4
+product may load each step's codes one step ahead, in registers (`AHEAD`, a column of its autotuning table).
 
 On a device of compute capability 9.0 on, every kernel launches as a programmatic dependent of the one before it
 (`sota.utils.triton_support.dependent_launch`; off with SOTA_TRITON_PDL=0): its programs may start while that
