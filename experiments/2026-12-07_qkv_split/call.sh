@@ -1,7 +1,7 @@
 #!/bin/bash
-# One GPU (carry .stage/s1), about 9 minutes: q/k/v's split rows against torch on the device, then 3B int4 (token
+# One GPU (carry .stage/s1), about 8 minutes: q/k/v's split rows against torch on the device, then 3B int4 (token
 # table int4 too) by the fused step without q/k/v's split (qkv.diff reversed, in a copy of the tree) and with it,
-# profiled by kernel role, then 3B bf16 with it (not profiled: the call's ten minutes).
+# then 3B bf16 with it. PROFILE=1 profiles the int4 step with it by kernel role (about 80 s more).
 mkdir -p "$OUT"
 [ -f /tmp/st/env.sh ] || { bash experiments/2026-12-06_split_products_h100/a.sh > $OUT/stage.log 2>&1; echo "stage rc=$?"; }
 . /tmp/st/env.sh
@@ -18,6 +18,6 @@ run() {  # DIR TAG QUANT TIMEOUT EXTRA
   echo "[$(( $(date +%s) - t0 ))s]"
 }
 run /tmp/before _before int4t 160 ""
-run $PWD _qkv int4t 225 "--profile fused"
+if [ "$PROFILE" = 1 ]; then run $PWD _qkv int4t 225 "--profile fused"; else run $PWD _qkv int4t 160 ""; fi
 run $PWD _qkv bf16 70 ""
 for f in $OUT/fc_*.log; do echo "$f"; grep -E "^\| fused" $f | head -2; grep -A9 "| kernel | role" $f | head -9; done
