@@ -7,7 +7,7 @@ mkdir -p "$OUT"
 . /tmp/st/env.sh
 t0=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee $OUT/gpu.txt
-timeout 80 python3 -m pytest -q -m gpu tests/test_decode_step.py -p no:cacheprovider -k "q_k_v_split_rows" \
+timeout 60 python3 -m pytest -q -m gpu tests/test_decode_step.py -p no:cacheprovider -k "q_k_v_split_rows" \
   > $OUT/gpu_tests.log 2>&1
 echo "gpu tests rc=$?"; tail -2 $OUT/gpu_tests.log
 rm -rf /tmp/before && mkdir /tmp/before && tar --exclude=./.stage --exclude=./.git -cf - . | tar -C /tmp/before -xf -
@@ -17,7 +17,7 @@ run() {  # DIR TAG QUANT TIMEOUT EXTRA
     bash experiments/2026-12-06_split_products_h100/one.sh meta-llama/Llama-3.2-3B-Instruct $3 128 $4)
   echo "[$(( $(date +%s) - t0 ))s]"
 }
-run /tmp/before _before int4t 160 ""
-if [ "$PROFILE" = 1 ]; then run $PWD _qkv int4t 225 "--profile fused"; else run $PWD _qkv int4t 160 ""; fi
-run $PWD _qkv bf16 70 ""
+run /tmp/before _before int4t 150 ""
+if [ "$PROFILE" = 1 ]; then run $PWD _qkv int4t 225 "--profile fused"; else run $PWD _qkv int4t 165 ""; fi
+run $PWD _qkv bf16 65 ""
 for f in $OUT/fc_*.log; do echo "$f"; grep -E "^\| fused" $f | head -2; grep -A9 "| kernel | role" $f | head -9; done
