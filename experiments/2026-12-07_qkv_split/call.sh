@@ -1,6 +1,6 @@
 #!/bin/bash
-# One GPU (carry .stage/s1), about 8 minutes: 3B int4 (token table int4 too) by the fused step without q/k/v's split
-# (qkv.diff reversed, in a copy of the tree) and with it, q/k/v's split rows against torch on the device, then 3B
+# One GPU (carry .stage/s1), about 8 minutes: 3B int4 (token table int4 too) by the fused step with q/k/v's split and
+# without it (qkv.diff reversed, in a copy of the tree), q/k/v's split rows against torch on the device, then 3B
 # bf16 with it. PROFILE=1 profiles the int4 step with it by kernel role (about 80 s more). BUDGET (seconds,
 # default 580) skips, and says so, a run whose limit would pass it.
 mkdir -p "$OUT"
@@ -16,8 +16,8 @@ run() {  # DIR TAG QUANT TIMEOUT EXTRA
     bash experiments/2026-12-06_split_products_h100/one.sh meta-llama/Llama-3.2-3B-Instruct $3 128 $4)
   echo "[$(( $(date +%s) - t0 ))s]"
 }
-run /tmp/before _before int4t 150 ""
 if [ "$PROFILE" = 1 ]; then run $PWD _qkv int4t 225 "--profile fused"; else run $PWD _qkv int4t 165 ""; fi
+run /tmp/before _before int4t 150 ""
 if (( $(date +%s) - t0 + 60 <= ${BUDGET:-580} )); then
   timeout 60 python3 -m pytest -q -m gpu tests/test_decode_step.py -p no:cacheprovider -k "q_k_v_split_rows" \
     > $OUT/gpu_tests.log 2>&1
