@@ -247,10 +247,10 @@ def assert_kernels_match(got, t, dtype, inputs=None):
     assert not torch.equal(got["k"][:, :, slot], t["k"][:, :, slot])
 
 
+@pytest.mark.slow
 @TRITON
-# int4 codes with the RMS pass in the default tier; float weights, and int4 rows whole in one step, in the slow one
-@pytest.mark.parametrize(("group", "hidden"), [pytest.param(0, 200, marks=pytest.mark.slow), (16, 80),
-                                               pytest.param(8, 32, marks=pytest.mark.slow)])
+# the whole chain in the slow tier: the default one checks each kernel on its own (the small kernels' checks below)
+@pytest.mark.parametrize(("group", "hidden"), [(0, 200), (16, 80), (8, 32)])
 def test_triton_kernels_match_the_torch_operations(group, hidden, tmp_path):
     """Grouped-query heads, a head size that is no power of two, a q/k/v bias, left-padded prompts, the gated MLP,
     both residual products, float weights and compact int4 codes: the kernels give the torch operations' values.
@@ -364,10 +364,10 @@ QKV_SPLIT = """
 import triton
 from sota.models import decode_triton
 out = {}
-# 384 inputs, float in 6 steps of 64 and int4 in 6 steps of 8 words: 3 parts of 2 steps; pairs in blocks of 16
-# (24 pairs a head: its second block partial), q/k/v with a bias
-for tuner, row in ((decode_triton.qkv_rope, dict(BLOCK_R=16, BLOCK_K=64)),
-                   (decode_triton.qkv_rope_int4, dict(BLOCK_R=16, BLOCK_W=8, AHEAD=1))):
+# 384 inputs, float in 6 steps of 64 and int4 in 6 steps of 8 words: 3 parts of 2 steps; pairs in blocks of 32
+# (24 pairs a head: each block partial), q/k/v with a bias
+for tuner, row in ((decode_triton.qkv_rope, dict(BLOCK_R=32, BLOCK_K=64)),
+                   (decode_triton.qkv_rope_int4, dict(BLOCK_R=32, BLOCK_W=8, AHEAD=1))):
     tuner.configs = [triton.Config(row | dict(STAGES=1, SPLIT=3), num_warps=1)]
     tuner.cache.clear()
 for group in (0, 32):
