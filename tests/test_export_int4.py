@@ -159,6 +159,7 @@ def test_measuring_from_the_export_accepts_compact_int4(compose_cfg):
     validate(compose_cfg("quant=int4_weight", "measure.from_export=true"))   # compact on the CPU
 
 
+@pytest.mark.slow   # the default tier stays under 8 minutes on 2 cores; CI runs both
 def test_the_command_line_requantizes_to_compact_int4_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "sota.export", "--config", str(out), "--quant", "int4_weight",

@@ -278,6 +278,7 @@ def test_train_compress_evaluate_and_measure_on_cuda(tmp_path, quant):
     assert not res["efficiency"]["device"].startswith("cpu") and res["efficiency"]["tpot_ms"] > 0  # the GPU's name
 
 
+@pytest.mark.slow   # the default tier stays under 8 minutes on 2 cores; CI runs both
 def test_static_decoding_after_the_bf16_cast_agrees_with_eager(trained, tmp_path):
     """Validation decodes the float32 model; the bf16 cast after training must get fresh caches and graphs
     (same eval batch size for validation and test, so the decoder would otherwise be reused). compare_with
