@@ -513,6 +513,50 @@ def proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt: tl.conste
 
 
 @triton.jit
+def part_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows_a, rows_b, r_ok, K, s, stride_w, sz_rows, one, eps,
+              dt: tl.constexpr, NORM: tl.constexpr, TWO: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr,
+              BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, EVEN: tl.constexpr,
+              STAGES: tl.constexpr, WHOLE: tl.constexpr, LONG: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr,
+              AHEAD: tl.constexpr):
+    """`int4_sums` or `float_sums` over part s of SPLIT parts of the row, in whole steps (`split_k` divides them):
+    int32 words of codes, or features."""
+    STEP: tl.constexpr = BLOCK_W if INT4 else BLOCK_K
+    total = K // 8 if INT4 else K
+    per = tl.cdiv(total, STEP * SPLIT) * STEP
+    lo = s * per
+    hi = tl.minimum(lo + per, total)
+    if INT4:
+        a, b = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows_a, rows_b, r_ok, K, lo, hi, stride_w, sz_rows, one, eps,
+                         dt, NORM, TWO, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES, WHOLE, LONG, PDL, AHEAD)
+    else:
+        a, b = float_sums(x_row, nw_ptr, w_ptr, rows_a, rows_b, r_ok, K, lo, hi, stride_w, eps, dt, NORM, TWO,
+                          BLOCK_R, BLOCK_K, STAGES, WHOLE, LONG, PDL)
+    return a, b
+
+
+@triton.jit
+def merged_parts(a, b, part_ptr, count_ptr, ok, s, stride_part, second, SPLIT: tl.constexpr, TWO: tl.constexpr):
+    """A split's merge: stores this part's float32 sums (`part_ptr`: the block's rows in part 0, parts
+    `stride_part` apart; TWO: the second sums `second` further on) and counts it finished. The block's last part
+    gets every part's sums added in order (the same sums whatever the finishing order) and True, and resets the
+    count for the next launch; the others get their own sums and False."""
+    tl.store(part_ptr + s * stride_part, a, mask=ok)
+    if TWO:
+        tl.store(part_ptr + s * stride_part + second, b, mask=ok)
+    last = last_to_finish(count_ptr, SPLIT)
+    if last:
+        a = tl.zeros_like(a)
+        b = tl.zeros_like(b)
+        for i in tl.static_range(SPLIT):
+            # from L2 (".cg"): other SMs wrote the parts
+            a += tl.load(part_ptr + i * stride_part, mask=ok, other=0.0, cache_modifier=".cg")
+            if TWO:
+                b += tl.load(part_ptr + i * stride_part + second, mask=ok, other=0.0, cache_modifier=".cg")
+        tl.atomic_xchg(count_ptr, 0)
+    return a, b, last
+
+
+@triton.jit
 def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N, K, stride_x, stride_w, stride_y,
               stride_r, sz_rows, one, eps, NORM: tl.constexpr, GATED: tl.constexpr, RESIDUAL: tl.constexpr,
               INT4: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -527,39 +571,17 @@ def proj_body(x_ptr, w_ptr, sz_ptr, y_ptr, r_ptr, nw_ptr, part_ptr, count_ptr, N
     rn = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     x_row = x_ptr + b * stride_x
-    # Part s's range of the row, in whole steps (`split_k` divides them): int32 words of codes, or features.
-    STEP: tl.constexpr = BLOCK_W if INT4 else BLOCK_K
-    total = K // 8 if INT4 else K
-    per = tl.cdiv(total, STEP * SPLIT) * STEP
-    lo = s * per
-    hi = tl.minimum(lo + per, total)
     # GATED: the up rows sit N rows below the gate rows
-    if INT4:
-        y, up = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, lo, hi, stride_w, sz_rows, one, eps, dt,
-                          NORM, GATED, GROUP, BLOCK_N, BLOCK_W, EVEN, STAGES, WHOLE, LONG, PDL, AHEAD)
-    else:
-        y, up = float_sums(x_row, nw_ptr, w_ptr, rn, rn + N, n_ok, K, lo, hi, stride_w, eps, dt, NORM, GATED, BLOCK_N,
-                           BLOCK_K, STAGES, WHOLE, LONG, PDL)
+    y, up = part_sums(x_row, nw_ptr, w_ptr, sz_ptr, rn, rn + N, n_ok, K, s, stride_w, sz_rows, one, eps, dt, NORM,
+                      GATED, INT4, GROUP, BLOCK_N, BLOCK_K, BLOCK_W, EVEN, STAGES, WHOLE, LONG, SPLIT, PDL, AHEAD)
     if SPLIT == 1:
         proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt, GATED, RESIDUAL)
     else:
         WIDTH: tl.constexpr = 2 if GATED else 1
-        part = part_ptr + (b * SPLIT + s) * WIDTH * N + rn
-        tl.store(part, y, mask=n_ok)
-        if GATED:
-            tl.store(part + N, up, mask=n_ok)
-        count = count_ptr + b * tl.cdiv(N, BLOCK_N) + blk
-        if last_to_finish(count, SPLIT):
-            y = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            up = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for j in tl.static_range(SPLIT):
-                # from L2 (".cg"): other SMs wrote the parts
-                part = part_ptr + (b * SPLIT + j) * WIDTH * N + rn
-                y += tl.load(part, mask=n_ok, other=0.0, cache_modifier=".cg")
-                if GATED:
-                    up += tl.load(part + N, mask=n_ok, other=0.0, cache_modifier=".cg")
+        y, up, last = merged_parts(y, up, part_ptr + b * SPLIT * WIDTH * N + rn,
+                                   count_ptr + b * tl.cdiv(N, BLOCK_N) + blk, n_ok, s, WIDTH * N, N, SPLIT, GATED)
+        if last:
             proj_out(y, up, y_ptr, r_ptr, rn, n_ok, b, stride_y, stride_r, dt, GATED, RESIDUAL)
-            tl.atomic_xchg(count, 0)                                 # ready for the next launch
 
 
 @triton.autotune(configs=_configs(("BLOCK_N", "BLOCK_K", "STAGES", "SPLIT"), PROJ, PROJ_ONE),
@@ -646,37 +668,21 @@ def qkv_rope_body(x_ptr, nw_ptr, w_ptr, sz_ptr, bias_ptr, cos_ptr, sin_ptr, last
     j_ok = j < HALF
     rows = head * D + j
     x_row = x_ptr + b * stride_x
-    STEP: tl.constexpr = BLOCK_W if INT4 else BLOCK_K
-    total = K // 8 if INT4 else K
-    per = tl.cdiv(total, STEP * SPLIT) * STEP
-    lo = s * per
-    hi = tl.minimum(lo + per, total)
-    if INT4:
-        y1, y2 = int4_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, lo, hi, stride_w, sz_rows,
-                           one, eps, dt, True, True, GROUP, BLOCK_R, BLOCK_W, EVEN, STAGES, WHOLE, LONG, PDL, AHEAD)
-    else:
-        y1, y2 = float_sums(x_row, nw_ptr, w_ptr, rows, rows + HALF, j_ok, K, lo, hi, stride_w, eps, dt, True, True,
-                            BLOCK_R, BLOCK_K, STAGES, WHOLE, LONG, PDL)
+    y1, y2 = part_sums(x_row, nw_ptr, w_ptr, sz_ptr, rows, rows + HALF, j_ok, K, s, stride_w, sz_rows, one, eps, dt,
+                       True, True, INT4, GROUP, BLOCK_R, BLOCK_K, BLOCK_W, EVEN, STAGES, WHOLE, LONG, SPLIT, PDL,
+                       AHEAD)
     if SPLIT == 1:
         rope_out(y1, y2, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr, q_ptr, kc_ptr, vc_ptr, head,
                  j, j_ok, rows, b, stride_q, stride_cb, stride_ch, stride_cl, dt, HEADS, KV_HEADS, D, HAS_BIAS,
                  BLOCK_R)
     else:
-        part = part_ptr + (b * SPLIT + s) * ROWS + rows
-        tl.store(part, y1, mask=j_ok)
-        tl.store(part + HALF, y2, mask=j_ok)
-        count = count_ptr + b * (HEADS + 2 * KV_HEADS) * per_head + blk
-        if last_to_finish(count, SPLIT):
-            y1 = tl.zeros((BLOCK_R,), dtype=tl.float32)
-            y2 = tl.zeros((BLOCK_R,), dtype=tl.float32)
-            for i in tl.static_range(SPLIT):
-                part = part_ptr + (b * SPLIT + i) * ROWS + rows     # from L2 (".cg"): other SMs wrote the parts
-                y1 += tl.load(part, mask=j_ok, other=0.0, cache_modifier=".cg")
-                y2 += tl.load(part + HALF, mask=j_ok, other=0.0, cache_modifier=".cg")
+        y1, y2, last = merged_parts(y1, y2, part_ptr + b * SPLIT * ROWS + rows,
+                                    count_ptr + b * (HEADS + 2 * KV_HEADS) * per_head + blk, j_ok, s, ROWS, HALF,
+                                    SPLIT, True)
+        if last:
             rope_out(y1, y2, bias_ptr, cos_ptr, sin_ptr, last_pos_ptr, step_ptr, start_ptr, q_ptr, kc_ptr, vc_ptr,
                      head, j, j_ok, rows, b, stride_q, stride_cb, stride_ch, stride_cl, dt, HEADS, KV_HEADS, D,
                      HAS_BIAS, BLOCK_R)
-            tl.atomic_xchg(count, 0)                                 # ready for the next launch
 
 
 @triton.autotune(configs=_configs(("BLOCK_R", "BLOCK_K", "STAGES", "SPLIT"), ROPE, ROPE_ONE),
