@@ -96,7 +96,11 @@ def test_validate_names_the_problem():
     quant.validate(qcfg("int4_weight", int4_layout="tiles"), "cpu", out)
     quant.validate(qcfg("int4_weight", int4_layout="compact", algorithm="hqq"), "cuda", out)
     assert "quant.int4_layout must be one of auto, torchao, compact; got 'tiles'" in out[0]
-    assert "quant.algorithm=hqq runs through torchao's int4 layout" in out[1]
+    assert "quant.algorithm=hqq runs through torchao's int4 layout" in out[1] and "backend=fused" in out[1]
+    out = []
+    quant.validate(qcfg("int4_weight", algorithm="awq", calib_batches=2), "cpu", out)
+    assert any("quant.algorithm=awq runs through torchao's int4 layout" in m and "auto is compact on cpu" in m
+               and "backend=fused" not in m for m in out), out
     out = []
     quant.validate(qcfg("int4_weight", int4_layout="compact", int4_kernel="marlin"), "cuda", out)
     assert out == ["quant.int4_kernel must be one of tinygemm, triton; got 'marlin'"]

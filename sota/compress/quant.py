@@ -149,9 +149,10 @@ def _validate_int4_layout(cfg: Any, kind: str, algorithm: str, out: list[str]) -
         out.append(f"quant.int4_layout=torchao needs a CUDA device (torchao's int4 kernels); this run is on {kind}: "
                    f"use quant.int4_layout=compact (or auto)")
     if resolved == "compact" and algorithm in ("hqq", "awq"):
+        why = (f"auto is compact on {kind}" if layout == "auto"
+               else "set here or by backend=fused, whose step reads only compact int4")
         out.append(f"quant.algorithm={algorithm} runs through torchao's int4 layout: it needs "
-                   f"quant.int4_layout=torchao (CUDA), got {layout} ({resolved} on {kind}; backend=fused sets "
-                   "compact, the layout its step reads)")
+                   f"quant.int4_layout=torchao (CUDA), got {layout} ({why})")
 
 
 def _validate_parts(cfg: Any, device: str, out: list[str]) -> None:
