@@ -235,6 +235,12 @@ def tolerance(name, want, d, dtype):
     return atol + rtol * scale
 
 
+def excess(name, got, want, d, dtype):
+    """How far each value of `got` lies past `tolerance` of `want` (at most 0 where it is within)."""
+    want = want.float()
+    return (got.float().cpu() - want).abs() - tolerance(name, want, d, dtype)
+
+
 def assert_kernels_match(got, t, dtype, inputs=None):
     """Each kernel against the torch operation on the kernels' own inputs (or `inputs`, where `got` holds another
     run's outputs with some computed from these): chained, a unit in the last place of one bf16 value (q, say)
@@ -243,14 +249,13 @@ def assert_kernels_match(got, t, dtype, inputs=None):
     ref = run_ops(t, inputs=got if inputs is None else {k: v.cpu() for k, v in inputs.items()})
     for name in ("q", "k", "v", "attn", "o", "act", "head"):
         want = ref[name].float()
-        allowed = tolerance(name, want, t["d"], dtype)
+        past = excess(name, got[name], want, t["d"], dtype)
         if name == "o" and dtype == torch.bfloat16:
             # o is the product rounded to bf16, then plus the residual: where the residual cancels the product, a
             # unit in the product's last place is all of the difference
-            allowed = allowed + 2.0 ** -7 * (want - t["x"].float()).abs()
-        excess = (got[name].float() - want).abs() - allowed
-        assert (excess <= 0).all(), (f"{name}: {int((excess > 0).sum())} values out of tolerance, the worst by "
-                                     f"{excess.max().item():.3g}")
+            past = past - 2.0 ** -7 * (want - t["x"].float()).abs()
+        assert (past <= 0).all(), (f"{name}: {int((past > 0).sum())} values out of tolerance, the worst by "
+                                   f"{past.max().item():.3g}")
     assert torch.equal(got["token"], ref["token"])
     slot = int(t["start"] + t["step"])
     untouched = [i for i in range(t["k"].shape[2]) if i != slot]
@@ -621,8 +626,7 @@ def test_the_q_k_v_bound_admits_half_products_and_refuses_a_missing_part():
 
     def out_of_bound(w):
         got = run_ops({**t, "w": w}, only=("q", "k", "v"))
-        return {o: int(((got[o].float() - want[o].float()).abs()
-                        > tolerance(o, want[o].float(), t["d"], torch.bfloat16)).sum()) for o in ("q", "k", "v")}
+        return {o: int((excess(o, got[o], want[o], t["d"], torch.bfloat16) > 0).sum()) for o in ("q", "k", "v")}
 
     half = copy.copy(t["w"])
     half.__class__ = HalfProducts
@@ -656,9 +660,8 @@ def test_q_k_v_split_rows_match_the_torch_operation_on_cuda(kernel):
             tuner.cache.clear()
             got = run_ops(on_cuda(t), only=("q", "k", "v"))
             for out in ("q", "k", "v"):
-                excess = ((got[out].float().cpu() - want[out].float()).abs()
-                          - tolerance(out, want[out].float(), t["d"], torch.bfloat16))
-                assert (excess <= 0).all(), (row, out, excess.max().item())
+                past = excess(out, got[out], want[out], t["d"], torch.bfloat16)
+                assert (past <= 0).all(), (row, out, past.max().item())
     finally:
         tuner.configs = chosen
         tuner.cache.clear()
