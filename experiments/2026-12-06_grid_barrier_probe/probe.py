@@ -218,21 +218,26 @@ SHAPES = {   # name: a layer's phases (N, K)
 }
 
 
-def check() -> None:
-    """The interpreter runs programs one after another, so the persistent form runs with one program there."""
-    cfg = dict(BLOCK_N=4, BLOCK_W=8, AHEAD=1, warps=1)
+def checked_chains():
+    """The CPU check's cases: 3 layers of one 64 x 64 phase, and of four phases of three shapes, with and without
+    AHEAD; each as (chain, input, torch's answer, tile)."""
     for phases in ([(64, 64)], [(96, 64), (64, 64), (128, 64), (64, 128)]):
         c = Chain(3, phases, "cpu")
         x = torch.randn(phases[0][1])
         want = c.reference(x.clone())
         for ahead in (0, 1):
-            cfg["AHEAD"] = ahead
-            v = c.buffers(x)
-            c.run_separate(v, cfg, pdl=False)
-            torch.testing.assert_close(c.out_of(v), want, rtol=1e-4, atol=1e-5)
-            v = c.buffers(x)
-            c.run_chain(v, torch.zeros(1, dtype=torch.int32), cfg, programs=1)
-            torch.testing.assert_close(c.out_of(v), want, rtol=1e-4, atol=1e-5)
+            yield c, x, want, dict(BLOCK_N=4, BLOCK_W=8, AHEAD=ahead, warps=1)
+
+
+def check() -> None:
+    """The interpreter runs programs one after another, so the persistent form runs with one program there."""
+    for c, x, want, cfg in checked_chains():
+        v = c.buffers(x)
+        c.run_separate(v, cfg, pdl=False)
+        torch.testing.assert_close(c.out_of(v), want, rtol=1e-4, atol=1e-5)
+        v = c.buffers(x)
+        c.run_chain(v, torch.zeros(1, dtype=torch.int32), cfg, programs=1)
+        torch.testing.assert_close(c.out_of(v), want, rtol=1e-4, atol=1e-5)
     # the timed shapes keep the vector's size along the chain, so their answers can be checked (8 phases here)
     out = Chain(2, SHAPES["3b_layer"], "cpu").reference(torch.randn(SHAPES["3b_layer"][0][1]))
     assert 0.5 < out.norm() / out.numel() ** 0.5 < 2, f"3b_layer drifts the vector's size: {out.norm()}"
@@ -257,20 +262,65 @@ def timed(fn, repeats: int = 20) -> float:
     return start.elapsed_time(end) / 1e3 / repeats
 
 
-def main() -> None:
+def measure_row(result: dict, out: str | None, name: str, form: str, cfg: dict, c: Chain, x: torch.Tensor,
+                want: torch.Tensor, v: torch.Tensor, fn, floor_us: float) -> None:
+    """One row of `result`: fn (a chain over buffers v) timed in a CUDA graph, then run once more from x and its
+    answer checked against `want`. A form that does not compile or launch is a row, not the end. The JSON at `out`
+    is rewritten after every row, so a run cut short keeps what it measured."""
+    rows = result["rows"]
+    try:
+        seconds = timed(fn)
+        v.copy_(c.buffers(x))
+        fn()
+        torch.cuda.synchronize()
+        err = ((c.out_of(v) - want).norm() / want.norm()).item()
+    except Exception as e:
+        rows.append(dict(shape=name, form=form, **cfg, error=str(e)[:200]))
+        print(rows[-1], flush=True)
+        return
+    us = seconds / c.layers * 1e6
+    rows.append(dict(shape=name, form=form, **cfg, us_a_layer=round(us, 2), floor_us_a_layer=round(floor_us, 2),
+                     over_floor=round(us / floor_us, 2), rel_err=err))
+    print(rows[-1], flush=True)
+    if out:
+        with open(out + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(out + ".tmp", out)
+
+
+def print_best(rows: list[dict], form_of) -> None:
+    """Each shape's best row of each form (`form_of` names a row's form), of the rows that answered as torch."""
+    best = {}
+    for r in rows:
+        if "us_a_layer" in r and r["rel_err"] < 1e-3:
+            key = (r["shape"], form_of(r["form"]))
+            best[key] = min(best.get(key, (1e9,)), (r["us_a_layer"], r["over_floor"]))
+    for (name, form), (us, over) in sorted(best.items()):
+        print(f"{name} {form}: best {us:.2f} us a layer, {over:.2f}x its bytes' time")
+
+
+def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true", help="answers only, in Triton's interpreter")
     ap.add_argument("--shapes", default="3b_layer,3072", help=f"of {', '.join(SHAPES)}")
     ap.add_argument("--layers", type=int, default=28)
     ap.add_argument("--out")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def copy_rate(dev) -> float:
+    """Bytes a second of a 1 GiB copy (read and written)."""
+    src, dst = (torch.empty(2**28, dtype=torch.int32, device=dev) for _ in range(2))
+    return 2 * src.numel() * 4 / timed(lambda: dst.copy_(src), 5)
+
+
+def main() -> None:
+    args = arguments()
     if args.check:
         return check()
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    src, dst = (torch.empty(2**28, dtype=torch.int32, device=dev) for _ in range(2))   # 1 GiB: the copy rate
-    bandwidth = 2 * src.numel() * 4 / timed(lambda: dst.copy_(src), 5)
-    src = dst = None
+    bandwidth = copy_rate(dev)
     result = dict(device=torch.cuda.get_device_name(), sms=sms, copy_GBps=round(bandwidth / 1e9), layers=args.layers,
                   triton=triton.__version__, rows=[])
     rows = result["rows"]
@@ -295,33 +345,8 @@ def main() -> None:
                         fn = lambda: c.run_separate(v, cfg, pdl)   # noqa: E731
                     else:
                         fn = lambda: c.run_chain(v, bar, cfg, programs)   # noqa: E731
-                    try:
-                        seconds = timed(fn)
-                        v.copy_(c.buffers(x))
-                        fn()
-                        torch.cuda.synchronize()
-                        err = ((c.out_of(v) - want).norm() / want.norm()).item()
-                    except Exception as e:   # a form that does not compile or launch is a row, not the end
-                        rows.append(dict(shape=name, form=form, **cfg, error=str(e)[:200]))
-                        print(rows[-1], flush=True)
-                        continue
-                    us = seconds / args.layers * 1e6
-                    rows.append(dict(shape=name, form=form, **cfg, us_a_layer=round(us, 2),
-                                     floor_us_a_layer=round(floor_us, 2), over_floor=round(us / floor_us, 2),
-                                     rel_err=err))
-                    print(rows[-1], flush=True)
-                    if args.out:             # after every row: a run cut short keeps what it measured
-                        with open(args.out + ".tmp", "w") as f:
-                            json.dump(result, f, indent=1)
-                        os.replace(args.out + ".tmp", args.out)
-    best = {}
-    for r in rows:
-        if "us_a_layer" in r and r["rel_err"] < 1e-3:
-            key = (r["shape"], r["form"].split(",")[0] + (", PDL" if "PDL" in r["form"] else ""))
-            best[key] = min(best.get(key, (1e9,)), (r["us_a_layer"], r["over_floor"]))
-    for (name, form), (us, over) in sorted(best.items()):
-        print(f"{name} {form}: best {us:.2f} us a layer, {over:.2f}x its bytes' time")
-
+                    measure_row(result, args.out, name, form, cfg, c, x, want, v, fn, floor_us)
+    print_best(rows, lambda form: form.split(",")[0] + (", PDL" if "PDL" in form else ""))
 
 if __name__ == "__main__":
     main()
