@@ -329,6 +329,19 @@ def test_profile_roles_split_a_kernel_by_its_place_in_the_layer():
     assert "no roles" in launch_roles(step[:-1] * 2 + step, steps=3, layers=2)
 
 
+def test_critical_shares_count_what_each_kernel_adds_to_the_step():
+    """From a graph's kernels as the profiler sees them (start, end): a programmatic dependent that starts early is
+    charged only past the end of the kernel before it, a kernel that ends under another nothing, and the time no
+    kernel runs nobody; the shares add up to the time some kernel runs."""
+    from sota.tools.bench import critical_shares
+
+    kernels = [(5.0, 14.0, "b"), (0.0, 10.0, "a"), (1.0, 3.0, "under a"), (14.0, 20.0, "c"), (30.0, 31.0, "e"),
+               (29.0, 30.5, "d")]
+    shares = critical_shares(kernels)
+    assert shares == [("a", 10.0), ("under a", 0.0), ("b", 4.0), ("c", 6.0), ("d", 1.5), ("e", 0.5)]
+    assert sum(us for _, us in shares) == 22.0                  # [0, 20] and [29, 31]
+
+
 def test_bench_summarizes_several_result_files_one_row_per_backend(tmp_path, capsys):
     from sota.tools import bench
 
@@ -492,3 +505,20 @@ def test_strict_peak_memory_is_reset_but_official_keeps_earlier_allocations():
     model.static_decoders("static", 3).get(64, 256, 3)
     after_eval = latency.measure(model, mcfg("strict", iterations=2, real_clips=0), "cuda", backend="static")
     assert after_eval["peak_memory_mb"] <= alone["peak_memory_mb"] + 1
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_profile_reads_the_graphed_step_by_its_critical_path():
+    """The profile's second table times the step as measured, replayed from its graph: the roles' shares add up to
+    a positive step, and the profile saw the graph's kernels."""
+    from sota.tools.bench import profile_decode
+
+    torch.manual_seed(0)
+    model = small_model(context_s=2.0).eval().cuda()
+    text = profile_decode(model, "static", "cuda", steps=4)
+    graphed = text.split("### in its graph")[1]
+    assert "no kernel" not in graphed and "without graphs" not in graphed
+    step_us = float(graphed.split("; ")[1].split(" µs a step")[0])
+    rows = [r.split("|") for r in graphed.splitlines() if r.startswith("| ") and "role" not in r]
+    assert step_us > 0 and sum(float(r[5]) for r in rows) == pytest.approx(step_us, rel=0.02)

@@ -274,7 +274,9 @@ def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: 
     `steps` times without its CUDA graph under torch.profiler, after a 100-token prompt; a table of the `top`
     kernels by total device time (CPU time on a CPU). The fused step's kernels launch one after another here, not
     as programmatic dependents (SOTA_TRITON_PDL=0): a dependent starts early and waits for the kernel before, and
-    the profiler would count the wait as its time."""
+    the profiler would count the wait as its time. On CUDA, then `steps` steps as measured, replayed from the
+    step's graph (the fused step's kernels as programmatic dependents), by each kernel's share of the step's
+    critical path (`critical_shares`)."""
     from torch.profiler import ProfilerActivity, profile
 
     prompt, attn = _noise_prompt(model.llm)
@@ -302,7 +304,49 @@ def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: 
                           if e.device_type == torch.autograd.DeviceType.CUDA)
         layers = getattr(base_model(model.llm).config, "num_hidden_layers", 0)
         text += "\n\n" + launch_roles([(name, us) for _, name, us in launches], steps, layers)
+        text += "\n\n" + _profile_graphed(dec, prompt, attn, device, steps, layers)
     return text
+
+
+def _profile_graphed(dec: Any, prompt: torch.Tensor, attn: torch.Tensor, device: str, steps: int,
+                     layers: int) -> str:
+    """`steps` decode steps as the measurement runs them, from the step's CUDA graph, by kernel role: each
+    kernel's share of the critical path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    title = f"### in its graph, as measured ({steps} steps): each kernel's share of the critical path, µs"
+    if not dec.graphs:
+        return f"{title}\n(this decoder runs without graphs)"
+    try:
+        with torch.no_grad():
+            dec.prefill(prompt, attn)
+            dec.step()                # captures the step's graph (its warm-up restores the state), then replays it
+            torch.cuda.synchronize(device)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    dec.step()
+                torch.cuda.synchronize(device)
+    except RuntimeError as err:       # a table the measurement does not need: its results are kept, and this says why
+        return f"{title}\n(not profiled: {type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    kernels = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not kernels:
+        return f"{title}\n(the profiler saw no kernel inside the graph)"
+    shares = critical_shares(kernels)
+    return (f"{title}; {sum(us for _, us in shares) / steps:.1f} µs a step\n"
+            + launch_roles(shares, steps, layers))
+
+
+def critical_shares(kernels: list[tuple[float, float, str]]) -> list[tuple[str, float]]:
+    """(name, share) in launch order, from (start, end, name) of kernels: how far a kernel's end passes the latest
+    end of the kernels started before it, and no further back than its own start (0 where it ends under one of
+    them). A programmatic dependent starts while the kernel before it runs and waits for it, so its duration holds
+    that wait; its share is what it adds to the step. The shares add up to the time some kernel runs."""
+    shares, last = [], float("-inf")
+    for start, end, name in sorted(kernels):
+        shares.append((name, max(0.0, end - max(last, start))))
+        last = max(last, end)
+    return shares
 
 
 def launch_roles(launches: list[tuple[str, float]], steps: int, layers: int) -> str:
