@@ -277,8 +277,6 @@ def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: 
     the profiler would count the wait as its time. On CUDA, then `steps` steps as measured, replayed from the
     step's graph (the fused step's kernels as programmatic dependents), by each kernel's share of the step's
     critical path (`critical_shares`)."""
-    from torch.profiler import ProfilerActivity, profile
-
     prompt, attn = _noise_prompt(model.llm)
     decoders = model.static_decoders(backend, steps + 2)
     if decoders is None:
@@ -286,50 +284,54 @@ def profile_decode(model: Any, backend: str, device: str, steps: int = 20, top: 
                          f"got {backend!r}")
     dec = decoders.get(1, 100, steps + 2)
     cuda = device.startswith("cuda")
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with torch.no_grad(), mock.patch.dict(os.environ, {"SOTA_TRITON_PDL": "0"}):
-        dec.prefill(prompt, attn)
-        dec._decode_fn()  # warm-up (compilation happens here)
-        if cuda:
-            torch.cuda.synchronize(device)
-        with profile(activities=activities) as prof:
-            for _ in range(steps):
-                dec._decode_fn()
-            if cuda:
-                torch.cuda.synchronize(device)
+    with mock.patch.dict(os.environ, {"SOTA_TRITON_PDL": "0"}):
+        prof = _profiled_steps(dec, dec._decode_fn, prompt, attn, steps, device)
     sort = "cuda_time_total" if cuda else "self_cpu_time_total"
     text = prof.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=70)
     if cuda:
-        launches = sorted((e.time_range.start, e.name, e.device_time) for e in prof.events()
-                          if e.device_type == torch.autograd.DeviceType.CUDA)
         layers = getattr(base_model(model.llm).config, "num_hidden_layers", 0)
-        text += "\n\n" + launch_roles([(name, us) for _, name, us in launches], steps, layers)
+        text += "\n\n" + launch_roles([(name, us) for _, _, name, us in _device_kernels(prof)], steps, layers)
         text += "\n\n" + _profile_graphed(dec, prompt, attn, device, steps, layers)
     return text
+
+
+def _profiled_steps(dec: Any, step: Any, prompt: torch.Tensor, attn: torch.Tensor, steps: int, device: str) -> Any:
+    """torch.profiler over `steps` calls of `step` after prefilling `prompt` and one call more, where compiling (and
+    a graph's capture) happens."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    with torch.no_grad():
+        dec.prefill(prompt, attn)
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            for _ in range(steps):
+                step()
+            if cuda:
+                torch.cuda.synchronize(device)
+    return prof
+
+
+def _device_kernels(prof: Any) -> list[tuple[float, float, str, float]]:
+    """The profiled device kernels in launch order: (start, end, name, device time), µs."""
+    return sorted((e.time_range.start, e.time_range.end, e.name, e.device_time) for e in prof.events()
+                  if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def _profile_graphed(dec: Any, prompt: torch.Tensor, attn: torch.Tensor, device: str, steps: int,
                      layers: int) -> str:
     """`steps` decode steps as the measurement runs them, from the step's CUDA graph, by kernel role: each
     kernel's share of the critical path."""
-    from torch.profiler import ProfilerActivity, profile
-
     title = f"### in its graph, as measured ({steps} steps): each kernel's share of the critical path, µs"
     if not dec.graphs:
         return f"{title}\n(this decoder runs without graphs)"
-    try:
-        with torch.no_grad():
-            dec.prefill(prompt, attn)
-            dec.step()                # captures the step's graph (its warm-up restores the state), then replays it
-            torch.cuda.synchronize(device)
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                for _ in range(steps):
-                    dec.step()
-                torch.cuda.synchronize(device)
+    try:   # the first step captures the graph (its warm-up restores the state), then replays it
+        prof = _profiled_steps(dec, dec.step, prompt, attn, steps, device)
     except RuntimeError as err:       # a table the measurement does not need: its results are kept, and this says why
         return f"{title}\n(not profiled: {type(err).__name__}: {str(err).splitlines()[0][:200]})"
-    kernels = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-               if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [(start, end, name) for start, end, name, _ in _device_kernels(prof)]
     if not kernels:
         return f"{title}\n(the profiler saw no kernel inside the graph)"
     shares = critical_shares(kernels)
