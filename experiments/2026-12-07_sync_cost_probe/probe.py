@@ -35,8 +35,6 @@ barrier = importlib.util.module_from_spec(_barrier)
 _barrier.loader.exec_module(barrier)
 grid_sync, timed = barrier.grid_sync, barrier.timed
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # the interpreter runs no inline assembly
-
 
 @triton.jit
 def _step(v_ptr, g, pid, P, STRIDE: tl.constexpr):
@@ -87,8 +85,6 @@ def persistent(v_ptr, sync_ptr, R, STRIDE: tl.constexpr, FLAGS: tl.constexpr, PM
 
 
 FORMS = ("launch", "launch, PDL", "barrier, one count", "barrier, flags")
-
-
 WARPS = 4   # a program's warps, as the step's products mostly launch
 
 
@@ -102,8 +98,9 @@ def run(form: str, v: torch.Tensor, sync: torch.Tensor, programs: int, phases: i
                                       **({"launch_pdl": True} if pdl else {}))
         return
     sync.zero_()
+    # the flags' polls in inline PTX on a device: the interpreter runs no inline assembly
     persistent[(programs,)](v, sync, phases, STRIDE=stride, FLAGS=form.endswith("flags"),
-                            PMAX=triton.next_power_of_2(programs), ASM=not INTERPRETED, num_warps=WARPS)
+                            PMAX=triton.next_power_of_2(programs), ASM=not barrier.INTERPRET, num_warps=WARPS)
 
 
 def answer_ok(v: torch.Tensor, programs: int, phases: int) -> bool:
